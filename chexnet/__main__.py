@@ -1,0 +1,5 @@
+import sys
+
+from chexnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""``python -m chexnet``: bundle demo|build, predict (DESIGN.md "Command line")."""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from chexnet.errors import ChexnetError
+
+
+def _bundle_demo(args: argparse.Namespace) -> int:
+    from chexnet.bundle.build import demo_state_dict, write_bundle
+    from chexnet.labels import load_labels
+
+    labels = load_labels(args.labels)
+    out = write_bundle(
+        args.out, demo_state_dict(len(labels), args.seed), labels,
+        bundle_id=args.id or Path(args.out).name, version=args.version, input_size=args.input_size, demo=True,
+        description=f"DEMO: densenet121 with seeded random weights (seed {args.seed}), label set {args.labels}. "
+                    "Not trained; not for diagnosis.",
+    )
+    print(f"demo bundle written to {out}", file=sys.stderr)
+    return 0
+
+
+def _bundle_build(args: argparse.Namespace) -> int:
+    from chexnet.bundle.build import write_bundle
+    from chexnet.bundle.checkpoint import read_checkpoint
+    from chexnet.labels import apply_thresholds, load_labels
+
+    labels = load_labels(args.labels)
+    if args.thresholds:
+        labels = apply_thresholds(labels, args.thresholds)
+    out = write_bundle(
+        args.out, read_checkpoint(args.checkpoint), labels, bundle_id=args.id, version=args.version,
+        input_size=args.input_size, demo=False,
+        description=args.description or f"Built from {Path(args.checkpoint).name}.",
+    )
+    print(f"bundle {args.id} {args.version} written to {out}", file=sys.stderr)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from chexnet.bundle import load_bundle
+    from chexnet.engines import create_engine
+    from chexnet.predictor import Predictor, parse_heatmap_spec
+
+    bundle = load_bundle(args.bundle)
+    predictor = Predictor(bundle, create_engine(bundle, args.engine, args.device))
+    spec = parse_heatmap_spec(args.heatmaps if args.heatmaps_dir else "none", bundle.manifest.codes)
+    if args.heatmaps_dir:
+        Path(args.heatmaps_dir).mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        try:
+            data = Path(path).read_bytes()
+            result = predictor.predict(data, spec, args.heatmap_format).as_dict()
+            if args.heatmaps_dir:
+                result["heatmaps"] = _write_heatmaps(result["heatmaps"], Path(path), Path(args.heatmaps_dir))
+            else:
+                del result["heatmaps"]
+        except ChexnetError as exc:
+            failures += 1
+            result = {"error": {"code": exc.code, "message": exc.message}}
+        except OSError as exc:
+            failures += 1
+            result = {"error": {"code": "unreadable_file", "message": f"Cannot read {path}: {exc.strerror}."}}
+        print(json.dumps({"file": str(path), **result}, ensure_ascii=False), flush=True)
+    return 1 if failures else 0
+
+
+def _write_heatmaps(heatmaps: list[dict], source: Path, out_dir: Path) -> list[dict]:
+    import base64
+
+    written = []
+    for item in heatmaps:
+        ext = "jpg" if item["mime"] == "image/jpeg" else "png"
+        target = out_dir / f"{source.stem}.{item['code']}.{ext}"
+        target.write_bytes(base64.b64decode(item.pop("data")))
+        written.append({**item, "path": str(target)})
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chexnet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bundle = commands.add_parser("bundle", help="create model bundles").add_subparsers(dest="bundle_command", required=True)
+    demo = bundle.add_parser("demo", help="a DEMO bundle with seeded random weights (not for diagnosis)")
+    demo.add_argument("--labels", required=True, choices=("cxr10", "cxr25", "chestxray14"))
+    demo.add_argument("--out", required=True, help="bundle directory to create, e.g. models/cxr10")
+    demo.add_argument("--id", help="bundle id (default: the --out directory name)")
+    demo.add_argument("--version", default="0.0.0-demo")
+    demo.add_argument("--input-size", type=int, default=224)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_bundle_demo)
+
+    build = bundle.add_parser("build", help="a bundle from a customer checkpoint")
+    build.add_argument("--checkpoint", required=True, help=".pth or .pth.tar (state_dict, DataParallel, legacy names)")
+    build.add_argument("--labels", required=True, help="cxr10|cxr25|chestxray14 or a LABELS.json file")
+    build.add_argument("--id", required=True)
+    build.add_argument("--version", required=True)
+    build.add_argument("--input-size", type=int, default=224)
+    build.add_argument("--thresholds", help="JSON object {label code: threshold}")
+    build.add_argument("--description")
+    build.add_argument("--out", required=True)
+    build.set_defaults(func=_bundle_build)
+
+    predict = commands.add_parser("predict", help="findings for images, one JSON object per line")
+    predict.add_argument("--bundle", required=True)
+    predict.add_argument("--engine", choices=("onnxruntime", "torch"), help="default: onnxruntime where installed")
+    predict.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    predict.add_argument("--heatmaps-dir", help="write heatmap overlays here (none are made without it)")
+    predict.add_argument("--heatmaps", default="top", help="none|top|positive|all|code1,code2 (default top)")
+    predict.add_argument("--heatmap-format", choices=("jpeg", "png"), default="jpeg")
+    predict.add_argument("--json", action="store_true", help="JSON lines on stdout (the only output format)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ChexnetError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,48 @@
+"""PNG and JPEG through Pillow: the header is read (and the size checked) before any pixel is."""
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from chexnet.errors import CorruptImage, PayloadTooLarge
+from chexnet.imaging.decode import DecodedImage, DecodeLimits, to_display_u8
+
+_HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+_NAMES = {"png": "PNG", "jpeg": "JPEG"}
+
+
+def decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
+    name = _NAMES[kind]
+    with warnings.catch_warnings():
+        # Our own pixel limit is stricter than Pillow's bomb warning; turn the warning into the error.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise PayloadTooLarge(f"The {name} declares too many pixels to decode safely ({exc}).") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise CorruptImage(f"The {name} header is damaged; export the image again.") from None
+        limits.check_pixels(*image.size)
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            raise CorruptImage(f"The {name} is truncated or corrupt; export the image again.") from None
+    return DecodedImage(pixels=_grayscale_u8(image), format=kind, bits=_bits(image))
+
+
+def _grayscale_u8(image: Image.Image) -> np.ndarray:
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8).copy()
+    if image.mode in _HIGH_DEPTH_MODES:
+        return to_display_u8(np.asarray(image))
+    if image.mode in ("LA", "1"):
+        return np.asarray(image.convert("L"), dtype=np.uint8).copy()
+    # RGB, RGBA, palette, CMYK...: drop alpha, then ITU-R 601 luminance (equal channels stay equal).
+    return np.asarray(image.convert("RGB").convert("L"), dtype=np.uint8).copy()
+
+
+def _bits(image: Image.Image) -> int:
+    return 16 if image.mode in _HIGH_DEPTH_MODES else 8
