@@ -10,16 +10,10 @@ from chexnet.errors import ChexnetError
 
 
 def _bundle_demo(args: argparse.Namespace) -> int:
-    from chexnet.bundle.build import demo_state_dict, write_bundle
-    from chexnet.labels import load_labels
+    from chexnet.bundle.build import write_demo_bundle
 
-    labels = load_labels(args.labels)
-    out = write_bundle(
-        args.out, demo_state_dict(len(labels), args.seed), labels,
-        bundle_id=args.id or Path(args.out).name, version=args.version, input_size=args.input_size, demo=True,
-        description=f"DEMO: densenet121 with seeded random weights (seed {args.seed}), label set {args.labels}. "
-                    "Not trained; not for diagnosis.",
-    )
+    out = write_demo_bundle(args.out, args.labels, seed=args.seed, input_size=args.input_size,
+                            bundle_id=args.id, version=args.version)
     print(f"demo bundle written to {out}", file=sys.stderr)
     return 0
 

@@ -27,6 +27,20 @@ def demo_state_dict(num_classes: int, seed: int) -> dict:
     return CheXNet(num_classes).state_dict()
 
 
+def write_demo_bundle(out: str | Path, label_set: str, *, seed: int = 0, input_size: int = 224,
+                      bundle_id: str | None = None, version: str = "0.0.0-demo") -> Path:
+    """torchvision densenet121 with seeded random weights, marked demo everywhere."""
+    from chexnet.labels import load_labels
+
+    labels = load_labels(label_set)
+    return write_bundle(
+        out, demo_state_dict(len(labels), seed), labels, bundle_id=bundle_id or Path(out).name,
+        version=version, input_size=input_size, demo=True,
+        description=f"DEMO: densenet121 with seeded random weights (seed {seed}), label set {label_set}. "
+                    "Untrained; not for diagnosis.",
+    )
+
+
 def write_bundle(out: str | Path, state: dict, labels: list[Label], *, bundle_id: str, version: str,
                  input_size: int, demo: bool, description: str) -> Path:
     out = Path(out)
@@ -95,6 +109,10 @@ def check_keys(expected: dict, state: dict, num_labels: int) -> None:
             f"The checkpoint's classifier has {state['classifier.weight'].shape[0]} outputs "
             f"but {num_labels} labels were given; pass the label set the model was trained with."
         )
+    # Checkpoints from PyTorch < 0.4 have no BatchNorm num_batches_tracked; inference never reads it.
+    for key in set(expected) - set(state):
+        if key.endswith(".num_batches_tracked"):
+            state[key] = expected[key]
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)

@@ -15,7 +15,7 @@ from chexnet.errors import BundleError
 
 _WRAPPER_PREFIXES = ("module.", "densenet121.", "model.")
 # torchvision's own rule for checkpoints saved before 0.3 (denselayer norm.1 / relu.1 / conv.1).
-_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:

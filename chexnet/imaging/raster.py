@@ -20,8 +20,11 @@ def decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise PayloadTooLarge(f"The {name} declares too many pixels to decode safely ({exc}).") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise PayloadTooLarge(
+                f"The {name} header declares far more pixels than a radiograph has; "
+                f"the limit is {limits.max_pixels:,} pixels in all."
+            ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise CorruptImage(f"The {name} header is damaged; export the image again.") from None
         limits.check_pixels(*image.size)

@@ -1,0 +1,41 @@
+# The two commands that matter:  make demo  (set up, build the demo bundles, predict on samples)
+#                                make test  (set up, run the test suite; what CI runs)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS := cpu,torch,dicom,test
+MODELS_DIR ?= models
+SAMPLES ?= ../shared/data
+BUNDLES := $(MODELS_DIR)/cxr10/manifest.json $(MODELS_DIR)/cxr25/manifest.json $(MODELS_DIR)/chestxray14/manifest.json
+PYTEST_MARKERS ?= not e2e and not gpu
+
+.PHONY: setup bundles demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+bundles: $(BUNDLES)
+
+$(MODELS_DIR)/%/manifest.json: | setup
+	rm -rf $(MODELS_DIR)/$*
+	$(PY) -m chexnet bundle demo --labels $* --out $(MODELS_DIR)/$*
+
+demo: bundles
+	$(PY) -m chexnet predict --bundle $(MODELS_DIR)/cxr10 --heatmaps-dir out/heatmaps --json \
+		$(SAMPLES)/nih/00000100_000.png $(SAMPLES)/dicom/RG1_J2KR.dcm $(SAMPLES)/dicom/RG3_JPLY.dcm \
+		|| echo "(one sample above is expected to fail: RG3_JPLY.dcm uses a codec nothing here decodes)"
+
+test: setup
+	$(PY) -m pytest -m "$(PYTEST_MARKERS)"
+
+bench: bundles
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/inference.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) $(MODELS_DIR) out .pytest_cache

@@ -1,0 +1,55 @@
+"""Helpers shared by the benchmark scripts: machine description, timing, BENCHMARKS.md sections."""
+
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16") if f in flags) or "baseline"
+    return f"{model}, {len(os.sched_getaffinity(0))} cores ({isa}), {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+def timed(fn, repeat: int, warmup: int = 2) -> list[float]:
+    """Milliseconds of each of ``repeat`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the block between <!-- bench:NAME --> markers in BENCHMARKS.md."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")

@@ -1,0 +1,76 @@
+"""Shared fixtures. Sample radiographs come from ../shared/data (never copied into the repo);
+tests that need them skip with a reason when it is absent (CI always has it)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+NIH = SHARED_DATA / "nih"
+DICOM = SHARED_DATA / "dicom"
+RGBA_PNGS = ("00000100_000.png", "00001369_000.png")
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"sample data {path} is absent (it sits in ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def nih_dir() -> Path:
+    return _require(NIH)
+
+
+@pytest.fixture(scope="session")
+def dicom_dir() -> Path:
+    return _require(DICOM)
+
+
+@pytest.fixture(scope="session")
+def nih_sample(nih_dir) -> list[Path]:
+    """A few grayscale PNGs plus both RGBA files."""
+    plain = sorted(p for p in nih_dir.glob("*.png") if p.name not in RGBA_PNGS)[:4]
+    return plain + [nih_dir / name for name in RGBA_PNGS]
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(tmp_path_factory):
+    """A cxr10 demo bundle built once per session (bundle demo, 224 px)."""
+    from chexnet.bundle import load_bundle
+    from chexnet.bundle.build import write_demo_bundle
+
+    return load_bundle(write_demo_bundle(tmp_path_factory.mktemp("bundles") / "cxr10", "cxr10"))
+
+
+@pytest.fixture(scope="session")
+def onnx_engine(demo_bundle):
+    from chexnet.engines import create_engine
+
+    return create_engine(demo_bundle, "onnxruntime", "cpu")
+
+
+@pytest.fixture(scope="session")
+def torch_engine(demo_bundle):
+    from chexnet.engines import create_engine
+
+    return create_engine(demo_bundle, "torch", "cpu")
+
+
+@pytest.fixture(scope="session")
+def onnx_predictor(demo_bundle, onnx_engine):
+    from chexnet.predictor import Predictor
+
+    return Predictor(demo_bundle, onnx_engine)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()

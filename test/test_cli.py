@@ -1,0 +1,55 @@
+"""``python -m chexnet`` as a newcomer runs it: JSON lines, typed errors, exit codes, no tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "chexnet", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_predict_json_lines_with_heatmaps(demo_bundle, nih_sample, dicom_dir, tmp_path):
+    images = [nih_sample[0], dicom_dir / "RG3_RLE.dcm"]
+    proc = run_cli("predict", "--bundle", demo_bundle.path, "--heatmaps-dir", tmp_path, "--json", *images)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(p) for p in images]
+    for line in lines:
+        assert line["model"]["demo"] is True and len(line["findings"]) == 10
+        (heat,) = line["heatmaps"]
+        assert (tmp_path / heat["path"].split("/")[-1]).stat().st_size > 1000
+
+
+def test_predict_failure_is_json_and_exit_nonzero(demo_bundle, nih_sample, dicom_dir, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    proc = run_cli("predict", "--bundle", demo_bundle.path, "--json",
+                   dicom_dir / "RG3_JPLY.dcm", text, tmp_path / "missing.png", nih_sample[0])
+    assert proc.returncode == 1
+    jply, txt, missing, ok = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert jply["error"]["code"] == "unsupported_media_type" and "JPEG Extended" in jply["error"]["message"]
+    assert txt["error"]["code"] == "unsupported_media_type"
+    assert missing["error"]["code"] == "unreadable_file"
+    assert "findings" in ok and "heatmaps" not in ok
+    assert "Traceback" not in proc.stderr
+
+
+def test_broken_bundle_is_one_sentence(tmp_path):
+    proc = run_cli("predict", "--bundle", tmp_path, "--json", "x.png")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == f"error: No manifest.json in {tmp_path}; is this a model bundle directory?"
+
+
+@pytest.mark.slow
+def test_bundle_demo_command(tmp_path):
+    proc = run_cli("bundle", "demo", "--labels", "cxr25", "--out", tmp_path / "cxr25", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "cxr25" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["id"] == "cxr25" and manifest["demo"] is True and len(manifest["labels"]) == 25
+    assert manifest["labels"][0]["name"] == {"en": "Pneumothorax", "zh": "气胸"}

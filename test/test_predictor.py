@@ -1,0 +1,75 @@
+"""The prediction stages and heatmap overlays, as a caller of the CLI or API sees them."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from chexnet.errors import InvalidOption
+from chexnet.heatmap import normalise, overlay_size, render
+from chexnet.predictor import parse_heatmap_spec
+
+
+def test_prediction_shape(onnx_predictor, nih_sample):
+    body = onnx_predictor.predict(nih_sample[0].read_bytes(), "all", "png").as_dict()
+    assert body["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu"}
+    assert body["image"] == {"format": "png", "width": 1024, "height": 1024}
+    assert "not a diagnosis" in body["notice"]
+    assert [f["code"] for f in body["findings"]] == onnx_predictor.bundle.manifest.codes
+    for f in body["findings"]:
+        assert 0 <= f["probability"] <= 1 and f["positive"] == (f["probability"] >= f["threshold"])
+    assert len(body["heatmaps"]) == 10
+    for h in body["heatmaps"]:
+        image = Image.open(io.BytesIO(base64.b64decode(h["data"])))
+        assert image.format == "PNG" and image.size == (h["width"], h["height"]) == (512, 512)
+    assert set(body["timing_ms"]) == {"decode", "preprocess", "inference", "heatmap", "total"}
+
+
+def test_heatmap_selection(onnx_predictor, nih_sample):
+    data = nih_sample[1].read_bytes()
+    top = onnx_predictor.predict(data, "top").as_dict()
+    best = max(top["findings"], key=lambda f: f["probability"])
+    assert [h["code"] for h in top["heatmaps"]] == [best["code"]]
+    assert onnx_predictor.predict(data, "none").as_dict()["heatmaps"] == []
+    picked = onnx_predictor.predict(data, "mass,fracture").as_dict()
+    assert [h["code"] for h in picked["heatmaps"]] == ["mass", "fracture"]
+    positive = onnx_predictor.predict(data, "positive").as_dict()
+    assert [h["code"] for h in positive["heatmaps"]] == [f["code"] for f in positive["findings"] if f["positive"]]
+
+
+@pytest.mark.parametrize("spec", ["bogus", "mass,bogus", ","])
+def test_bad_heatmap_spec(spec):
+    with pytest.raises(InvalidOption) as err:
+        parse_heatmap_spec(spec, ["mass", "fracture"])
+    assert err.value.status == 422 and "heatmaps" in err.value.message
+
+
+def test_overlay_keeps_aspect_and_bounds_long_side():
+    pixels = np.zeros((1955, 1841), np.uint8)
+    heat = render(pixels, np.random.default_rng(0).random((7, 7)), "jpeg")
+    assert (heat.width, heat.height) == overlay_size(1841, 1955) and heat.height == 512
+    assert Image.open(io.BytesIO(heat.data)).format == "JPEG"
+    assert overlay_size(300, 200) == (300, 200)  # never upscaled
+
+
+def test_overlay_hot_where_cam_is_high():
+    cam = np.zeros((7, 7), np.float32)
+    cam[0, 6] = 1.0  # top right
+    heat = render(np.full((512, 512), 128, np.uint8), cam, "png")
+    rgb = np.asarray(Image.open(io.BytesIO(heat.data)).convert("RGB")).astype(int)
+    top_right, bottom_left = rgb[20:60, 460:500].mean((0, 1)), rgb[460:500, 20:60].mean((0, 1))
+    assert top_right[0] > bottom_left[0] + 40  # red where the evidence is
+    assert bottom_left[2] > bottom_left[0]  # blue (cold) elsewhere
+
+
+def test_normalise_flat_map_is_zero():
+    assert not normalise(np.zeros((7, 7))).any()
+    out = normalise(np.array([[1.0, 3.0]]))
+    assert out.min() == 0 and out.max() == 1
+
+
+def test_bad_heatmap_format(onnx_predictor, nih_sample):
+    with pytest.raises(InvalidOption, match="heatmap_format"):
+        onnx_predictor.predict(nih_sample[0].read_bytes(), "top", "gif")
