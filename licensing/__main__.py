@@ -1,0 +1,5 @@
+import sys
+
+from licensing.cli import main
+
+sys.exit(main())
