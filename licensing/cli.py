@@ -1,4 +1,4 @@
-"""``python -m licensing``: keygen, issue, verify, inspect, revoke, host-uuid, serve."""
+"""``python -m licensing``: keygen, issue, verify, inspect, revoke, host-uuid, hash-password, serve."""
 
 import argparse
 import json
@@ -78,6 +78,18 @@ def _host_uuid(args) -> int:
     return 0
 
 
+def _hash_password(args) -> int:
+    import getpass
+
+    from werkzeug.security import generate_password_hash
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        raise SystemExit("error: use a password of at least 12 characters.")
+    print(generate_password_hash(password))
+    return 0
+
+
 def _serve(args) -> int:
     from licensing.registry.server import serve
 
@@ -128,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("host-uuid", help="this host's normalised product_uuid")
     p.add_argument("--file", default=DEFAULT_UUID_FILE)
     p.set_defaults(func=_host_uuid)
+
+    p = sub.add_parser("hash-password", help="hash a staff password (stdin) for LICENSING_USERS_FILE")
+    p.set_defaults(func=_hash_password)
 
     p = sub.add_parser("serve", help="the vendor's token registration service (settings from LICENSING_* env)")
     p.set_defaults(func=_serve)

@@ -1,0 +1,327 @@
+"""Licensing: the RFC 8725 attack list against token_required, host binding, revocation, keys."""
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from licensing.errors import LicenseConfigError
+from licensing.host import read_host_uuid, same_host, swap_endian
+from licensing.keys import TrustedKeys, generate, key_id, load_private_key
+from licensing.revocation import RevocationWatcher, sign_revocation_list
+from licensing.tokens import REQUIRED_CLAIMS, TokenVerifier, issue_token
+from licensing_helpers import HOST_UUID, OTHER_UUID, b64, claims_for, make_app, raw_jwt, sign
+
+
+@pytest.fixture(scope="module")
+def vendor_key():
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def previous_key():
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def key_dir(tmp_path_factory, vendor_key, previous_key):
+    """Directory mode (key rotation): <kid>.pem for the current and the previous vendor key."""
+    directory = tmp_path_factory.mktemp("keys")
+    for key in (vendor_key, previous_key):
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        (directory / f"{key_id(key.public_key())}.pem").write_bytes(pem)
+    return directory
+
+
+@pytest.fixture()
+def verifier(key_dir):
+    return TokenVerifier(TrustedKeys(key_dir), HOST_UUID, leeway=60)
+
+
+@pytest.fixture()
+def client(verifier):
+    return make_app(verifier).test_client()
+
+
+def call(client, token=None, header=None, path="/license"):
+    headers = {"Authorization": header if header is not None else f"Bearer {token}"} if (token or header is not None) else {}
+    return client.get(path, headers=headers) if path.startswith("/license") else client.post(path, headers=headers)
+
+
+def assert_refused(response, status, code):
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert body["error"]["code"] == code and body["error"]["message"].endswith(".")
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_genuine_token_accepted(client, vendor_key):
+    response = call(client, issue_token(vendor_key, product_uuid=HOST_UUID.upper(), customer="General Hospital",
+                                        subject="pacs-1", days=30, features=["cxr10", "cxr25"]))
+    assert response.status_code == 200
+    assert response.get_json() == {"sub": "pacs-1", "customer": "General Hospital", "features": ["cxr10", "cxr25"]}
+
+
+def test_mixed_endian_host_uuid_accepted(client, vendor_key):
+    assert call(client, sign(vendor_key, claims_for(swap_endian(HOST_UUID)))).status_code == 200
+    assert same_host(swap_endian(HOST_UUID).upper(), HOST_UUID)
+
+
+def test_alg_none(client, vendor_key):
+    token = raw_jwt({"alg": "none", "typ": "chexnet+jwt", "kid": key_id(vendor_key.public_key())}, claims_for())
+    assert_refused(call(client, token), 401, "token_invalid")
+
+
+def test_hs256_keyed_with_the_public_key(client, vendor_key, key_dir):
+    kid = key_id(vendor_key.public_key())
+    header, claims = {"alg": "HS256", "typ": "chexnet+jwt", "kid": kid}, claims_for()
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    for secret in ((key_dir / f"{kid}.pem").read_bytes(),
+                   vendor_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)):
+        mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+        assert_refused(call(client, f"{signing_input}.{b64(mac)}"), 401, "token_invalid")
+
+
+def test_rs256_token(client, vendor_key):
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(claims_for(), rsa_key, algorithm="RS256",
+                       headers={"typ": "chexnet+jwt", "kid": key_id(vendor_key.public_key())})
+    assert_refused(call(client, token), 401, "token_invalid")
+
+
+def test_foreign_ed25519_key_under_a_trusted_kid(client, vendor_key):
+    token = sign(Ed25519PrivateKey.generate(), claims_for(), kid=key_id(vendor_key.public_key()))
+    response = call(client, token)
+    assert_refused(response, 401, "token_invalid")
+    assert "signature" in response.get_json()["error"]["message"]
+
+
+def test_unknown_kid(client):
+    assert_refused(call(client, sign(Ed25519PrivateKey.generate(), claims_for())), 401, "token_invalid")
+
+
+def test_token_of_the_previous_key_still_accepted(client, previous_key, vendor_key):
+    """Rotation: each token's kid picks its key; a token naming the other trusted kid fails."""
+    assert call(client, sign(previous_key, claims_for())).status_code == 200
+    mislabelled = sign(previous_key, claims_for(), kid=key_id(vendor_key.public_key()))
+    assert_refused(call(client, mislabelled), 401, "token_invalid")
+
+
+@pytest.mark.parametrize("claim", REQUIRED_CLAIMS)
+def test_each_required_claim_missing(client, vendor_key, claim):
+    response = call(client, sign(vendor_key, claims_for(**{claim: None})))
+    assert_refused(response, 401, "token_invalid")
+
+
+@pytest.mark.parametrize("field, value", [("iss", "someone-else"), ("aud", "other-api")])
+def test_wrong_issuer_or_audience(client, vendor_key, field, value):
+    assert_refused(call(client, sign(vendor_key, claims_for(**{field: value}))), 401, "token_invalid")
+
+
+@pytest.mark.parametrize("typ", ["JWT", None, "chexnet-revocation+jwt"])
+def test_wrong_typ(client, vendor_key, typ):
+    assert_refused(call(client, sign(vendor_key, claims_for(), typ=typ)), 401, "token_invalid")
+
+
+def test_expired(client, vendor_key):
+    now = int(time.time())
+    response = call(client, sign(vendor_key, claims_for(iat=now - 7200, nbf=now - 7200, exp=now - 120)))
+    assert_refused(response, 401, "token_expired")
+
+
+def test_expired_within_leeway_accepted(client, vendor_key):
+    now = int(time.time())
+    assert call(client, sign(vendor_key, claims_for(exp=now - 10))).status_code == 200
+
+
+def test_not_yet_valid_beyond_leeway(client, vendor_key):
+    now = int(time.time())
+    assert_refused(call(client, sign(vendor_key, claims_for(nbf=now + 600))), 401, "token_invalid")
+
+
+def test_tampered_payload_with_old_signature(client, vendor_key):
+    header, _, signature = sign(vendor_key, claims_for()).split(".")
+    forged = b64(json.dumps(claims_for(features=["cxr10", "cxr25", "chestxray14"])).encode())
+    assert_refused(call(client, f"{header}.{forged}.{signature}"), 401, "token_invalid")
+
+
+def test_token_for_another_host(client, vendor_key):
+    assert_refused(call(client, sign(vendor_key, claims_for(OTHER_UUID))), 403, "wrong_host")
+
+
+def test_model_outside_features(client, vendor_key):
+    token = sign(vendor_key, claims_for(features=["cxr10"]))
+    assert call(client, token, path="/predict?model=cxr10").status_code == 200
+    assert_refused(call(client, token, path="/predict?model=cxr25"), 403, "model_not_licensed")
+
+
+@pytest.mark.parametrize("header, code", [
+    ("", "token_missing"), ("Bearer", "token_missing"), ("Bearer    ", "token_missing"),
+    ("Basic dXNlcjpwYXNz", "token_missing"), ("Bearer " + "a" * 10_000, "token_invalid"),
+    ("Bearer not.a.jwt", "token_invalid"), ("Bearer abc", "token_invalid"),
+])
+def test_malformed_authorization_headers(client, header, code):
+    response = client.get("/license", headers={"Authorization": header})
+    assert_refused(response, 401, code)
+
+
+def test_no_header(client):
+    assert_refused(client.get("/license"), 401, "token_missing")
+
+
+@pytest.mark.parametrize("param", ["token", "access_token"])
+def test_token_in_query_string(client, vendor_key, param):
+    token = sign(vendor_key, claims_for())
+    response = client.get(f"/license?{param}={token}", headers={"Authorization": f"Bearer {token}"})
+    assert_refused(response, 401, "token_invalid")
+    assert "URL" in response.get_json()["error"]["message"]
+
+
+def test_signature_verified_once_per_token(verifier, vendor_key, monkeypatch):
+    token = sign(vendor_key, claims_for())
+    calls = []
+    real = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(5):
+        assert verifier.verify(token).sub == "pacs-1"
+    assert len(calls) == 1
+
+
+def test_cached_token_expires(key_dir, vendor_key):
+    verifier = TokenVerifier(TrustedKeys(key_dir), HOST_UUID, leeway=0)
+    token = sign(vendor_key, claims_for(exp=int(time.time()) + 1))
+    verifier.verify(token)
+    time.sleep(2.1)
+    with pytest.raises(Exception) as err:
+        verifier.verify(token)
+    assert err.value.code == "token_expired"
+
+
+# --- revocation -----------------------------------------------------------------------------
+
+def _watcher(tmp_path, key_dir, text):
+    path = tmp_path / "revocations.jwt"
+    path.write_text(text)
+    return path, RevocationWatcher(path, TrustedKeys(key_dir))
+
+
+def test_revoked_jti_and_sub(tmp_path, key_dir, vendor_key):
+    revoked, other = claims_for(), claims_for(sub="pacs-2")
+    _, watcher = _watcher(tmp_path, key_dir, sign_revocation_list(vendor_key, [revoked["jti"]], ["pacs-2"]))
+    client = make_app(TokenVerifier(TrustedKeys(key_dir), HOST_UUID, revocations=watcher)).test_client()
+    assert_refused(call(client, sign(vendor_key, revoked)), 401, "token_revoked")
+    assert_refused(call(client, sign(vendor_key, other)), 401, "token_revoked")
+    assert call(client, sign(vendor_key, claims_for())).status_code == 200
+
+
+def test_revocation_list_reloaded_when_file_changes(tmp_path, key_dir, vendor_key):
+    claims = claims_for()
+    path, watcher = _watcher(tmp_path, key_dir, sign_revocation_list(vendor_key, [], []))
+    verifier = TokenVerifier(TrustedKeys(key_dir), HOST_UUID, revocations=watcher)
+    token = sign(vendor_key, claims)
+    assert verifier.verify(token)  # cached now
+    path.write_text(sign_revocation_list(vendor_key, [claims["jti"]], []))
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    watcher.refresh()
+    with pytest.raises(Exception) as err:
+        verifier.verify(token)
+    assert err.value.code == "token_revoked"
+
+
+@pytest.mark.parametrize("tamper", ["unsigned", "payload", "foreign_key"])
+def test_tampered_revocation_list_rejected_and_logged(tmp_path, key_dir, vendor_key, caplog, tamper):
+    good = sign_revocation_list(vendor_key, ["jti-1"], [])
+    path, watcher = _watcher(tmp_path, key_dir, good)
+    assert watcher.is_revoked("jti-1", "x") and watcher.error is None
+    header, payload, signature = good.split(".")
+    bad = {
+        "unsigned": raw_jwt({"alg": "none", "typ": "chexnet-revocation+jwt"}, {"revoked_jti": [], "revoked_sub": []}),
+        "payload": f"{header}.{b64(json.dumps({'iss': 'chexnet-vendor', 'aud': 'chexnet-api', 'iat': 1, 'revoked_jti': [], 'revoked_sub': []}).encode())}.{signature}",
+        "foreign_key": sign_revocation_list(Ed25519PrivateKey.generate(), [], [], kid=key_id(vendor_key.public_key())),
+    }[tamper]
+    path.write_text(bad)
+    os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    with caplog.at_level("ERROR", logger="licensing.revocation"):
+        watcher.refresh()
+    assert watcher.error and "rejected" in watcher.error
+    assert any("rejected" in r.getMessage() for r in caplog.records)
+    assert watcher.is_revoked("jti-1", "x"), "the last good list stays in force"
+
+
+# --- keys and host identity -----------------------------------------------------------------
+
+def test_keygen_private_key_owner_only(tmp_path):
+    private, public, kid = generate(tmp_path)
+    assert (private.stat().st_mode & 0o777) == 0o600
+    assert load_private_key(private) and len(kid) == 16
+    with pytest.raises(LicenseConfigError, match="already exists"):
+        generate(tmp_path)
+    private.chmod(0o644)
+    with pytest.raises(LicenseConfigError, match="chmod 600"):
+        load_private_key(private)
+
+
+def test_host_uuid_file(tmp_path):
+    f = tmp_path / "product_uuid"
+    f.write_text(HOST_UUID.upper() + "\n")
+    assert read_host_uuid(f) == HOST_UUID
+    with pytest.raises(LicenseConfigError, match="CHEXNET_PRODUCT_UUID_FILE"):
+        read_host_uuid(tmp_path / "absent")
+    f.write_text("00000000-0000-0000-0000-000000000000\n")
+    with pytest.raises(LicenseConfigError, match="placeholder"):
+        read_host_uuid(f)
+    f.write_text("Not Settable\n")
+    with pytest.raises(LicenseConfigError, match="not a UUID"):
+        read_host_uuid(f)
+
+
+def test_host_uuid_unreadable(tmp_path, monkeypatch):
+    """As a non-root user reading the root-only sysfs file (simulated: the tests may run as root)."""
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(LicenseConfigError, match="root only"):
+        read_host_uuid(tmp_path / "product_uuid")
+
+
+def test_single_key_file_mode(tmp_path, vendor_key):
+    pem = vendor_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "vendor_public.pem").write_bytes(pem)
+    verifier = TokenVerifier(TrustedKeys(tmp_path / "vendor_public.pem"), HOST_UUID)
+    assert verifier.verify(sign(vendor_key, claims_for(), kid="anything")).sub == "pacs-1"
+    with pytest.raises(LicenseConfigError, match="does not exist"):
+        TrustedKeys(tmp_path / "nope.pem")
+
+
+def test_cli_issue_verify_roundtrip(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    run = lambda *a: subprocess.run([sys.executable, "-m", "licensing", *a], capture_output=True, text=True, cwd=root)  # noqa: E731
+    assert run("keygen", "--out", str(tmp_path)).returncode == 0
+    issued = run("issue", "--key", str(tmp_path / "vendor_private.pem"), "--product-uuid", HOST_UUID,
+                 "--customer", "C", "--subject", "S", "--days", "1", "--features", "cxr25")
+    token = issued.stdout.strip()
+    ok = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", HOST_UUID, token)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["features"] == ["cxr25"]
+    bad = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", OTHER_UUID, token)
+    assert bad.returncode == 1 and "another server" in bad.stderr and "Traceback" not in bad.stderr
+    revoked = tmp_path / "rev.jwt"
+    assert run("revoke", "--key", str(tmp_path / "vendor_private.pem"), "--jti",
+               json.loads(ok.stdout)["jti"], "--out", str(revoked)).returncode == 0
+    gone = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", HOST_UUID,
+               "--revocation-list", str(revoked), token)
+    assert gone.returncode == 1 and "revoked" in gone.stderr
+    shown = run("inspect", token)
+    assert json.loads(shown.stdout)["verified"] is False
