@@ -1,4 +1,4 @@
-"""``python -m chexnet``: bundle demo|build, predict (DESIGN.md "Command line")."""
+"""``python -m chexnet``: bundle demo|build, predict, serve (DESIGN.md "Command line")."""
 
 import argparse
 import json
@@ -64,6 +64,30 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from chexnet.api import Settings, SettingsError, create_app
+    from chexnet.api.observability import configure_logging
+
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in (("CHEXNET_HOST", args.host), ("CHEXNET_PORT", args.port)) if v is not None})
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    import waitress
+
+    app = create_app(settings)
+    logging.getLogger("chexnet").info("listening", extra={"fields": {"host": settings.host, "port": settings.port}})
+    waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="chexnet",
+                   max_request_body_size=app.config["MAX_CONTENT_LENGTH"], channel_timeout=120,
+                   connection_limit=200, clear_untrusted_proxy_headers=True)
+    return 0
+
+
 def _write_heatmaps(heatmaps: list[dict], source: Path, out_dir: Path) -> list[dict]:
     import base64
 
@@ -111,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="JSON lines on stdout (the only output format)")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(func=_predict)
+
+    serve = commands.add_parser("serve", help="the REST API on waitress (settings from CHEXNET_* variables)")
+    serve.add_argument("--host", help="listen address (default CHEXNET_HOST or 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="listen port (default CHEXNET_PORT or 8080)")
+    serve.set_defaults(func=_serve)
     return parser
 
 

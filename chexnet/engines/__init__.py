@@ -19,7 +19,7 @@ def default_engine() -> str:
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
 
 
-def create_engine(bundle: Bundle, engine: str | None = None, device: str = "auto") -> Engine:
+def create_engine(bundle: Bundle, engine: str | None = None, device: str = "auto", precision: str = "fp32") -> Engine:
     engine = engine or default_engine()
     if engine not in ENGINES:
         raise EngineUnavailable(f"Unknown engine '{engine}'; use one of: {', '.join(ENGINES)}.")
@@ -31,10 +31,12 @@ def create_engine(bundle: Bundle, engine: str | None = None, device: str = "auto
     if engine == "onnxruntime":
         from chexnet.engines.onnx_runtime import OnnxRuntimeEngine
 
+        if precision != "fp32":
+            raise EngineUnavailable("The onnxruntime engine runs fp32 only; fp16 is for the torch engine on CUDA.")
         return OnnxRuntimeEngine(bundle, device)
     from chexnet.engines.pytorch import TorchEngine
 
-    return TorchEngine(bundle, device)
+    return TorchEngine(bundle, device, precision)
 
 
 __all__ = ["Engine", "EngineOutput", "create_engine", "default_engine", "ENGINES", "DEVICES"]

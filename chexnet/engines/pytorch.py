@@ -1,6 +1,6 @@
 """PyTorch engine (the GPU image; also runs on CPU): runs weights.pt on cpu or cuda.
 
-On CUDA the model runs channels-last; CAMs are computed on the device so only
+On CUDA the model runs channels-last (and, opted in, under fp16 autocast); CAMs are computed on the device so only
 [B, C, h, w] maps (not the 1024-channel feature map) cross to the host.
 """
 
@@ -49,9 +49,12 @@ def load_model(bundle: Bundle) -> CheXNet:
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, bundle: Bundle, device: str = "auto"):
+    def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "fp32"):
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
+        if precision == "fp16" and self.device != "cuda":
+            raise EngineUnavailable("fp16 precision needs a CUDA device; use fp32 on the CPU.")
+        self.fp16 = precision == "fp16"
         model = load_model(bundle).to(self.torch_device)
         if self.device == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -64,7 +67,9 @@ class TorchEngine(Engine):
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.torch_device)
         if self.device == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        logits, features = self.model(x)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            logits, features = self.model(x)
+        logits, features = logits.float(), features.float()
         h, w = features.shape[2:]
         cams = torch.relu(torch.einsum("ck,bkhw->bchw", self.weight, features)) / (h * w)
         return EngineOutput(

@@ -1,0 +1,88 @@
+"""Micro-batching: concurrent requests for one model share forward passes.
+
+Requests put their preprocessed tensor on a bounded queue and wait on a Future. One worker per
+model takes the first waiting item, gathers more for up to ``max_wait_ms`` (at most ``max_batch``),
+runs one engine call and hands each request its own row. A full queue refuses at once
+(:class:`Overloaded`, 503 with Retry-After) instead of growing without bound.
+"""
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from chexnet.errors import ChexnetError
+from chexnet.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(ChexnetError):
+    """The inference queue is full; the client should retry after a pause."""
+
+    code = "overloaded"
+    status = 503
+    retry_after_s = 2
+
+
+@dataclass(frozen=True)
+class RowResult:
+    probabilities: np.ndarray  # [C]
+    cams: np.ndarray  # [C, h, w]
+    inference_ms: float
+    batch_size: int
+
+
+class MicroBatcher:
+    def __init__(self, predictor: Predictor, max_batch: int, max_wait_ms: float, queue_size: int, metrics=None):
+        self.predictor = predictor
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.metrics = metrics
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{predictor.bundle.id}", daemon=True)
+        self._thread.start()
+
+    def submit(self, tensor: np.ndarray) -> Future:
+        future: Future = Future()
+        try:
+            self.queue.put_nowait((tensor, future))
+        except queue.Full:
+            raise Overloaded("The server is busy with other images; retry in a few seconds.") from None
+        if self.metrics:
+            self.metrics.queue_depth.labels(self.predictor.bundle.id).set(self.queue.qsize())
+        return future
+
+    def _gather(self) -> list:
+        items = [self.queue.get()]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(items) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                items.append(self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _run(self) -> None:
+        while True:
+            items = self._gather()
+            items = [(t, f) for t, f in items if f.set_running_or_notify_cancel()]
+            if not items:
+                continue
+            try:
+                output, ms = self.predictor.forward([t for t, _ in items])
+            except Exception as exc:  # the engine failed: every waiting request gets the error
+                log.exception("inference failed for a batch of %d", len(items))
+                for _, future in items:
+                    future.set_exception(exc)
+                continue
+            if self.metrics:
+                self.metrics.batch_size.labels(self.predictor.bundle.id).observe(len(items))
+                self.metrics.queue_depth.labels(self.predictor.bundle.id).set(self.queue.qsize())
+            for row, (_, future) in enumerate(items):
+                future.set_result(RowResult(output.probabilities[row], output.cams[row], ms, len(items)))

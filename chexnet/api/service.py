@@ -1,0 +1,140 @@
+"""What the API serves: the loaded models (each a Predictor behind a MicroBatcher) and the licence
+verifier. Loading runs in the background so /health answers at once and /ready tells the truth."""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from chexnet.api.batching import MicroBatcher
+from chexnet.api.observability import Metrics
+from chexnet.api.settings import Settings
+from chexnet.bundle import load_bundle
+from chexnet.engines import create_engine
+from chexnet.errors import ChexnetError, ModelNotFound
+from chexnet.imaging import DecodeLimits
+from chexnet.predictor import Predictor
+from licensing.errors import LicenseError
+from licensing.host import read_host_uuid
+from licensing.keys import TrustedKeys
+from licensing.revocation import RevocationWatcher
+from licensing.tokens import Claims, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(ChexnetError):
+    """Models are still loading, or the service cannot serve (see /api/v1/ready)."""
+
+    code = "not_ready"
+    status = 503
+    retry_after_s = 5
+
+
+@dataclass
+class LoadedModel:
+    predictor: Predictor
+    batcher: MicroBatcher
+
+    @property
+    def info(self) -> dict:
+        m = self.predictor.bundle.manifest
+        return {**self.predictor.model_info, "input_size": m.input_size, "description": m.description,
+                "labels": [{"code": l.code, "name": l.name.model_dump(), "threshold": l.threshold} for l in m.labels]}
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self.default_model: str | None = None
+        self.verifier: TokenVerifier | None = None
+        self.revocations: RevocationWatcher | None = None
+        self.problems: list[str] = []
+        self.loading = True
+        self._done = threading.Event()
+
+    # --- start-up --------------------------------------------------------------------------
+    def start(self) -> None:
+        threading.Thread(target=self._load, name="loader", daemon=True).start()
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            self._load_licence()
+            self._load_models()
+        finally:
+            self.loading = False
+            self._done.set()
+        for problem in self.problems:
+            log.error("not ready: %s", problem)
+        log.info("start-up finished", extra={"fields": {
+            "models": list(self.models), "ready": not self.problems, "seconds": round(time.monotonic() - started, 1)}})
+
+    def _load_licence(self) -> None:
+        s = self.settings
+        try:
+            keys = TrustedKeys(s.license_keys)
+            host = read_host_uuid(s.product_uuid_file)
+            if s.revocation_list:
+                self.revocations = RevocationWatcher(s.revocation_list, keys)
+            self.verifier = TokenVerifier(keys, host, leeway=s.license_leeway_s, revocations=self.revocations)
+            log.info("licence keys loaded", extra={"fields": {"host_product_uuid": host}})
+        except LicenseError as exc:
+            self.problems.append(exc.message)
+
+    def _bundle_dirs(self) -> list[Path]:
+        root = Path(self.settings.models_dir)
+        if self.settings.models:
+            return [root / name for name in self.settings.models]
+        return sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+
+    def _load_models(self) -> None:
+        s = self.settings
+        limits = DecodeLimits(max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels)
+        for path in self._bundle_dirs():
+            try:
+                bundle = load_bundle(path)
+                predictor = Predictor(bundle, create_engine(bundle, s.engine, s.device, s.precision), limits)
+                predictor.warmup()
+            except ChexnetError as exc:
+                self.problems.append(exc.message)
+                continue
+            self.models[bundle.id] = LoadedModel(
+                predictor, MicroBatcher(predictor, s.max_batch, s.batch_wait_ms, s.queue_size, self.metrics))
+            log.info("model ready", extra={"fields": {**predictor.model_info}})
+        if not self.models and not self.problems:
+            self.problems.append(f"No model bundle found in {s.models_dir} (CHEXNET_MODELS_DIR).")
+        wanted = s.default_model or next(iter(self.models), None)
+        if wanted is not None and wanted not in self.models:
+            self.problems.append(f"CHEXNET_DEFAULT_MODEL '{wanted}' is not among the loaded models.")
+        self.default_model = wanted
+
+    # --- serving ---------------------------------------------------------------------------
+    def readiness(self) -> list[str]:
+        if self.loading:
+            return ["Models are loading and warming up."]
+        problems = list(self.problems)
+        if self.revocations is not None and self.revocations.error and self.revocations.current is None:
+            problems.append(self.revocations.error)
+        return problems
+
+    def verify(self, token: str) -> Claims:
+        """The licensing extension's entry point (licensing.flask_auth.token_required)."""
+        if self.verifier is None:
+            raise NotReady("The licence keys are not usable yet; see /api/v1/ready.")
+        return self.verifier.verify(token)
+
+    def model(self, model_id: str | None) -> LoadedModel:
+        if self.loading:
+            raise NotReady("Models are still loading; retry in a few seconds.")
+        model_id = model_id or self.default_model
+        if model_id not in self.models:
+            known = ", ".join(self.models) or "none"
+            raise ModelNotFound(f"No model '{model_id}' is loaded here (loaded: {known}).")
+        return self.models[model_id]

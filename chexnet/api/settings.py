@@ -1,0 +1,98 @@
+"""Service settings: the CHEXNET_* variables (DESIGN.md "Settings"), read once into one typed,
+validated object. A bad value stops start-up with one sentence that names the variable."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from chexnet.engines import DEVICES, ENGINES, default_engine
+
+
+class SettingsError(Exception):
+    """A CHEXNET_* variable has a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    license_keys: str
+    models_dir: str = "models"
+    models: tuple[str, ...] = ()  # empty: every bundle in models_dir
+    default_model: str | None = None
+    engine: str = "onnxruntime"
+    device: str = "auto"
+    product_uuid_file: str = "/sys/class/dmi/id/product_uuid"
+    revocation_list: str | None = None
+    license_leeway_s: int = 120
+    max_upload_mb: int = 64
+    max_pixels: int = 40_000_000
+    audit_log: str = "logs/audit.jsonl"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    threads: int = 8
+    max_batch: int = 4
+    batch_wait_ms: float = 3.0
+    queue_size: int = 32
+    request_timeout_s: float = 60.0
+    precision: str = "fp32"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+        def get(name: str, default=None):
+            value = env.get(f"CHEXNET_{name}")
+            return default if value is None or value.strip() == "" else value.strip()
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = get(name, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"CHEXNET_{name} must be a whole number, not '{raw}'.") from None
+            if not low <= value <= high:
+                raise SettingsError(f"CHEXNET_{name} must be between {low} and {high}, not {value}.")
+            return value
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            raw = get(name, str(default))
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"CHEXNET_{name} must be a number, not '{raw}'.") from None
+            if not low <= value <= high:
+                raise SettingsError(f"CHEXNET_{name} must be between {low} and {high}, not {value}.")
+            return value
+
+        def choice(name: str, default: str, allowed) -> str:
+            value = get(name, default)
+            if value not in allowed:
+                raise SettingsError(f"CHEXNET_{name} must be one of {', '.join(allowed)}, not '{value}'.")
+            return value
+
+        license_keys = get("LICENSE_KEYS")
+        if not license_keys:
+            raise SettingsError("CHEXNET_LICENSE_KEYS must name the vendor public key file or a directory of <kid>.pem files.")
+        models_dir = get("MODELS_DIR", "models")
+        if not Path(models_dir).is_dir():
+            raise SettingsError(f"CHEXNET_MODELS_DIR '{models_dir}' is not a directory of model bundles.")
+        models = tuple(m.strip() for m in (get("MODELS", "") or "").split(",") if m.strip())
+        return cls(
+            license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
+            engine=choice("ENGINE", default_engine(), ENGINES), device=choice("DEVICE", "auto", DEVICES),
+            product_uuid_file=get("PRODUCT_UUID_FILE", cls.product_uuid_file),
+            revocation_list=get("REVOCATION_LIST"),
+            license_leeway_s=integer("LICENSE_LEEWAY_S", 120, 0, 3600),
+            max_upload_mb=integer("MAX_UPLOAD_MB", 64, 1, 1024),
+            max_pixels=integer("MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
+            audit_log=get("AUDIT_LOG", cls.audit_log), host=get("HOST", cls.host),
+            port=integer("PORT", 8080, 1, 65535), threads=integer("THREADS", 8, 1, 256),
+            max_batch=integer("MAX_BATCH", 4, 1, 256), batch_wait_ms=number("BATCH_WAIT_MS", 3.0, 0.0, 1000.0),
+            queue_size=integer("QUEUE_SIZE", 32, 1, 100_000),
+            request_timeout_s=number("REQUEST_TIMEOUT_S", 60.0, 1.0, 3600.0),
+            precision=choice("PRECISION", "fp32", ("fp32", "fp16")),
+            log_level=choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
