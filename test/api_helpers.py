@@ -1,0 +1,63 @@
+"""A configured API for tests: demo bundle, vendor key, host identity, tokens, a live waitress server."""
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import waitress
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from chexnet.api import Settings, create_app
+from licensing_helpers import HOST_UUID, claims_for, sign
+
+
+@dataclass
+class ApiEnv:
+    root: Path
+    key: Ed25519PrivateKey
+    settings: Settings
+
+    def token(self, **claims) -> str:
+        return sign(self.key, claims_for(**claims))
+
+    def auth(self, **claims) -> dict:
+        return {"Authorization": f"Bearer {self.token(**claims)}"}
+
+
+def make_env(root: Path, bundle_path: Path, **overrides) -> ApiEnv:
+    models = root / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    if not (models / bundle_path.name).exists():
+        shutil.copytree(bundle_path, models / bundle_path.name)
+    key = Ed25519PrivateKey.generate()
+    (root / "vendor_public.pem").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (root / "product_uuid").write_text(HOST_UUID + "\n")
+    env = {"CHEXNET_MODELS_DIR": str(models), "CHEXNET_LICENSE_KEYS": str(root / "vendor_public.pem"),
+           "CHEXNET_PRODUCT_UUID_FILE": str(root / "product_uuid"), "CHEXNET_AUDIT_LOG": str(root / "audit.jsonl"),
+           "CHEXNET_ENGINE": "onnxruntime"}
+    env.update(overrides)
+    return ApiEnv(root, key, Settings.from_env(env))
+
+
+def ready_app(env: ApiEnv):
+    app = create_app(env.settings)
+    assert app.extensions["chexnet"].wait_loaded(120), "models did not load in time"
+    return app
+
+
+class LiveServer:
+    """waitress on an ephemeral 127.0.0.1 port in a thread; always closed by the fixture."""
+
+    def __init__(self, app, threads: int = 8):
+        self.server = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        time.sleep(0.1)
+
+    def close(self):
+        self.server.close()
