@@ -1,7 +1,7 @@
 """Micro-batching: concurrent requests for one model share forward passes.
 
-Requests put their preprocessed tensor on a bounded queue and wait on a Future. One worker per
-model takes the first waiting item, gathers more for up to ``max_wait_ms`` (at most ``max_batch``),
+Requests put their preprocessed tensor on a bounded queue and wait on a Future. Each worker (one
+or more per model, sharing the queue and the engine) takes the first waiting item, gathers more for up to ``max_wait_ms`` (at most ``max_batch``),
 runs one engine call and hands each request its own row. A full queue refuses at once
 (:class:`Overloaded`, 503 with Retry-After) instead of growing without bound.
 """
@@ -38,14 +38,16 @@ class RowResult:
 
 
 class MicroBatcher:
-    def __init__(self, predictor: Predictor, max_batch: int, max_wait_ms: float, queue_size: int, metrics=None):
+    def __init__(self, predictor: Predictor, max_batch: int, max_wait_ms: float, queue_size: int,
+                 metrics=None, workers: int = 1):
         self.predictor = predictor
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.metrics = metrics
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{predictor.bundle.id}", daemon=True)
-        self._thread.start()
+        self._gathering = threading.Lock()
+        for n in range(workers):
+            threading.Thread(target=self._run, name=f"batcher-{predictor.bundle.id}-{n}", daemon=True).start()
 
     def submit(self, tensor: np.ndarray) -> Future:
         future: Future = Future()
@@ -58,6 +60,11 @@ class MicroBatcher:
         return future
 
     def _gather(self) -> list:
+        # Workers gather one at a time, so a batch is never split between two of them.
+        with self._gathering:
+            return self._collect()
+
+    def _collect(self) -> list:
         items = [self.queue.get()]
         deadline = time.monotonic() + self.max_wait_s
         while len(items) < self.max_batch:

@@ -2,6 +2,7 @@
 verifier. Loading runs in the background so /health answers at once and /ready tells the truth."""
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -97,16 +98,17 @@ class Service:
     def _load_models(self) -> None:
         s = self.settings
         limits = DecodeLimits(max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels)
+        threads = s.engine_threads or max(1, len(os.sched_getaffinity(0)) // s.engine_workers)
         for path in self._bundle_dirs():
             try:
                 bundle = load_bundle(path)
-                predictor = Predictor(bundle, create_engine(bundle, s.engine, s.device, s.precision), limits)
+                predictor = Predictor(bundle, create_engine(bundle, s.engine, s.device, s.precision, threads), limits)
                 predictor.warmup()
             except ChexnetError as exc:
                 self.problems.append(exc.message)
                 continue
             self.models[bundle.id] = LoadedModel(
-                predictor, MicroBatcher(predictor, s.max_batch, s.batch_wait_ms, s.queue_size, self.metrics))
+                predictor, MicroBatcher(predictor, s.max_batch, s.batch_wait_ms, s.queue_size, self.metrics, s.engine_workers))
             log.info("model ready", extra={"fields": {**predictor.model_info}})
         if not self.models and not self.problems:
             self.problems.append(f"No model bundle found in {s.models_dir} (CHEXNET_MODELS_DIR).")

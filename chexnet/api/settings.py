@@ -30,7 +30,9 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     threads: int = 8
-    max_batch: int = 4
+    max_batch: int = 1  # CPU: batching measured slower (BENCHMARKS.md); the GPU image sets 32
+    engine_workers: int = 2
+    engine_threads: int = 0  # 0: the cores divided among the workers
     batch_wait_ms: float = 3.0
     queue_size: int = 32
     request_timeout_s: float = 60.0
@@ -86,7 +88,8 @@ class Settings:
             max_pixels=integer("MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
             audit_log=get("AUDIT_LOG", cls.audit_log), host=get("HOST", cls.host),
             port=integer("PORT", 8080, 1, 65535), threads=integer("THREADS", 8, 1, 256),
-            max_batch=integer("MAX_BATCH", 4, 1, 256), batch_wait_ms=number("BATCH_WAIT_MS", 3.0, 0.0, 1000.0),
+            max_batch=integer("MAX_BATCH", 1, 1, 256), engine_workers=integer("ENGINE_WORKERS", 2, 1, 64),
+            engine_threads=integer("ENGINE_THREADS", 0, 0, 256), batch_wait_ms=number("BATCH_WAIT_MS", 3.0, 0.0, 1000.0),
             queue_size=integer("QUEUE_SIZE", 32, 1, 100_000),
             request_timeout_s=number("REQUEST_TIMEOUT_S", 60.0, 1.0, 3600.0),
             precision=choice("PRECISION", "fp32", ("fp32", "fp16")),

@@ -19,7 +19,9 @@ def default_engine() -> str:
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
 
 
-def create_engine(bundle: Bundle, engine: str | None = None, device: str = "auto", precision: str = "fp32") -> Engine:
+def create_engine(bundle: Bundle, engine: str | None = None, device: str = "auto", precision: str = "fp32",
+                  threads: int | None = None) -> Engine:
+    """threads: CPU threads per engine call (onnxruntime; default all cores)."""
     engine = engine or default_engine()
     if engine not in ENGINES:
         raise EngineUnavailable(f"Unknown engine '{engine}'; use one of: {', '.join(ENGINES)}.")
@@ -33,7 +35,7 @@ def create_engine(bundle: Bundle, engine: str | None = None, device: str = "auto
 
         if precision != "fp32":
             raise EngineUnavailable("The onnxruntime engine runs fp32 only; fp16 is for the torch engine on CUDA.")
-        return OnnxRuntimeEngine(bundle, device)
+        return OnnxRuntimeEngine(bundle, device, threads)
     from chexnet.engines.pytorch import TorchEngine
 
     return TorchEngine(bundle, device, precision)
