@@ -13,10 +13,10 @@ PYTEST_MARKERS ?= not e2e and not gpu
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 bundles: $(BUNDLES)

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Build the images with no container registry:
+#   1. base image from Debian packages (debootstrap → docker import), unless BASE_IMAGE is given
+#   2. wheelhouses downloaded on this host (containers install them with --no-index)
+#   3. the three demo bundles
+#   4. chexnet-api-cpu, chexnet-api-gpu and chexnet-nginx, tagged with the product version
+# Usage: scripts/build-images.sh [cpu|gpu|all]     (default all; nginx is always built)
+# Env:   BASE_IMAGE=python:3.11-slim to use a base the site already has; PYTHON=python3
+set -eEuo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "${ROOT}/scripts/lib.sh"
+# shellcheck source=scripts/versions.env
+source "${ROOT}/scripts/versions.env"
+trap_errors
+
+VARIANT="${1:-all}"
+case "${VARIANT}" in cpu|gpu|all) ;; *) die "usage: $0 [cpu|gpu|all]" ;; esac
+VERSION="$(project_version "${ROOT}")"
+REVISION="$(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+BUILD="${ROOT}/build"
+BASE_TAG="chexnet-base:${DEBIAN_SUITE}"
+PYTHON="${PYTHON:-python3}"
+MODELS=(cxr10 cxr25 chestxray14)
+
+command -v docker >/dev/null || die "docker is not installed."
+docker info >/dev/null 2>&1 || die "the Docker daemon is not running (start dockerd or Docker Desktop)."
+
+build_base() {
+  if [[ -n "${BASE_IMAGE:-}" ]]; then
+    log "using BASE_IMAGE=${BASE_IMAGE}"
+    return
+  fi
+  BASE_IMAGE="${BASE_TAG}"
+  if docker image inspect "${BASE_TAG}" >/dev/null 2>&1; then
+    log "base image ${BASE_TAG} exists"
+    return
+  fi
+  command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)."
+  local rootfs="${BUILD}/rootfs"
+  log "debootstrap ${DEBIAN_SUITE} into ${rootfs} (a few minutes)"
+  rm -rf "${rootfs}"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
+    "${DEBIAN_SUITE}" "${rootfs}" http://deb.debian.org/debian >"${BUILD}/debootstrap.log" 2>&1 \
+    || die "debootstrap failed; see ${BUILD}/debootstrap.log"
+  rm -rf "${rootfs}"/var/cache/apt/archives/*.deb "${rootfs}"/var/lib/apt/lists/*
+  log "docker import → ${BASE_TAG}"
+  tar -C "${rootfs}" -c . | docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' - "${BASE_TAG}" >/dev/null
+  rm -rf "${rootfs}"
+}
+
+build_bundles() {
+  local name
+  for name in "${MODELS[@]}"; do
+    if [[ ! -f "${ROOT}/models/${name}/manifest.json" ]]; then
+      log "demo bundle ${name}"
+      rm -rf "${ROOT}/models/${name}"
+      "${PYTHON}" -m chexnet bundle demo --labels "${name}" --out "${ROOT}/models/${name}"
+    fi
+  done
+}
+
+# A build context per image: its wheelhouse and the demo bundles (hard links, no copies).
+prepare_context() {
+  local variant="$1" extras="$2" context="${BUILD}/context-$1"
+  log "wheelhouse for ${variant} (${extras})"
+  mkdir -p "${BUILD}/wheelhouse-${variant}"
+  "${PYTHON}" -m pip wheel --quiet --disable-pip-version-check -c "${ROOT}/requirements/constraints.txt" \
+    -w "${BUILD}/wheelhouse-${variant}" "${ROOT}[${extras}]"
+  rm -rf "${context}"
+  mkdir -p "${context}"
+  cp -al "${BUILD}/wheelhouse-${variant}" "${context}/wheels"
+  cp -a "${ROOT}/models" "${context}/models"
+}
+
+build_api() {
+  local variant="$1" extras="$2"
+  prepare_context "${variant}" "${extras}"
+  log "docker build chexnet-api-${variant}:${VERSION}"
+  docker build --quiet -f "${ROOT}/chexnet_api_${variant}/Dockerfile" \
+    --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION=${VERSION}" --build-arg "REVISION=${REVISION}" \
+    --build-arg "MODELS=${MODELS[*]}" --build-arg "MIN_NVIDIA_DRIVER=${MIN_NVIDIA_DRIVER}" \
+    -t "chexnet-api-${variant}:${VERSION}" "${BUILD}/context-${variant}" >/dev/null
+  rm -rf "${BUILD}/context-${variant}"
+}
+
+mkdir -p "${BUILD}"
+build_base
+build_bundles
+log "docker build chexnet-nginx:${VERSION}"
+docker build --quiet --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION=${VERSION}" \
+  --build-arg "REVISION=${REVISION}" -t "chexnet-nginx:${VERSION}" "${ROOT}/nginx" >/dev/null
+[[ "${VARIANT}" == gpu ]] || build_api cpu "cpu,dicom"
+[[ "${VARIANT}" == cpu ]] || build_api gpu "torch,dicom"
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^chexnet-.*:${VERSION}" >&2
+log "built version ${VERSION} (${REVISION})"
