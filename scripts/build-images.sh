@@ -8,9 +8,9 @@
 # Env:   BASE_IMAGE=python:3.11-slim to use a base the site already has; PYTHON=python3
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=scripts/lib.sh
+# shellcheck source=lib.sh
 source "${ROOT}/scripts/lib.sh"
-# shellcheck source=scripts/versions.env
+# shellcheck source=versions.env
 source "${ROOT}/scripts/versions.env"
 trap_errors
 
@@ -73,6 +73,7 @@ prepare_context() {
   mkdir -p "${context}"
   cp -al "${BUILD}/wheelhouse-${variant}" "${context}/wheels"
   cp -a "${ROOT}/models" "${context}/models"
+  chmod -R a+rX "${context}/models"  # the image runs as an unprivileged user
 }
 
 build_api() {

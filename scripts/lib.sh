@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared shell helpers: sourced by the scripts in this folder (not run on its own).
 # Every script: set -eEuo pipefail, an ERR trap that names file:line, and one-sentence failures.
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Print this Linux server's product_uuid (lower case), the value a field engineer sends to the
 # vendor to have a licence token issued. Needs root on most distributions.
+# Usage: product-uuid.sh [FILE]   (default /sys/class/dmi/id/product_uuid)
 set -euo pipefail
 
-file="/sys/class/dmi/id/product_uuid"
+file="${1:-/sys/class/dmi/id/product_uuid}"
 if [[ ! -e "$file" ]]; then
   echo "error: $file does not exist: this machine (or VM) exposes no SMBIOS UUID." >&2
   echo "       Ask the hypervisor administrator to enable it (VMware: uuid.bios; KVM: <sysinfo>), then retry." >&2
