@@ -20,6 +20,12 @@ client_max_body_size $((MAX_UPLOAD_MB + 1))m;
 limit_req_zone \$binary_remote_addr zone=chexnet_api:10m rate=${RATE};
 CONF
 echo "limit_req zone=chexnet_api burst=${BURST} nodelay;" > "${GENERATED}/limit_req.conf"
+# Redirect to the port the host publishes HTTPS on (443 unless HTTPS_PORT says otherwise).
+case "${PUBLIC_HTTPS_PORT:-443}" in
+  443) echo "return 301 https://\$host\$request_uri;" ;;
+  *[!0-9]*|'') echo "error: HTTPS_PORT must be a port number." >&2; exit 1 ;;
+  *) echo "return 301 https://\$host:${PUBLIC_HTTPS_PORT}\$request_uri;" ;;
+esac > "${GENERATED}/redirect.conf"
 
 if [ ! -s "${CERTS}/server.crt" ] || [ ! -s "${CERTS}/server.key" ]; then
   echo "no certificate in ${CERTS}: generating a self-signed one for ${HOSTNAME_TLS}" >&2

@@ -38,7 +38,9 @@ install -m 644 "${ROOT}"/deployment_template/{docker-compose.yml,docker-compose.
 install -m 755 "${ROOT}"/scripts/{preflight.sh,load-images.sh,product-uuid.sh} "${STAGE}/scripts/"
 install -m 644 "${ROOT}"/scripts/{lib.sh,versions.env,preflight.ps1,load-images.ps1,product-uuid.ps1} "${STAGE}/scripts/"
 install -m 644 "${ROOT}"/README.md "${ROOT}"/BENCHMARKS.md "${STAGE}/docs/"
-openssl pkey -in "${KEY}" -pubout -out "${STAGE}/license/keys/vendor_public.pem"
+# The API trusts a directory of <kid>.pem (key rotation); kid = sha256 of the raw public key, 16 hex.
+KID="$(openssl pkey -in "${KEY}" -pubout -outform DER | tail -c 32 | sha256sum | cut -c1-16)"
+openssl pkey -in "${KEY}" -pubout -out "${STAGE}/license/keys/${KID}.pem"
 echo "${VERSION}" > "${STAGE}/VERSION"
 echo "${VARIANT}" > "${STAGE}/VARIANT"
 
