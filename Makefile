@@ -1,5 +1,6 @@
-# The two commands that matter:  make demo  (set up, build the demo bundles, predict on samples)
-#                                make test  (set up, run the test suite; what CI runs)
+# The two commands that matter:  make up    (build the images, install the stack from its offline
+#                                           package, print a sample prediction made through nginx)
+#                                make test  (set up, run the test suite; CI runs it, then make e2e)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ SAMPLES ?= ../shared/data
 BUNDLES := $(MODELS_DIR)/cxr10/manifest.json $(MODELS_DIR)/cxr25/manifest.json $(MODELS_DIR)/chestxray14/manifest.json
 PYTEST_MARKERS ?= not e2e and not gpu
 
-.PHONY: setup bundles demo test bench clean
+.PHONY: setup bundles demo up down test e2e bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,12 +31,23 @@ demo: bundles
 		$(SAMPLES)/nih/00000100_000.png $(SAMPLES)/dicom/RG1_J2KR.dcm $(SAMPLES)/dicom/RG3_JPLY.dcm \
 		|| echo "(one sample above is expected to fail: RG3_JPLY.dcm uses a codec nothing here decodes)"
 
+up: setup
+	scripts/dev-up.sh
+
+down:
+	cd build/dev-site && (docker compose down 2>/dev/null || docker-compose down)
+
 test: setup
 	$(PY) -m pytest -m "$(PYTEST_MARKERS)"
 
+# Needs Docker and root: images, offline package, install, QA script, faults, GPU image on CPU.
+e2e: setup
+	test/e2e.sh
+
 bench: bundles
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'
 	$(PY) bench/inference.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
+	$(PY) bench/http_load.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) $(MODELS_DIR) out .pytest_cache
+	rm -rf $(VENV) $(MODELS_DIR) out build dist .pytest_cache

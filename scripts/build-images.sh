@@ -20,7 +20,7 @@ VERSION="$(project_version "${ROOT}")"
 REVISION="$(git -C "${ROOT}" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 BUILD="${ROOT}/build"
 BASE_TAG="chexnet-base:${DEBIAN_SUITE}"
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
 MODELS=(cxr10 cxr25 chestxray14)
 
 command -v docker >/dev/null || die "docker is not installed."

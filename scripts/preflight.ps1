@@ -1,0 +1,52 @@
+# Pre-flight, no impact yet: checks this Windows host before anything is loaded or started.
+# Windows PowerShell 5.1 and PowerShell 7.
+[CmdletBinding()]
+param(
+    [ValidateSet('cpu', 'gpu')][string]$Variant = 'cpu',
+    [string]$Dir = 'C:\chexnet',
+    [int[]]$Ports = @(80, 443)
+)
+$ErrorActionPreference = 'Stop'
+$versions = @{}
+Get-Content (Join-Path $PSScriptRoot 'versions.env') | Where-Object { $_ -match '^[A-Z_]+=' } | ForEach-Object {
+    $name, $value = $_ -split '=', 2; $versions[$name] = $value
+}
+$failed = $false
+function Ok([string]$m) { Write-Host "  ok    $m" }
+function Bad([string]$m) { Write-Host "  FAIL  $m" -ForegroundColor Red; $script:failed = $true }
+
+Write-Host '==> pre-flight checks (nothing is changed)'
+$dockerVersion = (& docker version --format '{{.Server.Version}}' 2>$null)
+if ($LASTEXITCODE -ne 0 -or -not $dockerVersion) { Bad 'Docker Desktop is not running (start it and wait for "Engine running")' }
+elseif ([version]($dockerVersion -replace '[-+].*$', '') -ge [version]$versions.MIN_DOCKER_VERSION) { Ok "Docker $dockerVersion" }
+else { Bad "Docker $dockerVersion is older than $($versions.MIN_DOCKER_VERSION)" }
+
+$composeVersion = (& docker compose version --short 2>$null)
+if ($LASTEXITCODE -ne 0 -or -not $composeVersion) { Bad "'docker compose' is not available (update Docker Desktop)" }
+else { Ok "Compose $composeVersion" }
+
+$drive = (Split-Path -Qualifier $Dir).TrimEnd(':')
+$freeGb = [int]((Get-PSDrive -Name $drive).Free / 1GB)
+if ($freeGb -ge [int]$versions.MIN_DISK_GB) { Ok "$freeGb GB free on ${drive}:" } else { Bad "only $freeGb GB free on ${drive}:; $($versions.MIN_DISK_GB) GB needed" }
+
+$ramGb = [int]((Get-CimInstance Win32_ComputerSystem).TotalPhysicalMemory / 1GB)
+if ($ramGb -ge [int]$versions.MIN_RAM_GB) { Ok "$ramGb GB RAM" } else { Bad "$ramGb GB RAM; $($versions.MIN_RAM_GB) GB needed" }
+
+foreach ($port in $Ports) {
+    if (Get-NetTCPConnection -State Listen -LocalPort $port -ErrorAction SilentlyContinue) {
+        Bad "port $port is in use (IIS? stop it or set HTTPS_PORT/HTTP_PORT in .env)"
+    } else { Ok "port $port free" }
+}
+
+try { $uuid = & (Join-Path $PSScriptRoot 'product-uuid.ps1'); Ok "product_uuid $uuid" }
+catch { Bad "cannot read the product UUID: $($_.Exception.Message)" }
+
+if ($Variant -eq 'gpu') {
+    $driver = (& nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>$null | Select-Object -First 1)
+    if ($LASTEXITCODE -ne 0 -or -not $driver) { Bad "nvidia-smi found no GPU; install the NVIDIA driver (>= $($versions.MIN_NVIDIA_DRIVER)) or use -Variant cpu" }
+    elseif ([version]$driver -ge [version]$versions.MIN_NVIDIA_DRIVER) { Ok "NVIDIA driver $driver" }
+    else { Bad "NVIDIA driver $driver is older than $($versions.MIN_NVIDIA_DRIVER)" }
+}
+
+if ($failed) { throw 'pre-flight found problems (above); nothing was changed.' }
+Write-Host '==> pre-flight passed'
