@@ -67,7 +67,7 @@ prepare_context() {
   local variant="$1" extras="$2" context="${BUILD}/context-$1"
   log "wheelhouse for ${variant} (${extras})"
   mkdir -p "${BUILD}/wheelhouse-${variant}"
-  "${PYTHON}" -m pip wheel --quiet --disable-pip-version-check -c "${ROOT}/requirements/constraints.txt" \
+  PIP_NO_WARN_SCRIPT_LOCATION=1 "${PYTHON}" -m pip wheel --quiet --disable-pip-version-check --no-python-version-warning -c "${ROOT}/requirements/constraints.txt" \
     -w "${BUILD}/wheelhouse-${variant}" "${ROOT}[${extras}]"
   rm -rf "${context}"
   mkdir -p "${context}"
@@ -95,5 +95,7 @@ docker build --quiet --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION
   --build-arg "REVISION=${REVISION}" -t "chexnet-nginx:${VERSION}" "${ROOT}/nginx" >/dev/null
 [[ "${VARIANT}" == gpu ]] || build_api cpu "cpu,dicom"
 [[ "${VARIANT}" == cpu ]] || build_api gpu "torch,dicom"
+# The builder stages are labelled so that they, and only they, are removed.
+docker image prune -f --filter label=com.chexnet.stage=build >/dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^chexnet-.*:${VERSION}" >&2
 log "built version ${VERSION} (${REVISION})"

@@ -45,25 +45,22 @@ class Settings:
             value = env.get(f"CHEXNET_{name}")
             return default if value is None or value.strip() == "" else value.strip()
 
-        def integer(name: str, default: int, low: int, high: int) -> int:
+        def bounded(name: str, default, low, high, parse=int):
             raw = get(name, str(default))
             try:
-                value = int(raw)
+                value = parse(raw)
             except ValueError:
-                raise SettingsError(f"CHEXNET_{name} must be a whole number, not '{raw}'.") from None
+                kind = "a whole number" if parse is int else "a number"
+                raise SettingsError(f"CHEXNET_{name} must be {kind}, not '{raw}'.") from None
             if not low <= value <= high:
                 raise SettingsError(f"CHEXNET_{name} must be between {low} and {high}, not {value}.")
             return value
 
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            return bounded(name, default, low, high, int)
+
         def number(name: str, default: float, low: float, high: float) -> float:
-            raw = get(name, str(default))
-            try:
-                value = float(raw)
-            except ValueError:
-                raise SettingsError(f"CHEXNET_{name} must be a number, not '{raw}'.") from None
-            if not low <= value <= high:
-                raise SettingsError(f"CHEXNET_{name} must be between {low} and {high}, not {value}.")
-            return value
+            return bounded(name, default, low, high, float)
 
         def choice(name: str, default: str, allowed) -> str:
             value = get(name, default)
