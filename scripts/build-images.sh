@@ -62,16 +62,18 @@ build_bundles() {
   done
 }
 
-# A build context per image: its wheelhouse and the demo bundles (hard links, no copies).
+# A build context per image: wheels/ (third-party), app/ (our wheel) and models/ (the demo bundles).
+# The wheelhouse is made afresh each time (pip's cache makes that quick) so that no stale version
+# of a package can reach an image.
 prepare_context() {
-  local variant="$1" extras="$2" context="${BUILD}/context-$1"
+  local variant="$1" extras="$2" context="${BUILD}/context-$1" wheelhouse="${BUILD}/wheelhouse-$1"
   log "wheelhouse for ${variant} (${extras})"
-  mkdir -p "${BUILD}/wheelhouse-${variant}"
-  PIP_NO_WARN_SCRIPT_LOCATION=1 "${PYTHON}" -m pip wheel --quiet --disable-pip-version-check --no-python-version-warning -c "${ROOT}/requirements/constraints.txt" \
-    -w "${BUILD}/wheelhouse-${variant}" "${ROOT}[${extras}]"
-  rm -rf "${context}"
-  mkdir -p "${context}"
-  cp -al "${BUILD}/wheelhouse-${variant}" "${context}/wheels"
+  rm -rf "${wheelhouse}" "${context}"
+  PIP_NO_WARN_SCRIPT_LOCATION=1 "${PYTHON}" -m pip wheel --quiet --disable-pip-version-check \
+    -c "${ROOT}/requirements/constraints.txt" -w "${wheelhouse}" "${ROOT}[${extras}]"
+  mkdir -p "${context}/app"
+  mv "${wheelhouse}"/chexnet_onprem-*.whl "${context}/app/"
+  cp -al "${wheelhouse}" "${context}/wheels"
   cp -a "${ROOT}/models" "${context}/models"
   chmod -R a+rX "${context}/models"  # the image runs as an unprivileged user
 }
