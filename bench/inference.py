@@ -104,6 +104,25 @@ def _variants(bundle, calibration: np.ndarray):
     except ImportError:
         pass
     yield "onnxruntime int8 (static QDQ, 8 NIH images calibration)", _int8_runner(onnx_path, calibration)
+    yield from _cuda_variants(bundle)
+
+
+def _cuda_variants(bundle):
+    """The GPU image's engine on CUDA, fp32 and fp16 autocast (only where a GPU is visible)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from chexnet.engines.pytorch import TorchEngine
+
+    for precision in ("fp32", "fp16"):
+        engine = TorchEngine(bundle, "cuda", precision)
+
+        def run(x, engine=engine):
+            probabilities = engine.infer(x).probabilities.astype(np.float64)
+            return np.log(probabilities / (1 - probabilities))  # back to logits for the shared comparison
+
+        yield f"torch CUDA {precision} ({torch.cuda.get_device_name(0)})", run
 
 
 def _int8_runner(onnx_path: str, calibration: np.ndarray):

@@ -25,7 +25,7 @@ def _issue(args) -> int:
     try:
         product_uuid = normalise(args.product_uuid)
     except ValueError as exc:
-        raise SystemExit(f"error: --product-uuid: {exc}.")
+        raise SystemExit(f"error: --product-uuid: {exc}.") from None
     features = [f.strip() for f in args.features.split(",") if f.strip()]
     print(issue_token(load_private_key(args.key), product_uuid=product_uuid, customer=args.customer,
                       subject=args.subject, days=args.days, features=features, kid=args.kid))
@@ -52,7 +52,7 @@ def _inspect(args) -> int:
         header = jwt.get_unverified_header(token)
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.InvalidTokenError as exc:
-        raise SystemExit(f"error: not a JWT ({exc}).")
+        raise SystemExit(f"error: not a JWT ({exc}).") from None
     print(json.dumps({"verified": False, "header": header, "claims": claims}, indent=2, ensure_ascii=False))
     return 0
 

@@ -1,6 +1,5 @@
 """The API on a real waitress server: concurrent clients, overload answers, the browser page."""
 
-import io
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
