@@ -86,10 +86,19 @@ build_api() {
     --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION=${VERSION}" --build-arg "REVISION=${REVISION}" \
     --build-arg "MODELS=${MODELS[*]}" --build-arg "MIN_NVIDIA_DRIVER=${MIN_NVIDIA_DRIVER}" \
     -t "chexnet-api-${variant}:${VERSION}" "${BUILD}/context-${variant}" >/dev/null
-  rm -rf "${BUILD}/context-${variant}"
+  rm -rf "${BUILD}/context-${variant}" "${BUILD}/wheelhouse-${variant}"
+  prune_ours
+}
+
+# Builder stages and earlier builds of our images that a new tag replaced (dangling) take tens of GB
+# for the GPU image: remove them, and only them (they carry our labels).
+prune_ours() {
+  docker image prune -f --filter label=com.chexnet.stage=build >/dev/null
+  docker image prune -f --filter label=com.chexnet.product=chexnet >/dev/null
 }
 
 mkdir -p "${BUILD}"
+prune_ours
 build_base
 build_bundles
 log "docker build chexnet-nginx:${VERSION}"
@@ -97,7 +106,6 @@ docker build --quiet --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION
   --build-arg "REVISION=${REVISION}" -t "chexnet-nginx:${VERSION}" "${ROOT}/nginx" >/dev/null
 [[ "${VARIANT}" == gpu ]] || build_api cpu "cpu,dicom"
 [[ "${VARIANT}" == cpu ]] || build_api gpu "torch,dicom"
-# The builder stages are labelled so that they, and only they, are removed.
-docker image prune -f --filter label=com.chexnet.stage=build >/dev/null
+prune_ours
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^chexnet-.*:${VERSION}" >&2
 log "built version ${VERSION} (${REVISION})"
