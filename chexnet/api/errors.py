@@ -11,7 +11,7 @@ from licensing.flask_auth import license_error_response
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> Response:

@@ -35,7 +35,6 @@ def ready():
     response = jsonify(status="not_ready", reasons=problems,
                        error={"code": "not_ready", "message": problems[0], "request_id": g.get("request_id")})
     response.status_code, response.headers["Retry-After"] = 503, "5"
-    g.error_code = "not_ready"
     return response
 
 
