@@ -122,4 +122,6 @@ else
   up_and_wait "${VERSION}" || die "the API did not turn healthy; see the log lines above and ${DIR}/.env."
 fi
 smoke
-log "CheXNet ${VERSION} (${VARIANT}) is running in ${DIR}: https://$(hostname -f 2>/dev/null || hostname)/"
+port="$(env_value HTTPS_PORT)"
+[[ "${port}" != 443 ]] || port=""
+log "CheXNet ${VERSION} (${VARIANT}) is running in ${DIR}: https://$(hostname -f 2>/dev/null || hostname)${port:+:${port}}/"
