@@ -66,6 +66,21 @@ def onnx_predictor(demo_bundle, onnx_engine):
     return Predictor(demo_bundle, onnx_engine)
 
 
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, demo_bundle):
+    """A configured API (demo bundle, vendor key, host identity) per test module."""
+    from api_helpers import make_env
+
+    return make_env(tmp_path_factory.mktemp("api"), demo_bundle.path)
+
+
+@pytest.fixture(scope="module")
+def app(env):
+    from api_helpers import ready_app
+
+    return ready_app(env)
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     import io
 

@@ -40,16 +40,6 @@ def assert_error(response, status, code, path="/api/v1/predict", method="post"):
     return body
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory, demo_bundle):
-    return make_env(tmp_path_factory.mktemp("api"), demo_bundle.path)
-
-
-@pytest.fixture(scope="module")
-def app(env):
-    return ready_app(env)
-
-
 @pytest.fixture()
 def client(app):
     return app.test_client()

@@ -12,16 +12,6 @@ from chexnet.api.batching import Overloaded
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, demo_bundle):
-    return make_env(tmp_path_factory.mktemp("live"), demo_bundle.path)
-
-
-@pytest.fixture(scope="module")
-def app(env):
-    return ready_app(env)
-
-
-@pytest.fixture(scope="module")
 def server(app):
     live = LiveServer(app, threads=16)
     yield live
