@@ -1,40 +1,79 @@
 #!/usr/bin/env bash
 # Install (or upgrade) CheXNet from this unpacked offline package. Reads as a table of contents:
-#   pre-flight (no impact) → verify and load images → configure (never overwrites .env) → up →
-#   wait until healthy → smoke prediction (with --token-file)
-# An upgrade that does not turn healthy is rolled back to the previous version.
+#   verify the package with the vendor's key (no impact) → pre-flight (no impact) → load images →
+#   configure (never overwrites .env; writes only the options given) → up → wait until healthy →
+#   smoke prediction (with --token-file). An upgrade that does not turn healthy is rolled back.
 #
-# Usage: sudo ./install.sh [--dir /opt/chexnet] [--variant cpu|gpu] [--token-file FILE]
-#                          [--uuid-file /sys/class/dmi/id/product_uuid] [--skip-preflight] [--timeout 600]
+# Usage: sudo ./install.sh (--vendor-key vendor_package.crt | --vendor-fingerprint HEX)
+#            [--dir /opt/chexnet] [--token-file FILE] [--hostname NAME] [--bind ADDRESS]
+#            [--https-port 443] [--http-port 80] [--uuid-file /sys/class/dmi/id/product_uuid]
+#            [--skip-preflight] [--timeout 600]
 set -eEuo pipefail
 PACKAGE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../scripts/lib.sh
 source "${PACKAGE}/scripts/lib.sh"
+# shellcheck source=../scripts/package-trust.sh
+source "${PACKAGE}/scripts/package-trust.sh"
 trap_errors
 
 DIR=/opt/chexnet
-VARIANT="$(cat "${PACKAGE}/VARIANT" 2>/dev/null || echo cpu)"
+VARIANT="$(cat "${PACKAGE}/VARIANT")"
 VERSION="$(cat "${PACKAGE}/VERSION")"
 TOKEN_FILE=""
 UUID_FILE=/sys/class/dmi/id/product_uuid
+VENDOR_KEY=""
+VENDOR_FINGERPRINT=""
 PREFLIGHT=1
 TIMEOUT=600
 API_UID=10001
+NGINX_UID=10002
+declare -A SETTINGS=()  # .env keys the engineer set on the command line
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
-    --variant) VARIANT="$2"; shift 2 ;;
+    --vendor-key) VENDOR_KEY="$2"; shift 2 ;;
+    --vendor-fingerprint) VENDOR_FINGERPRINT="$2"; shift 2 ;;
     --token-file) TOKEN_FILE="$2"; shift 2 ;;
     --uuid-file) UUID_FILE="$2"; shift 2 ;;
+    --hostname) [[ "$2" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$ ]] || die "--hostname must be a DNS name such as chexnet.hospital.local."
+                SETTINGS[TLS_HOSTNAME]="$2"; shift 2 ;;
+    --bind) [[ "$2" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || die "--bind must be an IPv4 address of this server (0.0.0.0 for all)."
+            SETTINGS[BIND_ADDRESS]="$2"; shift 2 ;;
+    --https-port|--http-port)
+      [[ "$2" =~ ^[0-9]{1,5}$ && "$2" -ge 1 && "$2" -le 65535 ]] || die "$1 must be a port number from 1 to 65535."
+      if [[ "$1" == --https-port ]]; then SETTINGS[HTTPS_PORT]="$2"; else SETTINGS[HTTP_PORT]="$2"; fi
+      shift 2 ;;
+    --variant) [[ "$2" == "${VARIANT}" ]] || die "this is the ${VARIANT} package; use the chexnet-offline-*-$2 package for --variant $2."
+               shift 2 ;;
     --skip-preflight) PREFLIGHT=0; shift ;;
-    --timeout) TIMEOUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --timeout) [[ "$2" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds."
+               TIMEOUT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
 COMPOSE="$(compose_command)" || die "neither 'docker compose' nor 'docker-compose' is installed."
+[[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."
 
-env_value() { sed -n "s/^$1=//p" "${DIR}/.env" 2>/dev/null | tail -n 1; }
+env_value() {
+  [[ -f "${DIR}/.env" ]] || return 0
+  sed -n "s/^$1=//p" "${DIR}/.env" | tail -n 1
+}
+
+set_env() {
+  if grep -q "^$1=" "${DIR}/.env"; then
+    sed -i "s|^$1=.*|$1=$2|" "${DIR}/.env"
+  else
+    printf '%s=%s\n' "$1" "$2" >> "${DIR}/.env"
+  fi
+}
+
+# The value an option sets, else the one in .env, else the default.
+setting() {
+  local value="${SETTINGS[$1]:-}"
+  [[ -n "${value}" ]] || value="$(env_value "$1")"
+  printf '%s\n' "${value:-$2}"
+}
 
 compose() {
   local files=(-f docker-compose.yml)
@@ -42,50 +81,75 @@ compose() {
   (cd "${DIR}" && ${COMPOSE} "${files[@]}" "$@")
 }
 
+installed() { [[ -f "${DIR}/docker-compose.yml" && -f "${DIR}/.env" ]]; }
+
 preflight() {
   [[ "${PREFLIGHT}" -eq 1 ]] || { warn "pre-flight skipped (--skip-preflight)"; return; }
-  local ports="80,443"
-  [[ -f "${DIR}/.env" ]] && ports="$(env_value HTTP_PORT),$(env_value HTTPS_PORT)"
+  local ports
+  ports="$(setting HTTP_PORT 80),$(setting HTTPS_PORT 443)"
   # A running stack of ours holds its own ports: that is an upgrade, not a conflict.
-  if [[ -f "${DIR}/docker-compose.yml" ]] && [[ -n "$(compose ps -q 2>/dev/null)" ]]; then ports=""; fi
+  if installed && [[ -n "$(compose ps -q 2>/dev/null)" ]]; then ports=""; fi
   "${PACKAGE}/scripts/preflight.sh" --variant "${VARIANT}" --dir "${DIR}" --uuid-file "${UUID_FILE}" --ports "${ports}"
 }
 
+# What an upgrade may change, kept so that a failed upgrade can put it back.
+snapshot() {
+  rm -rf "${DIR}/.rollback"
+  mkdir -p "${DIR}/.rollback"
+  cp -a "${DIR}/docker-compose.yml" "${DIR}/docker-compose.gpu.yml" "${DIR}/.env" "${DIR}/license" "${DIR}/.rollback/"
+}
+
+restore_snapshot() {
+  cp -a "${DIR}/.rollback/docker-compose.yml" "${DIR}/.rollback/docker-compose.gpu.yml" "${DIR}/.rollback/.env" "${DIR}/"
+  rm -rf "${DIR}/license" && cp -a "${DIR}/.rollback/license" "${DIR}/license"
+}
+
 configure() {
+  local key name
   log "configuring ${DIR}"
   mkdir -p "${DIR}"/{license/keys,models,audit,certs}
   install -m 644 "${PACKAGE}"/docker-compose.yml "${PACKAGE}"/docker-compose.gpu.yml "${PACKAGE}"/.env.example "${DIR}/"
-  install -m 644 "${PACKAGE}"/license/keys/*.pem "${DIR}/license/keys/"
+  # The API trusts exactly the licence keys this signed package lists, no others.
+  find "${DIR}/license/keys" -mindepth 1 -delete
+  while IFS= read -r key; do
+    [[ "${key}" == license/keys/*.pem ]] && install -m 644 "${PACKAGE}/${key}" "${DIR}/license/keys/"
+  done < <(listed_files "${PACKAGE}")
   if [[ -f "${DIR}/.env" ]]; then
-    log "keeping the existing ${DIR}/.env"
+    log "keeping the existing ${DIR}/.env (a copy is in .env.bak)"
+    cp "${DIR}/.env" "${DIR}/.env.bak"
   else
-    sed -e "s/^CHEXNET_VERSION=.*/CHEXNET_VERSION=${VERSION}/" -e "s/^CHEXNET_VARIANT=.*/CHEXNET_VARIANT=${VARIANT}/" \
-      "${PACKAGE}/.env.example" > "${DIR}/.env"
+    cp "${PACKAGE}/.env.example" "${DIR}/.env"
     log "wrote ${DIR}/.env from .env.example"
   fi
+  chmod 600 "${DIR}/.env"
+  set_env CHEXNET_VERSION "${VERSION}"
+  set_env CHEXNET_VARIANT "${VARIANT}"
+  for name in "${!SETTINGS[@]}"; do
+    set_env "${name}" "${SETTINGS[${name}]}"
+    log "set ${name}=${SETTINGS[${name}]} in ${DIR}/.env"
+  done
   # The container cannot read the root-only SMBIOS file; the value is copied, read-only to it.
   "${PACKAGE}/scripts/product-uuid.sh" "${UUID_FILE}" > "${DIR}/product_uuid"
   chmod 644 "${DIR}/product_uuid"
+  # The containers run unprivileged: the API writes the audit log, nginx its self-signed certificate.
   chown -R "${API_UID}:${API_UID}" "${DIR}/audit"
+  chown -R "${NGINX_UID}:${NGINX_UID}" "${DIR}/certs"
 }
 
-set_version() {
-  cp "${DIR}/.env" "${DIR}/.env.bak"
-  sed -i "s/^CHEXNET_VERSION=.*/CHEXNET_VERSION=$1/" "${DIR}/.env"
-}
-
+# Healthy → 0; unhealthy, exited or restarting again and again → 1 at once; else wait up to TIMEOUT.
 wait_healthy() {
   local deadline=$((SECONDS + TIMEOUT)) api state
   log "waiting for the API to turn healthy (up to ${TIMEOUT} s)"
   while (( SECONDS < deadline )); do
     api="$(compose ps -q api)"
-    state="$(docker inspect -f '{{.State.Health.Status}}' "${api}" 2>/dev/null || echo starting)"
-    if [[ "${state}" == healthy ]]; then
-      log "API healthy"
-      return 0
-    fi
-    sleep 5
+    state="$(docker inspect -f '{{.State.Status}}/{{.RestartCount}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "${api}" 2>/dev/null || echo starting/0/)"
+    case "${state}" in
+      */healthy) log "API healthy"; return 0 ;;
+      */unhealthy|exited/*|dead/*|*/[3-9]/*|*/[1-9][0-9]*/*) break ;;
+    esac
+    sleep 3
   done
+  warn "the API did not turn healthy (state ${state}); its last log lines:"
   docker logs --tail 20 "$(compose ps -q api)" >&2 || true
   return 1
 }
@@ -102,19 +166,24 @@ smoke() {
     return
   fi
   log "smoke prediction through nginx"
-  compose exec -T api python -m chexnet.api.smoke --url https://nginx < "${TOKEN_FILE}"
+  compose exec -T api python -m chexnet.api.smoke --url https://nginx:8443 < "${TOKEN_FILE}"
 }
 
-previous="$(env_value CHEXNET_VERSION)"
+vendor_cert "${PACKAGE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
+verify_package "${PACKAGE}" "${VENDOR_CERT}"
 preflight
-"${PACKAGE}/scripts/load-images.sh" "${PACKAGE}"
+load_images "${PACKAGE}"
+previous=""
+if installed; then
+  previous="$(env_value CHEXNET_VERSION)"
+  snapshot
+fi
 configure
 if [[ -n "${previous}" && "${previous}" != "${VERSION}" ]]; then
   log "upgrade ${previous} → ${VERSION}"
-  set_version "${VERSION}"
   if ! up_and_wait "${VERSION}"; then
     warn "version ${VERSION} did not turn healthy; rolling back to ${previous}"
-    set_version "${previous}"
+    restore_snapshot
     up_and_wait "${previous}" || die "rollback to ${previous} did not turn healthy either; see 'docker logs'."
     die "upgrade to ${VERSION} failed and was rolled back to ${previous}."
   fi
@@ -122,6 +191,6 @@ else
   up_and_wait "${VERSION}" || die "the API did not turn healthy; see the log lines above and ${DIR}/.env."
 fi
 smoke
-port="$(env_value HTTPS_PORT)"
+port="$(setting HTTPS_PORT 443)"
 [[ "${port}" != 443 ]] || port=""
-log "CheXNet ${VERSION} (${VARIANT}) is running in ${DIR}: https://$(hostname -f 2>/dev/null || hostname)${port:+:${port}}/"
+log "CheXNet ${VERSION} (${VARIANT}) is running in ${DIR}: https://$(setting TLS_HOSTNAME chexnet.local)${port:+:${port}}/"

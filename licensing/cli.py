@@ -1,4 +1,4 @@
-"""``python -m licensing``: keygen, issue, verify, inspect, revoke, host-uuid, hash-password, serve."""
+"""``python -m licensing``: keygen, package-keygen, issue, verify, inspect, revoke, host-uuid, hash-password, serve."""
 
 import argparse
 import json
@@ -16,6 +16,15 @@ def _keygen(args) -> int:
     private, public, kid = generate(Path(args.out))
     print(f"private key (keep it offline, mode 600): {private}\npublic key: {public}\nkid: {kid}")
     print(f"for key rotation, install the public key on servers as <key dir>/{kid}.pem", file=sys.stderr)
+    return 0
+
+
+def _package_keygen(args) -> int:
+    from licensing.package_key import generate_package_key
+
+    private, cert, fingerprint = generate_package_key(Path(args.out))
+    print(f"package signing key (keep it offline, mode 600): {private}\ncertificate (ships to sites out of band): {cert}"
+          f"\nfingerprint (print it on the delivery note): {fingerprint}")
     return 0
 
 
@@ -103,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="create an Ed25519 vendor key pair")
     p.add_argument("--out", required=True, help="directory for vendor_private.pem and vendor_public.pem")
     p.set_defaults(func=_keygen)
+
+    p = sub.add_parser("package-keygen", help="create the RSA key that signs offline packages, and its certificate")
+    p.add_argument("--out", required=True, help="directory for package_signing.key and vendor_package.crt")
+    p.set_defaults(func=_package_keygen)
 
     p = sub.add_parser("issue", help="sign a licence token (printed on stdout)")
     p.add_argument("--key", required=True, help="vendor_private.pem (must be mode 600)")

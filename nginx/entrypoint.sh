@@ -1,39 +1,48 @@
 #!/bin/sh
-# Render the settings nginx takes from the environment, make a self-signed certificate on site when
-# the customer supplied none, check the configuration, then run nginx.
+# Render the settings nginx takes from the environment into /run/chexnet-nginx (the root filesystem
+# is read-only), make a self-signed certificate on site when the customer supplied none, check the
+# configuration, then run nginx. Runs as uid 10002 with no capabilities.
 set -eu
 
 CERTS=/etc/nginx/certs
-GENERATED=/etc/nginx/chexnet
+GENERATED=/run/chexnet-nginx
 MAX_UPLOAD_MB="${CHEXNET_MAX_UPLOAD_MB:-64}"
 RATE="${NGINX_RATE_LIMIT:-20r/s}"
 BURST="${NGINX_RATE_BURST:-40}"
+CONNECTIONS="${NGINX_CONN_LIMIT:-32}"
 HOSTNAME_TLS="${TLS_HOSTNAME:-chexnet.local}"
 
-case "${MAX_UPLOAD_MB}" in ''|*[!0-9]*) echo "error: CHEXNET_MAX_UPLOAD_MB must be a whole number of MiB." >&2; exit 1 ;; esac
-case "${BURST}" in ''|*[!0-9]*) echo "error: NGINX_RATE_BURST must be a whole number." >&2; exit 1 ;; esac
+fail() { echo "error: $*" >&2; exit 1; }
+case "${MAX_UPLOAD_MB}" in ''|*[!0-9]*) fail "CHEXNET_MAX_UPLOAD_MB must be a whole number of MiB." ;; esac
+case "${BURST}" in ''|*[!0-9]*) fail "NGINX_RATE_BURST must be a whole number." ;; esac
+case "${CONNECTIONS}" in ''|*[!0-9]*|0) fail "NGINX_CONN_LIMIT must be a whole number above 0." ;; esac
+echo "${RATE}" | grep -Eq '^[0-9]+r/[sm]$' || fail "NGINX_RATE_LIMIT must look like 20r/s or 600r/m."
+echo "${HOSTNAME_TLS}" | grep -Eq '^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$' || fail "TLS_HOSTNAME must be a DNS name."
+case "${PUBLIC_HTTPS_PORT:-443}" in *[!0-9]*|'') fail "HTTPS_PORT must be a port number." ;; esac
 
-mkdir -p "${GENERATED}" "${CERTS}"
+mkdir -p "${GENERATED}"
 # The body limit matches the API's upload limit, plus 1 MiB of multipart framing.
 cat > "${GENERATED}/http.conf" <<CONF
 client_max_body_size $((MAX_UPLOAD_MB + 1))m;
 limit_req_zone \$binary_remote_addr zone=chexnet_api:10m rate=${RATE};
+limit_conn_zone \$binary_remote_addr zone=chexnet_conn:10m;
 CONF
-echo "limit_req zone=chexnet_api burst=${BURST} nodelay;" > "${GENERATED}/limit_req.conf"
-# Redirect to the port the host publishes HTTPS on (443 unless HTTPS_PORT says otherwise).
+printf 'limit_req zone=chexnet_api burst=%s nodelay;\nlimit_conn chexnet_conn %s;\n' "${BURST}" "${CONNECTIONS}" > "${GENERATED}/limits.conf"
+# Redirect to the configured name and published HTTPS port, never to the Host header a client sent.
 case "${PUBLIC_HTTPS_PORT:-443}" in
-  443) echo "return 301 https://\$host\$request_uri;" ;;
-  *[!0-9]*|'') echo "error: HTTPS_PORT must be a port number." >&2; exit 1 ;;
-  *) echo "return 301 https://\$host:${PUBLIC_HTTPS_PORT}\$request_uri;" ;;
+  443) echo "return 301 https://${HOSTNAME_TLS}\$request_uri;" ;;
+  *) echo "return 301 https://${HOSTNAME_TLS}:${PUBLIC_HTTPS_PORT}\$request_uri;" ;;
 esac > "${GENERATED}/redirect.conf"
 
 if [ ! -s "${CERTS}/server.crt" ] || [ ! -s "${CERTS}/server.key" ]; then
+  [ -w "${CERTS}" ] || fail "${CERTS} is not writable by uid $(id -u): run 'chown -R 10002:10002 certs' in the install folder (install.sh does), or put server.crt and server.key there."
   echo "no certificate in ${CERTS}: generating a self-signed one for ${HOSTNAME_TLS}" >&2
   openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 -subj "/CN=${HOSTNAME_TLS}" \
     -addext "subjectAltName=DNS:${HOSTNAME_TLS},DNS:localhost,IP:127.0.0.1" \
     -keyout "${CERTS}/server.key" -out "${CERTS}/server.crt" 2>/dev/null
   chmod 600 "${CERTS}/server.key"
 fi
+[ -r "${CERTS}/server.key" ] || fail "${CERTS}/server.key is not readable by uid $(id -u): run 'chown -R 10002:10002 certs' in the install folder."
 
-nginx -t -q
+nginx -e stderr -t -q
 exec "$@"

@@ -85,6 +85,7 @@ build_api() {
   docker build --quiet -f "${ROOT}/chexnet_api_${variant}/Dockerfile" \
     --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION=${VERSION}" --build-arg "REVISION=${REVISION}" \
     --build-arg "MODELS=${MODELS[*]}" --build-arg "MIN_NVIDIA_DRIVER=${MIN_NVIDIA_DRIVER}" \
+    --build-arg "MIN_NVIDIA_DRIVER_WINDOWS=${MIN_NVIDIA_DRIVER_WINDOWS}" \
     -t "chexnet-api-${variant}:${VERSION}" "${BUILD}/context-${variant}" >/dev/null
   rm -rf "${BUILD}/context-${variant}" "${BUILD}/wheelhouse-${variant}"
   prune_ours

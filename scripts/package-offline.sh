@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
 # Pack what a field engineer carries: dist/chexnet-offline-<version>-<variant>.tar.gz holding the
-# docker-saved images, the deployment template, the scripts, the docs, SHA256SUMS and the vendor's
-# Ed25519 signature over SHA256SUMS. The contents are the explicit list below.
-# Usage: package-offline.sh --key vendor_private.pem [--variant cpu|gpu]
+# docker-saved images, the deployment template, the scripts, the docs, the licence public key, the
+# package-signing certificate, SHA256SUMS and the vendor's signature over it; and beside it
+# <tarball>.sig, the vendor's signature over the whole tarball. Signatures are RSA-PSS/SHA-256 with
+# the package-signing key (python -m licensing package-keygen). The contents are the explicit list below.
+# Usage: package-offline.sh --signing-key package_signing.key --license-key vendor_public.pem
+#                           [--signing-cert vendor_package.crt] [--variant cpu|gpu] [--version V]
+#        --version packs images tagged V (default: the project version).
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib.sh
 source "${ROOT}/scripts/lib.sh"
+# shellcheck source=package-trust.sh
+source "${ROOT}/scripts/package-trust.sh"
 trap_errors
 
 VARIANT=cpu
-KEY=""
+SIGNING_KEY=""
+SIGNING_CERT=""
+LICENSE_KEY=""
+VERSION="$(project_version "${ROOT}")"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --variant) VARIANT="$2"; shift 2 ;;
-    --key) KEY="$2"; shift 2 ;;
-    *) die "unknown option $1 (use --key PRIV.pem [--variant cpu|gpu])" ;;
+    --signing-key) SIGNING_KEY="$2"; shift 2 ;;
+    --signing-cert) SIGNING_CERT="$2"; shift 2 ;;
+    --license-key) LICENSE_KEY="$2"; shift 2 ;;
+    --version) VERSION="$2"; shift 2 ;;
+    *) die "unknown option $1 (see the usage at the top of $0)" ;;
   esac
 done
 [[ "${VARIANT}" == cpu || "${VARIANT}" == gpu ]] || die "--variant must be cpu or gpu."
-[[ -f "${KEY}" ]] || die "--key must name the vendor's Ed25519 private key (python -m licensing keygen)."
-[[ "$(stat -c %a "${KEY}")" == 600 ]] || die "${KEY} must be mode 600 (chmod 600 ${KEY})."
+[[ -f "${SIGNING_KEY}" ]] || die "--signing-key must name the package-signing key (python -m licensing package-keygen)."
+[[ "$(stat -c %a "${SIGNING_KEY}")" == 600 ]] || die "${SIGNING_KEY} must be mode 600 (chmod 600 ${SIGNING_KEY})."
+SIGNING_CERT="${SIGNING_CERT:-$(dirname "${SIGNING_KEY}")/vendor_package.crt}"
+[[ -f "${SIGNING_CERT}" ]] || die "--signing-cert ${SIGNING_CERT} does not exist (package-keygen writes it beside the key)."
+[[ -f "${LICENSE_KEY}" ]] || die "--license-key must name the vendor's Ed25519 licence public key (vendor_public.pem)."
+[[ "${VERSION}" =~ ^[0-9A-Za-z][0-9A-Za-z._-]*$ ]] || die "--version must be a plain version string."
 
-VERSION="$(project_version "${ROOT}")"
 NAME="chexnet-offline-${VERSION}-${VARIANT}"
 STAGE="${ROOT}/dist/${NAME}"
 IMAGES=("chexnet-api-${VARIANT}:${VERSION}" "chexnet-nginx:${VERSION}")
@@ -36,22 +51,27 @@ mkdir -p "${STAGE}"/{images,scripts,docs,license/keys}
 install -m 755 "${ROOT}"/deployment_template/install.sh "${ROOT}"/deployment_template/install.ps1 "${STAGE}/"
 install -m 644 "${ROOT}"/deployment_template/{docker-compose.yml,docker-compose.gpu.yml,.env.example,README.md} "${STAGE}/"
 install -m 755 "${ROOT}"/scripts/{preflight.sh,load-images.sh,product-uuid.sh} "${STAGE}/scripts/"
-install -m 644 "${ROOT}"/scripts/{lib.sh,versions.env,preflight.ps1,load-images.ps1,product-uuid.ps1} "${STAGE}/scripts/"
+install -m 644 "${ROOT}"/scripts/{lib.sh,package-trust.sh,versions.env,preflight.ps1,load-images.ps1,package-trust.ps1,product-uuid.ps1} "${STAGE}/scripts/"
 install -m 644 "${ROOT}"/README.md "${ROOT}"/BENCHMARKS.md "${STAGE}/docs/"
+install -m 644 "${SIGNING_CERT}" "${STAGE}/vendor_package.crt"
 # The API trusts a directory of <kid>.pem (key rotation); kid = sha256 of the raw public key, 16 hex.
-KID="$(openssl pkey -in "${KEY}" -pubout -outform DER | tail -c 32 | sha256sum | cut -c1-16)"
-openssl pkey -in "${KEY}" -pubout -out "${STAGE}/license/keys/${KID}.pem"
+KID="$(openssl pkey -pubin -in "${LICENSE_KEY}" -outform DER | tail -c 32 | sha256sum | cut -c1-16)"
+openssl pkey -pubin -in "${LICENSE_KEY}" -out "${STAGE}/license/keys/${KID}.pem"
 echo "${VERSION}" > "${STAGE}/VERSION"
 echo "${VARIANT}" > "${STAGE}/VARIANT"
 
 log "docker save ${IMAGES[*]} (compressing)"
 docker save "${IMAGES[@]}" | pigz -6 > "${STAGE}/images/chexnet-${VERSION}-${VARIANT}.tar.gz"
 
-log "SHA256SUMS and vendor signature"
-(cd "${STAGE}" && find . -type f -printf '%P\n' | sort | xargs sha256sum > ../SHA256SUMS.tmp && mv ../SHA256SUMS.tmp SHA256SUMS)
-openssl pkeyutl -sign -inkey "${KEY}" -rawin -in "${STAGE}/SHA256SUMS" -out "${STAGE}/SHA256SUMS.sig"
+log "SHA256SUMS and the vendor's signatures (RSA-PSS, SHA-256)"
+(cd "${STAGE}" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs sha256sum > ../SHA256SUMS.tmp && mv ../SHA256SUMS.tmp SHA256SUMS)
+openssl dgst "${PSS_OPTS[@]}" -sign "${SIGNING_KEY}" -out "${STAGE}/SHA256SUMS.sig" "${STAGE}/SHA256SUMS"
+verify_signature "${SIGNING_CERT}" "${STAGE}/SHA256SUMS" "${STAGE}/SHA256SUMS.sig" \
+  || die "--signing-cert does not belong to --signing-key."
 
 tar -C "${ROOT}/dist" -cf - "${NAME}" | pigz -1 > "${ROOT}/dist/${NAME}.tar.gz"
 rm -rf "${STAGE}"
-(cd "${ROOT}/dist" && sha256sum "${NAME}.tar.gz" > "${NAME}.tar.gz.sha256")
-log "wrote dist/${NAME}.tar.gz ($(du -h "${ROOT}/dist/${NAME}.tar.gz" | cut -f1))"
+openssl dgst "${PSS_OPTS[@]}" -sign "${SIGNING_KEY}" -out "${ROOT}/dist/${NAME}.tar.gz.sig" "${ROOT}/dist/${NAME}.tar.gz"
+rm -f "${ROOT}/dist/${NAME}.tar.gz.sha256"
+log "wrote dist/${NAME}.tar.gz ($(du -h "${ROOT}/dist/${NAME}.tar.gz" | cut -f1)) and its signature ${NAME}.tar.gz.sig"
+log "ship to the site, out of band: $(basename "${SIGNING_CERT}") (fingerprint $(cert_fingerprint "${SIGNING_CERT}"))"

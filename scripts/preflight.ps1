@@ -16,8 +16,13 @@ function Ok([string]$m) { Write-Host "  ok    $m" }
 function Bad([string]$m) { Write-Host "  FAIL  $m" -ForegroundColor Red; $script:failed = $true }
 
 Write-Host '==> pre-flight checks (nothing is changed)'
+# ProductType 1 is a workstation; 2 and 3 are Windows Server, where Docker Desktop is not supported.
+$os = Get-CimInstance Win32_OperatingSystem
+if ($os.ProductType -ne 1) {
+    Bad "$($os.Caption) is Windows Server, which Docker Desktop does not support: run the Linux package in a Linux VM (Hyper-V) on this server instead (see the field guide, 'Windows Server')"
+} else { Ok "$($os.Caption) (build $($os.BuildNumber))" }
 $dockerVersion = (& docker version --format '{{.Server.Version}}' 2>$null)
-if ($LASTEXITCODE -ne 0 -or -not $dockerVersion) { Bad 'Docker Desktop is not running (start it and wait for "Engine running")' }
+if ($LASTEXITCODE -ne 0 -or -not $dockerVersion) { Bad 'Docker Desktop is not running (sign in, start it and wait for "Engine running"; set it to start at sign-in)' }
 elseif ([version]($dockerVersion -replace '[-+].*$', '') -ge [version]$versions.MIN_DOCKER_VERSION) { Ok "Docker $dockerVersion" }
 else { Bad "Docker $dockerVersion is older than $($versions.MIN_DOCKER_VERSION)" }
 
@@ -43,9 +48,9 @@ catch { Bad "cannot read the product UUID: $($_.Exception.Message)" }
 
 if ($Variant -eq 'gpu') {
     $driver = (& nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>$null | Select-Object -First 1)
-    if ($LASTEXITCODE -ne 0 -or -not $driver) { Bad "nvidia-smi found no GPU; install the NVIDIA driver (>= $($versions.MIN_NVIDIA_DRIVER)) or use -Variant cpu" }
-    elseif ([version]$driver -ge [version]$versions.MIN_NVIDIA_DRIVER) { Ok "NVIDIA driver $driver" }
-    else { Bad "NVIDIA driver $driver is older than $($versions.MIN_NVIDIA_DRIVER)" }
+    if ($LASTEXITCODE -ne 0 -or -not $driver) { Bad "nvidia-smi found no GPU; install the NVIDIA driver (>= $($versions.MIN_NVIDIA_DRIVER_WINDOWS)) or use the cpu package" }
+    elseif ([version]$driver -ge [version]$versions.MIN_NVIDIA_DRIVER_WINDOWS) { Ok "NVIDIA driver $driver" }
+    else { Bad "NVIDIA driver $driver is older than $($versions.MIN_NVIDIA_DRIVER_WINDOWS) (NVIDIA's minimum for CUDA 12.8 Update 1 on Windows)" }
 }
 
 if ($failed) { throw 'pre-flight found problems (above); nothing was changed.' }

@@ -52,8 +52,10 @@ else
   bad "neither 'docker compose' (v2) nor 'docker-compose' (v1) is installed"
 fi
 
-mkdir -p "${DIR}" 2>/dev/null || true
-free_gb="$(df -Pk "${DIR}" 2>/dev/null | awk 'NR==2 {print int($4 / 1048576)}')"
+# Nothing is created here: the free space is that of the nearest folder that exists.
+existing="${DIR}"
+while [[ ! -d "${existing}" ]]; do existing="$(dirname "${existing}")"; done
+free_gb="$(df -Pk "${existing}" 2>/dev/null | awk 'NR==2 {print int($4 / 1048576)}')"
 if [[ -n "${free_gb}" && "${free_gb}" -ge "${MIN_DISK_GB}" ]]; then ok "${free_gb} GB free in ${DIR}"; else bad "only ${free_gb:-?} GB free in ${DIR}; ${MIN_DISK_GB} GB needed"; fi
 
 ram_gb="$(awk '/MemTotal/ {print int($2 / 1048576)}' /proc/meminfo 2>/dev/null || echo 0)"

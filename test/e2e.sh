@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# End to end, as CI runs it: build the images, pack the CPU offline package, install it into a fresh
-# directory the way a field engineer would (the install uses only the tarball), run the QA script and
-# the fault tests against it, smoke-test the GPU image on the CPU, and always tear everything down.
+# End to end, as CI runs it. The install follows the field guide (deployment_template/README.md) word
+# for word: its ```bash blocks are run as written (test/guide.py says the only substitutions), in a
+# fresh folder holding only what an engineer carries, into /opt/chexnet (CHEXNET_E2E_DIR to change).
+#   1. images (CPU, GPU, nginx)            2. vendor keys; signed offline package
+#   3. forged and damaged packages refused before docker load
+#   4. the guide's path on a fresh folder (no .env made first) → QA script → faults
+#   5. the guide's "custom .env" path → upgrade to a second version → a broken third version rolled back
+#   6. the GPU image on the CPU;            always: tear everything down
 # Needs Docker running, root, and ../shared/data. Ports: 127.0.0.1:18443 (HTTPS), 127.0.0.1:18080 (HTTP).
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,36 +17,72 @@ trap_errors
 PYTHON="${ROOT}/.venv/bin/python"
 SAMPLES="$(cd "${ROOT}/../shared/data" && pwd)"
 VERSION="$(project_version "${ROOT}")"
+V2="${VERSION}-e2e.2"
+V3="${VERSION}-e2e.3-broken"
+DIR="${CHEXNET_E2E_DIR:-/opt/chexnet}"
 WORK="$(mktemp -d /tmp/chexnet-e2e.XXXXXX)"
-SITE="${WORK}/site"
 KEYS="${WORK}/vendor"
-HOST_UUID="$("${PYTHON}" -c 'import uuid; print(uuid.uuid4())')"
+GUIDE="${ROOT}/deployment_template/README.md"
+SITE_OPTIONS="--bind 127.0.0.1 --https-port 18443 --http-port 18080 --hostname localhost"
 COMPOSE="$(compose_command)" || die "no Docker Compose installed."
+[[ ! -e "${DIR}" ]] || die "${DIR} exists already; remove it, or set CHEXNET_E2E_DIR to a folder that does not exist."
 
 teardown() {
   log "teardown"
-  if [[ -f "${SITE}/docker-compose.yml" ]]; then
-    (cd "${SITE}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null 2>&1) || true
+  if [[ -f "${DIR}/docker-compose.yml" ]]; then
+    (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null 2>&1) || true
   fi
-  rm -rf "${WORK}"
+  rm -rf "${WORK}" "${DIR}"
+  docker image rm "chexnet-api-cpu:${V2}" "chexnet-nginx:${V2}" "chexnet-api-cpu:${V3}" "chexnet-nginx:${V3}" >/dev/null 2>&1 || true
 }
 trap teardown EXIT
+
+# The host's identity as the guide reads it; a machine without SMBIOS takes the guide's site-UUID route.
+UUID_FILE_ARG=""
+if HOST_UUID="$("${ROOT}/scripts/product-uuid.sh" 2>/dev/null)"; then
+  log "this machine's product_uuid: ${HOST_UUID}"
+else
+  HOST_UUID="$("${PYTHON}" -c 'import uuid; print(uuid.uuid4())')"
+  UUID_FILE_ARG=../site-uuid.txt
+  log "no SMBIOS UUID here: the guide's site-UUID route with ${HOST_UUID}"
+fi
+# Root runs the guide's 'sudo' commands; a machine without sudo gets a pass-through one.
+BIN="${WORK}/bin"
+mkdir -p "${BIN}"
+if ! command -v sudo >/dev/null; then
+  printf '#!/bin/sh\nexec "$@"\n' > "${BIN}/sudo" && chmod 755 "${BIN}/sudo"
+fi
+
+# carry VERSION FOLDER: what the engineer carries, and nothing else: tarball, signature, vendor certificate, token.
+carry() {
+  mkdir -p "$2"
+  cp "${ROOT}/dist/chexnet-offline-$1-cpu.tar.gz" "${ROOT}/dist/chexnet-offline-$1-cpu.tar.gz.sig" "${KEYS}/vendor_package.crt" "$2/"
+  cp "${WORK}/token" "$2/token.txt"
+  [[ -z "${UUID_FILE_ARG}" ]] || echo "${HOST_UUID}" > "$2/site-uuid.txt"
+}
+
+# guide VERSION FOLDER BLOCK...: run the guide's Linux blocks, word for word, in FOLDER (one shell: 'cd' carries on).
+guide() {
+  local version="$1" folder="$2" script="" block
+  shift 2
+  for block in "$@"; do
+    script+="$("${PYTHON}" "${ROOT}/test/guide.py" "${GUIDE}" --section Linux --version "${version}" --block "${block}" \
+               --install-options "${SITE_OPTIONS}" ${UUID_FILE_ARG:+--uuid-file "${UUID_FILE_ARG}"} \
+               | sed "s|/opt/chexnet|${DIR}|g")"$'\n'
+  done
+  log "guide, blocks $*, in ${folder}:"
+  printf '%s' "${script}" | sed 's/^/    $ /' >&2
+  (cd "${folder}" && PATH="${BIN}:${PATH}" bash -eEuo pipefail -c "${script}")
+}
 
 log "1/6 images (CPU, GPU, nginx)"
 "${ROOT}/scripts/build-images.sh" all
 
-log "2/6 offline package, signed with a throw-away vendor key"
+log "2/6 vendor keys (throw-away) and the signed offline package"
 "${PYTHON}" -m licensing keygen --out "${KEYS}" >/dev/null
-"${ROOT}/scripts/package-offline.sh" --key "${KEYS}/vendor_private.pem" --variant cpu
-
-log "3/6 install from the tarball alone into ${SITE}"
-mkdir -p "${WORK}/unpacked" "${SITE}"
-tar -C "${WORK}/unpacked" -xzf "${ROOT}/dist/chexnet-offline-${VERSION}-cpu.tar.gz"
-PACKAGE="${WORK}/unpacked/chexnet-offline-${VERSION}-cpu"
-echo "${HOST_UUID}" > "${WORK}/product_uuid"
-sed -e 's/^BIND_ADDRESS=.*/BIND_ADDRESS=127.0.0.1/' -e 's/^HTTPS_PORT=.*/HTTPS_PORT=18443/' \
-    -e 's/^HTTP_PORT=.*/HTTP_PORT=18080/' -e 's/^TLS_HOSTNAME=.*/TLS_HOSTNAME=localhost/' \
-    "${PACKAGE}/.env.example" > "${SITE}/.env"
+"${PYTHON}" -m licensing package-keygen --out "${KEYS}" >/dev/null
+pack() { "${ROOT}/scripts/package-offline.sh" --signing-key "${KEYS}/package_signing.key" --license-key "${KEYS}/vendor_public.pem" --variant cpu "$@"; }
+pack
 issue() {
   "${PYTHON}" -m licensing issue --key "${KEYS}/vendor_private.pem" --customer "QA" --days 2 \
     --features cxr10,cxr25,chestxray14 "$@"
@@ -56,20 +97,57 @@ from licensing.tokens import issue_token
 print(issue_token(load_private_key(sys.argv[1]), product_uuid=sys.argv[2], customer="QA", subject="expired",
                   days=1, features=["cxr10"], now=time.time() - 3 * 86400))
 PY
-"${PACKAGE}/install.sh" --dir "${SITE}" --uuid-file "${WORK}/product_uuid" --token-file "${WORK}/token" --timeout 600
 
+log "3/6 forged and damaged packages"
+(cd "${ROOT}" && CHEXNET_E2E_TARBALL="${ROOT}/dist/chexnet-offline-${VERSION}-cpu.tar.gz" CHEXNET_E2E_VENDOR="${KEYS}" \
+  "${PYTHON}" -m pytest -m e2e test/test_e2e_package.py -p no:cacheprovider -q)
+[[ ! -e "${DIR}" ]] || die "a refused package left ${DIR} behind."
+
+log "4/6 the guide, word for word, on a fresh folder (no .env made first)"
+carry "${VERSION}" "${WORK}/carry"
+guide "${VERSION}" "${WORK}/carry" 0 1 2 3
 export CHEXNET_QA_URL=https://localhost:18443 CHEXNET_QA_HTTP_URL=http://localhost:18080 \
-       CHEXNET_QA_TOKEN_FILE="${WORK}/token" CHEXNET_QA_CA_CERT="${SITE}/certs/server.crt" \
+       CHEXNET_QA_TOKEN_FILE="${WORK}/token" CHEXNET_QA_CA_CERT="${DIR}/certs/server.crt" \
        CHEXNET_QA_WRONG_HOST_TOKEN_FILE="${WORK}/wrong-host-token" CHEXNET_QA_EXPIRED_TOKEN_FILE="${WORK}/expired-token" \
-       CHEXNET_QA_SAMPLES="${SAMPLES}" CHEXNET_E2E_SITE="${SITE}"
-
-log "4/6 QA script against the CPU stack"
+       CHEXNET_QA_SAMPLES="${SAMPLES}" CHEXNET_E2E_SITE="${DIR}"
 "${PYTHON}" "${ROOT}/test/test_chexnet_docker.py" --url "${CHEXNET_QA_URL}" --http-url "${CHEXNET_QA_HTTP_URL}" \
-  --token-file "${WORK}/token" --ca-cert "${SITE}/certs/server.crt" --samples "${SAMPLES}" \
+  --token-file "${WORK}/token" --ca-cert "${DIR}/certs/server.crt" --samples "${SAMPLES}" \
   --wrong-host-token-file "${WORK}/wrong-host-token" --expired-token-file "${WORK}/expired-token"
+(cd "${ROOT}" && "${PYTHON}" -m pytest -m e2e test/test_e2e_faults.py -p no:cacheprovider -q)
+log "peak memory of the running containers (sizes mem_limit): $(docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' | tr '\n' ';')"
+(cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)
+rm -rf "${DIR}"
 
-log "5/6 faults: API crash and restart, corrupted model, expired token"
-(cd "${ROOT}" && "${PYTHON}" -m pytest -m e2e test/test_e2e_faults.py -p no:cacheprovider)
+log "5/6 the guide's custom .env path, then upgrade and rollback"
+carry "${VERSION}" "${WORK}/carry-custom"
+guide "${VERSION}" "${WORK}/carry-custom" 0 1 2 4
+# What the engineer changes in an editor: a smaller upload limit.
+sed -i 's/^CHEXNET_MAX_UPLOAD_MB=.*/CHEXNET_MAX_UPLOAD_MB=8/' "${DIR}/.env"
+guide "${VERSION}" "${WORK}/carry-custom/chexnet-offline-${VERSION}-cpu" 3
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${VERSION}" --max-upload-mb 8
+
+log "second version ${V2}: same images under a new tag, packed and signed the same way"
+docker tag "chexnet-api-cpu:${VERSION}" "chexnet-api-cpu:${V2}"
+docker tag "chexnet-nginx:${VERSION}" "chexnet-nginx:${V2}"
+pack --version "${V2}"
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" snapshot --dir "${DIR}" --out "${WORK}/before-upgrade.json"
+carry "${V2}" "${WORK}/carry-v2"
+guide "${V2}" "${WORK}/carry-v2" 0 1 3
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${V2}" --max-upload-mb 8 --same-as "${WORK}/before-upgrade.json"
+
+log "third version ${V3}: an API that cannot start, which the installer must roll back"
+printf 'FROM chexnet-api-cpu:%s\nENV CHEXNET_ENGINE=no-such-engine\n' "${VERSION}" | docker build -q -t "chexnet-api-cpu:${V3}" - >/dev/null
+docker tag "chexnet-nginx:${VERSION}" "chexnet-nginx:${V3}"
+pack --version "${V3}"
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" snapshot --dir "${DIR}" --out "${WORK}/before-broken.json"
+carry "${V3}" "${WORK}/carry-v3"
+if guide "${V3}" "${WORK}/carry-v3" 0 1 3 2> "${WORK}/broken.log"; then
+  die "the broken version installed without complaint"
+fi
+grep -q "rolled back to ${V2}" "${WORK}/broken.log" || { cat "${WORK}/broken.log" >&2; die "the installer did not say it rolled back"; }
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${V2}" --max-upload-mb 8 --same-as "${WORK}/before-broken.json"
+(cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)
+rm -f "${ROOT}/dist/chexnet-offline-${V2}-cpu.tar.gz"* "${ROOT}/dist/chexnet-offline-${V3}-cpu.tar.gz"*
 
 log "6/6 GPU image on the CPU (no GPU here)"
 out="$(docker run --rm -v "${SAMPLES}:/data:ro" "chexnet-api-gpu:${VERSION}" \

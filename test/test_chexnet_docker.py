@@ -16,6 +16,7 @@ import base64
 import http.client
 import json
 import os
+import socket
 import ssl
 import sys
 import time
@@ -47,6 +48,7 @@ class Context:
     expired_token: str | None = None
     samples: Path | None = None
     max_upload_mb: int = 64
+    conn_limit: int = 32
 
     def get(self, path: str, token: str | None = "default", **kwargs) -> requests.Response:
         return requests.get(self.url + path, headers=self._headers(token, kwargs.pop("headers", {})),
@@ -291,10 +293,68 @@ def check_security_headers(ctx):
 def check_http_redirect(ctx):
     if not ctx.http_url:
         raise Skip("no --http-url given")
-    response = requests.get(ctx.http_url + "/api/v1/health", allow_redirects=False, timeout=10)
-    expect(response.status_code == 301 and response.headers["Location"].startswith("https://"),
-           f"HTTP gives {response.status_code} {response.headers.get('Location')}")
-    return f"301 → {response.headers['Location']}"
+    response = requests.get(ctx.http_url + "/api/v1/health", allow_redirects=False, timeout=10,
+                            headers={"Host": "evil.example"})
+    location = response.headers.get("Location", "")
+    expect(response.status_code == 301 and location.startswith("https://"), f"HTTP gives {response.status_code} {location}")
+    expect("evil.example" not in location, f"the redirect follows the client's Host header: {location}")
+    return f"301 → {location} (a forged Host is ignored)"
+
+
+def _raw_exchange(ctx, request: bytes, tls: bool = True) -> tuple[int, dict, bytes]:
+    """Send bytes as they are (requests would refuse to send them malformed); return status, headers, body."""
+    host, port = _host_port(ctx.url)
+    with socket.create_connection((host, port), timeout=30) as plain:
+        stream = _tls_context(ctx).wrap_socket(plain, server_hostname=host) if tls else plain
+        stream.sendall(request)
+        data = b""
+        while chunk := stream.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+    return int(lines[0].split()[1]), headers, body
+
+
+def check_nginx_errors_are_json(ctx):
+    host, _ = _host_port(ctx.url)
+    cases = {
+        "414 long URI": (b"GET /api/v1/health?" + b"a" * 70000 + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n\r\n", True, 414, "uri_too_long"),
+        "400 malformed request": (b"GET /\x01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True, 400, "bad_request"),
+        "400 header too large": (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 70000 + b"\r\nConnection: close\r\n\r\n", True, 400, "bad_request"),
+        "405 TRACE": (b"TRACE /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True, 405, "method_not_allowed"),
+        "400 plain HTTP to the HTTPS port": (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", False, 400, "bad_request"),
+    }
+    for name, (request, tls, status, code) in cases.items():
+        got, headers, body = _raw_exchange(ctx, request, tls=tls)
+        expect(got == status, f"{name}: HTTP {got}, expected {status}")
+        expect(headers.get("content-type", "").startswith("application/json"), f"{name}: {headers.get('content-type')} body, not JSON")
+        expect(json.loads(body)["error"]["code"] == code, f"{name}: {body[:200]!r}")
+        if status == 405:
+            expect("POST" in headers.get("allow", ""), f"{name}: no Allow header")
+    return ", ".join(cases)
+
+
+def check_connection_limit(ctx):
+    """More simultaneous requests from one address than NGINX_CONN_LIMIT: the one over gets 429 JSON."""
+    time.sleep(3)  # a full request-rate bucket, so that only the connection limit can answer 429
+    host, port = _host_port(ctx.url)
+    held = []
+    try:
+        for _ in range(ctx.conn_limit):  # each sends its headers and holds its body back: a request in progress
+            stream = _tls_context(ctx).wrap_socket(socket.create_connection((host, port), timeout=30), server_hostname=host)
+            stream.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nAuthorization: Bearer "
+                           + ctx.token.encode() + b"\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n")
+            held.append(stream)
+        time.sleep(1)
+        response = ctx.get("/api/v1/license")
+        expect_error(response, 429, "rate_limited")
+    finally:
+        for stream in held:
+            stream.close()
+    time.sleep(3)
+    expect(ctx.get("/api/v1/license").status_code == 200, "requests still refused after the connections closed")
+    return f"request {ctx.conn_limit + 1} while {ctx.conn_limit} are in progress: 429"
 
 
 def check_docs(ctx):
@@ -308,7 +368,8 @@ CHECKS = [check_health, check_ready, check_models, check_license, check_predict_
           check_predict_dicom_jpeg_baseline, check_predict_dicom_j2k, check_predict_raw_body, check_cxrnet_compat,
           check_no_token, check_forged_token, check_token_in_query_refused, check_other_host_token,
           check_expired_token, check_bad_inputs, check_upload_over_limit, check_security_headers,
-          check_http_redirect, check_tls_versions, check_docs, check_rate_limit]
+          check_http_redirect, check_nginx_errors_are_json, check_tls_versions, check_docs, check_connection_limit,
+          check_rate_limit]
 
 
 def run_all(ctx: Context) -> int:
@@ -336,7 +397,8 @@ def context_from(args) -> Context:
     return Context(url=args.url.rstrip("/"), token=_read(args.token_file), ca_cert=args.ca_cert or False,
                    http_url=args.http_url.rstrip("/") if args.http_url else None,
                    wrong_host_token=_read(args.wrong_host_token_file), expired_token=_read(args.expired_token_file),
-                   samples=Path(args.samples) if args.samples else None, max_upload_mb=args.max_upload_mb)
+                   samples=Path(args.samples) if args.samples else None, max_upload_mb=args.max_upload_mb,
+                   conn_limit=args.conn_limit)
 
 
 def parse_args(argv=None):
@@ -350,6 +412,7 @@ def parse_args(argv=None):
     parser.add_argument("--samples", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"),
                         help="folder with nih/ and dicom/ sample files (default ../shared/data)")
     parser.add_argument("--max-upload-mb", type=int, default=64, help="the site's CHEXNET_MAX_UPLOAD_MB")
+    parser.add_argument("--conn-limit", type=int, default=32, help="the site's NGINX_CONN_LIMIT")
     return parser.parse_args(argv)
 
 
@@ -363,7 +426,7 @@ if pytest is not None:
             url=env("CHEXNET_QA_URL"), token_file=env("CHEXNET_QA_TOKEN_FILE"), ca_cert=env("CHEXNET_QA_CA_CERT"),
             http_url=env("CHEXNET_QA_HTTP_URL"), wrong_host_token_file=env("CHEXNET_QA_WRONG_HOST_TOKEN_FILE"),
             expired_token_file=env("CHEXNET_QA_EXPIRED_TOKEN_FILE"), samples=env("CHEXNET_QA_SAMPLES"),
-            max_upload_mb=int(env("CHEXNET_QA_MAX_UPLOAD_MB", "64"))))
+            max_upload_mb=int(env("CHEXNET_QA_MAX_UPLOAD_MB", "64")), conn_limit=int(env("CHEXNET_QA_CONN_LIMIT", "32"))))
 
     @pytest.mark.e2e
     @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))

@@ -40,7 +40,7 @@ def qa():
     return context_from(argparse.Namespace(
         url=_env("CHEXNET_QA_URL"), token_file=_env("CHEXNET_QA_TOKEN_FILE"), ca_cert=env("CHEXNET_QA_CA_CERT"),
         http_url=None, wrong_host_token_file=None, expired_token_file=env("CHEXNET_QA_EXPIRED_TOKEN_FILE"),
-        samples=env("CHEXNET_QA_SAMPLES"), max_upload_mb=64))
+        samples=env("CHEXNET_QA_SAMPLES"), max_upload_mb=64, conn_limit=32))
 
 
 def docker(*args: str, check: bool = True) -> str:
