@@ -69,14 +69,15 @@ def _inspect(args) -> int:
 def _revoke(args) -> int:
     from licensing.revocation import sign_revocation_list, verify_revocation_list
 
-    jtis, subs = set(args.jti), set(args.sub)
+    jtis, subs, after = set(args.jti), set(args.sub), 0
     if args.merge:
         if not args.public_key:
             raise SystemExit("error: --merge needs --public-key to verify the existing list.")
         old = verify_revocation_list(Path(args.merge).read_text(encoding="ascii"), TrustedKeys(args.public_key))
         jtis |= old.jtis
         subs |= old.subs
-    text = sign_revocation_list(load_private_key(args.key), jtis, subs, kid=args.kid)
+        after = old.seq  # the new list always supersedes the one it merges, whatever the clocks say
+    text = sign_revocation_list(load_private_key(args.key), jtis, subs, kid=args.kid, after=after)
     Path(args.out).write_text(text + "\n", encoding="ascii")
     print(f"revocation list with {len(jtis)} jti and {len(subs)} sub written to {args.out}", file=sys.stderr)
     return 0

@@ -3,7 +3,8 @@ callers catch :class:`LicenseError` once."""
 
 
 class LicenseError(Exception):
-    """Base: a licence failure with a code, an HTTP status and one actionable sentence."""
+    """Base: a licence failure with a code, an HTTP status, one actionable sentence and the response
+    headers it calls for. No header ever carries client-supplied text."""
 
     code = "token_invalid"
     status = 401
@@ -12,11 +13,21 @@ class LicenseError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.status != 401:
+            return {}
+        return {"WWW-Authenticate": f'Bearer realm="chexnet", error="invalid_token", error_description="{self.code}"'}
+
 
 class TokenMissing(LicenseError):
     """No usable ``Authorization: Bearer`` header."""
 
     code = "token_missing"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="chexnet"'}
 
 
 class TokenInvalid(LicenseError):
@@ -56,3 +67,15 @@ class LicenseConfigError(LicenseError):
 
     code = "license_config"
     status = 503
+
+
+class LicenseNotReady(LicenseError):
+    """The licence check cannot decide yet: a configured revocation list is not in force (fail closed)."""
+
+    code = "not_ready"
+    status = 503
+    retry_after_s = 30
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}

@@ -26,16 +26,8 @@ def license_error_response(err: LicenseError) -> Response:
     body = {"error": {"code": err.code, "message": err.message, "request_id": g.get("request_id")}}
     response = jsonify(body)
     response.status_code = err.status
-    if err.status == 401:
-        response.headers["WWW-Authenticate"] = _www_authenticate(err)
+    response.headers.update(err.headers)
     return response
-
-
-def _www_authenticate(err: LicenseError) -> str:
-    if isinstance(err, TokenMissing):
-        return 'Bearer realm="chexnet"'
-    description = err.message.replace('"', "'")
-    return f'Bearer realm="chexnet", error="invalid_token", error_description="{description}"'
 
 
 def bearer_token() -> str:
@@ -46,7 +38,7 @@ def bearer_token() -> str:
         raise TokenMissing("This endpoint needs a licence token: send 'Authorization: Bearer <token>'.")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer":
-        raise TokenMissing(f"The Authorization scheme '{scheme[:20]}' is not accepted; send 'Authorization: Bearer <token>'.")
+        raise TokenMissing("That Authorization scheme is not accepted; send 'Authorization: Bearer <token>'.")
     token = token.strip()
     if not token:
         raise TokenMissing("The Authorization header says Bearer but carries no token.")

@@ -5,6 +5,7 @@ Each check is its own small function raising one specific error; the defaults ve
 
 import datetime as dt
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ TOKEN_TYPE = "chexnet+jwt"
 ALGORITHMS = ["EdDSA"]  # an allow-list; the token's own "alg" is never trusted
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "customer", "product_uuid", "features", "iat", "nbf", "exp", "jti")
 MAX_TOKEN_LENGTH = 4096
+HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII: nothing a client sends is echoed, but bound it
 DEFAULT_LEEWAY_S = 120
 
 
@@ -68,12 +70,16 @@ def issue_token(private_key: Ed25519PrivateKey, *, product_uuid: str, customer: 
 def _check_header(token: str) -> dict:
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
+    except jwt.InvalidTokenError:  # DecodeError, and PyJWT's own header type checks (a numeric kid, ...)
         raise TokenInvalid("The bearer token is not a well-formed JWT.") from None
+    for name in ("alg", "typ", "kid"):
+        value = header.get(name)
+        if value is not None and not (isinstance(value, str) and HEADER_VALUE.fullmatch(value)):
+            raise TokenInvalid(f"The token header's '{name}' is not a short printable ASCII string.")
     if header.get("alg") not in ALGORITHMS:
-        raise TokenInvalid(f"The token is signed with '{header.get('alg')}'; only EdDSA licence tokens are accepted.")
+        raise TokenInvalid("The token is not signed with EdDSA; only EdDSA licence tokens are accepted.")
     if header.get("typ") != TOKEN_TYPE:
-        raise TokenInvalid(f"The token's type is '{header.get('typ')}', not a CheXNet licence ({TOKEN_TYPE}).")
+        raise TokenInvalid(f"The token is not a CheXNet licence (its typ must be {TOKEN_TYPE}).")
     return header
 
 
@@ -115,7 +121,7 @@ class TokenVerifier:
         claims = self._cached(token) or self._decode(token)
         if not same_host(claims.product_uuid, self.host_uuid):
             raise WrongHost("This token was issued for another server; request one for this server's product_uuid.")
-        if self.revocations is not None and self.revocations.is_revoked(claims.jti, claims.sub):
+        if self.revocations is not None and self.revocations.is_revoked(claims.jti, claims.sub):  # raises while no list is in force
             raise TokenRevoked("This token has been revoked by the vendor.")
         return claims
 
@@ -137,7 +143,7 @@ class TokenVerifier:
         header = _check_header(token)
         key = self.keys.for_kid(header.get("kid"))
         if key is None:
-            raise TokenInvalid(f"The token's key id '{header.get('kid')}' is not one this server trusts.")
+            raise TokenInvalid("The token's key id is not one this server trusts; ask the vendor for a token signed with an installed key.")
         try:
             raw = jwt.decode(
                 token, key, algorithms=ALGORITHMS, audience=AUDIENCE, issuer=ISSUER,

@@ -161,11 +161,22 @@ def test_revoked_token(tmp_path, demo_bundle, nih_sample):
     assert client.get("/api/v1/license", headers=env.auth()).status_code == 200
 
 
-def test_tampered_revocation_list_keeps_service_unready(tmp_path, demo_bundle):
-    (tmp_path / "revocations.jwt").write_text("not.a.list")
+@pytest.mark.parametrize("content", [None, "not.a.list"], ids=["missing", "tampered"])
+def test_revocation_list_not_in_force_fails_closed(tmp_path, demo_bundle, nih_sample, content):
+    if content is not None:
+        (tmp_path / "revocations.jwt").write_text(content)
     env = make_env(tmp_path, demo_bundle.path, CHEXNET_REVOCATION_LIST=str(tmp_path / "revocations.jwt"))
-    response = ready_app(env).test_client().get("/api/v1/ready")
+    client = ready_app(env).test_client()
+    response = client.get("/api/v1/ready")
     assert response.status_code == 503 and "Revocation list" in response.get_json()["reasons"][0]
+    for call in (lambda: client.get("/api/v1/license", headers=env.auth()),
+                 lambda: client.post("/api/v1/predict", data=nih_sample[0].read_bytes(), headers=env.auth())):
+        assert_error(call(), 503, "not_ready")
+    assert (tmp_path / "revocation-state.json").exists() is False
+    (tmp_path / "revocations.jwt").write_text(sign_revocation_list(env.key, [], []))
+    assert client.get("/api/v1/ready").status_code == 200
+    assert client.get("/api/v1/license", headers=env.auth()).status_code == 200
+    assert (tmp_path / "revocation-state.json").stat().st_mode & 0o077 == 0, "the state beside the audit log is owner-only"
 
 
 # --- inputs ----------------------------------------------------------------------------------

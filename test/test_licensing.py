@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from licensing.errors import LicenseConfigError
 from licensing.host import read_host_uuid, same_host, swap_endian
 from licensing.keys import TrustedKeys, generate, key_id, load_private_key
-from licensing.revocation import RevocationWatcher, sign_revocation_list
+from licensing.cli import main as licensing_main
+from licensing.revocation import RevocationWatcher, sign_revocation_list, verify_revocation_list
 from licensing.tokens import REQUIRED_CLAIMS, TokenVerifier, issue_token
 from licensing_helpers import HOST_UUID, OTHER_UUID, b64, claims_for, make_app, raw_jwt, sign
 
@@ -255,6 +257,92 @@ def test_tampered_revocation_list_rejected_and_logged(tmp_path, key_dir, vendor_
     assert watcher.error and "rejected" in watcher.error
     assert any("rejected" in r.getMessage() for r in caplog.records)
     assert watcher.is_revoked("jti-1", "x"), "the last good list stays in force"
+
+
+def _touch_later(path):
+    later = time.time_ns() + 10**9
+    os.utime(path, ns=(later, later))
+
+
+@pytest.mark.parametrize("state", ["missing", "truncated", "unsigned", "empty"])
+def test_revoked_token_refused_while_the_configured_list_is_not_in_force(tmp_path, key_dir, vendor_key, state):
+    """Attack: delete or damage the list before start-up so that a revoked token is served. Fails closed: 503."""
+    path = tmp_path / "revocations.jwt"
+    good = sign_revocation_list(vendor_key, ["revoked-jti"], [])
+    if state != "missing":
+        path.write_text({"truncated": good[: len(good) // 2], "empty": "",
+                         "unsigned": raw_jwt({"alg": "none", "typ": "chexnet-revocation+jwt"}, {"revoked_jti": [], "revoked_sub": []})}[state])
+    watcher = RevocationWatcher(path, TrustedKeys(key_dir), tmp_path / "state.json")
+    client = make_app(TokenVerifier(TrustedKeys(key_dir), HOST_UUID, revocations=watcher)).test_client()
+    for claims in (claims_for(jti="revoked-jti"), claims_for()):
+        response = call(client, sign(vendor_key, claims))
+        assert_refused(response, 503, "not_ready")
+        assert response.headers["Retry-After"].isdigit() and "WWW-Authenticate" not in response.headers
+    path.write_text(good)  # the genuine list arrives: served again, the revoked token still refused
+    _touch_later(path)
+    watcher.refresh()
+    assert call(client, sign(vendor_key, claims_for())).status_code == 200
+    assert_refused(call(client, sign(vendor_key, claims_for(jti="revoked-jti"))), 401, "token_revoked")
+
+
+def test_older_genuine_list_copied_back_is_refused_live_and_after_restart(tmp_path, key_dir, vendor_key, caplog):
+    """Attack: copy an older, genuinely signed list (before the revocation) over the newer one."""
+    path, state = tmp_path / "revocations.jwt", tmp_path / "audit" / "revocation-state.json"
+    old = sign_revocation_list(vendor_key, [], [])
+    new = sign_revocation_list(vendor_key, ["revoked-jti"], [], after=verify_revocation_list(old, TrustedKeys(key_dir)).seq)
+    path.write_text(new)
+    watcher = RevocationWatcher(path, TrustedKeys(key_dir), state)
+    assert watcher.is_revoked("revoked-jti", "x")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    path.write_text(old)
+    _touch_later(path)
+    with caplog.at_level("ERROR", logger="licensing.revocation"):
+        watcher.refresh()
+    assert any("older than the newest list" in r.getMessage() for r in caplog.records)
+    assert watcher.is_revoked("revoked-jti", "x"), "live: the newer list stays in force"
+    restarted = RevocationWatcher(path, TrustedKeys(key_dir), state)  # a restart with the old list on disk
+    client = make_app(TokenVerifier(TrustedKeys(key_dir), HOST_UUID, revocations=restarted)).test_client()
+    assert_refused(call(client, sign(vendor_key, claims_for(jti="revoked-jti"))), 503, "not_ready")
+    assert "older" in restarted.error
+    path.write_text(new)  # the same newest list again is accepted after the restart
+    _touch_later(path)
+    restarted.refresh()
+    assert_refused(call(client, sign(vendor_key, claims_for(jti="revoked-jti"))), 401, "token_revoked")
+
+
+def test_merged_list_supersedes_the_list_it_merges_whatever_the_clock(tmp_path, key_dir, vendor_key):
+    key = tmp_path / "vendor_private.pem"
+    key.write_bytes(vendor_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    key.chmod(0o600)
+    public = tmp_path / "vendor_public.pem"
+    public.write_bytes(vendor_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    future = sign_revocation_list(vendor_key, ["a"], [], after=10**18)  # signed on a machine whose clock ran ahead
+    (tmp_path / "old.jwt").write_text(future)
+    assert licensing_main(["revoke", "--key", str(key), "--jti", "b", "--merge", str(tmp_path / "old.jwt"),
+                           "--public-key", str(public), "--out", str(tmp_path / "new.jwt")]) == 0
+    merged = verify_revocation_list((tmp_path / "new.jwt").read_text(), TrustedKeys(key_dir))
+    assert merged.jtis == {"a", "b"} and merged.seq > 10**18
+
+
+def test_unreadable_state_file_fails_closed(tmp_path, key_dir, vendor_key):
+    path, state = tmp_path / "revocations.jwt", tmp_path / "state.json"
+    path.write_text(sign_revocation_list(vendor_key, [], []))
+    state.write_text("{not json")
+    watcher = RevocationWatcher(path, TrustedKeys(key_dir), state)
+    assert watcher.current is None and "state file" in watcher.error
+
+
+@pytest.mark.parametrize("name, value", [
+    ("kid", 7), ("kid", ["a", "b"]), ("kid", {"k": 1}), ("kid", "caf\u00e9"), ("kid", "a\r\nSet-Cookie: x=1"),
+    ("kid", "x" * 500), ("typ", 1), ("alg", ["EdDSA"]), ("alg", "EdDSA\n"),
+])
+def test_malformed_header_values_are_401_and_never_echoed(client, vendor_key, name, value):
+    header = {"alg": "EdDSA", "typ": "chexnet+jwt", "kid": key_id(vendor_key.public_key()), name: value}
+    response = call(client, raw_jwt(header, claims_for(), b"\0" * 64))
+    assert_refused(response, 401, "token_invalid")
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="chexnet", error="invalid_token", error_description="token_invalid"'
+    assert "Set-Cookie" not in response.headers and "Set-Cookie" not in response.get_data(as_text=True)
 
 
 # --- keys and host identity -----------------------------------------------------------------

@@ -83,7 +83,7 @@ class Service:
             keys = TrustedKeys(s.license_keys)
             host = read_host_uuid(s.product_uuid_file)
             if s.revocation_list:
-                self.revocations = RevocationWatcher(s.revocation_list, keys)
+                self.revocations = RevocationWatcher(s.revocation_list, keys, s.revocation_state_file)
             self.verifier = TokenVerifier(keys, host, leeway=s.license_leeway_s, revocations=self.revocations)
             log.info("licence keys loaded", extra={"fields": {"host_product_uuid": host}})
         except LicenseError as exc:
@@ -122,8 +122,10 @@ class Service:
         if self.loading:
             return ["Models are loading and warming up."]
         problems = list(self.problems)
-        if self.revocations is not None and self.revocations.error and self.revocations.current is None:
-            problems.append(self.revocations.error)
+        if self.revocations is not None:
+            self.revocations.refresh()
+            if self.revocations.current is None:
+                problems.append(self.revocations.error or "The configured revocation list is not in force.")
         return problems
 
     def verify(self, token: str) -> Claims:

@@ -23,6 +23,7 @@ class Settings:
     device: str = "auto"
     product_uuid_file: str = "/sys/class/dmi/id/product_uuid"
     revocation_list: str | None = None
+    revocation_state: str | None = None  # None: revocation-state.json beside the audit log
     license_leeway_s: int = 120
     max_upload_mb: int = 64
     max_pixels: int = 40_000_000
@@ -79,7 +80,7 @@ class Settings:
             license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
             engine=choice("ENGINE", default_engine(), ENGINES), device=choice("DEVICE", "auto", DEVICES),
             product_uuid_file=get("PRODUCT_UUID_FILE", cls.product_uuid_file),
-            revocation_list=get("REVOCATION_LIST"),
+            revocation_list=get("REVOCATION_LIST"), revocation_state=get("REVOCATION_STATE"),
             license_leeway_s=integer("LICENSE_LEEWAY_S", 120, 0, 3600),
             max_upload_mb=integer("MAX_UPLOAD_MB", 64, 1, 1024),
             max_pixels=integer("MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
@@ -92,6 +93,11 @@ class Settings:
             precision=choice("PRECISION", "fp32", ("fp32", "fp16")),
             log_level=choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
+
+    @property
+    def revocation_state_file(self) -> str:
+        """Where the newest accepted revocation list is recorded: persisted with the audit log."""
+        return self.revocation_state or str(Path(self.audit_log).parent / "revocation-state.json")
 
     @property
     def max_upload_bytes(self) -> int:
