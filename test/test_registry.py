@@ -1,5 +1,6 @@
 """The vendor's token registration service: sign-in, CSRF, audit rows, revocation list."""
 
+import hashlib
 import re
 
 import pytest
@@ -141,3 +142,146 @@ def test_refuses_to_start_with_readable_key(keys, tmp_path):
     assert from_env(env).users.keys() == {"admin"}
     with pytest.raises(SettingsError, match="LICENSING_USERS_FILE"):
         from_env({"LICENSING_PRIVATE_KEY": str(keys[0])})
+
+
+# --- attacks on the registration service ------------------------------------------------------
+
+def _login_as(client, user, password):
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    return client.post("/login", data={"username": user, "password": password, "csrf_token": token})
+
+
+def test_unknown_user_costs_a_password_hash_like_a_known_one(app, monkeypatch):
+    """Attack: tell user names apart by response time. Both paths run the same password check."""
+    import licensing.registry.app as registry_app
+
+    checked = []
+    real = registry_app.check_password_hash
+    monkeypatch.setattr(registry_app, "check_password_hash", lambda h, p: checked.append(h.split("$")[0]) or real(h, p))
+    client = app.test_client()
+    assert _login_as(client, "nobody", "whatever password").status_code == 401
+    assert _login_as(client, "alice", "wrong password!").status_code == 401
+    assert len(checked) == 2 and checked[0] == checked[1], "the unknown user skipped the hash or used another method"
+
+
+def test_password_guessing_is_throttled_then_refused_even_with_the_right_password(app):
+    client = app.test_client()
+    for _ in range(5):
+        assert _login_as(client, "alice", "guess " * 3).status_code == 401
+    response = _login_as(client, "alice", PASSWORD)
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in response.get_data(as_text=True)
+    app.extensions["registry"]["throttle"].succeeded("alice")  # the window passing, for the rest of the test
+    assert _login_as(client, "alice", PASSWORD).status_code == 302
+    actions = [row["action"] for row in client.get("/api/audit").get_json()["audit"]]
+    assert "login.throttled" in actions
+
+
+def test_guessing_across_many_user_names_is_throttled_per_address(app):
+    client = app.test_client()
+    for n in range(20):
+        assert _login_as(client, f"user{n}", "guess guess guess").status_code == 401
+    assert _login_as(client, "alice", PASSWORD).status_code == 429
+
+
+def test_cookie_copied_before_sign_out_is_dead_afterwards(app):
+    client = app.test_client()
+    login(client)
+    stolen = client.get_cookie("session").value
+    client.post("/logout", data={"csrf_token": csrf_from(client.get("/").get_data(as_text=True))})
+    thief = app.test_client()
+    thief.set_cookie("session", stolen)
+    response = thief.get("/api/tokens")
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "login_required"
+
+
+@pytest.mark.parametrize("elapsed, idle", [(31 * 60, True), (13 * 3600, False)], ids=["idle", "absolute"])
+def test_sessions_end_after_idle_and_absolute_lifetimes(app, monkeypatch, elapsed, idle):
+    import licensing.registry.store as store_module
+
+    client = app.test_client()
+    login(client)
+    start = store_module.time.time()
+    if not idle:  # keep the session busy every 20 minutes: only the absolute lifetime can end it
+        for step in range(1, 12 * 3):  # up to 11 h 40 min
+            monkeypatch.setattr(store_module.time, "time", lambda t=start + step * 1200: t)
+            assert client.get("/api/tokens").status_code == 200
+    monkeypatch.setattr(store_module.time, "time", lambda: start + elapsed)
+    assert client.get("/api/tokens").status_code == 401
+
+
+def test_anonymous_failed_sign_ins_cannot_write_huge_names(app):
+    client = app.test_client()
+    _login_as(client, "x" * 500_000, "p")
+    login(client)
+    actors = [row["actor"] for row in client.get("/api/audit").get_json()["audit"]]
+    assert max(map(len, actors)) <= 64
+
+
+def test_stored_fields_are_bounded(app):
+    client = app.test_client()
+    login(client)
+    response = client.post("/api/servers", headers=api_csrf(client),
+                           json={"customer": "C" * 10_000, "site": "R", "product_uuid": HOST_UUID})
+    assert response.status_code == 422 and "customer" in response.get_json()["error"]["message"]
+
+
+def test_database_is_owner_only_and_holds_no_token(app, tmp_path):
+    db = tmp_path / "registry.sqlite3"
+    assert db.stat().st_mode & 0o077 == 0
+    client = app.test_client()
+    login(client)
+    headers = api_csrf(client)
+    server = client.post("/api/servers", headers=headers, json={"customer": "G", "site": "R", "product_uuid": HOST_UUID})
+    issued = client.post("/api/tokens", headers=headers, json={
+        "server_id": server.get_json()["id"], "subject": "pacs-1", "features": "cxr10", "days": 30})
+    token = issued.get_json()["token"]
+    assert issued.headers["Cache-Control"] == "no-store"
+    signature = token.rsplit(".", 1)[1]
+    for path in (db, tmp_path / "registry.sqlite3-wal"):
+        if path.exists():
+            assert signature.encode() not in path.read_bytes(), f"{path.name} holds the token"
+    for page in ("/", "/api/tokens", "/api/audit", "/audit"):
+        assert signature not in client.get(page).get_data(as_text=True)
+
+
+def test_issued_page_shows_the_token_once_with_a_download(app):
+    client = app.test_client()
+    login(client)
+    page = client.get("/").get_data(as_text=True)
+    client.post("/servers", data={"customer": "G", "site": "ER", "product_uuid": HOST_UUID, "csrf_token": csrf_from(page)})
+    issued = client.post("/tokens", data={"server_id": "1", "subject": "pacs-9", "features": "cxr10", "days": "7",
+                                          "csrf_token": csrf_from(page)}).get_data(as_text=True)
+    token = re.search(r"<textarea[^>]*>([^<]+)</textarea>", issued).group(1)
+    assert f'href="data:text/plain;charset=us-ascii,{token}"' in issued and "download=" in issued
+
+
+def test_refuses_to_start_on_a_database_others_can_read(keys, tmp_path):
+    db = tmp_path / "registry.sqlite3"
+    db.touch(mode=0o644)
+    db.chmod(0o644)
+    settings = RegistrySettings(private_key_path=str(keys[0]), users={"alice": generate_password_hash(PASSWORD)},
+                                db_path=str(db), session_cookie_secure=False)
+    with pytest.raises(SettingsError, match="readable by other users"):
+        create_app(settings)
+
+
+def test_old_database_with_full_tokens_is_migrated_to_hashes(keys, tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite3"
+    db.touch(mode=0o600)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            "CREATE TABLE servers (id INTEGER PRIMARY KEY, customer TEXT NOT NULL, site TEXT NOT NULL, product_uuid TEXT NOT NULL UNIQUE,"
+            " created_at TEXT NOT NULL, created_by TEXT NOT NULL);"
+            "CREATE TABLE tokens (jti TEXT PRIMARY KEY, server_id INTEGER NOT NULL, subject TEXT NOT NULL, features TEXT NOT NULL,"
+            " issued_at TEXT NOT NULL, expires_at TEXT NOT NULL, issued_by TEXT NOT NULL, token TEXT NOT NULL, revoked_at TEXT, revoked_by TEXT);"
+            "INSERT INTO servers VALUES (1, 'G', 'R', 'u', 't', 'a');"
+            "INSERT INTO tokens VALUES ('j1', 1, 's', 'cxr10', 't', 't', 'a', 'SECRET-TOKEN-TEXT', NULL, NULL);")
+    settings = RegistrySettings(private_key_path=str(keys[0]), users={"alice": generate_password_hash(PASSWORD)},
+                                db_path=str(db), session_cookie_secure=False)
+    create_app(settings)
+    assert b"SECRET-TOKEN-TEXT" not in db.read_bytes()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT token_sha256 FROM tokens").fetchone()[0] == hashlib.sha256(b"SECRET-TOKEN-TEXT").hexdigest()

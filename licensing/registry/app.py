@@ -3,21 +3,26 @@ signed revocation list. HTML pages and a JSON API (under /api) share one session
 The private key never leaves the process: no route returns it."""
 
 import functools
+import re
+import secrets
 import sqlite3
 
 import jwt
 from flask import Flask, abort, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from werkzeug.exceptions import HTTPException
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from licensing.host import normalise
-from licensing.registry.settings import RegistrySettings
-from licensing.registry.store import Store
+from licensing.registry.settings import RegistrySettings, SettingsError
+from licensing.registry.store import MAX_ACTOR, MAX_TEXT, Store, StoreError, bounded
+from licensing.registry.throttle import SignInThrottle
 from licensing.revocation import sign_revocation_list
 from licensing.tokens import issue_token
 
 MAX_DAYS = 3660
+MAX_FEATURES = 32
+FEATURE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class InputError(Exception):
@@ -30,8 +35,16 @@ def create_app(settings: RegistrySettings) -> Flask:
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=settings.session_cookie_secure,
                       WTF_CSRF_TIME_LIMIT=None, MAX_CONTENT_LENGTH=1 << 20)
     CSRFProtect(app)
-    app.extensions["registry"] = {"store": Store(settings.db_path), "key": settings.signing_key(),
-                                  "settings": settings}
+    try:
+        store = Store(settings.db_path)
+    except StoreError as exc:
+        raise SettingsError(f"LICENSING_DB: {exc}") from None
+    app.extensions["registry"] = {
+        "store": store, "key": settings.signing_key(), "settings": settings,
+        "throttle": SignInThrottle(settings.max_failed_per_user, settings.max_failed_per_address, settings.throttle_window_s),
+        # Unknown users are checked against this, so they cost the same time as known ones.
+        "dummy_hash": generate_password_hash(secrets.token_hex(16)),
+    }
     _register_errors(app)
     _register_auth(app)
     _register_pages(app)
@@ -45,14 +58,23 @@ def _ctx():
     return current_app.extensions["registry"]
 
 
+def _signed_in_user() -> str | None:
+    sid, settings = session.get("sid"), _ctx()["settings"]
+    if not isinstance(sid, str):
+        return None
+    return _ctx()["store"].session_user(sid, settings.session_idle_s, settings.session_max_s)
+
+
 def login_required(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        if not session.get("user"):
+        user = _signed_in_user()
+        if user is None:
+            session.clear()
             if request.path.startswith("/api/"):
                 return jsonify(error={"code": "login_required", "message": "Sign in first (POST /login)."}), 401
             return redirect(url_for("login", next=request.path))
-        g.user = session["user"]
+        g.user = user
         return view(*args, **kwargs)
 
     return wrapper
@@ -84,15 +106,24 @@ def _register_auth(app: Flask) -> None:
     def login():
         if request.method == "GET":
             return render_template("login.html")
-        user, password = request.form.get("username", ""), request.form.get("password", "")
-        stored = _ctx()["settings"].users.get(user)
-        if not stored or not check_password_hash(stored, password):
-            _ctx()["store"].audit(user or "?", "login.failed", {"remote": request.remote_addr})
+        ctx, address = _ctx(), request.remote_addr or "?"
+        user, password = bounded(request.form.get("username", ""), MAX_ACTOR), request.form.get("password", "")[:1024]
+        wait = ctx["throttle"].retry_after(user, address)
+        if wait:
+            ctx["store"].audit(user or "?", "login.throttled", {"remote": address})
+            flash(f"Too many failed sign-ins for this user or from this address; try again in {wait // 60 + 1} minutes.", "error")
+            return render_template("login.html"), 429, {"Retry-After": str(wait)}
+        stored = ctx["settings"].users.get(user)
+        valid = check_password_hash(stored or ctx["dummy_hash"], password) and stored is not None
+        if not valid:
+            ctx["throttle"].failed(user, address)
+            ctx["store"].audit(user or "?", "login.failed", {"remote": address})
             flash("Unknown user or wrong password.", "error")
             return render_template("login.html"), 401
+        ctx["throttle"].succeeded(user)
         session.clear()
-        session["user"] = user
-        _ctx()["store"].audit(user, "login", {"remote": request.remote_addr})
+        session["sid"] = ctx["store"].create_session(user)  # server-side: sign-out ends it for every copy of the cookie
+        ctx["store"].audit(user, "login", {"remote": address})
         target = request.args.get("next", "")
         return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("index"))
 
@@ -100,16 +131,24 @@ def _register_auth(app: Flask) -> None:
     @login_required
     def logout():
         _ctx()["store"].audit(g.user, "logout", {})
+        _ctx()["store"].end_session(session["sid"])
         session.clear()
         return redirect(url_for("login"))
 
 
+def _text(form, name: str) -> str:
+    value = str(form.get(name, "")).strip()
+    if len(value) > MAX_TEXT:
+        raise InputError(f"{name} must be at most {MAX_TEXT} characters.")
+    return value
+
+
 def _server_form(form) -> tuple[str, str, str]:
-    customer, site = form.get("customer", "").strip(), form.get("site", "").strip()
+    customer, site = _text(form, "customer"), _text(form, "site")
     if not customer or not site:
         raise InputError("Customer and site are required.")
     try:
-        return customer, site, normalise(form.get("product_uuid", ""))
+        return customer, site, normalise(str(form.get("product_uuid", ""))[:64])
     except ValueError as exc:
         raise InputError(f"product_uuid: {exc}.") from None
 
@@ -123,8 +162,10 @@ def _issue(form) -> tuple[dict, str]:
     server = store.server(server_id)
     if server is None:
         raise InputError(f"No registered server has id {server_id}.")
-    subject = form.get("subject", "").strip()
-    features = [f.strip() for f in str(form.get("features", "")).split(",") if f.strip()]
+    subject = _text(form, "subject")
+    features = [f.strip() for f in str(form.get("features", ""))[:4096].split(",") if f.strip()]
+    if len(features) > MAX_FEATURES or not all(FEATURE.fullmatch(f) for f in features):
+        raise InputError(f"Features must be at most {MAX_FEATURES} model ids of letters, digits, '_' and '-'.")
     if not subject or not features or not 0 < days <= MAX_DAYS:
         raise InputError(f"Subject and at least one feature are required, and days must be 1..{MAX_DAYS}.")
     token = issue_token(_ctx()["key"], product_uuid=server["product_uuid"], customer=server["customer"],
@@ -152,7 +193,7 @@ def _register_pages(app: Flask) -> None:
     @app.get("/")
     @login_required
     def index():
-        store, query = _ctx()["store"], request.args.get("q", "").strip()
+        store, query = _ctx()["store"], request.args.get("q", "").strip()[:MAX_TEXT]
         return render_template("index.html", servers=store.servers(), tokens=store.tokens(query), query=query)
 
     @app.post("/servers")
@@ -170,7 +211,8 @@ def _register_pages(app: Flask) -> None:
     @login_required
     def issue():
         claims, token = _issue(request.form)
-        return render_template("issued.html", claims=claims, token=token)
+        # The only time the token is shown: the registry keeps its sha256, never the token.
+        return render_template("issued.html", claims=claims, token=token), 200, {"Cache-Control": "no-store"}
 
     @app.post("/tokens/<jti>/revoke")
     @login_required
@@ -215,13 +257,13 @@ def _register_api(app: Flask) -> None:
     @app.get("/api/tokens")
     @login_required
     def api_tokens():
-        return jsonify(tokens=_ctx()["store"].tokens(request.args.get("q", "").strip()))
+        return jsonify(tokens=_ctx()["store"].tokens(request.args.get("q", "").strip()[:MAX_TEXT]))
 
     @app.post("/api/tokens")
     @login_required
     def api_issue():
         claims, token = _issue(request.get_json(silent=True) or {})
-        return jsonify(token=token, claims=claims), 201
+        return jsonify(token=token, claims=claims), 201, {"Cache-Control": "no-store"}
 
     @app.post("/api/tokens/<jti>/revoke")
     @login_required

@@ -24,6 +24,11 @@ class RegistrySettings:
     port: int = 8090
     kid: str | None = None
     session_cookie_secure: bool = True
+    session_idle_s: float = 30 * 60
+    session_max_s: float = 12 * 3600
+    max_failed_per_user: int = 5
+    max_failed_per_address: int = 20
+    throttle_window_s: float = 15 * 60
 
     def signing_key(self):
         try:
@@ -54,15 +59,23 @@ def from_env(env=os.environ) -> RegistrySettings:
     key = env.get("LICENSING_PRIVATE_KEY")
     if not key:
         raise SettingsError("LICENSING_PRIVATE_KEY must name the vendor's Ed25519 private key file.")
-    try:
-        port = int(env.get("LICENSING_PORT", "8090"))
-    except ValueError:
-        raise SettingsError("LICENSING_PORT must be a port number.") from None
+    def number(name: str, default: str, low: float, high: float) -> float:
+        try:
+            value = float(env.get(name, default))
+        except ValueError:
+            raise SettingsError(f"{name} must be a number.") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low:g} and {high:g}.")
+        return value
+
+    port = int(number("LICENSING_PORT", "8090", 1, 65535))
     settings = RegistrySettings(
         private_key_path=key, users=_users(env), db_path=env.get("LICENSING_DB", "registry.sqlite3"),
         secret_key=env.get("LICENSING_SECRET_KEY") or secrets.token_hex(32),
         host=env.get("LICENSING_HOST", "127.0.0.1"), port=port, kid=env.get("LICENSING_KID") or None,
         session_cookie_secure=env.get("LICENSING_INSECURE_COOKIES", "") != "1",
+        session_idle_s=60 * number("LICENSING_SESSION_IDLE_MIN", "30", 1, 24 * 60),
+        session_max_s=3600 * number("LICENSING_SESSION_MAX_HOURS", "12", 1, 24 * 7),
     )
     settings.signing_key()  # refuse to start with a key others can read
     return settings
