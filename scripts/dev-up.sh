@@ -27,7 +27,8 @@ VERSION="$(project_version "${ROOT}")"
 
 "${ROOT}/scripts/build-images.sh" cpu
 [[ -f "${KEYS}/vendor_private.pem" ]] || "${PYTHON}" -m licensing keygen --out "${KEYS}" >/dev/null
-"${ROOT}/scripts/package-offline.sh" --key "${KEYS}/vendor_private.pem" --variant cpu
+[[ -f "${KEYS}/package_signing.key" ]] || "${PYTHON}" -m licensing package-keygen --out "${KEYS}" >/dev/null
+"${ROOT}/scripts/package-offline.sh" --signing-key "${KEYS}/package_signing.key" --license-key "${KEYS}/vendor_public.pem" --variant cpu
 
 log "unpacking the offline package"
 UNPACKED="${ROOT}/build/dev-unpacked"
@@ -41,17 +42,14 @@ if ! "${ROOT}/scripts/product-uuid.sh" "${UUID_FILE}" >/dev/null 2>&1; then
   [[ -s "${UUID_FILE}" ]] || "${PYTHON}" -c "import uuid; print(uuid.uuid4())" > "${UUID_FILE}"
   warn "no readable SMBIOS product_uuid here: using the development UUID in ${UUID_FILE}"
 fi
-if [[ ! -f "${SITE}/.env" ]]; then
-  sed -e "s/^BIND_ADDRESS=.*/BIND_ADDRESS=127.0.0.1/" -e "s/^HTTPS_PORT=.*/HTTPS_PORT=${HTTPS_PORT}/" \
-      -e "s/^HTTP_PORT=.*/HTTP_PORT=${HTTP_PORT}/" -e "s/^TLS_HOSTNAME=.*/TLS_HOSTNAME=localhost/" \
-      "${UNPACKED}/chexnet-offline-${VERSION}-cpu/.env.example" > "${SITE}/.env"
-fi
 TOKEN="${SITE}/dev-token"
 "${PYTHON}" -m licensing issue --key "${KEYS}/vendor_private.pem" --product-uuid "$("${ROOT}/scripts/product-uuid.sh" "${UUID_FILE}")" \
   --customer "Development" --subject "dev-$(whoami)" --days 30 --features cxr10,cxr25,chestxray14 > "${TOKEN}"
 chmod 600 "${TOKEN}"
 
-"${UNPACKED}/chexnet-offline-${VERSION}-cpu/install.sh" --dir "${SITE}" --uuid-file "${UUID_FILE}" --token-file "${TOKEN}"
+"${UNPACKED}/chexnet-offline-${VERSION}-cpu/install.sh" --dir "${SITE}" --vendor-key "${KEYS}/vendor_package.crt" \
+  --uuid-file "${UUID_FILE}" --token-file "${TOKEN}" --bind 127.0.0.1 --https-port "${HTTPS_PORT}" --http-port "${HTTP_PORT}" \
+  --hostname localhost
 port="$(sed -n 's/^HTTPS_PORT=//p' "${SITE}/.env")"
 cat >&2 <<MSG
 
