@@ -64,7 +64,7 @@ function Test-Package([string]$Package, [string]$CertPath) {
     if (-not (Test-VendorSignature $CertPath $sums $sig)) { throw "the vendor signature over SHA256SUMS does not verify with $CertPath; do not install this package." }
     $expected = @{}
     foreach ($line in Get-Content -LiteralPath $sums) {
-        if ($line -cnotmatch '^[0-9a-f]{64}  [A-Za-z0-9_][A-Za-z0-9._/-]*$' -or $line -match '\.\./|/\.\.') {
+        if ($line -cnotmatch '^[0-9a-f]{64}  [A-Za-z0-9_.][A-Za-z0-9._/-]*$' -or $line -match '\.\./|/\.\.') {
             throw "SHA256SUMS holds a line that is not '<sha256>  <relative path>'; do not install this package."
         }
         $hash, $file = $line -split '  ', 2

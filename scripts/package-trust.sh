@@ -60,7 +60,7 @@ verify_package() {
   verify_signature "${cert}" "${package}/SHA256SUMS" "${package}/SHA256SUMS.sig" \
     || die "the vendor signature over SHA256SUMS does not verify with ${cert}; do not install this package."
   # Each line: 64 hex digits, two spaces, a plain relative path (no '..', no leading '/', no odd characters).
-  if grep -Evq '^[0-9a-f]{64}  [A-Za-z0-9_][A-Za-z0-9._/-]*$' "${package}/SHA256SUMS" || grep -q '\.\./\|/\.\.' "${package}/SHA256SUMS"; then
+  if grep -Evq '^[0-9a-f]{64}  [A-Za-z0-9_.][A-Za-z0-9._/-]*$' "${package}/SHA256SUMS" || grep -q '\.\./\|/\.\.' "${package}/SHA256SUMS"; then
     die "SHA256SUMS holds a line that is not '<sha256>  <relative path>'; do not install this package."
   fi
   # Anything but plain files and folders (links, devices) is refused, and so is any file not listed.

@@ -109,6 +109,7 @@ def small_package(tmp_path, vendor_keys):
     for name in ("load-images.sh", "lib.sh", "package-trust.sh"):
         shutil.copy(ROOT / "scripts" / name, package / "scripts" / name)
     (package / "license/keys/0011223344556677.pem").write_text("licence key\n")
+    (package / ".env.example").write_text("CHEXNET_VERSION=0.0.1\n")  # a listed name that starts with a dot
     shutil.copy(vendor_keys / "vendor_package.crt", package / "vendor_package.crt")
     _sign(package, vendor_keys)
     return package
