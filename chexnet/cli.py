@@ -1,12 +1,16 @@
 """``python -m chexnet``: bundle demo|build, predict, serve (DESIGN.md "Command line")."""
 
 import argparse
+import base64
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from chexnet.errors import ChexnetError
+from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES
+from chexnet.errors import ServiceError
+from chexnet.heatmap import FORMATS
 
 
 def _bundle_demo(args: argparse.Namespace) -> int:
@@ -38,23 +42,24 @@ def _bundle_build(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from chexnet.bundle import load_bundle
     from chexnet.engines import create_engine
-    from chexnet.predictor import Predictor, parse_heatmap_spec
+    from chexnet.options import PredictOptions
+    from chexnet.predictor import Predictor
 
+    # Heatmaps are made by default only where they have somewhere to go.
+    options = PredictOptions.parse(heatmaps=args.heatmaps or ("top" if args.heatmaps_dir else "none"),
+                                   heatmap_format=args.heatmap_format)
     bundle = load_bundle(args.bundle)
     predictor = Predictor(bundle, create_engine(bundle, args.engine, args.device))
-    spec = parse_heatmap_spec(args.heatmaps if args.heatmaps_dir else "none", bundle.manifest.codes)
-    if args.heatmaps_dir:
-        Path(args.heatmaps_dir).mkdir(parents=True, exist_ok=True)
+    predictor.heatmap_selector(options.heatmaps)  # an unknown label code stops here, before any image
+    out_dir = Path(args.heatmaps_dir) if args.heatmaps_dir else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
-    for path in args.images:
+    for path in map(Path, args.images):
         try:
-            data = Path(path).read_bytes()
-            result = predictor.predict(data, spec, args.heatmap_format).as_dict()
-            if args.heatmaps_dir:
-                result["heatmaps"] = _write_heatmaps(result["heatmaps"], Path(path), Path(args.heatmaps_dir))
-            else:
-                del result["heatmaps"]
-        except ChexnetError as exc:
+            prediction = predictor.predict(path.read_bytes, options)
+            result = {**prediction.summary(), "heatmaps": _heatmaps(prediction, path, out_dir)}
+        except ServiceError as exc:
             failures += 1
             result = {"error": {"code": exc.code, "message": exc.message}}
         except OSError as exc:
@@ -65,8 +70,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import os
-
     from chexnet.api import Settings, SettingsError, create_app
     from chexnet.api.observability import configure_logging
 
@@ -88,16 +91,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_heatmaps(heatmaps: list[dict], source: Path, out_dir: Path) -> list[dict]:
-    import base64
-
-    written = []
-    for item in heatmaps:
-        ext = "jpg" if item["mime"] == "image/jpeg" else "png"
-        target = out_dir / f"{source.stem}.{item['code']}.{ext}"
-        target.write_bytes(base64.b64decode(item.pop("data")))
-        written.append({**item, "path": str(target)})
-    return written
+def _heatmaps(prediction, source: Path, out_dir: Path | None) -> list[dict]:
+    """Overlay files in out_dir (their paths in the JSON), or base64 in the JSON line without one."""
+    listed = []
+    for code, overlay in prediction.heatmaps:
+        item = {"code": code, "mime": overlay.mime, "width": overlay.width, "height": overlay.height}
+        if out_dir:
+            target = out_dir / f"{source.stem}.{code}.{'jpg' if overlay.mime == 'image/jpeg' else 'png'}"
+            target.write_bytes(overlay.data)
+            item["path"] = str(target)
+        else:
+            item["data"] = base64.b64encode(overlay.data).decode("ascii")
+        listed.append(item)
+    return listed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="findings for images, one JSON object per line")
     predict.add_argument("--bundle", required=True)
-    predict.add_argument("--engine", choices=("onnxruntime", "torch"), help="default: onnxruntime where installed")
-    predict.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    predict.add_argument("--heatmaps-dir", help="write heatmap overlays here (none are made without it)")
-    predict.add_argument("--heatmaps", default="top", help="none|top|positive|all|code1,code2 (default top)")
-    predict.add_argument("--heatmap-format", choices=("jpeg", "png"), default="jpeg")
+    predict.add_argument("--engine", choices=tuple(ENGINES), default=os.environ.get("CHEXNET_ENGINE") or DEFAULT_ENGINE,
+                         help=f"default: CHEXNET_ENGINE (each image sets it), else {DEFAULT_ENGINE}")
+    predict.add_argument("--device", choices=DEVICES, default="auto")
+    predict.add_argument("--heatmaps-dir", help="write heatmap overlays here (the JSON gives their paths)")
+    predict.add_argument("--heatmaps", help="none|top|positive|all|code1,code2: default top with --heatmaps-dir, "
+                         "else none; without --heatmaps-dir they are base64 in the JSON line")
+    predict.add_argument("--heatmap-format", choices=tuple(FORMATS), default="jpeg")
     predict.add_argument("--json", action="store_true", help="JSON lines on stdout (the only output format)")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(func=_predict)
@@ -148,6 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ChexnetError as exc:
+    except ServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

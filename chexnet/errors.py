@@ -1,17 +1,39 @@
-"""Typed errors. Every error carries a stable ``code`` (the REST API's error code), the HTTP
-status an API should answer with, and one sentence a person can act on. Callers catch
-:class:`ChexnetError` once."""
+"""The error protocol of the whole product (``chexnet`` and ``licensing``): every error carries a
+stable ``code`` (the REST API's error code), the HTTP status an API answers with, one sentence a
+person can act on, and the response headers it calls for (``Retry-After``). Callers catch
+:class:`ServiceError` once; the API turns it into JSON in one place, and the OpenAPI document lists
+the codes of these classes rather than a hand-typed list."""
 
 
-class ChexnetError(Exception):
-    """Base class: a failure with a code, an HTTP status and one actionable sentence."""
+class ServiceError(Exception):
+    """Base class: a failure with a code, an HTTP status, one actionable sentence and its headers."""
 
     code = "internal_error"
     status = 500
+    retry_after_s: int | None = None
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}
+
+    def body(self, request_id: str | None = None) -> dict:
+        return {"error": {"code": self.code, "message": self.message, "request_id": request_id}}
+
+
+def error_classes(root: type[ServiceError] = ServiceError) -> list[type[ServiceError]]:
+    """Every error class defined so far (import the modules that define them first)."""
+    found = [root]
+    for sub in root.__subclasses__():
+        found.extend(error_classes(sub))
+    return found
+
+
+class ChexnetError(ServiceError):
+    """A failure of the service core (images, options, models, engines)."""
 
 
 class InvalidImage(ChexnetError):
@@ -75,3 +97,19 @@ class EngineUnavailable(ChexnetError):
     """The requested inference engine or device does not exist on this machine."""
 
     code = "engine_unavailable"
+
+
+class Overloaded(ChexnetError):
+    """Every decode slot or the inference queue is taken; the client should retry after a pause."""
+
+    code = "overloaded"
+    status = 503
+    retry_after_s = 2
+
+
+class NotReady(ChexnetError):
+    """Models are still loading, or the service cannot serve (see /api/v1/ready)."""
+
+    code = "not_ready"
+    status = 503
+    retry_after_s = 5

@@ -1,13 +1,16 @@
-"""The inference stages, each timed and testable on its own:
-prepare (decode → preprocess) → forward (one batched engine call) → report (findings + heatmaps).
+"""The one prediction path shared by the CLI, the REST API and the DICOM node:
 
-The CLI calls them in sequence; the API's micro-batcher calls ``forward`` on requests it groups.
+    predictor.predict(read, options, caller) → Prediction
+
+read → decode → preprocess (inside a decode slot, so decoding memory is bounded) → forward (a direct
+engine call, or the micro-batcher when the service installs one) → findings and heatmaps → observers
+(the service's metrics and audit log). Formatting for a transport lives with the transport.
 """
 
-import base64
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,12 +21,21 @@ from chexnet.bundle.manifest import DEMO_NOTICE
 from chexnet.engines import Engine
 from chexnet.errors import InvalidOption
 from chexnet.imaging import DecodedImage, DecodeLimits, decode_image, preprocess
-
-HEATMAP_MODES = ("none", "top", "positive", "all")
+from chexnet.imaging.gate import DecodeGate
+from chexnet.options import HEATMAP_MODES, PredictOptions
 
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 2)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked (for the audit log): the request id and the licence token's subject and customer."""
+
+    request_id: str | None = None
+    sub: str | None = None
+    customer: str | None = None
 
 
 @dataclass
@@ -32,6 +44,15 @@ class PreparedImage:
     tensor: np.ndarray
     sha256: str
     timing_ms: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """One image's row of an engine call."""
+
+    probabilities: np.ndarray  # [C]
+    cams: np.ndarray  # [C, h, w]
+    inference_ms: float
 
 
 @dataclass
@@ -43,48 +64,50 @@ class Prediction:
     timing_ms: dict
     input_sha256: str
 
-    def as_dict(self) -> dict:
-        """The REST API's response body (DESIGN.md), heatmaps embedded as base64."""
-        body = {"model": self.model, "image": self.image, "findings": self.findings}
-        body["heatmaps"] = [
-            {"code": code, "mime": h.mime, "width": h.width, "height": h.height,
-             "data": base64.b64encode(h.data).decode("ascii")}
-            for code, h in self.heatmaps
-        ]
-        body["timing_ms"] = self.timing_ms
+    def summary(self) -> dict:
+        """Everything but the heatmap bytes, as JSON-ready data (each transport adds those its own way)."""
+        body = {"model": self.model, "image": self.image, "findings": self.findings, "timing_ms": self.timing_ms}
         if self.model["demo"]:
             body["notice"] = DEMO_NOTICE
         return body
 
 
-def parse_heatmap_spec(spec: str | None, codes: Sequence[str]) -> str | list[str]:
-    """Validate ``heatmaps`` = none|top|positive|all|code1,code2 against a model's label codes."""
-    spec = (spec or "top").strip()
-    if spec in HEATMAP_MODES:
-        return spec
-    wanted = [c.strip() for c in spec.split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in codes]
-    if not wanted or unknown:
-        raise InvalidOption(
-            f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or label codes of this model; "
-            f"unknown: {', '.join(unknown) or spec!r}."
-        )
-    return wanted
+Observer = Callable[[Prediction, Caller], None]
 
 
 class Predictor:
     """One bundle on one engine. Holds no per-request state; safe to share between threads."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, limits: DecodeLimits = DecodeLimits()):
+    def __init__(self, bundle: Bundle, engine: Engine, limits: DecodeLimits = DecodeLimits(),
+                 gate: DecodeGate | None = None):
         self.bundle = bundle
         self.engine = engine
         self.limits = limits
+        self.gate = gate
+        self.observers: list[Observer] = []
+        self._forward_one: Callable[[np.ndarray], Forwarded] = self._direct
         m = bundle.manifest
         self.model_info = {"id": m.id, "version": m.version, "demo": m.demo,
                            "engine": engine.name, "device": engine.device}
 
+    def use_forward(self, forward_one: Callable[[np.ndarray], Forwarded]) -> None:
+        """Route each image's forward step elsewhere (the service's micro-batcher)."""
+        self._forward_one = forward_one
+
     def warmup(self) -> None:
         self.engine.warmup(self.bundle.manifest.input_size)
+
+    def predict(self, read: Callable[[], bytes], options: PredictOptions = PredictOptions(),
+                caller: Caller = Caller()) -> Prediction:
+        """read: returns the file's bytes; it runs inside a decode slot, so waiting uploads stay unread."""
+        selected = self.heatmap_selector(options.heatmaps)
+        with self.gate.slot() if self.gate else nullcontext():
+            prepared = self.prepare(read())
+        row = self._forward_one(prepared.tensor)
+        prediction = self._report(prepared, row, selected, options.heatmap_format)
+        for observe in self.observers:
+            observe(prediction, caller)
+        return prediction
 
     def prepare(self, data: bytes) -> PreparedImage:
         start = time.perf_counter()
@@ -102,44 +125,45 @@ class Predictor:
         output = self.engine.infer(np.stack(tensors).astype(np.float32, copy=False))
         return output, _ms(start)
 
-    def report(self, prepared: PreparedImage, probabilities: np.ndarray, cams: np.ndarray,
-               inference_ms: float, heatmaps: str | list[str] = "top",
-               heatmap_format: str = "jpeg") -> Prediction:
+    def _direct(self, tensor: np.ndarray) -> Forwarded:
+        output, ms = self.forward([tensor])
+        return Forwarded(output.probabilities[0], output.cams[0], ms)
+
+    def _report(self, prepared: PreparedImage, row: Forwarded, selected: Callable[[np.ndarray], list[int]],
+                heatmap_format: str) -> Prediction:
         labels = self.bundle.manifest.labels
         findings = [
             {"code": label.code, "name": label.name.en, "name_zh": label.name.zh,
              "probability": round(float(p), 6), "threshold": label.threshold,
              "positive": bool(p >= label.threshold)}
-            for label, p in zip(labels, probabilities)
+            for label, p in zip(labels, row.probabilities)
         ]
         start = time.perf_counter()
         rendered = [
-            (labels[i].code, heatmap.render(prepared.image.pixels, cams[i], heatmap_format))
-            for i in self._heatmap_indices(heatmaps, probabilities)
+            (labels[i].code, heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format))
+            for i in selected(row.probabilities)
         ]
-        timing = dict(prepared.timing_ms, inference=inference_ms, heatmap=_ms(start))
+        timing = dict(prepared.timing_ms, inference=row.inference_ms, heatmap=_ms(start))
         timing["total"] = round(sum(timing.values()), 2)
         image = {"format": prepared.image.format, "width": prepared.image.width,
                  "height": prepared.image.height}
         return Prediction(self.model_info, image, findings, rendered, timing, prepared.sha256)
 
-    def predict(self, data: bytes, heatmaps: str = "top", heatmap_format: str = "jpeg") -> Prediction:
-        """All stages for one image (the CLI and tests; the API batches ``forward`` instead)."""
-        spec = parse_heatmap_spec(heatmaps, self.bundle.manifest.codes)
-        prepared = self.prepare(data)
-        output, inference_ms = self.forward([prepared.tensor])
-        return self.report(prepared, output.probabilities[0], output.cams[0], inference_ms,
-                           spec, heatmap_format)
-
-    def _heatmap_indices(self, spec: str | list[str], probabilities: np.ndarray) -> list[int]:
-        labels = self.bundle.manifest.labels
+    def heatmap_selector(self, spec: str | tuple[str, ...]) -> Callable[[np.ndarray], list[int]]:
+        """Check the heatmap choice against this model before any work; returns the selector."""
+        labels, codes = self.bundle.manifest.labels, self.bundle.manifest.codes
         if spec == "none":
-            return []
+            return lambda p: []
         if spec == "top":
-            return [int(np.argmax(probabilities))]
+            return lambda p: [int(np.argmax(p))]
         if spec == "positive":
-            return [i for i, label in enumerate(labels) if probabilities[i] >= label.threshold]
+            return lambda p: [i for i, label in enumerate(labels) if p[i] >= label.threshold]
         if spec == "all":
-            return list(range(len(labels)))
-        codes = self.bundle.manifest.codes
-        return [codes.index(code) for code in spec]
+            return lambda p: list(range(len(labels)))
+        unknown = [c for c in spec if c not in codes]
+        if unknown:
+            raise InvalidOption(
+                f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or label codes of model {self.bundle.id}; "
+                f"unknown: {', '.join(unknown)}.")
+        indices = [codes.index(code) for code in spec]
+        return lambda p: indices

@@ -1,22 +1,20 @@
-"""Licence errors. Each carries the REST API error code, the HTTP status and one sentence;
+"""Licence errors, in the product's one error protocol (:class:`chexnet.errors.ServiceError`);
 callers catch :class:`LicenseError` once."""
 
+from chexnet.errors import ServiceError
 
-class LicenseError(Exception):
+
+class LicenseError(ServiceError):
     """Base: a licence failure with a code, an HTTP status, one actionable sentence and the response
     headers it calls for. No header ever carries client-supplied text."""
 
     code = "token_invalid"
     status = 401
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
     @property
     def headers(self) -> dict[str, str]:
         if self.status != 401:
-            return {}
+            return super().headers
         return {"WWW-Authenticate": f'Bearer realm="chexnet", error="invalid_token", error_description="{self.code}"'}
 
 
@@ -70,12 +68,9 @@ class LicenseConfigError(LicenseError):
 
 
 class LicenseNotReady(LicenseError):
-    """The licence check cannot decide yet: a configured revocation list is not in force (fail closed)."""
+    """The licence check cannot decide yet: the keys are still loading, or a configured revocation list is
+    not in force (fail closed)."""
 
     code = "not_ready"
     status = 503
     retry_after_s = 30
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}

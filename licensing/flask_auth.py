@@ -1,33 +1,35 @@
-"""``token_required`` for Flask: ``Authorization: Bearer`` only, JSON errors with the contract codes.
+"""``token_required`` for Flask: ``Authorization: Bearer`` only. Failures raise :class:`LicenseError`;
+the application's one error handler turns them into JSON (``chexnet.api.errors``).
 
-    licensing.flask_auth.init_app(app, verifier)
+    licensing.flask_auth.init_app(app, verifier)          # a TokenVerifier, or
+    licensing.flask_auth.init_app(app, lambda: verifier)  # a provider: None while the keys load
     @app.get("/api/v1/license")
     @token_required
     def view(): claims = current_claims()
 """
 
 import functools
+from collections.abc import Callable
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, current_app, g, request
 
-from licensing.errors import LicenseError, TokenInvalid, TokenMissing
+from licensing.errors import LicenseNotReady, TokenInvalid, TokenMissing
 from licensing.tokens import Claims, TokenVerifier
 
 EXTENSION = "licensing"
 QUERY_TOKEN_PARAMS = ("token", "access_token", "jwt", "bearer", "auth")
+VerifierProvider = Callable[[], TokenVerifier | None]
 
 
-def init_app(app: Flask, verifier: TokenVerifier) -> None:
-    app.extensions[EXTENSION] = verifier
-    app.register_error_handler(LicenseError, license_error_response)
+def init_app(app: Flask, verifier: TokenVerifier | VerifierProvider) -> None:
+    app.extensions[EXTENSION] = verifier if callable(verifier) else (lambda: verifier)
 
 
-def license_error_response(err: LicenseError) -> Response:
-    body = {"error": {"code": err.code, "message": err.message, "request_id": g.get("request_id")}}
-    response = jsonify(body)
-    response.status_code = err.status
-    response.headers.update(err.headers)
-    return response
+def verifier() -> TokenVerifier:
+    current = current_app.extensions[EXTENSION]()
+    if current is None:
+        raise LicenseNotReady("The licence keys are not loaded yet; see /api/v1/ready.")
+    return current
 
 
 def bearer_token() -> str:
@@ -48,7 +50,7 @@ def bearer_token() -> str:
 def token_required(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
-        g.license = current_app.extensions[EXTENSION].verify(bearer_token())
+        g.license = verifier().verify(bearer_token())
         return view(*args, **kwargs)
 
     return wrapper

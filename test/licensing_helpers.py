@@ -9,6 +9,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, jsonify, request
 
+from chexnet.api import errors
 from licensing.flask_auth import current_claims, init_app, token_required
 from licensing.keys import key_id
 
@@ -42,6 +43,7 @@ def raw_jwt(header: dict, claims: dict, signature: bytes = b"") -> str:
 def make_app(verifier) -> Flask:
     app = Flask(__name__)
     init_app(app, verifier)
+    errors.init_app(app)
 
     @app.get("/license")
     @token_required

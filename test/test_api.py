@@ -14,6 +14,7 @@ from PIL import Image
 from api_helpers import make_env, ready_app
 from chexnet.api import Settings, SettingsError, create_app
 from chexnet.api.openapi import openapi_document
+from chexnet.options import PredictOptions
 from conftest import png_bytes
 from dicom_factory import make_dicom
 from licensing.revocation import sign_revocation_list
@@ -111,7 +112,7 @@ def test_type_is_sniffed_not_trusted(client, env, nih_sample):
 def test_same_probabilities_as_the_cli_path(client, env, nih_sample, onnx_predictor):
     data = nih_sample[2].read_bytes()
     api = predict(client, env, data, heatmaps="none").get_json()["findings"]
-    direct = onnx_predictor.predict(data, "none").as_dict()["findings"]
+    direct = onnx_predictor.predict(lambda: data, PredictOptions(heatmaps="none")).findings
     assert [f["probability"] for f in api] == [f["probability"] for f in direct]
 
 

@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from api_helpers import LiveServer, make_env, ready_app
-from chexnet.api.batching import Overloaded
+from chexnet.errors import Overloaded
+from chexnet.options import PredictOptions
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def server(app):
 
 def test_sixteen_concurrent_clients_each_get_their_own_result(server, env, nih_dir, onnx_predictor):
     images = sorted(nih_dir.glob("*.png"))[:16]
-    expected = {p.name: [f["probability"] for f in onnx_predictor.predict(p.read_bytes(), "none").as_dict()["findings"]]
+    expected = {p.name: [f["probability"] for f in onnx_predictor.predict(p.read_bytes, PredictOptions(heatmaps="none")).findings]
                 for p in images}
     token = env.token()
 

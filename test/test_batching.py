@@ -1,12 +1,11 @@
-"""Micro-batching, deterministically: a fake predictor whose forward pass waits for the test."""
+"""Micro-batching, deterministically: a fake forward pass that waits for the test."""
 
 import threading
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from chexnet.api.batching import MicroBatcher, Overloaded
+from chexnet.batching import MicroBatcher
+from chexnet.errors import Overloaded
 from chexnet.engines.base import EngineOutput
 
 
@@ -14,7 +13,6 @@ class GatedPredictor:
     """forward() records each batch and blocks until released; row i's probability is its input value."""
 
     def __init__(self):
-        self.bundle = SimpleNamespace(id="fake")
         self.gate = threading.Event()
         self.batches: list[int] = []
         self.entered = threading.Event()
@@ -33,7 +31,7 @@ def tensor(value: float) -> np.ndarray:
 
 def test_queued_requests_share_one_forward_pass_and_get_their_own_rows():
     predictor = GatedPredictor()
-    batcher = MicroBatcher(predictor, max_batch=4, max_wait_ms=1, queue_size=16)
+    batcher = MicroBatcher(predictor.forward, "fake", max_batch=4, max_wait_ms=1, queue_size=16)
     first = batcher.submit(tensor(0))
     assert predictor.entered.wait(5)  # the worker holds item 0 in a forward pass
     waiting = [batcher.submit(tensor(v)) for v in range(1, 7)]
@@ -46,7 +44,7 @@ def test_queued_requests_share_one_forward_pass_and_get_their_own_rows():
 
 def test_full_queue_is_refused_not_grown():
     predictor = GatedPredictor()
-    batcher = MicroBatcher(predictor, max_batch=1, max_wait_ms=0, queue_size=2)
+    batcher = MicroBatcher(predictor.forward, "fake", max_batch=1, max_wait_ms=0, queue_size=2)
     running = batcher.submit(tensor(0))
     assert predictor.entered.wait(5)
     queued = [batcher.submit(tensor(1)), batcher.submit(tensor(2))]
@@ -66,7 +64,20 @@ def test_engine_failure_reaches_every_waiting_request_and_the_worker_survives():
 
     predictor = Failing()
     predictor.gate.set()
-    batcher = MicroBatcher(predictor, max_batch=2, max_wait_ms=1, queue_size=4)
+    batcher = MicroBatcher(predictor.forward, "fake", max_batch=2, max_wait_ms=1, queue_size=4)
     with pytest.raises(RuntimeError, match="exploded"):
         batcher.submit(tensor(-1)).result(10)
     assert float(batcher.submit(tensor(5)).result(10).probabilities[0]) == 5
+
+
+def test_a_request_that_waits_past_its_timeout_is_overloaded_and_dropped():
+    predictor = GatedPredictor()
+    batcher = MicroBatcher(predictor.forward, "fake", max_batch=1, max_wait_ms=0, queue_size=4)
+    running = batcher.submit(tensor(0))
+    assert predictor.entered.wait(5)
+    with pytest.raises(Overloaded, match="waited too long"):
+        batcher.run(tensor(1), timeout_s=0.05)
+    predictor.gate.set()
+    assert float(running.result(10).probabilities[0]) == 0
+    assert float(batcher.run(tensor(2), timeout_s=10).probabilities[0]) == 2
+    assert predictor.batches == [1, 1]  # the timed-out request never reached the engine

@@ -1,11 +1,16 @@
 """``python -m chexnet`` as a newcomer runs it: JSON lines, typed errors, exit codes, no tracebacks."""
 
+import base64
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from chexnet.cli import main
 from conftest import ROOT
 
 
@@ -36,8 +41,34 @@ def test_predict_failure_is_json_and_exit_nonzero(demo_bundle, nih_sample, dicom
     assert jply["error"]["code"] == "unsupported_media_type" and "JPEG Extended" in jply["error"]["message"]
     assert txt["error"]["code"] == "unsupported_media_type"
     assert missing["error"]["code"] == "unreadable_file"
-    assert "findings" in ok and "heatmaps" not in ok
+    assert "findings" in ok and ok["heatmaps"] == []  # no --heatmaps-dir, no --heatmaps: none made
     assert "Traceback" not in proc.stderr
+
+
+HEATMAP_FORMS = {"none": lambda findings: [], "top": lambda f: [max(f, key=lambda x: x["probability"])["code"]],
+                 "positive": lambda f: [x["code"] for x in f if x["positive"]],
+                 "all": lambda f: [x["code"] for x in f], "atelectasis,mass": lambda f: ["atelectasis", "mass"]}
+
+
+@pytest.mark.parametrize("with_dir", [True, False], ids=["heatmaps-dir", "inline"])
+@pytest.mark.parametrize("form", list(HEATMAP_FORMS))
+def test_every_heatmaps_form_with_and_without_a_directory(form, with_dir, demo_bundle, nih_sample, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["predict", "--bundle", str(demo_bundle.path), "--heatmaps", form, "--json", str(nih_sample[0])]
+    assert main(args + (["--heatmaps-dir", str(out)] if with_dir else [])) == 0
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert [h["code"] for h in line["heatmaps"]] == HEATMAP_FORMS[form](line["findings"])
+    for heat in line["heatmaps"]:
+        data = Path(heat["path"]).read_bytes() if with_dir else base64.b64decode(heat["data"])
+        assert Image.open(io.BytesIO(data)).size == (heat["width"], heat["height"])
+        assert ("path" in heat) == with_dir and ("data" in heat) != with_dir
+    assert out.is_dir() == with_dir
+
+
+def test_unknown_heatmap_code_stops_before_any_image(demo_bundle, nih_sample, capsys):
+    assert main(["predict", "--bundle", str(demo_bundle.path), "--heatmaps", "mass,bogus", str(nih_sample[0])]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "unknown: bogus" in captured.err
 
 
 def test_broken_bundle_is_one_sentence(tmp_path):

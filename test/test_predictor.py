@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from chexnet.api.responses import prediction_body
 from chexnet.errors import InvalidOption
 from chexnet.heatmap import normalise, overlay_size, render
-from chexnet.predictor import parse_heatmap_spec
+from chexnet.options import PredictOptions
+
+
+def predict(predictor, path, heatmaps=None, heatmap_format=None) -> dict:
+    options = PredictOptions.parse(heatmaps=heatmaps, heatmap_format=heatmap_format)
+    return prediction_body(predictor.predict(path.read_bytes, options), "test")
 
 
 def test_prediction_shape(onnx_predictor, nih_sample):
-    body = onnx_predictor.predict(nih_sample[0].read_bytes(), "all", "png").as_dict()
+    body = predict(onnx_predictor, nih_sample[0], "all", "png")
     assert body["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu"}
     assert body["image"] == {"format": "png", "width": 1024, "height": 1024}
     assert "not a diagnosis" in body["notice"]
@@ -28,22 +34,31 @@ def test_prediction_shape(onnx_predictor, nih_sample):
 
 
 def test_heatmap_selection(onnx_predictor, nih_sample):
-    data = nih_sample[1].read_bytes()
-    top = onnx_predictor.predict(data, "top").as_dict()
+    top = predict(onnx_predictor, nih_sample[1], "top")
     best = max(top["findings"], key=lambda f: f["probability"])
     assert [h["code"] for h in top["heatmaps"]] == [best["code"]]
-    assert onnx_predictor.predict(data, "none").as_dict()["heatmaps"] == []
-    picked = onnx_predictor.predict(data, "mass,fracture").as_dict()
+    assert predict(onnx_predictor, nih_sample[1], "none")["heatmaps"] == []
+    picked = predict(onnx_predictor, nih_sample[1], " mass, fracture")
     assert [h["code"] for h in picked["heatmaps"]] == ["mass", "fracture"]
-    positive = onnx_predictor.predict(data, "positive").as_dict()
+    positive = predict(onnx_predictor, nih_sample[1], "positive")
     assert [h["code"] for h in positive["heatmaps"]] == [f["code"] for f in positive["findings"] if f["positive"]]
 
 
-@pytest.mark.parametrize("spec", ["bogus", "mass,bogus", ","])
-def test_bad_heatmap_spec(spec):
+@pytest.mark.parametrize("spec", [",", "mass,,fracture", "mass,"])
+def test_malformed_heatmap_spec_is_refused_when_parsed(spec):
     with pytest.raises(InvalidOption) as err:
-        parse_heatmap_spec(spec, ["mass", "fracture"])
+        PredictOptions.parse(heatmaps=spec)
     assert err.value.status == 422 and "heatmaps" in err.value.message
+
+
+@pytest.mark.parametrize("spec", ["bogus", "mass,bogus"])
+def test_unknown_label_code_is_refused_before_reading_the_image(onnx_predictor, spec):
+    def never_read():
+        raise AssertionError("the image was read before the options were checked")
+
+    with pytest.raises(InvalidOption, match="bogus") as err:
+        onnx_predictor.predict(never_read, PredictOptions.parse(heatmaps=spec))
+    assert err.value.status == 422
 
 
 def test_overlay_keeps_aspect_and_bounds_long_side():
@@ -70,6 +85,6 @@ def test_normalise_flat_map_is_zero():
     assert out.min() == 0 and out.max() == 1
 
 
-def test_bad_heatmap_format(onnx_predictor, nih_sample):
+def test_bad_heatmap_format():
     with pytest.raises(InvalidOption, match="heatmap_format"):
-        onnx_predictor.predict(nih_sample[0].read_bytes(), "top", "gif")
+        PredictOptions.parse(heatmaps="top", heatmap_format="gif")

@@ -22,10 +22,9 @@ def create_app(settings: Settings, *, start: bool = True) -> Flask:
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     metrics = Metrics()
-    service = Service(settings, metrics)
-    app.extensions.update({"chexnet": service, "chexnet.metrics": metrics,
-                           "chexnet.audit": AuditLog(settings.audit_log)})
-    flask_auth.init_app(app, service)  # the service verifies tokens once its licence keys load
+    service = Service(settings, metrics, AuditLog(settings.audit_log))
+    app.extensions.update({"chexnet": service, "chexnet.metrics": metrics})
+    flask_auth.init_app(app, lambda: service.verifier)  # None until the licence keys load
     errors.init_app(app)
     app.register_blueprint(routes.api)
     app.register_blueprint(routes.pages)

@@ -1,11 +1,31 @@
-"""The OpenAPI 3.1 document of the REST API. Tests validate real responses against these schemas."""
+"""The OpenAPI 3.1 document of the REST API. Tests validate real responses against these schemas.
+Error codes come from the error classes (:func:`chexnet.errors.error_classes`), engines from the
+engine table."""
 
+import licensing.errors  # noqa: F401  (defines the licence error classes)
 from chexnet import __version__
+from chexnet.api import errors as _api_errors  # noqa: F401  (defines the HTTP error classes)
+from chexnet.engines import DEVICES, ENGINES
+from chexnet.errors import error_classes
+from chexnet.heatmap import FORMATS
+from chexnet.options import HEATMAP_MODES
 
-_ERROR_CODES = ["token_missing", "token_invalid", "token_expired", "token_revoked", "wrong_host",
-                "model_not_licensed", "model_not_found", "invalid_image", "unsupported_media_type",
-                "payload_too_large", "invalid_option", "overloaded", "not_ready", "not_found",
-                "method_not_allowed", "bad_request", "internal_error"]
+# Statuses nginx answers by itself in front of the service (nginx/errors.conf), with their codes.
+NGINX_ERRORS = {400: ["bad_request"], 404: ["not_found"], 405: ["method_not_allowed"], 413: ["payload_too_large"],
+                414: ["uri_too_long"], 429: ["rate_limited"], 500: ["internal_error"], 502: ["not_ready"],
+                503: ["overloaded", "not_ready"], 504: ["overloaded"]}
+
+
+def error_codes_by_status() -> dict[int, list[str]]:
+    found: dict[int, set[str]] = {}
+    for cls in error_classes():
+        found.setdefault(cls.status, set()).add(cls.code)
+    for status, codes in NGINX_ERRORS.items():
+        found.setdefault(status, set()).update(codes)
+    return {status: sorted(codes) for status, codes in sorted(found.items())}
+
+
+_ERROR_CODES = sorted({code for codes in error_codes_by_status().values() for code in codes})
 
 
 def _obj(properties: dict, required: list[str] | None = None, extra: bool = True) -> dict:
@@ -25,7 +45,7 @@ def _json(name: str, description: str) -> dict:
 
 _NUMBER01 = {"type": "number", "minimum": 0, "maximum": 1}
 _MODEL_REF = _obj({"id": {"type": "string"}, "version": {"type": "string"}, "demo": {"type": "boolean"},
-                   "engine": {"enum": ["onnxruntime", "torch"]}, "device": {"enum": ["cpu", "cuda"]}})
+                   "engine": {"enum": list(ENGINES)}, "device": {"enum": [d for d in DEVICES if d != "auto"]}})
 _LABEL = _obj({"code": {"type": "string"}, "threshold": _NUMBER01,
                "name": _obj({"en": {"type": "string"}, "zh": {"type": ["string", "null"]}}, ["en"])})
 
@@ -67,8 +87,8 @@ SCHEMAS = {
 _OPTIONS = [
     {"name": "model", "in": "query", "schema": {"type": "string"}, "description": "bundle id (default: the server's default model)"},
     {"name": "heatmaps", "in": "query", "schema": {"type": "string", "default": "top"},
-     "description": "none | top | positive | all | comma list of label codes"},
-    {"name": "heatmap_format", "in": "query", "schema": {"enum": ["jpeg", "png"], "default": "jpeg"}},
+     "description": f"{' | '.join(HEATMAP_MODES)} | comma list of label codes"},
+    {"name": "heatmap_format", "in": "query", "schema": {"enum": list(FORMATS), "default": "jpeg"}},
 ]
 _UPLOAD = {"required": True, "content": {
     "multipart/form-data": {"schema": _obj({"image": {"type": "string", "format": "binary"},
@@ -77,14 +97,24 @@ _UPLOAD = {"required": True, "content": {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
     "application/dicom": {"schema": {"type": "string", "format": "binary"}}}}
-_AUTH_ERRORS = {"401": _json("Error", "no token, malformed, bad signature, expired, not yet valid or revoked"),
-                "403": _json("Error", "a valid token for another host, or for a model it does not license"),
-                "503": _json("Error", "not ready or overloaded (Retry-After)")}
-_PREDICT_ERRORS = {**_AUTH_ERRORS, "400": _json("Error", "the file cannot be decoded"),
-                   "404": _json("Error", "unknown model"), "413": _json("Error", "too many bytes or pixels"),
-                   "415": _json("Error", "not PNG, JPEG or DICOM, or an unsupported DICOM codec"),
-                   "422": _json("Error", "an option has a wrong value"),
-                   "429": _json("Error", "rate limited (nginx)")}
+
+
+def _error(status: int, description: str) -> dict:
+    response = _json("Error", f"{description}; error.code is one of: {', '.join(error_codes_by_status()[status])}")
+    if status in (429, 503):
+        response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
+                                               "schema": {"type": "integer"}}}
+    return response
+
+
+_AUTH_ERRORS = {"401": _error(401, "no token, malformed, bad signature, expired, not yet valid or revoked"),
+                "403": _error(403, "a valid token for another host, or for a model it does not license"),
+                "503": _error(503, "not ready or overloaded (Retry-After)")}
+_PREDICT_ERRORS = {**_AUTH_ERRORS, "400": _error(400, "the file cannot be decoded"),
+                   "404": _error(404, "unknown model"), "413": _error(413, "too many bytes or pixels"),
+                   "415": _error(415, "not PNG, JPEG or DICOM, or an unsupported DICOM codec"),
+                   "422": _error(422, "an option has a wrong value"),
+                   "429": _error(429, "rate limited (nginx)")}
 
 
 def openapi_document() -> dict:

@@ -1,21 +1,25 @@
-"""What the API serves: the loaded models (each a Predictor behind a MicroBatcher) and the licence
-verifier. Loading runs in the background so /health answers at once and /ready tells the truth."""
+"""What the API serves: the loaded models (each a Predictor whose forward step is a MicroBatcher,
+observed by the metrics and the audit log) and the licence verifier. Loading runs in the background
+so /health answers at once and /ready tells the truth."""
 
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chexnet.api.batching import MicroBatcher
-from chexnet.api.observability import Metrics
+from chexnet.api.observability import AuditLog, Metrics
 from chexnet.api.settings import Settings
+from chexnet.batching import MicroBatcher
 from chexnet.bundle import load_bundle
 from chexnet.engines import create_engine
-from chexnet.errors import ChexnetError, ModelNotFound
+from chexnet.errors import ChexnetError, ModelNotFound, NotReady
 from chexnet.imaging import DecodeLimits
-from chexnet.predictor import Predictor
+from chexnet.imaging.gate import DecodeGate, default_concurrency
+from chexnet.options import PredictOptions
+from chexnet.predictor import Caller, Prediction, Predictor
 from licensing.errors import LicenseError
 from licensing.host import read_host_uuid
 from licensing.keys import TrustedKeys
@@ -23,14 +27,6 @@ from licensing.revocation import RevocationWatcher
 from licensing.tokens import Claims, TokenVerifier
 
 log = logging.getLogger(__name__)
-
-
-class NotReady(ChexnetError):
-    """Models are still loading, or the service cannot serve (see /api/v1/ready)."""
-
-    code = "not_ready"
-    status = 503
-    retry_after_s = 5
 
 
 @dataclass
@@ -46,9 +42,11 @@ class LoadedModel:
 
 
 class Service:
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, audit: AuditLog):
         self.settings = settings
         self.metrics = metrics
+        self.audit = audit
+        self.gate = DecodeGate(settings.decode_concurrency or default_concurrency(), settings.decode_wait_s)
         self.models: dict[str, LoadedModel] = {}
         self.default_model: str | None = None
         self.verifier: TokenVerifier | None = None
@@ -102,13 +100,17 @@ class Service:
         for path in self._bundle_dirs():
             try:
                 bundle = load_bundle(path)
-                predictor = Predictor(bundle, create_engine(bundle, s.engine, s.device, s.precision, threads), limits)
+                predictor = Predictor(bundle, create_engine(bundle, s.engine, s.device, s.precision, threads),
+                                      limits, self.gate)
                 predictor.warmup()
             except ChexnetError as exc:
                 self.problems.append(exc.message)
                 continue
-            self.models[bundle.id] = LoadedModel(
-                predictor, MicroBatcher(predictor, s.max_batch, s.batch_wait_ms, s.queue_size, self.metrics, s.engine_workers))
+            batcher = MicroBatcher(predictor.forward, bundle.id, s.max_batch, s.batch_wait_ms, s.queue_size,
+                                   self.metrics, s.engine_workers)
+            predictor.use_forward(lambda tensor, batcher=batcher: batcher.run(tensor, s.request_timeout_s))
+            predictor.observers += [self._observe_stages, self._audit]
+            self.models[bundle.id] = LoadedModel(predictor, batcher)
             log.info("model ready", extra={"fields": {**predictor.model_info}})
         if not self.models and not self.problems:
             self.problems.append(f"No model bundle found in {s.models_dir} (CHEXNET_MODELS_DIR).")
@@ -128,12 +130,6 @@ class Service:
                 problems.append(self.revocations.error or "The configured revocation list is not in force.")
         return problems
 
-    def verify(self, token: str) -> Claims:
-        """The licensing extension's entry point (licensing.flask_auth.token_required)."""
-        if self.verifier is None:
-            raise NotReady("The licence keys are not usable yet; see /api/v1/ready.")
-        return self.verifier.verify(token)
-
     def model(self, model_id: str | None) -> LoadedModel:
         if self.loading:
             raise NotReady("Models are still loading; retry in a few seconds.")
@@ -142,3 +138,24 @@ class Service:
             known = ", ".join(self.models) or "none"
             raise ModelNotFound(f"No model '{model_id}' is loaded here (loaded: {known}).")
         return self.models[model_id]
+
+    def predict(self, read: Callable[[], bytes], options: PredictOptions, claims: Claims,
+                request_id: str | None) -> Prediction:
+        """The one entry for every transport: the model the options name, licensed by the claims."""
+        loaded = self.model(options.model)
+        claims.require_feature(loaded.predictor.bundle.id)
+        return loaded.predictor.predict(read, options, Caller(request_id, claims.sub, claims.customer))
+
+    # --- observers of every prediction ---------------------------------------------------------
+    def _observe_stages(self, prediction: Prediction, caller: Caller) -> None:
+        for stage, ms in prediction.timing_ms.items():
+            if stage != "total":
+                self.metrics.stage.labels(prediction.model["id"], stage).observe(ms / 1000.0)
+
+    def _audit(self, prediction: Prediction, caller: Caller) -> None:
+        self.audit.write({
+            "request_id": caller.request_id, "sub": caller.sub, "customer": caller.customer,
+            "model": {k: prediction.model[k] for k in ("id", "version", "demo")},
+            "input_sha256": prediction.input_sha256, "image": prediction.image,
+            "findings": [{k: f[k] for k in ("code", "probability", "positive")} for f in prediction.findings],
+        })

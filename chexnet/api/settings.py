@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from chexnet.engines import DEVICES, ENGINES, default_engine
+from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
+from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
 class SettingsError(Exception):
@@ -19,14 +20,14 @@ class Settings:
     models_dir: str = "models"
     models: tuple[str, ...] = ()  # empty: every bundle in models_dir
     default_model: str | None = None
-    engine: str = "onnxruntime"
+    engine: str = DEFAULT_ENGINE  # each image declares its own (CHEXNET_ENGINE in its Dockerfile)
     device: str = "auto"
     product_uuid_file: str = "/sys/class/dmi/id/product_uuid"
     revocation_list: str | None = None
     revocation_state: str | None = None  # None: revocation-state.json beside the audit log
     license_leeway_s: int = 120
-    max_upload_mb: int = 64
-    max_pixels: int = 40_000_000
+    max_upload_mb: int = DEFAULT_MAX_BYTES // 2**20
+    max_pixels: int = DEFAULT_MAX_PIXELS
     audit_log: str = "logs/audit.jsonl"
     host: str = "0.0.0.0"
     port: int = 8080
@@ -37,6 +38,8 @@ class Settings:
     batch_wait_ms: float = 3.0
     queue_size: int = 32
     request_timeout_s: float = 60.0
+    decode_concurrency: int = 0  # 0: sized for the machine (chexnet.imaging.gate.default_concurrency)
+    decode_wait_s: float = 10.0
     precision: str = "fp32"
     log_level: str = "INFO"
 
@@ -46,7 +49,8 @@ class Settings:
             value = env.get(f"CHEXNET_{name}")
             return default if value is None or value.strip() == "" else value.strip()
 
-        def bounded(name: str, default, low, high, parse=int):
+        def bounded(name: str, low, high, parse=int):
+            default = getattr(cls, name.lower())
             raw = get(name, str(default))
             try:
                 value = parse(raw)
@@ -57,14 +61,14 @@ class Settings:
                 raise SettingsError(f"CHEXNET_{name} must be between {low} and {high}, not {value}.")
             return value
 
-        def integer(name: str, default: int, low: int, high: int) -> int:
-            return bounded(name, default, low, high, int)
+        def integer(name: str, low: int, high: int) -> int:
+            return bounded(name, low, high, int)
 
-        def number(name: str, default: float, low: float, high: float) -> float:
-            return bounded(name, default, low, high, float)
+        def number(name: str, low: float, high: float) -> float:
+            return bounded(name, low, high, float)
 
-        def choice(name: str, default: str, allowed) -> str:
-            value = get(name, default)
+        def choice(name: str, allowed) -> str:
+            value = get(name, getattr(cls, name.lower()))
             if value not in allowed:
                 raise SettingsError(f"CHEXNET_{name} must be one of {', '.join(allowed)}, not '{value}'.")
             return value
@@ -72,26 +76,28 @@ class Settings:
         license_keys = get("LICENSE_KEYS")
         if not license_keys:
             raise SettingsError("CHEXNET_LICENSE_KEYS must name the vendor public key file or a directory of <kid>.pem files.")
-        models_dir = get("MODELS_DIR", "models")
+        models_dir = get("MODELS_DIR", cls.models_dir)
         if not Path(models_dir).is_dir():
             raise SettingsError(f"CHEXNET_MODELS_DIR '{models_dir}' is not a directory of model bundles.")
         models = tuple(m.strip() for m in (get("MODELS", "") or "").split(",") if m.strip())
         return cls(
             license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
-            engine=choice("ENGINE", default_engine(), ENGINES), device=choice("DEVICE", "auto", DEVICES),
+            engine=choice("ENGINE", tuple(ENGINES)), device=choice("DEVICE", DEVICES),
             product_uuid_file=get("PRODUCT_UUID_FILE", cls.product_uuid_file),
             revocation_list=get("REVOCATION_LIST"), revocation_state=get("REVOCATION_STATE"),
-            license_leeway_s=integer("LICENSE_LEEWAY_S", 120, 0, 3600),
-            max_upload_mb=integer("MAX_UPLOAD_MB", 64, 1, 1024),
-            max_pixels=integer("MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
+            license_leeway_s=integer("LICENSE_LEEWAY_S", 0, 3600),
+            max_upload_mb=integer("MAX_UPLOAD_MB", 1, 1024),
+            max_pixels=integer("MAX_PIXELS", 1_000_000, 400_000_000),
             audit_log=get("AUDIT_LOG", cls.audit_log), host=get("HOST", cls.host),
-            port=integer("PORT", 8080, 1, 65535), threads=integer("THREADS", 8, 1, 256),
-            max_batch=integer("MAX_BATCH", 1, 1, 256), engine_workers=integer("ENGINE_WORKERS", 2, 1, 64),
-            engine_threads=integer("ENGINE_THREADS", 0, 0, 256), batch_wait_ms=number("BATCH_WAIT_MS", 3.0, 0.0, 1000.0),
-            queue_size=integer("QUEUE_SIZE", 32, 1, 100_000),
-            request_timeout_s=number("REQUEST_TIMEOUT_S", 60.0, 1.0, 3600.0),
-            precision=choice("PRECISION", "fp32", ("fp32", "fp16")),
-            log_level=choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            port=integer("PORT", 1, 65535), threads=integer("THREADS", 1, 256),
+            max_batch=integer("MAX_BATCH", 1, 256), engine_workers=integer("ENGINE_WORKERS", 1, 64),
+            engine_threads=integer("ENGINE_THREADS", 0, 256), batch_wait_ms=number("BATCH_WAIT_MS", 0.0, 1000.0),
+            queue_size=integer("QUEUE_SIZE", 1, 100_000),
+            request_timeout_s=number("REQUEST_TIMEOUT_S", 1.0, 3600.0),
+            decode_concurrency=integer("DECODE_CONCURRENCY", 0, 64),
+            decode_wait_s=number("DECODE_WAIT_S", 0.0, 600.0),
+            precision=choice("PRECISION", PRECISIONS),
+            log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
         )
 
     @property

@@ -16,6 +16,7 @@ import torch
 
 from chexnet.bundle.manifest import MANIFEST, MODEL_ONNX, WEIGHTS_PT, FileEntry, Label, Manifest, sha256_file
 from chexnet.errors import BundleError
+from chexnet.labels import load_labels
 from chexnet.model import CheXNet
 
 PARITY_TOLERANCE = 1e-4
@@ -30,8 +31,6 @@ def demo_state_dict(num_classes: int, seed: int) -> dict:
 def write_demo_bundle(out: str | Path, label_set: str, *, seed: int = 0, input_size: int = 224,
                       bundle_id: str | None = None, version: str = "0.0.0-demo") -> Path:
     """torchvision densenet121 with seeded random weights, marked demo everywhere."""
-    from chexnet.labels import load_labels
-
     labels = load_labels(label_set)
     return write_bundle(
         out, demo_state_dict(len(labels), seed), labels, bundle_id=bundle_id or Path(out).name,

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chexnet.errors import BundleError
+from chexnet.labels import Label
 
 MANIFEST = "manifest.json"
 WEIGHTS_PT = "weights.pt"
@@ -19,17 +20,6 @@ DEMO_NOTICE = "Demo model with untrained weights: its output is not a diagnosis.
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LabelName(_Strict):
-    en: str = Field(min_length=1)
-    zh: str | None = None
-
-
-class Label(_Strict):
-    code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    name: LabelName
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
 class FileEntry(_Strict):

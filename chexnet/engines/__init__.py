@@ -1,44 +1,51 @@
-"""Inference engines behind one interface (:class:`chexnet.engines.base.Engine`).
+"""Inference engines behind one interface (:class:`chexnet.engines.base.Engine`), named in one table
+that the settings, the CLI choices and the OpenAPI document all read.
 
-``onnxruntime`` is the CPU image's engine; ``torch`` is the GPU image's (CPU or CUDA). Each is
-imported only when chosen, so the CPU image needs no PyTorch.
+``onnxruntime`` is the CPU image's engine; ``torch`` is the GPU image's (CPU or CUDA). Each image
+declares its engine (``CHEXNET_ENGINE`` in its Dockerfile); each engine is imported only when
+chosen, so the CPU image needs no PyTorch.
 """
 
+import importlib
 import importlib.util
+from dataclasses import dataclass
 
 from chexnet.bundle import Bundle
 from chexnet.engines.base import Engine, EngineOutput
 from chexnet.errors import EngineUnavailable
 
-ENGINES = ("onnxruntime", "torch")
+
+@dataclass(frozen=True)
+class EngineKind:
+    module: str  # ours, imported only when chosen
+    cls: str
+    requires: str  # the third-party package it runs on
+    precisions: tuple[str, ...]
+
+
+ENGINES = {
+    "onnxruntime": EngineKind("chexnet.engines.onnx_runtime", "OnnxRuntimeEngine", "onnxruntime", ("fp32",)),
+    "torch": EngineKind("chexnet.engines.pytorch", "TorchEngine", "torch", ("fp32", "fp16")),
+}
+DEFAULT_ENGINE = "onnxruntime"
 DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = tuple(dict.fromkeys(p for kind in ENGINES.values() for p in kind.precisions))
 
 
-def default_engine() -> str:
-    """onnxruntime where it is installed (CPU image), else torch (GPU image)."""
-    return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
-
-
-def create_engine(bundle: Bundle, engine: str | None = None, device: str = "auto", precision: str = "fp32",
+def create_engine(bundle: Bundle, engine: str = DEFAULT_ENGINE, device: str = "auto", precision: str = "fp32",
                   threads: int | None = None) -> Engine:
     """threads: CPU threads per engine call (onnxruntime; default all cores)."""
-    engine = engine or default_engine()
-    if engine not in ENGINES:
+    kind = ENGINES.get(engine)
+    if kind is None:
         raise EngineUnavailable(f"Unknown engine '{engine}'; use one of: {', '.join(ENGINES)}.")
     if device not in DEVICES:
         raise EngineUnavailable(f"Unknown device '{device}'; use one of: {', '.join(DEVICES)}.")
-    module = "onnxruntime" if engine == "onnxruntime" else "torch"
-    if importlib.util.find_spec(module) is None:
+    if precision not in kind.precisions:
+        raise EngineUnavailable(f"The {engine} engine runs {', '.join(kind.precisions)}, not {precision}.")
+    if importlib.util.find_spec(kind.requires) is None:
         raise EngineUnavailable(f"The {engine} engine is not installed in this image.")
-    if engine == "onnxruntime":
-        from chexnet.engines.onnx_runtime import OnnxRuntimeEngine
-
-        if precision != "fp32":
-            raise EngineUnavailable("The onnxruntime engine runs fp32 only; fp16 is for the torch engine on CUDA.")
-        return OnnxRuntimeEngine(bundle, device, threads)
-    from chexnet.engines.pytorch import TorchEngine
-
-    return TorchEngine(bundle, device, precision)
+    engine_class = getattr(importlib.import_module(kind.module), kind.cls)
+    return engine_class(bundle, device=device, precision=precision, threads=threads)
 
 
-__all__ = ["Engine", "EngineOutput", "create_engine", "default_engine", "ENGINES", "DEVICES"]
+__all__ = ["Engine", "EngineOutput", "create_engine", "DEFAULT_ENGINE", "ENGINES", "DEVICES", "PRECISIONS"]

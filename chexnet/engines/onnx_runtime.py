@@ -18,7 +18,7 @@ CLASSIFIER_WEIGHT = "classifier.weight"
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if device not in ("cpu", "auto"):
             raise EngineUnavailable(
                 "The onnxruntime engine runs on the CPU only; use the torch engine for CUDA."

@@ -49,7 +49,7 @@ def load_model(bundle: Bundle) -> CheXNet:
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "fp32"):
+    def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "fp32", threads: int | None = None):
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
         if precision == "fp16" and self.device != "cuda":

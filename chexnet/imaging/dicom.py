@@ -1,58 +1,116 @@
-"""DICOM through pydicom and its codec plugins (pylibjpeg: JPEG, JPEG-LS, JPEG 2000, RLE).
+"""DICOM through pydicom and its permissively licensed codec plugins (DESIGN.md "Resource bounds").
 
-Display pipeline: Modality LUT (rescale slope/intercept) → VOI LUT or window (first one present)
-→ invert for MONOCHROME1 or Presentation LUT Shape INVERSE → min-max to 0..255.
-Nothing identifying the patient leaves this module.
+Every size is checked before the allocation it governs: a deflated dataset inflates only up to a cap,
+Rows/Columns against the pixel limit, an encapsulated frame's own codestream header against
+Rows/Columns, native pixel data against the length it must have. Only the elements the decoder
+needs are read, so nothing identifying the patient is parsed and nothing leaves this module.
+
+Display pipeline (DESIGN.md "Preprocessing reference"): Modality LUT (sequence, or rescale slope and
+intercept) → VOI LUT (sequence, or the first window) → MONOCHROME1 / Presentation LUT Shape INVERSE
+inverted → min-max to 0..255, applied a block at a time (:mod:`chexnet.imaging.display`).
 """
 
 import io
 import logging
+import math
+import re
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pydicom
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
 
 from chexnet.errors import (
     CorruptImage,
+    InvalidImage,
     MultiFrameImage,
     NoPixelData,
+    PayloadTooLarge,
     UnsupportedMediaType,
     UnsupportedTransferSyntax,
 )
-from chexnet.imaging.decode import DecodedImage, DecodeLimits, to_display_u8
+from chexnet.imaging.codestream import HEADER_WINDOW, FrameHeader, j2k_header, jpeg_header
+from chexnet.imaging.display import Transform, to_display_u8
+from chexnet.imaging.types import DecodedImage, DecodeLimits
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# The elements the decoder reads; every other element is skipped unparsed.
+_READ = [
+    "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames",
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence",
+    "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape", *_PIXEL_KEYWORDS,
+]
+_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+# Anything a codec plugin or pydicom's own parser raises on hostile bytes.
+_DECODER_FAILURES = (RuntimeError, ValueError, AttributeError, TypeError, KeyError, IndexError, EOFError,
+                     OSError, struct.error, OverflowError, RecursionError, zlib.error)
+
+
+class _Redacted(logging.Filter):
+    """pydicom's warnings quote element values; the JSON log keeps the warning, not the value."""
+
+    _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self._QUOTED.sub("'…'", record.getMessage()), None
+        return True
+
+
+logging.getLogger("pydicom").addFilter(_Redacted())
+# The same warnings again through the warnings module would reach stderr with their values.
+warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 # pydicom logs a full traceback for every codec plugin that fails before it raises; the failure
 # reaches the caller as one typed error instead, so those log records are noise (and tracebacks).
 logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 
 
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
-    ds = _read(data)
-    _check_header(ds, limits)
+    ds = _read(data, limits)
+    samples = _check_header(ds, limits)
     pixels = _pixel_array(ds)
-    if pixels.ndim == 3:  # colour secondary capture: pydicom returns RGB; use luminance
-        pixels = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    values = apply_modality_lut(pixels, ds)
-    values = apply_voi_lut(values, ds, index=0)
-    display = to_display_u8(values)
-    if _inverted(ds):
-        display = 255 - display
-    return DecodedImage(pixels=display, format="dicom", bits=int(ds.get("BitsStored", 8)))
+    transform, invert = (None, False) if samples == 3 else (_display_transform(ds), _inverted(ds))
+    for keyword in _PIXEL_KEYWORDS:  # the encoded bytes are no longer needed
+        if keyword in ds:
+            delattr(ds, keyword)
+    if samples == 3:  # colour secondary capture: pydicom returns RGB; use luminance
+        pixels = np.dot(pixels.reshape(-1, 3), np.array([0.299, 0.587, 0.114], dtype=np.float32))
+        pixels = pixels.astype(np.float32, copy=False).reshape(int(ds.Rows), int(ds.Columns))
+    try:
+        display = to_display_u8(pixels, transform, invert)
+    except (ValueError, IndexError, FloatingPointError):
+        raise InvalidImage("The DICOM's LUT or window cannot be applied to its pixels; export the image again.") from None
+    return DecodedImage(pixels=display, format="dicom", bits=_integer(ds, "BitsStored", 8))
 
 
-def _read(data: bytes) -> pydicom.Dataset:
+# --- reading ---------------------------------------------------------------------------------
+def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
+    syntax, body = _file_meta_syntax(data)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        data = _inflate(data[body:], limits)  # a bare Explicit VR Little Endian dataset from here on
     try:
         # force=True admits ACR-NEMA files and DICOM written without the 128-byte preamble.
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        ds.get("PixelData")  # touch the elements so a truncated header fails here
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, OverflowError):
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=_READ)
+        for keyword in _READ:
+            ds.get(keyword)  # convert the raw elements now, so damage surfaces here
+    except (InvalidDicomError, *_DECODER_FAILURES):
         raise CorruptImage("The DICOM file is truncated or corrupt; export it again from the PACS.") from None
     if len(ds) == 0:
         raise UnsupportedMediaType("The file looked like DICOM but holds no DICOM elements.")
-    if "TransferSyntaxUID" not in ds.file_meta:
+    if syntax == DeflatedExplicitVRLittleEndian or "TransferSyntaxUID" not in ds.file_meta:
         # ACR-NEMA / bare datasets carry no file meta: use the encoding pydicom detected.
         implicit, little = ds.original_encoding
         if not little:
@@ -61,21 +119,129 @@ def _read(data: bytes) -> pydicom.Dataset:
     return ds
 
 
-def _check_header(ds: pydicom.Dataset, limits: DecodeLimits) -> None:
-    if not any(k in ds for k in _PIXEL_KEYWORDS):
-        raise NoPixelData("The DICOM object has no pixel data (is it a report rather than an image?).")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise MultiFrameImage(
-            f"The DICOM holds {frames} frames; send one projection radiograph per request."
-        )
+def _file_meta_syntax(data: bytes) -> tuple[str | None, int]:
+    """The Transfer Syntax UID from the file meta group, and where the dataset after it starts."""
+    if data[128:132] != b"DICM":
+        return None, 0
+    pos, syntax = 132, None
+    while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
+        element = struct.unpack_from("<H", data, pos + 2)[0]
+        if data[pos + 4:pos + 6] in _LONG_VRS:
+            length, header = (struct.unpack_from("<I", data, pos + 8)[0] if pos + 12 <= len(data) else 0), 12
+        else:
+            length, header = struct.unpack_from("<H", data, pos + 6)[0], 8
+        if element == 0x0010:
+            syntax = data[pos + header:pos + header + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos += header + length
+    return syntax, pos
+
+
+def _inflate(body: bytes, limits: DecodeLimits) -> bytes:
+    cap = limits.max_inflated_bytes
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-    except (AttributeError, TypeError, ValueError):
-        raise CorruptImage("The DICOM header lacks Rows/Columns; export the image again.") from None
+        inflated = inflater.decompress(body, cap + 1)
+    except zlib.error:
+        raise CorruptImage("The deflated DICOM dataset is corrupt; export it again from the PACS.") from None
+    if len(inflated) > cap or inflater.unconsumed_tail:
+        raise PayloadTooLarge(
+            f"The deflated DICOM inflates to more than {cap / 2**20:.0f} MiB, more than an image within "
+            "the pixel limit needs; export it uncompressed or with an image codec.")
+    return inflated
+
+
+# --- header checks ---------------------------------------------------------------------------
+def _integer(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    value = _first(ds.get(keyword))
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidImage(f"{keyword} in the DICOM header is not a whole number; export the image again.") from None
+
+
+def _number(ds: pydicom.Dataset, keyword: str, default: float) -> float:
+    value = _first(ds.get(keyword))
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise InvalidImage(f"{keyword} in the DICOM header is not a number; export the image again.")
+    return number
+
+
+def _first(value):
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return value[0] if len(value) else None
+    return value
+
+
+def _check_header(ds: pydicom.Dataset, limits: DecodeLimits) -> int:
+    """Validate the pixel description before decoding; returns samples per pixel (1 or 3)."""
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        raise NoPixelData("The DICOM object has no pixel data (is it a report rather than an image?).")
+    frames = _integer(ds, "NumberOfFrames", 1)
+    if frames > 1:
+        raise MultiFrameImage(f"The DICOM holds {frames} frames; send one projection radiograph per request.")
+    if frames < 1:
+        raise InvalidImage("NumberOfFrames in the DICOM header is below 1; export the image again.")
+    rows, cols = _integer(ds, "Rows", 0), _integer(ds, "Columns", 0)
+    if rows <= 0 or cols <= 0:
+        raise CorruptImage("The DICOM header lacks Rows/Columns; export the image again.")
     limits.check_pixels(cols, rows)
+    samples = _integer(ds, "SamplesPerPixel", 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if samples not in (1, 3) or photometric not in _PHOTOMETRIC or (samples == 1) != photometric.startswith("MONO"):
+        raise InvalidImage(f"A DICOM with {samples} samples per pixel as {photometric or 'no photometric interpretation'} "
+                           "is not a radiograph this service reads; send a MONOCHROME1/2 image.")
+    allocated, stored = _integer(ds, "BitsAllocated", 0), _integer(ds, "BitsStored", 0)
+    allowed = (32, 64) if keyword != "PixelData" else (1, 8, 16, 32)
+    if allocated not in allowed or (keyword == "PixelData" and not 1 <= stored <= allocated):
+        raise InvalidImage(f"The DICOM declares {stored} of {allocated} bits per sample, which no radiograph has; "
+                           "export the image again.")
+    if _integer(ds, "PixelRepresentation", 0) not in (0, 1):
+        raise InvalidImage("PixelRepresentation in the DICOM header must be 0 or 1; export the image again.")
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    if syntax.is_compressed and keyword == "PixelData":
+        _check_frame(ds, syntax, rows, cols, samples, allocated)
+    else:
+        expected = (rows * cols * samples * allocated + 7) // 8
+        if len(ds[keyword].value or b"") < expected:
+            raise CorruptImage("The DICOM pixel data is shorter than Rows × Columns says; the file is truncated.")
+    return samples
 
 
+def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples: int, allocated: int) -> None:
+    """An encapsulated frame must declare, in its own header, the geometry the DICOM header declares."""
+    if syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
+        read_header = jpeg_header
+    elif syntax in JPEG2000TransferSyntaxes:
+        read_header = j2k_header
+    else:
+        return  # RLE: the decoder writes Rows × Columns and nothing else
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (StopIteration, *_DECODER_FAILURES):
+        raise CorruptImage("The DICOM's encapsulated pixel data is damaged; export the image again.") from None
+    header: FrameHeader = read_header(frame[:HEADER_WINDOW])
+    if (header.width, header.height) != (cols, rows) or header.components != samples:
+        raise InvalidImage(
+            f"The compressed frame is {header.width}x{header.height} with {header.components} component(s) but the "
+            f"DICOM header says {cols}x{rows} with {samples}; export the image again.")
+    if not 1 <= header.bits <= allocated:
+        raise InvalidImage(f"The compressed frame has {header.bits}-bit samples in a {allocated}-bit DICOM; "
+                           "export the image again.")
+
+
+# --- pixels ----------------------------------------------------------------------------------
 def _pixel_array(ds: pydicom.Dataset) -> np.ndarray:
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     try:
@@ -85,18 +251,82 @@ def _pixel_array(ds: pydicom.Dataset) -> np.ndarray:
             f"No installed codec decodes DICOM transfer syntax {syntax.name} ({syntax}); "
             "re-export it uncompressed or as JPEG 2000 / JPEG lossless."
         ) from None
-    except (RuntimeError, ValueError, AttributeError, TypeError, EOFError, OSError):
-        bits = ds.get("BitsStored", "?")
+    except _DECODER_FAILURES:
+        if not syntax.is_compressed:
+            raise CorruptImage("The DICOM pixel data does not match its header; export the image again.") from None
+        bits = _integer(ds, "BitsStored", 0) or "?"
         raise UnsupportedTransferSyntax(
             f"No installed codec could decode this {bits}-bit {syntax.name} pixel data; "
             "re-export it uncompressed or as JPEG 2000 / JPEG lossless."
         ) from None
 
 
+def _lut(item: pydicom.Dataset, name: str) -> Transform:
+    """A LUT sequence item → value → table[clip(value - first mapped, 0, entries - 1)]."""
+    try:
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+        raw = item.LUTData
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidImage(f"The DICOM's {name} LUT is incomplete; export the image again.") from None
+    entries = entries or 65536
+    if not 1 <= bits <= 16:
+        raise InvalidImage(f"The DICOM's {name} LUT declares {bits}-bit entries (1 to 16 are defined); "
+                           "export the image again.")
+    table = np.frombuffer(raw, "<u2") if isinstance(raw, bytes) else np.atleast_1d(np.asarray(raw))
+    if table.size < entries or not np.issubdtype(table.dtype, np.number):
+        raise InvalidImage(f"The DICOM's {name} LUT holds {table.size} entries but its descriptor declares "
+                           f"{entries}; export the image again.")
+    table = table[:entries].astype(np.float64)
+    return lambda x: table[np.clip(x - first, 0, entries - 1).astype(np.intp)]
+
+
+def _window(ds: pydicom.Dataset) -> Transform | None:
+    """The first VOI window, scaled to 0..1 (the min-max step makes the output range irrelevant)."""
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    center, width = _number(ds, "WindowCenter", 0.0), _number(ds, "WindowWidth", 0.0)
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width < (1 if function == "LINEAR" else 0) \
+            or (function != "LINEAR" and width == 0):
+        raise InvalidImage(f"The DICOM's window ({function}, width {width:g}) is not a valid VOI window; "
+                           "export the image again.")
+    if function == "LINEAR_EXACT":
+        return lambda x: np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if function == "SIGMOID":
+        def sigmoid(x: np.ndarray) -> np.ndarray:
+            with np.errstate(over="ignore"):
+                return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+        return sigmoid
+    if width == 1:
+        return lambda x: (x > center - 0.5).astype(np.float64)
+    return lambda x: np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _display_transform(ds: pydicom.Dataset) -> Transform | None:
+    steps: list[Transform] = []
+    if ds.get("ModalityLUTSequence"):
+        steps.append(_lut(ds.ModalityLUTSequence[0], "Modality"))
+    else:
+        slope, intercept = _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0)
+        if (slope, intercept) != (1.0, 0.0):
+            steps.append(lambda x: x * slope + intercept)
+    voi = _lut(ds.VOILUTSequence[0], "VOI") if ds.get("VOILUTSequence") else _window(ds)
+    if voi is not None:
+        steps.append(voi)
+    if not steps:
+        return None
+
+    def transform(x: np.ndarray) -> np.ndarray:
+        for step in steps:
+            x = step(x)
+        return x
+    return transform
+
+
 def _inverted(ds: pydicom.Dataset) -> bool:
     # DX/CR objects with MONOCHROME1 carry Presentation LUT Shape INVERSE for the same inversion,
     # so either one means "invert once".
     return (
-        str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-        or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+        str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1"
+        or str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
     )

@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chexnet.errors import CorruptImage, PayloadTooLarge
-from chexnet.imaging.decode import DecodedImage, DecodeLimits, to_display_u8
+from chexnet.imaging.display import to_display_u8
+from chexnet.imaging.types import DecodedImage, DecodeLimits
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 _NAMES = {"png": "PNG", "jpeg": "JPEG"}
@@ -40,7 +41,9 @@ def _grayscale_u8(image: Image.Image) -> np.ndarray:
     if image.mode == "L":
         return np.asarray(image, dtype=np.uint8).copy()
     if image.mode in _HIGH_DEPTH_MODES:
-        return to_display_u8(np.asarray(image))
+        samples = np.asarray(image)  # the native 2 or 4 bytes per pixel; scaled a block at a time
+        image.close()
+        return to_display_u8(samples)
     if image.mode in ("LA", "1"):
         return np.asarray(image.convert("L"), dtype=np.uint8).copy()
     # RGB, RGBA, palette, CMYK...: drop alpha, then ITU-R 601 luminance (equal channels stay equal).

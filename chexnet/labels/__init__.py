@@ -4,12 +4,26 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from chexnet.bundle.manifest import Label
 from chexnet.errors import BundleError
 
 BUILTIN = ("cxr10", "cxr25", "chestxray14")
+
+
+class LabelName(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    en: str = Field(min_length=1)
+    zh: str | None = None
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    name: LabelName
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
 _LABEL_LIST = TypeAdapter(list[Label])
 
 

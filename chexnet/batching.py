@@ -1,53 +1,57 @@
 """Micro-batching: concurrent requests for one model share forward passes.
 
 Requests put their preprocessed tensor on a bounded queue and wait on a Future. Each worker (one
-or more per model, sharing the queue and the engine) takes the first waiting item, gathers more for up to ``max_wait_ms`` (at most ``max_batch``),
-runs one engine call and hands each request its own row. A full queue refuses at once
-(:class:`Overloaded`, 503 with Retry-After) instead of growing without bound.
+or more per model, sharing the queue and the engine) takes the first waiting item, gathers more for
+up to ``max_wait_ms`` (at most ``max_batch``), runs one engine call and hands each request its own row.
+A full queue refuses at once (:class:`Overloaded`, 503 with Retry-After) instead of growing without
+bound, and so does a request that waited longer than its timeout.
 """
 
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
 
-from chexnet.errors import ChexnetError
-from chexnet.predictor import Predictor
+from chexnet.engines import EngineOutput
+from chexnet.errors import Overloaded
+from chexnet.predictor import Forwarded
 
 log = logging.getLogger(__name__)
-
-
-class Overloaded(ChexnetError):
-    """The inference queue is full; the client should retry after a pause."""
-
-    code = "overloaded"
-    status = 503
-    retry_after_s = 2
+BatchForward = Callable[[Sequence[np.ndarray]], tuple[EngineOutput, float]]
 
 
 @dataclass(frozen=True)
-class RowResult:
-    probabilities: np.ndarray  # [C]
-    cams: np.ndarray  # [C, h, w]
-    inference_ms: float
-    batch_size: int
+class RowResult(Forwarded):
+    batch_size: int = 1
 
 
 class MicroBatcher:
-    def __init__(self, predictor: Predictor, max_batch: int, max_wait_ms: float, queue_size: int,
+    def __init__(self, forward: BatchForward, name: str, max_batch: int, max_wait_ms: float, queue_size: int,
                  metrics=None, workers: int = 1):
-        self.predictor = predictor
+        self.forward = forward
+        self.name = name
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.metrics = metrics
         self._gathering = threading.Lock()
         for n in range(workers):
-            threading.Thread(target=self._run, name=f"batcher-{predictor.bundle.id}-{n}", daemon=True).start()
+            threading.Thread(target=self._run, name=f"batcher-{name}-{n}", daemon=True).start()
+
+    def run(self, tensor: np.ndarray, timeout_s: float) -> RowResult:
+        """The predictor's forward step: queue one image, wait for its row."""
+        future = self.submit(tensor)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise Overloaded("The image waited too long for the engine; retry in a few seconds.") from None
 
     def submit(self, tensor: np.ndarray) -> Future:
         future: Future = Future()
@@ -56,7 +60,7 @@ class MicroBatcher:
         except queue.Full:
             raise Overloaded("The server is busy with other images; retry in a few seconds.") from None
         if self.metrics:
-            self.metrics.queue_depth.labels(self.predictor.bundle.id).set(self.queue.qsize())
+            self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
         return future
 
     def _gather(self) -> list:
@@ -82,14 +86,14 @@ class MicroBatcher:
             if not items:
                 continue
             try:
-                output, ms = self.predictor.forward([t for t, _ in items])
+                output, ms = self.forward([t for t, _ in items])
             except Exception as exc:  # the engine failed: every waiting request gets the error
                 log.exception("inference failed for a batch of %d", len(items))
                 for _, future in items:
                     future.set_exception(exc)
                 continue
             if self.metrics:
-                self.metrics.batch_size.labels(self.predictor.bundle.id).observe(len(items))
-                self.metrics.queue_depth.labels(self.predictor.bundle.id).set(self.queue.qsize())
+                self.metrics.batch_size.labels(self.name).observe(len(items))
+                self.metrics.queue_depth.labels(self.name).set(self.queue.qsize())
             for row, (_, future) in enumerate(items):
                 future.set_result(RowResult(output.probabilities[row], output.cams[row], ms, len(items)))

@@ -1,0 +1,24 @@
+"""REST response bodies built from a :class:`chexnet.predictor.Prediction` (heatmaps as base64)."""
+
+import base64
+
+from chexnet.predictor import Prediction
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def prediction_body(prediction: Prediction, request_id: str) -> dict:
+    """DESIGN.md "REST API": POST /predict."""
+    body = {"request_id": request_id, **prediction.summary()}
+    body["heatmaps"] = [{"code": code, "mime": h.mime, "width": h.width, "height": h.height, "data": _b64(h.data)}
+                        for code, h in prediction.heatmaps]
+    return body
+
+
+def cxrnet_body(prediction: Prediction, categories: list[str], request_id: str) -> dict:
+    """The source project's front-end contract: probabilities, one Grad-CAM JPEG, category names."""
+    (_, overlay), = prediction.heatmaps
+    return {"answer": [f["probability"] for f in prediction.findings], "gradcam": _b64(overlay.data),
+            "category": categories, "status": "OK", "demo": prediction.model["demo"], "request_id": request_id}

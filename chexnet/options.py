@@ -1,0 +1,32 @@
+"""The options of one prediction, parsed once at the edge (CLI flags, form fields, query parameters)
+into one typed object; the core checks heatmap codes against the model it runs."""
+
+from dataclasses import dataclass
+
+from chexnet.errors import InvalidOption
+from chexnet.heatmap import FORMATS
+
+HEATMAP_MODES = ("none", "top", "positive", "all")
+HEATMAP_FORMATS = tuple(FORMATS)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    model: str | None = None  # bundle id; None: the service's default model
+    heatmaps: str | tuple[str, ...] = "top"  # one of HEATMAP_MODES, or label codes
+    heatmap_format: str = "jpeg"
+
+    @classmethod
+    def parse(cls, model: str | None = None, heatmaps: str | None = None,
+              heatmap_format: str | None = None) -> "PredictOptions":
+        spec = (heatmaps or "top").strip()
+        if spec not in HEATMAP_MODES:
+            codes = tuple(c.strip() for c in spec.split(","))
+            if not all(codes):
+                raise InvalidOption(f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or a comma list of "
+                                    f"label codes, not {spec!r}.")
+            spec = codes
+        fmt = (heatmap_format or "jpeg").strip()
+        if fmt not in HEATMAP_FORMATS:
+            raise InvalidOption(f"heatmap_format must be one of {', '.join(HEATMAP_FORMATS)}, not {fmt!r}.")
+        return cls(model=(model or "").strip() or None, heatmaps=spec, heatmap_format=fmt)
