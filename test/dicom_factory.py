@@ -7,6 +7,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
+UNDECODABLE_SYNTAX = b"1.2.840.10008.1.2.4.94"  # JPIP Referenced: pixels live on a JPIP server
+
+
+def undecodable(jpeg_baseline_dicom: bytes) -> bytes:
+    """The same file claiming a transfer syntax nothing here decodes (the UIDs have equal length)."""
+    return jpeg_baseline_dicom.replace(b"1.2.840.10008.1.2.4.50", UNDECODABLE_SYNTAX, 1)
+
+
 def make_dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", frames: int = 1,
                preamble: bool = True, with_pixels: bool = True, **elements) -> bytes:
     """pixels: uint8 or uint16 H×W; extra keyword elements are set on the dataset."""

@@ -16,7 +16,7 @@ from chexnet.api import Settings, SettingsError, create_app
 from chexnet.api.openapi import openapi_document
 from chexnet.options import PredictOptions
 from conftest import png_bytes
-from dicom_factory import make_dicom
+from dicom_factory import make_dicom, undecodable
 from licensing.revocation import sign_revocation_list
 from licensing_helpers import OTHER_UUID, claims_for, sign
 from test_decode import png_bomb
@@ -199,11 +199,12 @@ def test_hostile_inputs_get_4xx_and_the_server_keeps_serving(client, env, nih_sa
     assert predict(client, env, nih_sample[0].read_bytes()).status_code == 200
 
 
-def test_truncated_png_and_jply(client, env, nih_sample, dicom_dir):
+def test_truncated_png_and_undecodable_dicom(client, env, nih_sample, dicom_dir):
     data = nih_sample[0].read_bytes()
     assert_error(predict(client, env, data[: len(data) // 2]), 400, "invalid_image")
-    body = assert_error(predict(client, env, (dicom_dir / "RG3_JPLY.dcm").read_bytes()), 415, "unsupported_media_type")
-    assert "JPEG Extended" in body["error"]["message"]
+    rsna = (dicom_dir / "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm").read_bytes()
+    body = assert_error(predict(client, env, undecodable(rsna)), 415, "unsupported_media_type")
+    assert "JPIP Referenced" in body["error"]["message"]
 
 
 def test_missing_image_field(client, env):

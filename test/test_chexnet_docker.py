@@ -209,7 +209,10 @@ def check_bad_inputs(ctx):
     expect_error(ctx.post("/api/v1/predict", data=b""), 415, "unsupported_media_type")
     png = ctx.sample("nih/00000075_000.png")
     expect_error(ctx.post("/api/v1/predict", data=png[: len(png) // 2]), 400, "invalid_image")
-    expect_error(ctx.post("/api/v1/predict", data=ctx.sample("dicom/RG3_JPLY.dcm")), 415, "unsupported_media_type")
+    # The JPEG baseline sample relabelled as JPIP Referenced, a transfer syntax no codec decodes.
+    jpip = ctx.sample("dicom/RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm").replace(
+        b"1.2.840.10008.1.2.4.50", b"1.2.840.10008.1.2.4.94", 1)
+    expect_error(ctx.post("/api/v1/predict", data=jpip), 415, "unsupported_media_type")
     expect_error(ctx.post("/api/v1/predict?heatmaps=bogus", data=png), 422, "invalid_option")
     expect_error(ctx.post("/api/v1/predict?model=no-such-model", data=png), 404, "model_not_found")
     expect(ctx.get("/api/v1/health", token=None).status_code == 200, "the server stopped answering")

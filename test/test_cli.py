@@ -12,6 +12,7 @@ from PIL import Image
 
 from chexnet.cli import main
 from conftest import ROOT
+from dicom_factory import undecodable
 
 
 def run_cli(*args, cwd=ROOT):
@@ -34,11 +35,12 @@ def test_predict_json_lines_with_heatmaps(demo_bundle, nih_sample, dicom_dir, tm
 def test_predict_failure_is_json_and_exit_nonzero(demo_bundle, nih_sample, dicom_dir, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
-    proc = run_cli("predict", "--bundle", demo_bundle.path, "--json",
-                   dicom_dir / "RG3_JPLY.dcm", text, tmp_path / "missing.png", nih_sample[0])
+    unknown = tmp_path / "jpip.dcm"
+    unknown.write_bytes(undecodable((dicom_dir / "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm").read_bytes()))
+    proc = run_cli("predict", "--bundle", demo_bundle.path, "--json", unknown, text, tmp_path / "missing.png", nih_sample[0])
     assert proc.returncode == 1
-    jply, txt, missing, ok = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert jply["error"]["code"] == "unsupported_media_type" and "JPEG Extended" in jply["error"]["message"]
+    jpip, txt, missing, ok = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert jpip["error"]["code"] == "unsupported_media_type" and "JPIP Referenced" in jpip["error"]["message"]
     assert txt["error"]["code"] == "unsupported_media_type"
     assert missing["error"]["code"] == "unreadable_file"
     assert "findings" in ok and ok["heatmaps"] == []  # no --heatmaps-dir, no --heatmaps: none made

@@ -1,4 +1,6 @@
-"""DICOM through pydicom and its permissively licensed codec plugins (DESIGN.md "Resource bounds").
+"""DICOM through pydicom and permissively licensed codecs (DESIGN.md "Resource bounds"): GDCM (JPEG
+lossless), pyjpegls (JPEG-LS), pylibjpeg-openjpeg (JPEG 2000), pylibjpeg-rle, Pillow (8-bit JPEG) and
+imagecodecs for 12-bit JPEG Extended (:mod:`chexnet.imaging.jpeg12`).
 
 Every size is checked before the allocation it governs: a deflated dataset inflates only up to a cap,
 Rows/Columns against the pixel limit, an encapsulated frame's own codestream header against
@@ -22,12 +24,14 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
+    JPEGExtended12Bit,
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
 )
@@ -76,6 +80,7 @@ warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 # pydicom logs a full traceback for every codec plugin that fails before it raises; the failure
 # reaches the caller as one typed error instead, so those log records are noise (and tracebacks).
 logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
+get_decoder(JPEGExtended12Bit).add_plugin("chexnet-imagecodecs", ("chexnet.imaging.jpeg12", "_decode_frame"))
 
 
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
