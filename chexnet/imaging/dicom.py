@@ -23,7 +23,7 @@ import zlib
 import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     UID,
@@ -31,7 +31,12 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
 )
@@ -61,7 +66,8 @@ _PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422",
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 # Anything a codec plugin or pydicom's own parser raises on hostile bytes.
 _DECODER_FAILURES = (RuntimeError, ValueError, AttributeError, TypeError, KeyError, IndexError, EOFError,
-                     OSError, struct.error, OverflowError, RecursionError, zlib.error)
+                     OSError, struct.error, OverflowError, RecursionError, zlib.error, InvalidDicomError,
+                     BytesLengthException)
 
 
 class _Redacted(logging.Filter):
@@ -81,9 +87,22 @@ warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 # reaches the caller as one typed error instead, so those log records are noise (and tracebacks).
 logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
 get_decoder(JPEGExtended12Bit).add_plugin("chexnet-imagecodecs", ("chexnet.imaging.jpeg12", "_decode_frame"))
+# GDCM decodes only what nothing else here does (JPEG lossless): on inconsistent headers it can abort
+# the whole process (an uncaught C++ exception), so it never sees the syntaxes others decode.
+for _syntax in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000):
+    if "gdcm" in get_decoder(_syntax).available_plugins:
+        get_decoder(_syntax).remove_plugin("gdcm")
 
 
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
+    try:
+        return _decode(data, limits)
+    except _DECODER_FAILURES:
+        # pydicom converts elements lazily, so damage can surface at any access; it is still damage.
+        raise CorruptImage("The DICOM file is truncated or corrupt; export it again from the PACS.") from None
+
+
+def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     ds = _read(data, limits)
     samples = _check_header(ds, limits)
     pixels = _pixel_array(ds)
@@ -111,7 +130,7 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
         ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=_READ)
         for keyword in _READ:
             ds.get(keyword)  # convert the raw elements now, so damage surfaces here
-    except (InvalidDicomError, *_DECODER_FAILURES):
+    except _DECODER_FAILURES:
         raise CorruptImage("The DICOM file is truncated or corrupt; export it again from the PACS.") from None
     if len(ds) == 0:
         raise UnsupportedMediaType("The file looked like DICOM but holds no DICOM elements.")
@@ -121,6 +140,11 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
         if not little:
             raise UnsupportedTransferSyntax("Big-endian DICOM without a transfer syntax is not supported.")
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID).strip("\0 "))
+    if not syntax.is_transfer_syntax:
+        raise UnsupportedTransferSyntax(f"The DICOM names transfer syntax '{syntax[:64]}', which is not one this service "
+                                        "knows; re-export it uncompressed or as JPEG 2000 / JPEG lossless.")
+    ds.file_meta.TransferSyntaxUID = syntax
     return ds
 
 
@@ -241,7 +265,9 @@ def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples
         raise InvalidImage(
             f"The compressed frame is {header.width}x{header.height} with {header.components} component(s) but the "
             f"DICOM header says {cols}x{rows} with {samples}; export the image again.")
-    if not 1 <= header.bits <= allocated:
+    # A JPEG decoder writes 8-bit samples up to 8 bits of precision, else 16-bit ones.
+    fits = allocated == (8 if header.bits <= 8 else 16) if read_header is jpeg_header else header.bits <= allocated
+    if not 1 <= header.bits <= 16 or not fits:
         raise InvalidImage(f"The compressed frame has {header.bits}-bit samples in a {allocated}-bit DICOM; "
                            "export the image again.")
 
@@ -256,7 +282,10 @@ def _pixel_array(ds: pydicom.Dataset) -> np.ndarray:
             f"No installed codec decodes DICOM transfer syntax {syntax.name} ({syntax}); "
             "re-export it uncompressed or as JPEG 2000 / JPEG lossless."
         ) from None
-    except _DECODER_FAILURES:
+    except BaseException as exc:
+        # Rust codecs (pylibjpeg-rle) panic with pyo3's PanicException, which is not an Exception.
+        if not (isinstance(exc, _DECODER_FAILURES) or type(exc).__name__ == "PanicException"):
+            raise
         if not syntax.is_compressed:
             raise CorruptImage("The DICOM pixel data does not match its header; export the image again.") from None
         bits = _integer(ds, "BitsStored", 0) or "?"
