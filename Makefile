@@ -47,6 +47,7 @@ bench: bundles
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'
 	$(PY) bench/inference.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
 	$(PY) bench/http_load.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
+	$(PY) bench/decode_memory.py --models-dir $(MODELS_DIR) --samples $(SAMPLES) --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(MODELS_DIR) out build dist .pytest_cache

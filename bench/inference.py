@@ -23,6 +23,7 @@ from chexnet.engines import create_engine  # noqa: E402
 from chexnet.engines.base import cams_from_features  # noqa: E402
 from chexnet.heatmap import render  # noqa: E402
 from chexnet.imaging import decode_image, preprocess  # noqa: E402
+from chexnet.options import PredictOptions  # noqa: E402
 from chexnet.predictor import Predictor  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def stage_rows(bundle, images: list[bytes], repeat: int) -> list[str]:
         rows.append(f"| {m.input_size} | {name} | {ms:.2f} |")
     rows.append(f"| {m.input_size} | CAM overhead vs forward | {100 * cam_ms / forward:.2f} % |")
     predictor = Predictor(bundle, ort_engine)
-    e2e = median(timed(lambda: predictor.predict(images[0], "top", "jpeg"), repeat))
+    e2e = median(timed(lambda: predictor.predict(lambda: images[0], PredictOptions()), repeat))
     rows.append(f"| {m.input_size} | **end to end** (decode → JPEG overlay, onnxruntime) | **{e2e:.2f}** |")
     return rows
 

@@ -5,8 +5,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from chexnet.errors import InvalidOption
-
 FORMATS = {"jpeg": (".jpg", "image/jpeg"), "png": (".png", "image/png")}
 DEFAULT_LONG_SIDE = 512
 OVERLAY_ALPHA = 0.4
@@ -37,9 +35,8 @@ def overlay_size(width: int, height: int, long_side: int = DEFAULT_LONG_SIDE) ->
 def render(
     pixels: np.ndarray, cam: np.ndarray, fmt: str = "jpeg", long_side: int = DEFAULT_LONG_SIDE
 ) -> RenderedHeatmap:
-    """pixels: uint8 H×W radiograph; cam: h×w map over the whole (squashed) model input."""
-    if fmt not in FORMATS:
-        raise InvalidOption(f"heatmap_format must be one of {', '.join(FORMATS)}, not '{fmt}'.")
+    """pixels: uint8 H×W radiograph; cam: h×w map over the whole (squashed) model input; fmt: a key of
+    FORMATS (checked where the options are parsed, chexnet.options)."""
     width, height = overlay_size(pixels.shape[1], pixels.shape[0], long_side)
     base = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
     heat = cv2.resize(normalise(cam), (width, height), interpolation=cv2.INTER_LINEAR)
