@@ -180,20 +180,7 @@ def _inflate(body: bytes, limits: DecodeLimits) -> bytes:
 
 
 # --- header checks ---------------------------------------------------------------------------
-def _integer(ds: pydicom.Dataset, keyword: str, default: int) -> int:
-    value = _first(ds.get(keyword))
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError
-        return int(number)
-    except (TypeError, ValueError, OverflowError):
-        raise InvalidImage(f"{keyword} in the DICOM header is not a whole number; export the image again.") from None
-
-
-def _number(ds: pydicom.Dataset, keyword: str, default: float) -> float:
+def _number(ds: pydicom.Dataset, keyword: str, default: float, whole: bool = False) -> float:
     value = _first(ds.get(keyword))
     if value is None or value == "":
         return default
@@ -201,9 +188,14 @@ def _number(ds: pydicom.Dataset, keyword: str, default: float) -> float:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         number = math.nan
-    if not math.isfinite(number):
-        raise InvalidImage(f"{keyword} in the DICOM header is not a number; export the image again.")
-    return number
+    if not math.isfinite(number) or (whole and not number.is_integer()):
+        raise InvalidImage(f"{keyword} in the DICOM header is not {'a whole number' if whole else 'a number'}; "
+                           "export the image again.")
+    return int(number) if whole else number
+
+
+def _integer(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    return _number(ds, keyword, default, whole=True)
 
 
 def _first(value):
