@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 import pydicom
-from pydicom.encaps import generate_frames
+from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -248,11 +248,7 @@ def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples
         read_header = j2k_header
     else:
         return  # RLE: the decoder writes Rows × Columns and nothing else
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    except (StopIteration, *_DECODER_FAILURES):
-        raise CorruptImage("The DICOM's encapsulated pixel data is damaged; export the image again.") from None
-    header: FrameHeader = read_header(frame[:HEADER_WINDOW])
+    header: FrameHeader = read_header(_frame_start(ds.PixelData))
     if (header.width, header.height) != (cols, rows) or header.components != samples:
         raise InvalidImage(
             f"The compressed frame is {header.width}x{header.height} with {header.components} component(s) but the "
@@ -262,6 +258,22 @@ def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples
     if not 1 <= header.bits <= 16 or not fits:
         raise InvalidImage(f"The compressed frame has {header.bits}-bit samples in a {allocated}-bit DICOM; "
                            "export the image again.")
+
+
+def _frame_start(encapsulated: bytes) -> bytes:
+    """The first HEADER_WINDOW bytes of the first frame, from as few fragments as hold them (no copy
+    of the whole frame)."""
+    stream = io.BytesIO(encapsulated)
+    start = bytearray()
+    try:
+        parse_basic_offsets(stream)
+        for fragment in generate_fragments(stream):
+            start += fragment[:HEADER_WINDOW - len(start)]
+            if len(start) >= HEADER_WINDOW:
+                break
+    except _DECODER_FAILURES:
+        raise CorruptImage("The DICOM's encapsulated pixel data is damaged; export the image again.") from None
+    return bytes(start)
 
 
 # --- pixels ----------------------------------------------------------------------------------
