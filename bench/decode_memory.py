@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import re
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT / "test"))
 import hostile_files  # noqa: E402
 from common import machine, write_section  # noqa: E402
 from dicom_factory import make_dicom  # noqa: E402
-from http_load import issue, start_server, wait_ready  # noqa: E402
+from http_load import serving  # noqa: E402
 
 
 def status_mib(pid: int, key: str) -> float:
@@ -72,26 +71,17 @@ def main() -> int:
     configs = [("default", {}), ("8", {"CHEXNET_DECODE_CONCURRENCY": "8"})]
     rows = []
     for label, extra in configs:
-        with tempfile.TemporaryDirectory() as scratch:
-            scratch = Path(scratch)
-            server = start_server(args.models_dir, scratch, args.port, {"CHEXNET_MODELS": args.model, **extra})
-            try:
-                url = f"http://127.0.0.1:{args.port}"
-                wait_ready(url)
-                token = issue(scratch, args.model)
-                scenario(url, token, server.pid, [(args.samples / "nih" / "00000075_000.png").read_bytes()] * 2)
-                idle = status_mib(server.pid, "VmRSS")
-                for name, uploads in scenarios:
-                    if label != "default" and len(uploads) == 1:
-                        continue  # concurrency only matters for concurrent uploads
-                    peak, codes = scenario(url, token, server.pid, uploads)
-                    answered = ", ".join(f"{n}× {code}" for code, n in sorted(codes.items()))
-                    row = f"| {name} | {label} | {idle:.0f} | {peak:.0f} | {answered} |"
-                    print(row, flush=True)
-                    rows.append(row)
-            finally:
-                server.terminate()
-                server.wait(30)
+        with serving(args.models_dir, args.port, {"CHEXNET_MODELS": args.model, **extra}, args.model) as (url, token, server):
+            scenario(url, token, server.pid, [(args.samples / "nih" / "00000075_000.png").read_bytes()] * 2)
+            idle = status_mib(server.pid, "VmRSS")
+            for name, uploads in scenarios:
+                if label != "default" and len(uploads) == 1:
+                    continue  # concurrency only matters for concurrent uploads
+                peak, codes = scenario(url, token, server.pid, uploads)
+                answered = ", ".join(f"{n}× {code}" for code, n in sorted(codes.items()))
+                row = f"| {name} | {label} | {idle:.0f} | {peak:.0f} | {answered} |"
+                print(row, flush=True)
+                rows.append(row)
     body = "\n".join([
         f"## Decode memory, worst cases within the limits (`bench/decode_memory.py`, {dt.date.today().isoformat()})",
         f"Machine: {machine()}. Server: `python -m chexnet serve` (waitress, 8 threads, ONNX Runtime, {args.model} demo "

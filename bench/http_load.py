@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -52,6 +53,21 @@ def wait_ready(url: str, deadline_s: float = 180) -> None:
             pass
         time.sleep(0.5)
     raise SystemExit(f"{url} did not become ready within {deadline_s} s")
+
+
+@contextmanager
+def serving(models_dir: Path, port: int, extra_env: dict, features: str):
+    """A throw-away server and licence: yields (url, token, server process); stops it afterwards."""
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        server = start_server(models_dir, scratch, port, extra_env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url)
+            yield url, issue(scratch, features), server
+        finally:
+            server.terminate()
+            server.wait(30)
 
 
 def run_clients(url: str, token: str, model: str, images: list[bytes], clients: int, seconds: float) -> dict:
@@ -103,25 +119,16 @@ def main() -> int:
     rows = []
     for config in args.configs.split(","):
         max_batch, workers = config.split(":")
-        with tempfile.TemporaryDirectory() as scratch:
-            scratch = Path(scratch)
-            server = start_server(args.models_dir, scratch, args.port, {"CHEXNET_MAX_BATCH": max_batch, "CHEXNET_ENGINE_WORKERS": workers,
-                                                                         "CHEXNET_MODELS": args.model})
-            try:
-                url = f"http://127.0.0.1:{args.port}"
-                wait_ready(url)
-                token = issue(scratch, args.model)
-                run_clients(url, token, args.model, images, 2, 3)  # warm-up
-                for clients in map(int, args.clients.split(",")):
-                    r = run_clients(url, token, args.model, images, clients, args.seconds)
-                    errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
-                    row = (f"| {max_batch} | {workers} | {clients} | {r['ok']} | {errors} | {r['rps']:.1f} | "
-                           f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} |")
-                    print(row, flush=True)
-                    rows.append(row)
-            finally:
-                server.terminate()
-                server.wait(30)
+        extra = {"CHEXNET_MAX_BATCH": max_batch, "CHEXNET_ENGINE_WORKERS": workers, "CHEXNET_MODELS": args.model}
+        with serving(args.models_dir, args.port, extra, args.model) as (url, token, _):
+            run_clients(url, token, args.model, images, 2, 3)  # warm-up
+            for clients in map(int, args.clients.split(",")):
+                r = run_clients(url, token, args.model, images, clients, args.seconds)
+                errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
+                row = (f"| {max_batch} | {workers} | {clients} | {r['ok']} | {errors} | {r['rps']:.1f} | "
+                       f"{r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} |")
+                print(row, flush=True)
+                rows.append(row)
     body = "\n".join([
         f"## HTTP API, closed loop (`bench/http_load.py`, {dt.date.today().isoformat()})",
         f"Machine: {machine()}. Server: `python -m chexnet serve` (waitress, ONNX Runtime, {args.model} demo "
