@@ -125,13 +125,9 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
     syntax, body = _file_meta_syntax(data)
     if syntax == DeflatedExplicitVRLittleEndian:
         data = _inflate(data[body:], limits)  # a bare Explicit VR Little Endian dataset from here on
-    try:
-        # force=True admits ACR-NEMA files and DICOM written without the 128-byte preamble.
-        ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=_READ)
-        for keyword in _READ:
-            ds.get(keyword)  # convert the raw elements now, so damage surfaces here
-    except _DECODER_FAILURES:
-        raise CorruptImage("The DICOM file is truncated or corrupt; export it again from the PACS.") from None
+    # force=True admits ACR-NEMA files and DICOM written without the 128-byte preamble; parse failures
+    # (here or at a later, lazy element access) become CorruptImage in decode_dicom.
+    ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=_READ)
     if len(ds) == 0:
         raise UnsupportedMediaType("The file looked like DICOM but holds no DICOM elements.")
     if syntax == DeflatedExplicitVRLittleEndian or "TransferSyntaxUID" not in ds.file_meta:
