@@ -8,6 +8,7 @@ from chexnet.heatmap import FORMATS
 
 HEATMAP_MODES = ("none", "top", "positive", "all")
 HEATMAP_FORMATS = tuple(FORMATS)
+OUTPUTS = ("json", "dicom")  # dicom: an SR and a secondary capture per heatmap (DICOM input only)
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,11 @@ class PredictOptions:
     model: str | None = None  # bundle id; None: the service's default model
     heatmaps: str | tuple[str, ...] = "top"  # one of HEATMAP_MODES, or label codes
     heatmap_format: str = "jpeg"
+    output: str = "json"  # one of OUTPUTS
 
     @classmethod
     def parse(cls, model: str | None = None, heatmaps: str | None = None,
-              heatmap_format: str | None = None) -> "PredictOptions":
+              heatmap_format: str | None = None, output: str | None = None) -> "PredictOptions":
         spec = (heatmaps or "top").strip()
         if spec not in HEATMAP_MODES:
             codes = tuple(c.strip() for c in spec.split(","))
@@ -29,4 +31,7 @@ class PredictOptions:
         fmt = (heatmap_format or "jpeg").strip()
         if fmt not in HEATMAP_FORMATS:
             raise InvalidOption(f"heatmap_format must be one of {', '.join(HEATMAP_FORMATS)}, not {fmt!r}.")
-        return cls(model=(model or "").strip() or None, heatmaps=spec, heatmap_format=fmt)
+        out = (output or "json").strip()
+        if out not in OUTPUTS:
+            raise InvalidOption(f"output must be one of {', '.join(OUTPUTS)}, not {out!r}.")
+        return cls(model=(model or "").strip() or None, heatmaps=spec, heatmap_format=fmt, output=out)

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import pydicom
+
 from chexnet import heatmap
 from chexnet.bundle import Bundle
 from chexnet.bundle.manifest import DEMO_NOTICE
+from chexnet.eligibility import warnings_for
 from chexnet.engines import Engine
 from chexnet.errors import InvalidOption
 from chexnet.imaging import DecodedImage, DecodeLimits, decode_image, preprocess
@@ -63,10 +66,14 @@ class Prediction:
     heatmaps: list[tuple[str, heatmap.RenderedHeatmap]]
     timing_ms: dict
     input_sha256: str
+    warnings: list[str]  # chexnet.eligibility codes
+    source: pydicom.Dataset | None = None  # a DICOM input's identifying header: for DICOM results only
 
     def summary(self) -> dict:
-        """Everything but the heatmap bytes, as JSON-ready data (each transport adds those its own way)."""
-        body = {"model": self.model, "image": self.image, "findings": self.findings, "timing_ms": self.timing_ms}
+        """Everything but the heatmap bytes and the source header, as JSON-ready data (each transport
+        adds those its own way)."""
+        body = {"model": self.model, "image": self.image, "findings": self.findings,
+                "warnings": self.warnings, "timing_ms": self.timing_ms}
         if self.model["demo"]:
             body["notice"] = DEMO_NOTICE
         return body
@@ -103,8 +110,12 @@ class Predictor:
         selected = self.heatmap_selector(options.heatmaps)
         with self.gate.slot() if self.gate else nullcontext():
             prepared = self.prepare(read())
+        if options.output == "dicom" and prepared.image.source is None:
+            raise InvalidOption(f"output=dicom needs a DICOM input and this file is {prepared.image.format.upper()}; "
+                                "send the DICOM from the PACS, or ask for JSON.")
         row = self._forward_one(prepared.tensor)
-        prediction = self._report(prepared, row, selected, options.heatmap_format)
+        heatmap_format = None if options.output == "dicom" else options.heatmap_format
+        prediction = self._report(prepared, row, selected, heatmap_format)
         for observe in self.observers:
             observe(prediction, caller)
         return prediction
@@ -130,7 +141,7 @@ class Predictor:
         return Forwarded(output.probabilities[0], output.cams[0], ms)
 
     def _report(self, prepared: PreparedImage, row: Forwarded, selected: Callable[[np.ndarray], list[int]],
-                heatmap_format: str) -> Prediction:
+                heatmap_format: str | None) -> Prediction:
         labels = self.bundle.manifest.labels
         findings = [
             {"code": label.code, "name": label.name.en, "name_zh": label.name.zh,
@@ -147,7 +158,9 @@ class Predictor:
         timing["total"] = round(sum(timing.values()), 2)
         image = {"format": prepared.image.format, "width": prepared.image.width,
                  "height": prepared.image.height}
-        return Prediction(self.model_info, image, findings, rendered, timing, prepared.sha256)
+        source = prepared.image.source
+        return Prediction(self.model_info, image, findings, rendered, timing, prepared.sha256,
+                          warnings_for(source), source)
 
     def heatmap_selector(self, spec: str | tuple[str, ...]) -> Callable[[np.ndarray], list[int]]:
         """Check the heatmap choice against this model before any work; returns the selector."""

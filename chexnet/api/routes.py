@@ -3,7 +3,8 @@
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
 
 from chexnet.api.openapi import openapi_document
-from chexnet.api.responses import cxrnet_body, prediction_body
+from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
+from chexnet.dicom_results import encode
 from chexnet.api.service import Service
 from chexnet.errors import InvalidImage, NotReady
 from chexnet.options import PredictOptions
@@ -66,6 +67,15 @@ def _upload() -> bytes:
     return request.get_data(cache=False)
 
 
+def _accepted_output() -> str | None:
+    """output=dicom when the client asks as DICOMweb does: Accept: multipart/related; type="application/dicom"."""
+    for media_range in request.headers.get("Accept", "").split(","):
+        kind, _, params = media_range.partition(";")
+        if kind.strip().lower() == "multipart/related" and "application/dicom" in params.lower():
+            return "dicom"
+    return None
+
+
 def _predict(options: PredictOptions) -> Prediction:
     return service().predict(_upload, options, current_claims(), g.request_id)
 
@@ -73,8 +83,13 @@ def _predict(options: PredictOptions) -> Prediction:
 @api.post("/predict")
 @token_required
 def predict():
-    options = PredictOptions.parse(_option("model"), _option("heatmaps"), _option("heatmap_format"))
-    return jsonify(prediction_body(_predict(options), g.request_id))
+    options = PredictOptions.parse(_option("model"), _option("heatmaps"), _option("heatmap_format"),
+                                   _option("output") or _accepted_output())
+    prediction = _predict(options)
+    if options.output == "dicom":
+        body, content_type = multipart_related([encode(ds) for ds in service().dicom_results(prediction)])
+        return Response(body, content_type=content_type)
+    return jsonify(prediction_body(prediction, g.request_id))
 
 
 @api.post("/CXRNet/predict")

@@ -12,8 +12,11 @@ from pathlib import Path
 
 from chexnet.api.observability import AuditLog, Metrics
 from chexnet.api.settings import Settings
+import pydicom
+
 from chexnet.batching import MicroBatcher
 from chexnet.bundle import load_bundle
+from chexnet.dicom_results import ResultSettings, result_objects
 from chexnet.engines import create_engine
 from chexnet.errors import ChexnetError, ModelNotFound, NotReady
 from chexnet.imaging import DecodeLimits
@@ -46,6 +49,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.audit = audit
+        self.result_settings = ResultSettings(uid_root=settings.dicom_uid_root)
         self.gate = DecodeGate(settings.decode_concurrency or default_concurrency(), settings.decode_wait_s)
         self.models: dict[str, LoadedModel] = {}
         self.default_model: str | None = None
@@ -146,6 +150,11 @@ class Service:
         claims.require_feature(loaded.predictor.bundle.id)
         return loaded.predictor.predict(read, options, Caller(request_id, claims.sub, claims.customer))
 
+    def dicom_results(self, prediction: Prediction) -> list[pydicom.Dataset]:
+        """The SR and heatmap secondary captures of a prediction made with output=dicom."""
+        labels = self.models[prediction.model["id"]].predictor.bundle.manifest.labels
+        return result_objects(self.result_settings, prediction, labels)
+
     # --- observers of every prediction ---------------------------------------------------------
     def _observe_stages(self, prediction: Prediction, caller: Caller) -> None:
         for stage, ms in prediction.timing_ms.items():
@@ -158,4 +167,5 @@ class Service:
             "model": {k: prediction.model[k] for k in ("id", "version", "demo")},
             "input_sha256": prediction.input_sha256, "image": prediction.image,
             "findings": [{k: f[k] for k in ("code", "probability", "positive")} for f in prediction.findings],
+            "warnings": prediction.warnings,
         })

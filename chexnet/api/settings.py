@@ -2,12 +2,18 @@
 validated object. A bad value stops start-up with one sentence that names the variable."""
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.uid import PYDICOM_ROOT_UID
+
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+
+_UID_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
 
 
 class SettingsError(Exception):
@@ -42,6 +48,7 @@ class Settings:
     decode_wait_s: float = 10.0
     precision: str = "fp32"
     log_level: str = "INFO"
+    dicom_uid_root: str = PYDICOM_ROOT_UID  # new UIDs of DICOM results; a site sets its registered root
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -80,6 +87,10 @@ class Settings:
         if not Path(models_dir).is_dir():
             raise SettingsError(f"CHEXNET_MODELS_DIR '{models_dir}' is not a directory of model bundles.")
         models = tuple(m.strip() for m in (get("MODELS", "") or "").split(",") if m.strip())
+        uid_root = get("DICOM_UID_ROOT", cls.dicom_uid_root).rstrip(".") + "."
+        if not _UID_ROOT.match(uid_root) or len(uid_root) > 40:
+            raise SettingsError(f"CHEXNET_DICOM_UID_ROOT must be a UID root of digits and dots (at most 40 "
+                                f"characters, e.g. 1.2.826.0.1.3680043.8.498), not '{uid_root[:64]}'.")
         return cls(
             license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
             engine=choice("ENGINE", tuple(ENGINES)), device=choice("DEVICE", DEVICES),
@@ -98,6 +109,7 @@ class Settings:
             decode_wait_s=number("DECODE_WAIT_S", 0.0, 600.0),
             precision=choice("PRECISION", PRECISIONS),
             log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            dicom_uid_root=uid_root,
         )
 
     @property

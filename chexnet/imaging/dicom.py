@@ -5,7 +5,8 @@ imagecodecs for 12-bit JPEG Extended (:mod:`chexnet.imaging.jpeg12`).
 Every size is checked before the allocation it governs: a deflated dataset inflates only up to a cap,
 Rows/Columns against the pixel limit, an encapsulated frame's own codestream header against
 Rows/Columns, native pixel data against the length it must have. Only the elements the decoder
-needs are read, so nothing identifying the patient is parsed and nothing leaves this module.
+needs are read, plus the identifying header (:data:`SOURCE_KEYWORDS`) that DICOM results copy and
+eligibility reads; it travels as ``DecodedImage.source`` and never reaches a log or the audit file.
 
 Display pipeline (DESIGN.md "Preprocessing reference"): Modality LUT (sequence, or rescale slope and
 intercept) → VOI LUT (sequence, or the first window) → MONOCHROME1 / Presentation LUT Shape INVERSE
@@ -25,6 +26,7 @@ import pydicom
 from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
+from pydicom.valuerep import validate_value
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -55,12 +57,20 @@ from chexnet.imaging.display import Transform, to_display_u8
 from chexnet.imaging.types import DecodedImage, DecodeLimits
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# The source's header that DICOM results copy (patient, study, series references) and eligibility reads.
+SOURCE_KEYWORDS = (
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+    "Modality", "BodyPartExamined", "ViewPosition", "Laterality", "ImageLaterality", "PatientOrientation",
+    "SeriesNumber", "InstanceNumber", "InstitutionName",
+)
 # The elements the decoder reads; every other element is skipped unparsed.
 _READ = [
     "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames",
     "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence",
-    "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape", *_PIXEL_KEYWORDS,
+    "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape", *_PIXEL_KEYWORDS, *SOURCE_KEYWORDS,
 ]
 _PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -70,7 +80,7 @@ _DECODER_FAILURES = (RuntimeError, ValueError, AttributeError, TypeError, KeyErr
                      BytesLengthException)
 
 
-class _Redacted(logging.Filter):
+class RedactQuoted(logging.Filter):
     """pydicom's warnings quote element values; the JSON log keeps the warning, not the value."""
 
     _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -80,7 +90,7 @@ class _Redacted(logging.Filter):
         return True
 
 
-logging.getLogger("pydicom").addFilter(_Redacted())
+logging.getLogger("pydicom").addFilter(RedactQuoted())
 # The same warnings again through the warnings module would reach stderr with their values.
 warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 # pydicom logs a full traceback for every codec plugin that fails before it raises; the failure
@@ -117,7 +127,24 @@ def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
         display = to_display_u8(pixels, transform, invert)
     except (ValueError, IndexError, FloatingPointError):
         raise InvalidImage("The DICOM's LUT or window cannot be applied to its pixels; export the image again.") from None
-    return DecodedImage(pixels=display, format="dicom", bits=_integer(ds, "BitsStored", 8))
+    return DecodedImage(pixels=display, format="dicom", bits=_integer(ds, "BitsStored", 8), source=_source(ds))
+
+
+def _source(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The header results and eligibility read, each value converted now so damage is a 400 here. A value
+    its VR does not allow (an Age String "62") is kept empty rather than copied into a result."""
+    source = pydicom.Dataset()
+    for keyword in SOURCE_KEYWORDS:
+        if keyword in ds:
+            element = ds[keyword]
+            value = element.value
+            try:
+                for item in (value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]):
+                    validate_value(element.VR, item, pydicom.config.RAISE)
+            except (ValueError, TypeError):
+                value = None
+            source.add_new(element.tag, element.VR, value)
+    return source
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
 
 from chexnet.errors import PayloadTooLarge
 
@@ -44,6 +45,7 @@ class DecodedImage:
     pixels: np.ndarray  # uint8, H x W
     format: str  # "png" | "jpeg" | "dicom"
     bits: int  # bits per sample of the source
+    source: pydicom.Dataset | None = None  # a DICOM's identifying header (imaging.dicom.SOURCE_KEYWORDS)
 
     @property
     def width(self) -> int:
