@@ -1,10 +1,11 @@
-"""``python -m chexnet``: bundle demo|build, predict, serve (DESIGN.md "Command line")."""
+"""``python -m chexnet``: bundle demo|build, predict, serve, dicom-node (DESIGN.md "Command line")."""
 
 import argparse
 import base64
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -91,6 +92,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dicom_node(args: argparse.Namespace) -> int:
+    from chexnet.api import Settings, SettingsError
+    from chexnet.api.observability import configure_logging
+    from chexnet.dicom_node.settings import NodeSettings
+
+    try:
+        settings, node_settings = Settings.from_env(), NodeSettings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO and DEBUG lines dump datasets
+    from chexnet.dicom_node.node import DicomNode
+
+    node = DicomNode(settings, node_settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: node.stop())
+    node.start()
+    node.wait()
+    return 0
+
+
 def _heatmaps(prediction, source: Path, out_dir: Path | None) -> list[dict]:
     """Overlay files in out_dir (their paths in the JSON), or base64 in the JSON line without one."""
     listed = []
@@ -148,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default CHEXNET_HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (default CHEXNET_PORT or 8080)")
     serve.set_defaults(func=_serve)
+
+    node = commands.add_parser("dicom-node", help="the DICOM listener (C-ECHO, C-STORE) that sends back an SR "
+                               "and heatmap captures (settings from CHEXNET_* and CHEXNET_DICOM_* variables)")
+    node.set_defaults(func=_dicom_node)
     return parser
 
 

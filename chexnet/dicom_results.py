@@ -81,8 +81,12 @@ def _checked_source(source: pydicom.Dataset) -> pydicom.Dataset:
     return complete
 
 
-def _uid(settings: ResultSettings, *entropy: str) -> str:
-    return generate_uid(prefix=settings.uid_root, entropy_srcs=list(entropy) if entropy else None)
+def _uid(settings: ResultSettings, prediction: Prediction, *role: str) -> str:
+    """A UID derived from the source instance, the model and the object's role: the same request made
+    again (a retry, the node's restart after a crash) yields the same instance, not a duplicate."""
+    m = prediction.model
+    return generate_uid(prefix=settings.uid_root, entropy_srcs=[
+        str(prediction.source.SOPInstanceUID), m["id"], m["version"], *role])
 
 
 def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
@@ -94,12 +98,13 @@ def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
                                    manufacturer=MANUFACTURER)
 
 
-def _group(settings: ResultSettings, source: pydicom.Dataset, label: Label, finding: dict,
+def _group(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset, label: Label, finding: dict,
            algorithm: AlgorithmIdentification) -> MeasurementsAndQualitativeEvaluations:
     presence = codes.SCT.Present if finding["positive"] else codes.SCT.Absent
     concept = CodedConcept(label.code, SCHEME, label.name.en)
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=_uid(settings), identifier=label.code),
+        tracking_identifier=TrackingIdentifier(uid=_uid(settings, prediction, "tracking", label.code),
+                                               identifier=label.code),
         finding_type=concept,
         algorithm_id=algorithm,
         measurements=[
@@ -122,18 +127,19 @@ def structured_report(settings: ResultSettings, prediction: Prediction, labels: 
                       source: pydicom.Dataset) -> ComprehensiveSR:
     m = prediction.model
     device = DeviceObserverIdentifyingAttributes(
-        uid=_uid(settings, m["id"], m["version"]), name=settings.station_name, manufacturer_name=MANUFACTURER,
+        uid=generate_uid(prefix=settings.uid_root, entropy_srcs=[settings.station_name, m["id"], m["version"]]),
+        name=settings.station_name, manufacturer_name=MANUFACTURER,
         model_name=f"{m['id']} {m['version']}")
     context = ObservationContext(observer_device_context=ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     algorithm = _algorithm(prediction)
-    groups = [_group(settings, source, label, finding, algorithm)
+    groups = [_group(settings, prediction, source, label, finding, algorithm)
               for label, finding in zip(labels, prediction.findings)]
     report = MeasurementReport(observation_context=context, procedure_reported=CHEST_RADIOGRAPH,
                                imaging_measurements=groups)
     sr = ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=_uid(settings), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=_uid(settings), instance_number=1, manufacturer=MANUFACTURER,
+        evidence=[source], content=report[0], series_instance_uid=_uid(settings, prediction, "sr-series"),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=_uid(settings, prediction, "sr"), instance_number=1, manufacturer=MANUFACTURER,
         series_description=_series_description(prediction, "findings"), is_complete=True,
         institution_name=source.get("InstitutionName") or None)
     scheme = pydicom.Dataset()
@@ -166,7 +172,7 @@ def _orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
 def secondary_captures(settings: ResultSettings, prediction: Prediction, labels: list[Label],
                        source: pydicom.Dataset) -> list[hd.sc.SCImage]:
     names = {label.code: label.name.en for label in labels}
-    series_uid = _uid(settings)
+    series_uid = _uid(settings, prediction, "sc-series")
     orientation = _orientation(source)
     captures = []
     for number, (code, overlay) in enumerate(prediction.heatmaps, start=1):
@@ -174,7 +180,7 @@ def secondary_captures(settings: ResultSettings, prediction: Prediction, labels:
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=np.ascontiguousarray(rgb), photometric_interpretation="RGB",
             bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=series_uid,
-            series_number=SC_SERIES_NUMBER, sop_instance_uid=_uid(settings), instance_number=number,
+            series_number=SC_SERIES_NUMBER, sop_instance_uid=_uid(settings, prediction, "sc", code), instance_number=number,
             manufacturer=MANUFACTURER, patient_orientation=orientation or ("L", "F"),
             series_description=_series_description(prediction, "heatmaps"))
         if orientation is None:  # unknown in the source: type 2, so present and empty

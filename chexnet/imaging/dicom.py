@@ -37,10 +37,13 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
+    RLELossless,
 )
 
 from chexnet.errors import (
@@ -56,6 +59,12 @@ from chexnet.imaging.codestream import HEADER_WINDOW, FrameHeader, j2k_header, j
 from chexnet.imaging.display import Transform, to_display_u8
 from chexnet.imaging.types import DecodedImage, DecodeLimits
 
+# Every transfer syntax this module decodes (the DICOM node offers exactly these). Compressed first:
+# pynetdicom accepts the first of these that a sender proposes, so a compressed file arrives as it is
+# stored instead of the sender having to decompress it (which dcmtk's storescu cannot do for JPEG 2000).
+DECODABLE_SYNTAXES = [JPEG2000Lossless, JPEG2000, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
+                      JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless, DeflatedExplicitVRLittleEndian,
+                      ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # The source's header that DICOM results copy (patient, study, series references) and eligibility reads.
 SOURCE_KEYWORDS = (
