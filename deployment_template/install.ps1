@@ -6,6 +6,8 @@
 # Windows PowerShell 5.1 and PowerShell 7; run as Administrator.
 # Usage: .\install.ps1 (-VendorKey vendor_package.crt | -VendorFingerprint HEX) [-Dir C:\chexnet]
 #            [-TokenFile token.txt] [-Hostname NAME] [-Bind ADDRESS] [-HttpsPort 443] [-HttpPort 80]
+#            [-DicomDestination AE@host:port -DicomAllowedAes AE,... [-DicomAeTitle CHEXNET]
+#             [-DicomPort 11112] [-DicomBind ADDRESS]]   (the optional DICOM node; needs -TokenFile)
 #            [-SkipPreflight] [-TimeoutSeconds 600]
 [CmdletBinding()]
 param(
@@ -17,6 +19,11 @@ param(
     [ValidatePattern('^([0-9]{1,3}\.){3}[0-9]{1,3}$')][string]$Bind,
     [ValidateRange(1, 65535)][int]$HttpsPort,
     [ValidateRange(1, 65535)][int]$HttpPort,
+    [ValidatePattern('^[A-Za-z0-9._-]{1,16}@[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$')][string]$DicomDestination,
+    [ValidatePattern('^[A-Za-z0-9._-]{1,16}(,[A-Za-z0-9._-]{1,16})*$')][string]$DicomAllowedAes,
+    [ValidatePattern('^[A-Za-z0-9._-]{1,16}$')][string]$DicomAeTitle,
+    [ValidateRange(1, 65535)][int]$DicomPort,
+    [ValidatePattern('^([0-9]{1,3}\.){3}[0-9]{1,3}$')][string]$DicomBind,
     [switch]$SkipPreflight,
     [int]$TimeoutSeconds = 600
 )
@@ -33,6 +40,11 @@ if ($Hostname) { $settings['TLS_HOSTNAME'] = $Hostname }
 if ($Bind) { $settings['BIND_ADDRESS'] = $Bind }
 if ($HttpsPort) { $settings['HTTPS_PORT'] = "$HttpsPort" }
 if ($HttpPort) { $settings['HTTP_PORT'] = "$HttpPort" }
+if ($DicomDestination) { $settings['CHEXNET_DICOM_DESTINATION'] = $DicomDestination; $settings['COMPOSE_PROFILES'] = 'dicom' }
+if ($DicomAllowedAes) { $settings['CHEXNET_DICOM_ALLOWED_AES'] = $DicomAllowedAes }
+if ($DicomAeTitle) { $settings['CHEXNET_DICOM_AE_TITLE'] = $DicomAeTitle }
+if ($DicomPort) { $settings['DICOM_PORT'] = "$DicomPort" }
+if ($DicomBind) { $settings['DICOM_BIND_ADDRESS'] = $DicomBind }
 
 function Get-EnvValue([string]$Name) {
     if (-not (Test-Path $envFile)) { return $null }
@@ -59,6 +71,7 @@ function Invoke-Compose([string[]]$Arguments) {
         if ($LASTEXITCODE -ne 0) { throw "docker compose $($Arguments -join ' ') failed (exit $LASTEXITCODE)." }
     } finally { Pop-Location }
 }
+function Test-DicomEnabled { return (",$(Get-Setting 'COMPOSE_PROFILES' ''),") -like '*,dicom,*' }
 function Test-Installed { return (Test-Path (Join-Path $Dir 'docker-compose.yml')) -and (Test-Path $envFile) }
 
 # What an upgrade may change, kept so that a failed upgrade can put it back.
@@ -77,7 +90,7 @@ function Restore-Snapshot {
 
 function Set-Configuration {
     Write-Host "==> configuring $Dir"
-    foreach ($sub in 'license\keys', 'models', 'audit', 'certs') { New-Item -ItemType Directory -Force -Path (Join-Path $Dir $sub) | Out-Null }
+    foreach ($sub in 'license\keys', 'models', 'audit', 'certs', 'dicom-spool') { New-Item -ItemType Directory -Force -Path (Join-Path $Dir $sub) | Out-Null }
     foreach ($file in 'docker-compose.yml', 'docker-compose.gpu.yml', '.env.example') { Copy-Item (Join-Path $package $file) $Dir -Force }
     # The API trusts exactly the licence keys this signed package lists, no others.
     Get-ChildItem (Join-Path $Dir 'license\keys') | Remove-Item -Force
@@ -99,34 +112,43 @@ function Set-Configuration {
     }
     # Docker Desktop's VM cannot see the host's SMBIOS: the container reads this file instead.
     & (Join-Path $package 'scripts\product-uuid.ps1') -OutFile (Join-Path $Dir 'product_uuid') | Out-Null
+    if (Test-DicomEnabled) {
+        # The DICOM node is licensed like any client: by a token file.
+        $nodeToken = Join-Path $Dir 'license\dicom-node.token'
+        if ($TokenFile) { Copy-Item -Force $TokenFile $nodeToken }
+        if (-not (Test-Path $nodeToken) -or (Get-Item $nodeToken).Length -eq 0) { throw 'the DICOM node needs a licence token: add -TokenFile.' }
+        if (-not (Get-Setting 'CHEXNET_DICOM_ALLOWED_AES' '')) { throw 'the DICOM node needs -DicomAllowedAes (the AE titles allowed to send images).' }
+    }
 }
 
-# Healthy -> $true; unhealthy, exited or restarting again and again -> $false at once; else wait.
-function Wait-Healthy {
-    Write-Host "==> waiting for the API to turn healthy (up to $TimeoutSeconds s)"
+# $Service healthy -> $true; unhealthy, exited or restarting again and again -> $false at once; else wait.
+function Wait-Healthy([string]$Service) {
+    Write-Host "==> waiting for $Service to turn healthy (up to $TimeoutSeconds s)"
     $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
     $state = 'starting'
     while ((Get-Date) -lt $deadline) {
         Push-Location $Dir
-        try { $api = (& docker compose ps -q api) } finally { Pop-Location }
+        try { $api = (& docker compose ps -q $Service) } finally { Pop-Location }
         if ($LASTEXITCODE -eq 0 -and $api) {
             $state = (& docker inspect -f '{{.State.Status}}/{{.RestartCount}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' $api 2>$null)
             if ($LASTEXITCODE -eq 0) {
                 $status, $restarts, $health = "$state" -split '/'
-                if ($health -eq 'healthy') { Write-Host '==> API healthy'; return $true }
+                if ($health -eq 'healthy') { Write-Host "==> $Service healthy"; return $true }
                 if ($health -eq 'unhealthy' -or $status -in @('exited', 'dead') -or [int]$restarts -ge 3) { break }
             }
         }
         Start-Sleep -Seconds 3
     }
-    Write-Warning "the API did not turn healthy (state $state); its last log lines:"
+    Write-Warning "$Service did not turn healthy (state $state); its last log lines:"
     if ($api) { & docker logs --tail 20 $api }
     return $false
 }
 function Start-Version([string]$Value) {
     Write-Host "==> starting CheXNet $Value"
     Invoke-Compose @('up', '-d', '--remove-orphans')
-    return (Wait-Healthy)
+    if (-not (Wait-Healthy 'api')) { return $false }
+    if (Test-DicomEnabled) { return (Wait-Healthy 'dicom-node') }
+    return $true
 }
 
 # 1. verify the package (no impact)

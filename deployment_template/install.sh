@@ -7,6 +7,8 @@
 # Usage: sudo ./install.sh (--vendor-key vendor_package.crt | --vendor-fingerprint HEX)
 #            [--dir /opt/chexnet] [--token-file FILE] [--hostname NAME] [--bind ADDRESS]
 #            [--https-port 443] [--http-port 80] [--uuid-file /sys/class/dmi/id/product_uuid]
+#            [--dicom-destination AE@host:port --dicom-allowed-aes AE,... [--dicom-ae-title CHEXNET]
+#             [--dicom-port 11112] [--dicom-bind ADDRESS]]   (the optional DICOM node; needs --token-file)
 #            [--skip-preflight] [--timeout 600]
 set -eEuo pipefail
 PACKAGE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -43,12 +45,24 @@ while [[ $# -gt 0 ]]; do
       [[ "$2" =~ ^[0-9]{1,5}$ && "$2" -ge 1 && "$2" -le 65535 ]] || die "$1 must be a port number from 1 to 65535."
       if [[ "$1" == --https-port ]]; then SETTINGS[HTTPS_PORT]="$2"; else SETTINGS[HTTP_PORT]="$2"; fi
       shift 2 ;;
+    --dicom-destination)
+      [[ "$2" =~ ^[A-Za-z0-9._-]{1,16}@[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$ ]] || die "--dicom-destination must say where results go as AE@host:port, e.g. PACS@10.0.0.5:104."
+      SETTINGS[CHEXNET_DICOM_DESTINATION]="$2"; SETTINGS[COMPOSE_PROFILES]=dicom; shift 2 ;;
+    --dicom-allowed-aes)
+      [[ "$2" =~ ^[A-Za-z0-9._-]{1,16}(,[A-Za-z0-9._-]{1,16})*$ ]] || die "--dicom-allowed-aes must be a comma list of AE titles (1 to 16 letters, digits, '.', '_' or '-' each)."
+      SETTINGS[CHEXNET_DICOM_ALLOWED_AES]="$2"; shift 2 ;;
+    --dicom-ae-title) [[ "$2" =~ ^[A-Za-z0-9._-]{1,16}$ ]] || die "--dicom-ae-title must be 1 to 16 letters, digits, '.', '_' or '-'."
+                      SETTINGS[CHEXNET_DICOM_AE_TITLE]="$2"; shift 2 ;;
+    --dicom-port) [[ "$2" =~ ^[0-9]{1,5}$ && "$2" -ge 1 && "$2" -le 65535 ]] || die "--dicom-port must be a port number from 1 to 65535."
+                  SETTINGS[DICOM_PORT]="$2"; shift 2 ;;
+    --dicom-bind) [[ "$2" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || die "--dicom-bind must be an IPv4 address of this server (0.0.0.0 for all)."
+                  SETTINGS[DICOM_BIND_ADDRESS]="$2"; shift 2 ;;
     --variant) [[ "$2" == "${VARIANT}" ]] || die "this is the ${VARIANT} package; use the chexnet-offline-*-$2 package for --variant $2."
                shift 2 ;;
     --skip-preflight) PREFLIGHT=0; shift ;;
     --timeout) [[ "$2" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds."
                TIMEOUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -107,7 +121,7 @@ restore_snapshot() {
 configure() {
   local key name
   log "configuring ${DIR}"
-  mkdir -p "${DIR}"/{license/keys,models,audit,certs}
+  mkdir -p "${DIR}"/{license/keys,models,audit,certs,dicom-spool}
   install -m 644 "${PACKAGE}"/docker-compose.yml "${PACKAGE}"/docker-compose.gpu.yml "${PACKAGE}"/.env.example "${DIR}/"
   # The API trusts exactly the licence keys this signed package lists, no others.
   find "${DIR}/license/keys" -mindepth 1 -delete
@@ -132,32 +146,48 @@ configure() {
   "${PACKAGE}/scripts/product-uuid.sh" "${UUID_FILE}" > "${DIR}/product_uuid"
   chmod 644 "${DIR}/product_uuid"
   # The containers run unprivileged: the API writes the audit log, nginx its self-signed certificate.
-  chown -R "${API_UID}:${API_UID}" "${DIR}/audit"
+  chown -R "${API_UID}:${API_UID}" "${DIR}/audit" "${DIR}/dicom-spool"
+  chmod 700 "${DIR}/dicom-spool"  # received images: patient data
   chown -R "${NGINX_UID}:${NGINX_UID}" "${DIR}/certs"
+  if dicom_enabled; then
+    # The DICOM node is licensed like any client: by a token file, readable by the API user only.
+    if [[ -n "${TOKEN_FILE}" ]]; then
+      install -m 640 -o root -g "${API_UID}" "${TOKEN_FILE}" "${DIR}/license/dicom-node.token"
+    fi
+    [[ -s "${DIR}/license/dicom-node.token" ]] || die "the DICOM node needs a licence token: add --token-file."
+    [[ -n "$(setting CHEXNET_DICOM_ALLOWED_AES "")" ]] || die "the DICOM node needs --dicom-allowed-aes (the AE titles allowed to send images)."
+  fi
 }
 
-# Healthy → 0; unhealthy, exited or restarting again and again → 1 at once; else wait up to TIMEOUT.
+dicom_enabled() {
+  [[ ",$(setting COMPOSE_PROFILES ""),"  == *,dicom,* ]]
+}
+
+# SERVICE healthy → 0; unhealthy, exited or restarting again and again → 1 at once; else wait up to TIMEOUT.
 wait_healthy() {
-  local deadline=$((SECONDS + TIMEOUT)) api state
-  log "waiting for the API to turn healthy (up to ${TIMEOUT} s)"
+  local service="$1" deadline=$((SECONDS + TIMEOUT)) id state
+  log "waiting for ${service} to turn healthy (up to ${TIMEOUT} s)"
   while (( SECONDS < deadline )); do
-    api="$(compose ps -q api)"
-    state="$(docker inspect -f '{{.State.Status}}/{{.RestartCount}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "${api}" 2>/dev/null || echo starting/0/)"
+    id="$(compose ps -q "${service}")"
+    state="$(docker inspect -f '{{.State.Status}}/{{.RestartCount}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "${id}" 2>/dev/null || echo starting/0/)"
     case "${state}" in
-      */healthy) log "API healthy"; return 0 ;;
+      */healthy) log "${service} healthy"; return 0 ;;
       */unhealthy|exited/*|dead/*|*/[3-9]/*|*/[1-9][0-9]*/*) break ;;
     esac
     sleep 3
   done
-  warn "the API did not turn healthy (state ${state}); its last log lines:"
-  docker logs --tail 20 "$(compose ps -q api)" >&2 || true
+  warn "${service} did not turn healthy (state ${state}); its last log lines:"
+  docker logs --tail 20 "$(compose ps -q "${service}")" >&2 || true
   return 1
 }
 
 up_and_wait() {
   log "starting CheXNet ${1}"
   compose up -d --remove-orphans
-  wait_healthy
+  wait_healthy api || return 1
+  if dicom_enabled; then
+    wait_healthy dicom-node || return 1
+  fi
 }
 
 smoke() {

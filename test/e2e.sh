@@ -4,10 +4,12 @@
 # fresh folder holding only what an engineer carries, into /opt/chexnet (CHEXNET_E2E_DIR to change).
 #   1. images (CPU, GPU, nginx)            2. vendor keys; signed offline package
 #   3. forged and damaged packages refused before docker load
-#   4. the guide's path on a fresh folder (no .env made first) → QA script → faults
+#   4. the guide's path on a fresh folder (no .env made first) → QA script → faults → the guide's
+#      "DICOM node" section with Orthanc (Debian, in a container) as the PACS and storescu as the modality
 #   5. the guide's "custom .env" path → upgrade to a second version → a broken third version rolled back
 #   6. the GPU image on the CPU;            always: tear everything down
-# Needs Docker running, root, and ../shared/data. Ports: 127.0.0.1:18443 (HTTPS), 127.0.0.1:18080 (HTTP).
+# Needs Docker running, root, dcmtk, dicom3tools and ../shared/data. Ports on 127.0.0.1: 18443 (HTTPS),
+# 18080 (HTTP), 11112 (the DICOM node), 14242 and 18042 (Orthanc's DICOM and REST).
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../scripts/lib.sh
@@ -29,6 +31,7 @@ COMPOSE="$(compose_command)" || die "no Docker Compose installed."
 
 teardown() {
   log "teardown"
+  docker rm -f chexnet-e2e-orthanc >/dev/null 2>&1 || true
   if [[ -f "${DIR}/docker-compose.yml" ]]; then
     (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null 2>&1) || true
   fi
@@ -61,12 +64,14 @@ carry() {
   [[ -z "${UUID_FILE_ARG}" ]] || echo "${HOST_UUID}" > "$2/site-uuid.txt"
 }
 
-# guide VERSION FOLDER BLOCK...: run the guide's Linux blocks, word for word, in FOLDER (one shell: 'cd' carries on).
+# guide VERSION FOLDER BLOCK...: run the guide's Linux blocks (SECTION=… for another section; PACS=AE@HOST:PORT
+# for its <pacs-…> placeholders), word for word, in FOLDER (one shell: 'cd' carries on).
 guide() {
   local version="$1" folder="$2" script="" block
   shift 2
   for block in "$@"; do
-    script+="$("${PYTHON}" "${ROOT}/test/guide.py" "${GUIDE}" --section Linux --version "${version}" --block "${block}" \
+    script+="$("${PYTHON}" "${ROOT}/test/guide.py" "${GUIDE}" --section "${SECTION:-Linux}" ${PACS:+--pacs "${PACS}"} \
+               --version "${version}" --block "${block}" \
                --install-options "${SITE_OPTIONS}" ${UUID_FILE_ARG:+--uuid-file "${UUID_FILE_ARG}"} \
                | sed "s|/opt/chexnet|${DIR}|g")"$'\n'
   done
@@ -114,6 +119,17 @@ export CHEXNET_QA_URL=https://localhost:18443 CHEXNET_QA_HTTP_URL=http://localho
   --token-file "${WORK}/token" --ca-cert "${DIR}/certs/server.crt" --samples "${SAMPLES}" \
   --wrong-host-token-file "${WORK}/wrong-host-token" --expired-token-file "${WORK}/expired-token"
 (cd "${ROOT}" && "${PYTHON}" -m pytest -m e2e test/test_e2e_faults.py -p no:cacheprovider -q)
+
+log "4b/6 the guide's DICOM node section; Orthanc (Debian) is the hospital PACS, storescu the modality"
+docker build -q -t chexnet-e2e-orthanc "${ROOT}/test/pacs" >/dev/null
+network="$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(cd "${DIR}" && ${COMPOSE} ps -q api)")"
+docker run -d --name chexnet-e2e-orthanc --network "${network}" --network-alias orthanc \
+  -p 127.0.0.1:14242:4242 -p 127.0.0.1:18042:8042 chexnet-e2e-orthanc >/dev/null
+SECTION="DICOM node (optional)" PACS="ORTHANC@orthanc:4242" SITE_OPTIONS="${SITE_OPTIONS} --dicom-bind 127.0.0.1" \
+  guide "${VERSION}" "${WORK}/carry/chexnet-offline-${VERSION}-cpu" 0
+(cd "${ROOT}" && CHEXNET_E2E_ORTHANC_URL=http://127.0.0.1:18042 CHEXNET_E2E_ORTHANC_DICOM=127.0.0.1:14242 \
+  "${PYTHON}" -m pytest -m e2e test/test_e2e_dicom.py -p no:cacheprovider -q)
+docker rm -f chexnet-e2e-orthanc >/dev/null
 log "peak memory of the running containers (sizes mem_limit): $(docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' | tr '\n' ';')"
 (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)
 rm -rf "${DIR}"

@@ -4,6 +4,7 @@
 [--block N]`` prints the ```bash blocks of one section of the guide as one script, in order (or only
 block N, counted from 0). The only changes are the ones an engineer makes when reading the guide:
 - ``<version>`` becomes the version of the package carried;
+- ``<pacs-ae>``, ``<pacs-host>``, ``<pacs-port>`` become the site's PACS (``--pacs AE@HOST:PORT``);
 - the install command gets the options the guide lists for this site (``--install-options``);
 - on a machine without SMBIOS, the guide's own alternative: ``scripts/product-uuid.sh`` checks the
   site UUID file and the install command gets ``--uuid-file`` (``--uuid-file``).
@@ -31,8 +32,12 @@ def blocks(text: str, name: str) -> list[str]:
     return found
 
 
-def as_run(block: str, version: str, install_options: str, uuid_file: str | None) -> str:
+def as_run(block: str, version: str, install_options: str, uuid_file: str | None, pacs: str | None = None) -> str:
     block = block.replace("<version>", version)
+    if pacs:
+        ae, _, address = pacs.partition("@")
+        host, _, port = address.rpartition(":")
+        block = block.replace("<pacs-ae>", ae).replace("<pacs-host>", host).replace("<pacs-port>", port)
     lines = []
     for line in block.splitlines():
         if "./install.sh" in line:
@@ -51,10 +56,11 @@ def main() -> int:
     parser.add_argument("--install-options", default="")
     parser.add_argument("--uuid-file")
     parser.add_argument("--block", type=int)
+    parser.add_argument("--pacs", help="the site's PACS as AE@HOST:PORT, for the <pacs-…> placeholders")
     args = parser.parse_args()
     found = blocks(args.guide.read_text(encoding="utf-8"), args.section)
     chosen = found if args.block is None else [found[args.block]]
-    sys.stdout.write("".join(as_run(b, args.version, args.install_options, args.uuid_file) for b in chosen))
+    sys.stdout.write("".join(as_run(b, args.version, args.install_options, args.uuid_file, args.pacs) for b in chosen))
     return 0
 
 

@@ -4,7 +4,6 @@ is answered, so a SIGKILL right after the sends loses nothing; results wait in t
 destination is down and arrive once it is up."""
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,41 +15,21 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import (
-    JPEG2000,
-    ComprehensiveSRStorage,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLosslessSV1,
-    RLELossless,
-    SecondaryCaptureImageStorage,
-)
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, evt
 
 from api_helpers import make_env
+from dicom_tools import storescu, wait_for
 from test_dicom_results import dciodvfy_errors
 
 CHEST = ["RG1_J2KR.dcm", "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm"]
 NOT_CHEST = "RG3_RLE.dcm"
-PROPOSE = {JPEG2000Lossless: ["-xv"], JPEG2000: ["-xw"], JPEGBaseline8Bit: ["-xy"], JPEGExtended12Bit: ["-xx"],
-           JPEGLosslessSV1: ["-xs"], RLELossless: ["-xr"]}
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Destination:
@@ -121,21 +100,6 @@ class Node:
             self.process.wait(timeout=60)
 
 
-def storescu(port: int, calling: str, *files: Path) -> subprocess.CompletedProcess:
-    """dcmtk's storescu as a modality: one association per file, each proposed in the transfer syntax it is
-    stored in (storescu proposes only uncompressed syntaxes unless told, and cannot decompress most)."""
-    tool = shutil.which("storescu")
-    assert tool, "storescu (Debian dcmtk) plays the modality here; .ci/run installs it"
-    for path in files:
-        syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
-        propose = PROPOSE.get(syntax, [])
-        run = subprocess.run([tool, *propose, "-aet", calling, "-aec", "CHEXNET", "127.0.0.1", str(port), str(path)],
-                             capture_output=True, text=True, timeout=120, check=False)
-        if run.returncode != 0:
-            return run
-    return run
-
-
 @pytest.fixture()
 def site(tmp_path, demo_bundle):
     env = make_env(tmp_path, demo_bundle.path)
@@ -150,7 +114,7 @@ def test_accepted_instances_survive_a_sigkill_and_results_arrive_once_the_pacs_i
     env, node, destination = site
     node.start()
     files = [dicom_dir / name for name in (*CHEST, NOT_CHEST)]
-    sent = storescu(node.port, "MODALITY", *files)
+    sent = storescu(node.port, "MODALITY", "CHEXNET", *files)
     assert sent.returncode == 0, sent.stderr
     node.kill()  # right after the sends returned: everything acknowledged must be on disk
     spooled = list((node.spool / "incoming").glob("*.dcm")) + list((node.spool / "outgoing").glob("*.dcm"))
@@ -182,10 +146,10 @@ def test_accepted_instances_survive_a_sigkill_and_results_arrive_once_the_pacs_i
 def test_a_calling_ae_not_allowed_is_refused_and_nothing_is_spooled(site, dicom_dir):
     env, node, destination = site
     node.start()
-    sent = storescu(node.port, "STRANGER", dicom_dir / CHEST[0])
+    sent = storescu(node.port, "STRANGER", "CHEXNET", dicom_dir / CHEST[0])
     assert sent.returncode != 0
     assert not list((node.spool / "incoming").glob("*.dcm")) and node.metric("chexnet_dicom_received_total") == 0
-    own = storescu(node.port, "CHEXNET", dicom_dir / CHEST[0])  # its own title admits only C-ECHO
+    own = storescu(node.port, "CHEXNET", "CHEXNET", dicom_dir / CHEST[0])  # its own title admits only C-ECHO
     assert own.returncode != 0 or "0124" in own.stderr + own.stdout
     assert node.metric("chexnet_dicom_received_total") == 0
 
@@ -198,7 +162,7 @@ def test_a_damaged_file_is_kept_in_rejected_with_a_log_line(site, dicom_dir, tmp
     ds.save_as(damaged)
     node.start()
     destination.start()
-    sent = storescu(node.port, "MODALITY", damaged)
+    sent = storescu(node.port, "MODALITY", "CHEXNET", damaged)
     assert sent.returncode == 0, sent.stderr
     wait_for(lambda: list((node.spool / "rejected").glob("*.dcm")), 60, "the damaged file in rejected/")
     assert "rejected a received instance" in node.log.read_text()
