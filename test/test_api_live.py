@@ -98,3 +98,33 @@ def test_browser_page_shows_findings_heatmaps_and_demo_banner(server, env, nih_s
             assert "token_invalid" in page.locator("#status").inner_text()
         finally:
             browser.close()
+
+
+def test_docs_page_authorizes_and_tries_predict_offline(server, env, nih_sample):
+    """Swagger UI from the package, no network: Authorize with the token, then "Try it out" on predict."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            outside = []
+            page.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
+            page.goto(server.url + "/api/v1/docs")
+            page.click("button.authorize")
+            page.fill(".auth-container input", env.token())
+            page.click(".auth-btn-wrapper button.authorize")
+            page.click("button.btn-done")
+            operation = page.locator("#operations-default-predict")
+            operation.locator(".opblock-summary").click()
+            operation.locator("input[type=file]").set_input_files(str(nih_sample[0]))
+            operation.locator("button.execute").click()
+            status = operation.locator(".live-responses-table tbody .response-col_status").first
+            status.wait_for()
+            assert status.inner_text().strip().startswith("200")
+            assert "atelectasis" in operation.locator(".live-responses-table tbody .response-col_description").first.inner_text()
+            assert outside == [], "the docs page loads nothing from outside this server"
+        finally:
+            browser.close()

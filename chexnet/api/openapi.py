@@ -1,14 +1,16 @@
-"""The OpenAPI 3.1 document of the REST API. Tests validate real responses against these schemas.
-Error codes come from the error classes (:func:`chexnet.errors.error_classes`), engines from the
-engine table."""
+"""The OpenAPI 3.1 document of the REST API. Tests validate real responses against these schemas, and
+schemathesis tests the served API against it. Error codes come from the error classes
+(:func:`chexnet.errors.error_classes`), engines from the engine table, option enums from the options
+module, and model ids and label codes from the models the server has loaded."""
 
 import licensing.errors  # noqa: F401  (defines the licence error classes)
 from chexnet import __version__
 from chexnet.api import errors as _api_errors  # noqa: F401  (defines the HTTP error classes)
+from chexnet.eligibility import WARNINGS
 from chexnet.engines import DEVICES, ENGINES
 from chexnet.errors import error_classes
 from chexnet.heatmap import FORMATS
-from chexnet.options import HEATMAP_MODES
+from chexnet.options import HEATMAP_MODES, OUTPUTS
 
 # Statuses nginx answers by itself in front of the service (nginx/errors.conf), with their codes.
 NGINX_ERRORS = {400: ["bad_request"], 404: ["not_found"], 405: ["method_not_allowed"], 413: ["payload_too_large"],
@@ -75,32 +77,71 @@ SCHEMAS = {
             "code": {"type": "string"}, "mime": {"enum": ["image/jpeg", "image/png"]},
             "width": {"type": "integer"}, "height": {"type": "integer"},
             "data": {"type": "string", "contentEncoding": "base64"}})},
+        "warnings": {"type": "array", "items": {"enum": list(WARNINGS)}, "description": "eligibility from the "
+                     "DICOM's own tags: " + "; ".join(f"{code}: {text}" for code, text in WARNINGS.items())
+                     + " An absent tag, and a PNG or JPEG, give no warning."},
         "timing_ms": _obj({k: {"type": "number"} for k in ("decode", "preprocess", "inference", "heatmap", "total")}),
         "notice": {"type": "string", "description": "present for demo bundles: the output is not a diagnosis"},
-    }, ["request_id", "model", "image", "findings", "heatmaps", "timing_ms"]),
+    }, ["request_id", "model", "image", "findings", "heatmaps", "warnings", "timing_ms"]),
     "CXRNetPrediction": _obj({
         "answer": {"type": "array", "items": _NUMBER01}, "gradcam": {"type": "string", "contentEncoding": "base64"},
         "category": {"type": "array", "items": {"type": "string"}}, "status": {"const": "OK"},
         "demo": {"type": "boolean"}, "request_id": {"type": "string"}}),
 }
 
-_OPTIONS = [
-    {"name": "model", "in": "query", "schema": {"type": "string"}, "description": "bundle id (default: the server's default model)"},
-    {"name": "heatmaps", "in": "query", "schema": {"type": "string", "default": "top"},
-     "description": f"{' | '.join(HEATMAP_MODES)} | comma list of label codes"},
-    {"name": "heatmap_format", "in": "query", "schema": {"enum": list(FORMATS), "default": "jpeg"}},
-]
-_UPLOAD = {"required": True, "content": {
-    "multipart/form-data": {"schema": _obj({"image": {"type": "string", "format": "binary"},
-                                            "model": {"type": "string"}, "heatmaps": {"type": "string"},
-                                            "heatmap_format": {"type": "string"}}, ["image"])},
-    "image/png": {"schema": {"type": "string", "format": "binary"}},
-    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-    "application/dicom": {"schema": {"type": "string", "format": "binary"}}}}
+def _options(models: dict[str, list[str]]) -> dict[str, dict]:
+    """Each option's schema; with the loaded models, their ids and label codes are enums too."""
+    codes = sorted({code for labels in models.values() for code in labels})
+    heatmaps: dict = {"enum": ["", *HEATMAP_MODES]}
+    if codes:
+        one = "|".join(codes)
+        heatmaps = {"anyOf": [heatmaps, {"type": "string", "pattern": f"^({one})(,({one}))*$"}]}
+    return {
+        "model": {"schema": {"enum": ["", *models]} if models else {"type": "string"},
+                  "description": "bundle id (empty or absent: the server's default model)"},
+        "heatmaps": {"schema": {**heatmaps, "default": "top"},
+                     "description": f"{' | '.join(HEATMAP_MODES)} | a comma list of label codes of the model; "
+                                    "an empty option means its default"},
+        "heatmap_format": {"schema": {"enum": ["", *FORMATS], "default": "jpeg"}},
+        "output": {"schema": {"enum": ["", *OUTPUTS], "default": "json"},
+                   "description": "dicom: a multipart/related body of DICOM objects (a Comprehensive SR and one "
+                                  "secondary capture per heatmap) for a DICOM input; the same as "
+                                  "Accept: multipart/related; type=\"application/dicom\". Not for PNG/JPEG (422)."},
+    }
+
+
+def _parameters(options: dict[str, dict], names: tuple[str, ...]) -> list[dict]:
+    return [{"name": name, "in": "query", **options[name]} for name in names]
+
+
+def _upload() -> dict:
+    binary = {"type": "string", "format": "binary"}
+    form = _obj({"image": {**binary, "description": "the radiograph: PNG, JPEG or DICOM (sniffed from its bytes)"}})
+    return {"required": True, "description": "The options are query parameters; browser forms may send them as "
+            "form fields of the same names instead (one place only: both is a 422).",
+            "content": {"multipart/form-data": {"schema": form},
+                                          **{mime: {"schema": binary} for mime in
+                                             ("image/png", "image/jpeg", "application/dicom")}}}
+
+
+_PREDICTION_EXAMPLE = {
+    "request_id": "4f7c0e0b2a5d4c1e9a1b2c3d4e5f6a7b",
+    "model": {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu"},
+    "image": {"format": "dicom", "width": 1841, "height": 1955},
+    "findings": [{"code": "atelectasis", "name": "Atelectasis", "name_zh": "肺不张", "probability": 0.4873,
+                  "threshold": 0.5, "positive": False}],
+    "heatmaps": [{"code": "atelectasis", "mime": "image/jpeg", "width": 482, "height": 512, "data": "/9j/4AAQ…"}],
+    "warnings": [],
+    "timing_ms": {"decode": 57.1, "preprocess": 4.2, "inference": 28.0, "heatmap": 6.3, "total": 95.6},
+    "notice": "Demo model with untrained weights: its output is not a diagnosis.",
+}
+_ERROR_EXAMPLE = {"error": {"code": "invalid_option", "message": "output must be one of json, dicom, not 'hl7'.",
+                            "request_id": "4f7c0e0b2a5d4c1e9a1b2c3d4e5f6a7b"}}
 
 
 def _error(status: int, description: str) -> dict:
     response = _json("Error", f"{description}; error.code is one of: {', '.join(error_codes_by_status()[status])}")
+    response["content"]["application/json"]["example"] = _ERROR_EXAMPLE
     if status in (429, 503):
         response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
                                                "schema": {"type": "integer"}}}
@@ -117,8 +158,22 @@ _PREDICT_ERRORS = {**_AUTH_ERRORS, "400": _error(400, "the file cannot be decode
                    "429": _error(429, "rate limited (nginx)")}
 
 
-def openapi_document() -> dict:
+def _prediction_ok() -> dict:
+    response = _json("Prediction", "findings for every label, heatmaps as asked (JSON, the default)")
+    response["content"]["application/json"]["example"] = _PREDICTION_EXAMPLE
+    response["content"]["multipart/related; type=\"application/dicom\""] = {
+        "schema": {"type": "string", "format": "binary"},
+        "description": "output=dicom: one part per DICOM instance (Content-Type: application/dicom), as DICOMweb "
+                       "returns instances: the Comprehensive SR (TID 1500), then one secondary capture per heatmap, "
+                       "all in the source study and referencing the source instance"}
+    return response
+
+
+def openapi_document(models: dict[str, list[str]] | None = None) -> dict:
+    """models: the loaded models' ids and label codes (they become enums); none: free strings."""
+    options = _options(models or {})
     bearer = [{"bearer": []}]
+    predict_options = ("model", "heatmaps", "heatmap_format", "output")
     return {
         "openapi": "3.1.0",
         "info": {"title": "CheXNet on-premise API", "version": __version__,
@@ -126,24 +181,29 @@ def openapi_document() -> dict:
                                 "have untrained weights: their output is not a diagnosis."},
         "servers": [{"url": "/"}],
         "components": {"schemas": SCHEMAS,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+                       "securitySchemes": {"bearer": {
+                           "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                           "description": "the licence token (token.txt) the vendor issued for this server"}}},
         "paths": {
-            "/api/v1/health": {"get": {"summary": "liveness", "responses": {"200": _json("Health", "the process lives")}}},
-            "/api/v1/ready": {"get": {"summary": "readiness", "responses": {
+            "/api/v1/health": {"get": {"operationId": "health", "summary": "liveness", "responses": {"200": _json("Health", "the process lives")}}},
+            "/api/v1/ready": {"get": {"operationId": "ready", "summary": "readiness", "responses": {
                 "200": _json("Ready", "models loaded and warmed up, licence keys usable"),
                 "503": _json("NotReady", "not ready, with reasons")}}},
-            "/api/v1/models": {"get": {"summary": "loaded models", "security": bearer, "responses": {
+            "/api/v1/models": {"get": {"operationId": "models", "summary": "loaded models", "security": bearer, "responses": {
                 "200": _json("Models", "every loaded model and whether the token licenses it"), **_AUTH_ERRORS}}},
-            "/api/v1/license": {"get": {"summary": "the caller's licence", "security": bearer, "responses": {
+            "/api/v1/license": {"get": {"operationId": "license", "summary": "the caller's licence", "security": bearer, "responses": {
                 "200": _json("License", "claims of the presented token"), **_AUTH_ERRORS}}},
-            "/api/v1/predict": {"post": {"summary": "findings and heatmaps for one radiograph", "security": bearer,
-                                         "parameters": _OPTIONS, "requestBody": _UPLOAD, "responses": {
-                "200": _json("Prediction", "findings for every label, heatmaps as asked"), **_PREDICT_ERRORS}}},
-            "/api/v1/CXRNet/predict": {"post": {"summary": "the source project's front-end format", "security": bearer,
-                                                "parameters": _OPTIONS[:1], "requestBody": _UPLOAD, "responses": {
+            "/api/v1/predict": {"post": {"operationId": "predict", "summary": "findings and heatmaps for one radiograph", "security": bearer,
+                                         "parameters": _parameters(options, predict_options),
+                                         "requestBody": _upload(), "responses": {
+                "200": _prediction_ok(), **_PREDICT_ERRORS}}},
+            "/api/v1/CXRNet/predict": {"post": {"operationId": "cxrnetPredict", "summary": "the source project's front-end format", "security": bearer,
+                                                "parameters": _parameters(options, ("model",)),
+                                                "requestBody": _upload(), "responses": {
                 "200": _json("CXRNetPrediction", "probabilities, one Grad-CAM JPEG, category names"),
                 **_PREDICT_ERRORS}}},
-            "/api/v1/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-            "/api/v1/docs": {"get": {"summary": "offline docs page", "responses": {"200": {"description": "HTML"}}}},
+            "/api/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/api/v1/docs": {"get": {"operationId": "docs", "summary": "this reference (Swagger UI, served offline)",
+                                     "responses": {"200": {"description": "HTML"}}}},
         },
     }

@@ -1,12 +1,13 @@
 """The REST API (DESIGN.md "REST API", prefix /api/v1), the browser page and the docs page."""
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
+from werkzeug.exceptions import NotFound
 
 from chexnet.api.openapi import openapi_document
 from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
 from chexnet.dicom_results import encode
 from chexnet.api.service import Service
-from chexnet.errors import InvalidImage, NotReady
+from chexnet.errors import InvalidImage, InvalidOption, NotReady
 from chexnet.options import PredictOptions
 from chexnet.predictor import Prediction
 from licensing.flask_auth import current_claims, token_required
@@ -53,8 +54,12 @@ def license_info():
 
 
 def _option(name: str) -> str | None:
-    value = request.form.get(name) if request.mimetype == "multipart/form-data" else None
-    return value if value is not None else request.args.get(name)
+    """One option from the form fields or the query; given more than once, it is ambiguous: 422."""
+    values = request.form.getlist(name) if request.mimetype == "multipart/form-data" else []
+    values += request.args.getlist(name)
+    if len(values) > 1:
+        raise InvalidOption(f"{name} is given {len(values)} times (form fields and query together); give it once.")
+    return values[0] if values else None
 
 
 def _upload() -> bytes:
@@ -103,12 +108,27 @@ def cxrnet_predict():
 
 @api.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_document())
+    """The document, with the enums of what this server has loaded (model ids, label codes)."""
+    loaded = {} if service().loading else {m: l.predictor.bundle.manifest.codes for m, l in service().models.items()}
+    return jsonify(openapi_document(loaded))
+
+
+# Swagger UI's files, from the swagger-ui-bundle package (no CDN: hospitals have no internet).
+SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-16x16.png", "favicon-32x32.png")
 
 
 @api.get("/docs")
 def docs():
     return send_from_directory(pages.static_folder, "docs.html")
+
+
+@api.get("/docs/<name>")
+def docs_asset(name: str):
+    if name not in SWAGGER_UI_FILES:
+        raise NotFound()
+    import swagger_ui_bundle
+
+    return send_from_directory(swagger_ui_bundle.swagger_ui_path, name, max_age=3600)
 
 
 @pages.get("/")
