@@ -21,9 +21,9 @@ class PredictOptions:
     @classmethod
     def parse(cls, model: str | None = None, heatmaps: str | None = None,
               heatmap_format: str | None = None, output: str | None = None) -> "PredictOptions":
-        spec = heatmaps or "top"  # empty: the default, as a browser form sends it
+        spec = (heatmaps or "").strip() or "top"  # empty: the default, as a browser form sends it
         if spec not in HEATMAP_MODES:
-            codes = tuple(spec.split(","))
+            codes = tuple(c.strip() for c in spec.split(","))
             if not all(codes):
                 raise InvalidOption(f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or a comma list of "
                                     f"label codes, not {spec!r}.")

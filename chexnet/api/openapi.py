@@ -92,10 +92,10 @@ SCHEMAS = {
 def _options(models: dict[str, list[str]]) -> dict[str, dict]:
     """Each option's schema; with the loaded models, their ids and label codes are enums too."""
     codes = sorted({code for labels in models.values() for code in labels})
-    heatmaps: dict = {"enum": ["", *HEATMAP_MODES]}
-    if codes:
-        one = "|".join(codes)
-        heatmaps = {"anyOf": [heatmaps, {"type": "string", "pattern": f"^({one})(,({one}))*$"}]}
+    # spaces around modes and codes are ignored ("mass, fracture"), as people type them
+    modes, one = "|".join(HEATMAP_MODES), "|".join(codes)
+    choice = f"{modes}|({one})(\\s*,\\s*({one}))*" if codes else f"{modes}|[^,]+(,[^,]+)*"
+    heatmaps: dict = {"type": "string", "pattern": f"^\\s*({choice})?\\s*$"}
     return {
         "model": {"schema": {"enum": ["", *models]} if models else {"type": "string"},
                   "description": "bundle id (empty or absent: the server's default model)"},
