@@ -1,8 +1,7 @@
-"""Real DICOM tools as a hospital's side uses them: dcmtk's storescu as the modality, and waiting."""
+"""Real DICOM tools as a hospital's side uses them: dcmtk's storescu as the modality."""
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -33,12 +32,3 @@ def storescu(port: int, calling: str, called: str, *files: Path, host: str = "12
             return run
     return run
 
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -8,8 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,8 +17,9 @@ from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, evt
 
 from api_helpers import make_env
-from dicom_tools import storescu, wait_for
+from dicom_tools import storescu
 from test_dicom_results import dciodvfy_errors
+from waiting import wait_until
 
 CHEST = ["RG1_J2KR.dcm", "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm"]
 NOT_CHEST = "RG3_RLE.dcm"
@@ -78,7 +77,7 @@ class Node:
     def start(self):
         self.process = subprocess.Popen([sys.executable, "-m", "chexnet", "dicom-node"], env=self.env,
                                         stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        wait_for(lambda: self.echo() == 0, 120, "the node to answer C-ECHO")
+        wait_until(lambda: self.echo() == 0, 120, "the node to answer C-ECHO")
 
     def echo(self) -> int:
         if self.process.poll() is not None:
@@ -121,12 +120,12 @@ def test_accepted_instances_survive_a_sigkill_and_results_arrive_once_the_pacs_i
     assert spooled, "acknowledged instances must be in the spool"
 
     node.start()  # the destination is still down: results wait in the spool and the failures are counted
-    wait_for(lambda: node.metric("chexnet_dicom_send_failures_total") >= 1, 120, "a failed send")
-    wait_for(lambda: not list((node.spool / "incoming").glob("*.dcm")), 120, "the worker to empty incoming/")
+    wait_until(lambda: node.metric("chexnet_dicom_send_failures_total") >= 1, 120, "a failed send")
+    wait_until(lambda: not list((node.spool / "incoming").glob("*.dcm")), 120, "the worker to empty incoming/")
     assert node.metric('chexnet_dicom_queue_depth{queue="outgoing"}') >= 2
 
     destination.start()
-    wait_for(lambda: len(destination.received) >= 4 and not list((node.spool / "outgoing").glob("*.dcm")),
+    wait_until(lambda: len(destination.received) >= 4 and not list((node.spool / "outgoing").glob("*.dcm")),
              120, "the results at the destination")
     assert len(destination.received) == 4, "one SR and one capture per chest image; the tibia is skipped"
     for name in CHEST:
@@ -164,7 +163,7 @@ def test_a_damaged_file_is_kept_in_rejected_with_a_log_line(site, dicom_dir, tmp
     destination.start()
     sent = storescu(node.port, "MODALITY", "CHEXNET", damaged)
     assert sent.returncode == 0, sent.stderr
-    wait_for(lambda: list((node.spool / "rejected").glob("*.dcm")), 60, "the damaged file in rejected/")
+    wait_until(lambda: list((node.spool / "rejected").glob("*.dcm")), 60, "the damaged file in rejected/")
     assert "rejected a received instance" in node.log.read_text()
     assert destination.received == []
 

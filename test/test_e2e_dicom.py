@@ -17,8 +17,9 @@ import pytest
 import requests
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
-from dicom_tools import storescu, wait_for
+from dicom_tools import storescu
 from test_dicom_results import dciodvfy_errors
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 CHEST = ["RG1_UNCR.dcm", "RG1_J2KR.dcm", "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm"]
@@ -83,15 +84,15 @@ def test_results_reach_the_pacs_in_the_source_study_through_a_crash_of_the_node(
     sent = storescu(int(port), "MODALITY", "ORTHANC", *[samples / n for n in CHEST + NOT_CHEST], host=host)
     assert sent.returncode == 0, sent.stderr
     # Orthanc routes each CR to the node; crash the node the moment it has acknowledged all of them.
-    wait_for(lambda: node_metric(node, "chexnet_dicom_received_total") >= len(CHEST + NOT_CHEST), 300,
+    wait_until(lambda: node_metric(node, "chexnet_dicom_received_total") >= len(CHEST + NOT_CHEST), 300,
              "the node to accept every routed image")
     os.kill(int(inspect(node, "{{.State.Pid}}")), signal.SIGKILL)
-    wait_for(lambda: int(inspect(node, "{{.RestartCount}}")) > restarts, 120, "the restart policy to restart the node")
-    wait_for(lambda: inspect(node, "{{.State.Health.Status}}") == "healthy", 300, "the restarted node to be healthy")
+    wait_until(lambda: int(inspect(node, "{{.RestartCount}}")) > restarts, 120, "the restart policy to restart the node")
+    wait_until(lambda: inspect(node, "{{.State.Health.Status}}") == "healthy", 300, "the restarted node to be healthy")
 
     for name in CHEST:
         source = pydicom.dcmread(samples / name, stop_before_pixels=True)
-        results = wait_for(lambda: (r := results_for(orthanc, source)) and len(r) == 2 and r, 300,
+        results = wait_until(lambda: (r := results_for(orthanc, source)) and len(r) == 2 and r, 300,
                            f"the SR and heatmap of {name} in Orthanc")
         for ds in results.values():
             assert dciodvfy_errors(ds, tmp_path) == [], f"{name}: {ds.SOPClassUID.name}"

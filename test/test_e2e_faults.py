@@ -9,13 +9,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from test_chexnet_docker import check_expired_token, check_predict_png, check_ready, context_from
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -50,16 +50,6 @@ def docker(*args: str, check: bool = True) -> str:
 def api_container(site: Path) -> str:
     compose = shutil.which("docker-compose") and ["docker-compose"] or ["docker", "compose"]
     return subprocess.run([*compose, "ps", "-q", "api"], cwd=site, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def wait_until(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
 def test_killed_api_is_restarted_and_nginx_answers_json_meanwhile(site, qa):

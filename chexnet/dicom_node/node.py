@@ -71,6 +71,7 @@ class DicomNode:
         self._stop = threading.Event()
         self._work = threading.Event()
         self._outgoing = threading.Event()
+        self._pause = 1.0  # the sender's pause before its next attempt; doubles on each failure
         self._server = None
         self._threads: list[threading.Thread] = []
 
@@ -86,8 +87,9 @@ class DicomNode:
         self._server = ae.start_server(("0.0.0.0", self.node.port), block=False, evt_handlers=handlers)
         if self.node.metrics_port:
             start_http_server(self.node.metrics_port, registry=self.metrics.registry)
-        for name, target in (("dicom-worker", self._work_loop), ("dicom-sender", self._send_loop)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        for name, args in (("dicom-worker", ("incoming", self._work, self._predict_waiting)),
+                           ("dicom-sender", ("outgoing", self._outgoing, self._send_waiting))):
+            thread = threading.Thread(target=self._drain, args=args, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         log.info("DICOM node listening", extra={"fields": {
@@ -126,17 +128,21 @@ class DicomNode:
         return SUCCESS
 
     # --- worker ---------------------------------------------------------------------------------
-    def _work_loop(self) -> None:
+    def _drain(self, queue: str, wake: threading.Event, handle) -> None:
+        """Hand what waits in the spool folder to ``handle``, oldest first; sleep until woken when empty."""
         while not self._stop.is_set():
-            waiting = self.spool.files("incoming")
-            if not waiting:
-                self._work.wait(5)
-                self._work.clear()
-                continue
-            for path in waiting:
-                if self._stop.is_set() or not self._process(path):
-                    self._stop.wait(5)  # not ready or not licensed yet: the file stays, try again later
-                    break
+            waiting = self.spool.files(queue)
+            if waiting:
+                handle(waiting)
+            else:
+                wake.wait(5)
+                wake.clear()
+
+    def _predict_waiting(self, waiting: list[Path]) -> None:
+        for path in waiting:
+            if self._stop.is_set() or not self._process(path):
+                self._stop.wait(5)  # not ready or not licensed yet: the file stays, try again later
+                return
 
     def _process(self, path: Path) -> bool:
         """Predict one spooled instance; False when it must wait (the service or licence not ready)."""
@@ -189,24 +195,17 @@ class DicomNode:
         return verifier.verify(token)
 
     # --- sender ---------------------------------------------------------------------------------
-    def _send_loop(self) -> None:
-        pause = 1.0
-        while not self._stop.is_set():
-            waiting = self.spool.files("outgoing")
-            if not waiting:
-                self._outgoing.wait(5)
-                self._outgoing.clear()
-                continue
-            try:
-                self._send(waiting)
-                pause = 1.0
-            except SendFailed as exc:
-                self.node_metrics.send_failures.inc()
-                log.warning("sending results failed; retrying", extra={"fields": {
-                    "destination": str(self.node.destination), "reason": str(exc), "retry_in_s": pause,
-                    "waiting": len(waiting)}})
-                self._stop.wait(pause)
-                pause = min(pause * 2, self.node.retry_max_s)
+    def _send_waiting(self, waiting: list[Path]) -> None:
+        try:
+            self._send(waiting)
+            self._pause = 1.0
+        except SendFailed as exc:
+            self.node_metrics.send_failures.inc()
+            log.warning("sending results failed; retrying", extra={"fields": {
+                "destination": str(self.node.destination), "reason": str(exc), "retry_in_s": self._pause,
+                "waiting": len(waiting)}})
+            self._stop.wait(self._pause)
+            self._pause = min(self._pause * 2, self.node.retry_max_s)
 
     def _send(self, paths: list[Path]) -> None:
         destination = self.node.destination
