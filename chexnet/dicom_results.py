@@ -8,8 +8,9 @@ DICOM node"), built with highdicom:
 - a Secondary Capture per heatmap: the overlay, with "DEMO - NOT FOR DIAGNOSIS" burned in for demo
   bundles.
 
-Both copy the patient and study modules of the source, reference its SOP instance and get new UIDs
-under the configured root. The REST API and the DICOM node call :func:`result_objects`.
+Both copy the patient and study modules of the source, reference its SOP instance and get new UIDs,
+derived from the source instance and the model under the configured root (asked again, the same
+instances). The REST API and the DICOM node call :func:`result_objects`.
 """
 
 import io

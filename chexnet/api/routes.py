@@ -1,12 +1,13 @@
 """The REST API (DESIGN.md "REST API", prefix /api/v1), the browser page and the docs page."""
 
+import swagger_ui_bundle
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
 from chexnet.api.openapi import openapi_document
 from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
-from chexnet.dicom_results import encode
 from chexnet.api.service import Service
+from chexnet.dicom_results import encode
 from chexnet.errors import InvalidImage, InvalidOption, NotReady
 from chexnet.options import PredictOptions
 from chexnet.predictor import Prediction
@@ -126,8 +127,6 @@ def docs():
 def docs_asset(name: str):
     if name not in SWAGGER_UI_FILES:
         raise NotFound()
-    import swagger_ui_bundle
-
     return send_from_directory(swagger_ui_bundle.swagger_ui_path, name, max_age=3600)
 
 

@@ -26,7 +26,6 @@ import pydicom
 from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.valuerep import validate_value
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -45,6 +44,7 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
     RLELossless,
 )
+from pydicom.valuerep import validate_value
 
 from chexnet.errors import (
     CorruptImage,
