@@ -101,6 +101,7 @@ preflight() {
   [[ "${PREFLIGHT}" -eq 1 ]] || { warn "pre-flight skipped (--skip-preflight)"; return; }
   local ports
   ports="$(setting HTTP_PORT 80),$(setting HTTPS_PORT 443)"
+  if dicom_enabled; then ports+=",$(setting DICOM_PORT 11112)"; fi
   # A running stack of ours holds its own ports: that is an upgrade, not a conflict.
   if installed && [[ -n "$(compose ps -q 2>/dev/null)" ]]; then ports=""; fi
   "${PACKAGE}/scripts/preflight.sh" --variant "${VARIANT}" --dir "${DIR}" --uuid-file "${UUID_FILE}" --ports "${ports}"
