@@ -159,6 +159,7 @@ Test-Package $package $cert
 if ($SkipPreflight) { Write-Warning 'pre-flight skipped (-SkipPreflight)' }
 else {
     $ports = @([int](Get-Setting 'HTTP_PORT' '80'), [int](Get-Setting 'HTTPS_PORT' '443'))
+    if (Test-DicomEnabled) { $ports += [int](Get-Setting 'DICOM_PORT' '11112') }
     if (Test-Installed) {  # our own running stack holds them: an upgrade
         Push-Location $Dir
         try { if (& docker compose ps -q 2>$null) { $ports = @() } } finally { Pop-Location }
