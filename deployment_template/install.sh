@@ -151,9 +151,10 @@ configure() {
   chmod 700 "${DIR}/dicom-spool"  # received images: patient data
   chown -R "${NGINX_UID}:${NGINX_UID}" "${DIR}/certs"
   if dicom_enabled; then
-    # The DICOM node is licensed like any client: by a token file, readable by the API user only.
+    # The DICOM node is licensed like any client: by a token file, readable by the API user only
+    # (by uid: the image's group id is not fixed).
     if [[ -n "${TOKEN_FILE}" ]]; then
-      install -m 640 -o root -g "${API_UID}" "${TOKEN_FILE}" "${DIR}/license/dicom-node.token"
+      install -m 600 -o "${API_UID}" -g "${API_UID}" "${TOKEN_FILE}" "${DIR}/license/dicom-node.token"
     fi
     [[ -s "${DIR}/license/dicom-node.token" ]] || die "the DICOM node needs a licence token: add --token-file."
     [[ -n "$(setting CHEXNET_DICOM_ALLOWED_AES "")" ]] || die "the DICOM node needs --dicom-allowed-aes (the AE titles allowed to send images)."

@@ -127,8 +127,12 @@ docker run -d --name chexnet-e2e-orthanc --network "${network}" --network-alias 
   -p 127.0.0.1:14242:4242 -p 127.0.0.1:18042:8042 chexnet-e2e-orthanc >/dev/null
 SECTION="DICOM node (optional)" PACS="ORTHANC@orthanc:4242" SITE_OPTIONS="${SITE_OPTIONS} --dicom-bind 127.0.0.1" \
   guide "${VERSION}" "${WORK}/carry/chexnet-offline-${VERSION}-cpu" 0
-(cd "${ROOT}" && CHEXNET_E2E_ORTHANC_URL=http://127.0.0.1:18042 CHEXNET_E2E_ORTHANC_DICOM=127.0.0.1:14242 \
-  "${PYTHON}" -m pytest -m e2e test/test_e2e_dicom.py -p no:cacheprovider -q)
+if ! (cd "${ROOT}" && CHEXNET_E2E_ORTHANC_URL=http://127.0.0.1:18042 CHEXNET_E2E_ORTHANC_DICOM=127.0.0.1:14242 \
+      "${PYTHON}" -m pytest -m e2e test/test_e2e_dicom.py -p no:cacheprovider -q); then
+  docker logs --tail 60 "$(cd "${DIR}" && ${COMPOSE} ps -q dicom-node)" >&2 || true
+  docker logs --tail 30 chexnet-e2e-orthanc >&2 || true
+  die "the DICOM node end to end failed; the node's and Orthanc's last log lines are above."
+fi
 docker rm -f chexnet-e2e-orthanc >/dev/null
 log "peak memory of the running containers (sizes mem_limit): $(docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' | tr '\n' ';')"
 (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)
