@@ -52,9 +52,11 @@ SCHEME = "99CHEXNET"  # a private coding scheme ("99" prefix) for the model's ow
 THRESHOLD = CodedConcept("threshold", SCHEME, "Decision threshold")
 UNITLESS = CodedConcept("1", "UCUM", "no units")
 CHEST_RADIOGRAPH = CodedConcept("399208008", "SCT", "Plain chest X-ray")
-# highdicom's warnings quote the patient's name: never to stderr or the log with its value.
+# highdicom's warnings quote the patient's name: never to stderr or the log with its value; its INFO
+# lines (one per copied module, naming the source instance) are noise in the service's log.
 warnings.filterwarnings("ignore", module=r"highdicom(\.|$)")
 logging.getLogger("highdicom").addFilter(RedactQuoted())
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 # Type 2 attributes of the Patient and General Study modules: present in every result, empty when the
 # source lacks them.
 _TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS", "StudyDate": "DA",
