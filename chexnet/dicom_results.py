@@ -38,6 +38,7 @@ from highdicom.sr import (
 )
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import validate_value
 
 from chexnet.errors import InvalidImage
 from chexnet.imaging.dicom import RedactQuoted
@@ -61,6 +62,7 @@ logging.getLogger("highdicom").setLevel(logging.WARNING)
 # source lacks them.
 _TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS", "StudyDate": "DA",
           "StudyTime": "TM", "ReferringPhysicianName": "PN", "StudyID": "SH", "AccessionNumber": "SH"}
+_CHARACTER_SETS = {v.value for v in hd.valuerep.SpecificCharacterSetValues}
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -77,11 +79,58 @@ def _checked_source(source: pydicom.Dataset) -> pydicom.Dataset:
         if not value or not pydicom.uid.UID(value).is_valid:
             raise InvalidImage(f"The DICOM has no valid {keyword}, so results cannot be filed with its study; "
                                "export it again from the PACS.")
-    complete = pydicom.Dataset(source)
+    charsets = _character_sets(source)
+    complete = pydicom.Dataset()
+    for element in source:
+        if element.keyword != "SpecificCharacterSet":
+            complete.add_new(element.tag, element.VR, element.value if _fit(element, charsets) else None)
+    if charsets:
+        complete.SpecificCharacterSet = charsets
+    elif "SpecificCharacterSet" in complete:
+        del complete.SpecificCharacterSet
     for keyword, vr in _TYPE2.items():
         if keyword not in complete:
             complete.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, None)
     return complete
+
+
+def _fit(element: pydicom.DataElement, charsets: list[str]) -> bool:
+    """Whether a source value may be copied as it is: valid for its VR (pydicom's check: an Age String
+    "62" is not), as many values as the element takes, person-name groups of at most 64 characters, no control characters (ESC only under
+    an ISO 2022 character set), and PatientSex one of M, F, O. What is not fit is copied empty."""
+    value = element.value
+    items = list(value) if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+    escapes = any(c.startswith("ISO 2022") for c in charsets)
+    if len(items) > 1 and pydicom.datadict.dictionary_VM(element.tag) == "1":
+        return False  # a backslash in a single-valued element
+    try:
+        for item in items:
+            validate_value(element.VR, item, pydicom.config.RAISE)
+            text = str(item if item is not None else "")
+            if any(ord(c) < 0x20 and not (c == "\x1b" and escapes) for c in text):
+                return False
+            if element.VR == "PN" and any(len(group) > 64 for group in text.split("=")):
+                return False
+    except (ValueError, TypeError):
+        return False
+    return element.keyword != "PatientSex" or str(value or "") in ("", "M", "F", "O")
+
+
+def _character_sets(source: pydicom.Dataset) -> list[str]:
+    """The source's Specific Character Set as highdicom takes it: an empty first value (the default
+    repertoire before code extensions, as Japanese DICOM writes it) is ISO 2022 IR 6; none at all is
+    the default repertoire."""
+    value = source.get("SpecificCharacterSet")
+    terms = [str(v).strip() for v in (value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value])
+             if v is not None]
+    if len(terms) > 1 and terms[0] == "":
+        terms[0] = "ISO 2022 IR 6"
+    terms = [t for t in terms if t not in ("", "ISO_IR 6")]
+    unknown = [t for t in terms if t not in _CHARACTER_SETS]
+    if unknown:
+        raise InvalidImage(f"The DICOM's Specific Character Set '{unknown[0][:32]}' is not one DICOM defines, so its "
+                           "names cannot be copied into results; correct it in the PACS.")
+    return terms
 
 
 def _uid(settings: ResultSettings, prediction: Prediction, *role: str) -> str:
@@ -211,8 +260,9 @@ def result_objects(settings: ResultSettings, prediction: Prediction, labels: lis
     try:
         return [structured_report(settings, prediction, labels, source),
                 *secondary_captures(settings, prediction, labels, source)]
-    except (ValueError, TypeError, AttributeError) as exc:
-        # highdicom validates what it copies: a malformed patient or study attribute in the source.
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # highdicom validates what it copies: a malformed patient or study attribute in the source, or a
+        # SOP class it has no module table for (KeyError).
         raise InvalidImage("The DICOM's patient or study attributes are malformed, so results cannot be "
                            f"filed with it ({type(exc).__name__}); correct them in the PACS.") from None
 

@@ -184,3 +184,29 @@ def test_png_heatmap_is_unchanged_by_the_dicom_path(client, env):
     pixels = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
     body = predict(client, env, png_bytes(pixels)).get_json()
     assert body["heatmaps"][0]["mime"] == "image/jpeg" and body["heatmaps"][0]["data"]
+
+
+@pytest.mark.parametrize("tags", [
+    {"SpecificCharacterSet": ["", "ISO 2022 IR 87"], "PatientName": "Yamada^Tarou=山田^太郎"},
+    {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "王^小明"},
+    {"SpecificCharacterSet": "GB18030", "PatientName": "王^小明"},
+    {"PatientID": "X" * 5000, "PatientName": "A" * 10000, "InstitutionName": "I" * 500},
+    {"PatientSex": "UNKNOWN", "PatientOrientation": ["Q", "Z"], "Laterality": "B", "StudyTime": "99:99"},
+    {"PatientName": "A\x00\x1b[31mB", "PatientID": "id\\x"},
+], ids=["iso2022-japanese", "utf8", "gb18030", "overlong", "bad-codes", "control-characters"])
+def test_odd_source_headers_give_valid_results(client, env, tmp_path, tags):
+    data = make_dicom(np.tile(np.arange(256, dtype=np.uint8), (256, 1)), StudyInstanceUID=generate_uid(),
+                      SeriesInstanceUID=generate_uid(), **tags)
+    for ds in dicom_parts(predict(client, env, data, query="?output=dicom")):
+        assert dciodvfy_errors(ds, tmp_path) == []
+
+
+@pytest.mark.parametrize("tags, fragment", [
+    ({"SpecificCharacterSet": "ISO_IR 999"}, "Specific Character Set"),
+    ({"SOPClassUID": "1.2.3.4"}, "malformed"),
+])
+def test_source_headers_results_cannot_carry_are_a_400(client, env, tags, fragment):
+    data = make_dicom(np.tile(np.arange(256, dtype=np.uint8), (256, 1)), StudyInstanceUID=generate_uid(),
+                      SeriesInstanceUID=generate_uid(), **tags)
+    body = assert_error(predict(client, env, data, query="?output=dicom"), 400, "invalid_image")
+    assert fragment in body["error"]["message"]

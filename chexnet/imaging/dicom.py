@@ -44,7 +44,6 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
     RLELossless,
 )
-from pydicom.valuerep import validate_value
 
 from chexnet.errors import (
     CorruptImage,
@@ -140,19 +139,13 @@ def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
 
 
 def _source(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """The header results and eligibility read, each value converted now so damage is a 400 here. A value
-    its VR does not allow (an Age String "62") is kept empty rather than copied into a result."""
+    """The header results and eligibility read, each value converted now so damage is a 400 here
+    (:mod:`chexnet.dicom_results` decides which values are fit to copy)."""
     source = pydicom.Dataset()
     for keyword in SOURCE_KEYWORDS:
         if keyword in ds:
             element = ds[keyword]
-            value = element.value
-            try:
-                for item in (value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]):
-                    validate_value(element.VR, item, pydicom.config.RAISE)
-            except (ValueError, TypeError):
-                value = None
-            source.add_new(element.tag, element.VR, value)
+            source.add_new(element.tag, element.VR, element.value)
     return source
 
 
