@@ -66,65 +66,63 @@ def test_upload_over_limit_is_json_413_on_the_wire(tmp_path, demo_bundle):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_browser_page_shows_findings_heatmaps_and_demo_banner(server, env, nih_sample, tmp_path):
+@pytest.fixture()
+def browser():
+    """Debian's Chromium, headless, with nothing of its own reaching out."""
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         try:
-            page = browser.new_page()
-            page.goto(server.url + "/")
-            assert page.locator("#demo-banner").is_hidden()
-            page.fill("#token", env.token())
-            page.click("#load-models")
-            page.wait_for_selector("#model option[value=cxr10]", state="attached")
-            assert page.locator("#demo-banner").is_visible()
-            page.set_input_files("#file", str(nih_sample[0]))
-            page.select_option("#heatmaps", "all")
-            page.click("#submit")
-            page.wait_for_selector("#result:not([hidden])")
-            assert page.locator("#findings tbody tr").count() == 10
-            assert page.locator("#heatmap-list img").count() == 10
-            assert "NOT FOR DIAGNOSIS" in page.locator("#demo-banner").inner_text()
-            assert page.locator("#findings tbody tr").first.get_attribute("data-code") == "atelectasis"
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-
-            page.fill("#token", "not-a-token")
-            page.click("#submit")
-            page.wait_for_selector("#status.error")
-            assert "token_invalid" in page.locator("#status").inner_text()
+            yield launched
         finally:
-            browser.close()
+            launched.close()
 
 
-def test_docs_page_authorizes_and_tries_predict_offline(server, env, nih_sample):
+def test_browser_page_shows_findings_heatmaps_and_demo_banner(server, env, nih_sample, tmp_path, browser):
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    assert page.locator("#demo-banner").is_hidden()
+    page.fill("#token", env.token())
+    page.click("#load-models")
+    page.wait_for_selector("#model option[value=cxr10]", state="attached")
+    assert page.locator("#demo-banner").is_visible()
+    page.set_input_files("#file", str(nih_sample[0]))
+    page.select_option("#heatmaps", "all")
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.locator("#findings tbody tr").count() == 10
+    assert page.locator("#heatmap-list img").count() == 10
+    assert "NOT FOR DIAGNOSIS" in page.locator("#demo-banner").inner_text()
+    assert page.locator("#findings tbody tr").first.get_attribute("data-code") == "atelectasis"
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+    page.fill("#token", "not-a-token")
+    page.click("#submit")
+    page.wait_for_selector("#status.error")
+    assert "token_invalid" in page.locator("#status").inner_text()
+
+
+def test_docs_page_authorizes_and_tries_predict_offline(server, env, nih_sample, browser):
     """Swagger UI from the package, no network: Authorize with the token, then "Try it out" on predict."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            outside = []
-            page.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
-            page.goto(server.url + "/api/v1/docs")
-            page.click("button.authorize")
-            page.fill(".auth-container input", env.token())
-            page.click(".auth-btn-wrapper button.authorize")
-            page.click("button.btn-done")
-            operation = page.locator("#operations-default-predict")
-            operation.locator(".opblock-summary").click()
-            operation.locator("input[type=file]").set_input_files(str(nih_sample[0]))
-            operation.locator("button.execute").click()
-            status = operation.locator(".live-responses-table tbody .response-col_status").first
-            status.wait_for()
-            assert status.inner_text().strip().startswith("200")
-            assert "atelectasis" in operation.locator(".live-responses-table tbody .response-col_description").first.inner_text()
-            assert outside == [], "the docs page loads nothing from outside this server"
-        finally:
-            browser.close()
+    page = browser.new_page()
+    outside = []
+    page.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
+    page.goto(server.url + "/api/v1/docs")
+    page.click("button.authorize")
+    page.fill(".auth-container input", env.token())
+    page.click(".auth-btn-wrapper button.authorize")
+    page.click("button.btn-done")
+    operation = page.locator("#operations-default-predict")
+    operation.locator(".opblock-summary").click()
+    operation.locator("input[type=file]").set_input_files(str(nih_sample[0]))
+    operation.locator("button.execute").click()
+    status = operation.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for()
+    assert status.inner_text().strip().startswith("200")
+    assert "atelectasis" in operation.locator(".live-responses-table tbody .response-col_description").first.inner_text()
+    assert outside == [], "the docs page loads nothing from outside this server"
