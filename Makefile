@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := cpu,torch,dicom,test
+EXTRAS := cpu,torch,dicom,quantize,test
 MODELS_DIR ?= models
 SAMPLES ?= ../shared/data
 BUNDLES := $(MODELS_DIR)/cxr10/manifest.json $(MODELS_DIR)/cxr25/manifest.json $(MODELS_DIR)/chestxray14/manifest.json
@@ -23,8 +23,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 bundles: $(BUNDLES)
 
 $(MODELS_DIR)/%/manifest.json: | setup
-	rm -rf $(MODELS_DIR)/$*
-	$(PY) -m chexnet bundle demo --labels $* --out $(MODELS_DIR)/$*
+	CALIBRATION=$(SAMPLES)/nih PYTHON=$(PY) scripts/demo-bundles.sh $(MODELS_DIR) $*
 
 demo: bundles
 	$(PY) -m chexnet predict --bundle $(MODELS_DIR)/cxr10 --heatmaps-dir out/heatmaps --json \
@@ -44,7 +43,6 @@ e2e: setup
 	test/e2e.sh
 
 bench: bundles
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[bench]'
 	$(PY) bench/inference.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
 	$(PY) bench/http_load.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
 	$(PY) bench/decode_memory.py --models-dir $(MODELS_DIR) --samples $(SAMPLES) --write BENCHMARKS.md

@@ -9,16 +9,27 @@ import signal
 import sys
 from pathlib import Path
 
+from chexnet.bundle.manifest import DEFAULT_MAX_DELTA, VARIANT_PRECISIONS
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES
 from chexnet.errors import ServiceError
 from chexnet.heatmap import FORMATS
+
+
+def _variants(args: argparse.Namespace):
+    from chexnet.bundle.variants import VariantRequest
+
+    if not args.precision:
+        return None
+    if not args.calibration:
+        raise SystemExit("error: --precision needs --calibration DIR (images to measure the variant on).")
+    return VariantRequest(tuple(dict.fromkeys(args.precision)), Path(args.calibration), args.max_delta)
 
 
 def _bundle_demo(args: argparse.Namespace) -> int:
     from chexnet.bundle.build import write_demo_bundle
 
     out = write_demo_bundle(args.out, args.labels, seed=args.seed, input_size=args.input_size,
-                            bundle_id=args.id, version=args.version)
+                            bundle_id=args.id, version=args.version, variants=_variants(args))
     print(f"demo bundle written to {out}", file=sys.stderr)
     return 0
 
@@ -33,7 +44,7 @@ def _bundle_build(args: argparse.Namespace) -> int:
         labels = apply_thresholds(labels, args.thresholds)
     out = write_bundle(
         args.out, read_checkpoint(args.checkpoint), labels, bundle_id=args.id, version=args.version,
-        input_size=args.input_size, demo=False,
+        input_size=args.input_size, demo=False, variants=_variants(args),
         description=args.description or f"Built from {Path(args.checkpoint).name}.",
     )
     print(f"bundle {args.id} {args.version} written to {out}", file=sys.stderr)
@@ -129,6 +140,22 @@ def _heatmaps(prediction, source: Path, out_dir: Path | None) -> list[dict]:
     return listed
 
 
+def _delta(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
+    return value
+
+
+def _variant_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", action="append", choices=VARIANT_PRECISIONS,
+                        help="add a validated OpenVINO variant (repeat for both); needs --calibration")
+    parser.add_argument("--calibration", metavar="DIR",
+                        help="PNG/JPEG/DICOM images to quantize on and to measure each variant against fp32")
+    parser.add_argument("--max-delta", type=_delta, default=DEFAULT_MAX_DELTA,
+                        help=f"largest probability difference from fp32 a variant may have (default {DEFAULT_MAX_DELTA})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chexnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--version", default="0.0.0-demo")
     demo.add_argument("--input-size", type=int, default=224)
     demo.add_argument("--seed", type=int, default=0)
+    _variant_options(demo)
     demo.set_defaults(func=_bundle_demo)
 
     build = bundle.add_parser("build", help="a bundle from a customer checkpoint")
@@ -152,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--thresholds", help="JSON object {label code: threshold}")
     build.add_argument("--description")
     build.add_argument("--out", required=True)
+    _variant_options(build)
     build.set_defaults(func=_bundle_build)
 
     predict = commands.add_parser("predict", help="findings for images, one JSON object per line")

@@ -138,12 +138,13 @@ def _uid(settings: ResultSettings, prediction: Prediction, *role: str) -> str:
     again (a retry, the node's restart after a crash) yields the same instance, not a duplicate."""
     m = prediction.model
     return generate_uid(prefix=settings.uid_root, entropy_srcs=[
-        str(prediction.source.SOPInstanceUID), m["id"], m["version"], *role])
+        str(prediction.source.SOPInstanceUID), m["id"], m["version"], m["precision"], *role])
 
 
 def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
     m = prediction.model
-    parameters = [f"engine={m['engine']}", f"device={m['device']}", f"demo={'true' if m['demo'] else 'false'}"]
+    parameters = [f"engine={m['engine']}", f"device={m['device']}", f"precision={m['precision']}",
+                  f"demo={'true' if m['demo'] else 'false'}"]
     if m["demo"]:
         parameters.append(f"{NOT_FOR_DIAGNOSIS}: untrained demo weights")
     return AlgorithmIdentification(name=f"CheXNet {m['id']}", version=m["version"], parameters=parameters,

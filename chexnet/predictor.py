@@ -23,7 +23,7 @@ from chexnet.bundle.manifest import DEMO_NOTICE
 from chexnet.eligibility import warnings_for
 from chexnet.engines import Engine
 from chexnet.errors import InvalidOption
-from chexnet.imaging import DecodedImage, DecodeLimits, decode_image, preprocess
+from chexnet.imaging import DecodedImage, DecodeLimits, DecodeSize, decode_image, preprocess
 from chexnet.imaging.gate import DecodeGate
 from chexnet.options import HEATMAP_MODES, PredictOptions
 
@@ -94,8 +94,10 @@ class Predictor:
         self.observers: list[Observer] = []
         self._forward_one: Callable[[np.ndarray], Forwarded] = self._direct
         m = bundle.manifest
+        # Decode no larger than the model input and the heatmap overlay need (imaging.reduced).
+        self.decode_size = DecodeSize(m.input_size, heatmap.DEFAULT_LONG_SIDE)
         self.model_info = {"id": m.id, "version": m.version, "demo": m.demo,
-                           "engine": engine.name, "device": engine.device}
+                           "engine": engine.name, "device": engine.device, "precision": engine.precision}
 
     def use_forward(self, forward_one: Callable[[np.ndarray], Forwarded]) -> None:
         """Route each image's forward step elsewhere (the service's micro-batcher)."""
@@ -122,7 +124,7 @@ class Predictor:
 
     def prepare(self, data: bytes) -> PreparedImage:
         start = time.perf_counter()
-        image = decode_image(data, self.limits)
+        image = decode_image(data, self.limits, self.decode_size)
         decode_ms = _ms(start)
         start = time.perf_counter()
         m = self.bundle.manifest

@@ -2,10 +2,11 @@
 # Build the images with no container registry:
 #   1. base image from Debian packages (debootstrap → docker import), unless BASE_IMAGE is given
 #   2. wheelhouses downloaded on this host (containers install them with --no-index)
-#   3. the three demo bundles
+#   3. the three demo bundles with their validated OpenVINO variants (scripts/demo-bundles.sh)
 #   4. chexnet-api-cpu, chexnet-api-gpu and chexnet-nginx, tagged with the product version
 # Usage: scripts/build-images.sh [cpu|gpu|all]     (default all; nginx is always built)
-# Env:   BASE_IMAGE=python:3.11-slim to use a base the site already has; PYTHON=python3
+# Env:   BASE_IMAGE=python:3.11-slim to use a base the site already has; PYTHON=python3;
+#        CALIBRATION=DIR images the variants are quantized on and measured against (default ../shared/data/nih)
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib.sh
@@ -52,14 +53,7 @@ build_base() {
 }
 
 build_bundles() {
-  local name
-  for name in "${MODELS[@]}"; do
-    if [[ ! -f "${ROOT}/models/${name}/manifest.json" ]]; then
-      log "demo bundle ${name}"
-      rm -rf "${ROOT}/models/${name}"
-      "${PYTHON}" -m chexnet bundle demo --labels "${name}" --out "${ROOT}/models/${name}"
-    fi
-  done
+  PYTHON="${PYTHON}" "${ROOT}/scripts/demo-bundles.sh" "${ROOT}/models" "${MODELS[@]}"
 }
 
 # A build context per image: wheels/ (third-party), app/ (our wheel) and models/ (the demo bundles).

@@ -87,7 +87,8 @@ def test_predict_multipart_png(client, env, nih_sample):
     response = predict(client, env, nih_sample[0].read_bytes(), heatmaps="all", heatmap_format="png")
     body = conforms(response, "/api/v1/predict", "post")
     assert body["request_id"] == response.headers["X-Request-ID"]
-    assert body["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu"}
+    assert body["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu",
+                             "precision": "fp32"}
     assert body["image"] == {"format": "png", "width": 1024, "height": 1024}
     assert len(body["findings"]) == 10 and len(body["heatmaps"]) == 10 and "not a diagnosis" in body["notice"]
     image = Image.open(io.BytesIO(base64.b64decode(body["heatmaps"][0]["data"])))

@@ -7,7 +7,7 @@ import licensing.errors  # noqa: F401  (defines the licence error classes)
 from chexnet import __version__
 from chexnet.api import errors as _api_errors  # noqa: F401  (defines the HTTP error classes)
 from chexnet.eligibility import WARNINGS
-from chexnet.engines import DEVICES, ENGINES
+from chexnet.engines import DEVICES, ENGINES, PRECISIONS
 from chexnet.errors import error_classes
 from chexnet.heatmap import FORMATS
 from chexnet.options import HEATMAP_MODES, OUTPUTS
@@ -47,7 +47,8 @@ def _json(name: str, description: str) -> dict:
 
 _NUMBER01 = {"type": "number", "minimum": 0, "maximum": 1}
 _MODEL_REF = _obj({"id": {"type": "string"}, "version": {"type": "string"}, "demo": {"type": "boolean"},
-                   "engine": {"enum": list(ENGINES)}, "device": {"enum": [d for d in DEVICES if d != "auto"]}})
+                   "engine": {"enum": list(ENGINES)}, "device": {"enum": [d for d in DEVICES if d != "auto"]},
+                   "precision": {"enum": list(PRECISIONS)}})
 _LABEL = _obj({"code": {"type": "string"}, "threshold": _NUMBER01,
                "name": _obj({"en": {"type": "string"}, "zh": {"type": ["string", "null"]}}, ["en"])})
 
@@ -126,7 +127,8 @@ def _upload() -> dict:
 
 _PREDICTION_EXAMPLE = {
     "request_id": "4f7c0e0b2a5d4c1e9a1b2c3d4e5f6a7b",
-    "model": {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu"},
+    "model": {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu",
+              "precision": "fp32"},
     "image": {"format": "dicom", "width": 1841, "height": 1955},
     "findings": [{"code": "atelectasis", "name": "Atelectasis", "name_zh": "肺不张", "probability": 0.4873,
                   "threshold": 0.5, "positive": False}],

@@ -104,8 +104,8 @@ class Service:
         for path in self._bundle_dirs():
             try:
                 bundle = load_bundle(path)
-                predictor = Predictor(bundle, create_engine(bundle, s.engine, s.device, s.precision, threads),
-                                      limits, self.gate)
+                engine = create_engine(bundle, s.engine, s.device, s.precision, threads, s.engine_workers)
+                predictor = Predictor(bundle, engine, limits, self.gate)
                 predictor.warmup()
             except ChexnetError as exc:
                 self.problems.append(exc.message)

@@ -1,7 +1,8 @@
 """Write bundles: ``bundle demo`` (seeded random weights) and ``bundle build`` (customer checkpoint).
 
-Nothing reaches ``--out`` until the ONNX export agrees with PyTorch: the bundle is assembled in a
-temporary sibling directory, checked, then renamed into place.
+Nothing reaches ``--out`` until the ONNX export agrees with PyTorch and every requested bf16/int8
+variant is within its bound (chexnet.bundle.variants): the bundle is assembled in a temporary sibling
+directory, checked, then renamed into place.
 """
 
 import datetime as dt
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from chexnet.bundle.manifest import MANIFEST, MODEL_ONNX, WEIGHTS_PT, FileEntry, Label, Manifest, sha256_file
+from chexnet.bundle.variants import VariantRequest, build_variants
 from chexnet.errors import BundleError
 from chexnet.labels import load_labels
 from chexnet.model import CheXNet
@@ -29,19 +31,20 @@ def demo_state_dict(num_classes: int, seed: int) -> dict:
 
 
 def write_demo_bundle(out: str | Path, label_set: str, *, seed: int = 0, input_size: int = 224,
-                      bundle_id: str | None = None, version: str = "0.0.0-demo") -> Path:
+                      bundle_id: str | None = None, version: str = "0.0.0-demo",
+                      variants: VariantRequest | None = None) -> Path:
     """torchvision densenet121 with seeded random weights, marked demo everywhere."""
     labels = load_labels(label_set)
     return write_bundle(
         out, demo_state_dict(len(labels), seed), labels, bundle_id=bundle_id or Path(out).name,
-        version=version, input_size=input_size, demo=True,
+        version=version, input_size=input_size, demo=True, variants=variants,
         description=f"DEMO: densenet121 with seeded random weights (seed {seed}), label set {label_set}. "
                     "Untrained; not for diagnosis.",
     )
 
 
 def write_bundle(out: str | Path, state: dict, labels: list[Label], *, bundle_id: str, version: str,
-                 input_size: int, demo: bool, description: str) -> Path:
+                 input_size: int, demo: bool, description: str, variants: VariantRequest | None = None) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out} already exists and is not empty; choose another --out or remove it.")
@@ -55,12 +58,17 @@ def write_bundle(out: str | Path, state: dict, labels: list[Label], *, bundle_id
         torch.save(model.state_dict(), staging / WEIGHTS_PT)
         export_onnx(model, staging / MODEL_ONNX, input_size)
         check_parity(model, staging / MODEL_ONNX, input_size)
+        files, validated = [WEIGHTS_PT, MODEL_ONNX], {}
+        if variants and variants.precisions:
+            validated, written = build_variants(staging, labels, input_size, Manifest.model_fields["mean"].default,
+                                                Manifest.model_fields["std"].default, variants)
+            files += written
         manifest = Manifest(
             id=bundle_id, version=version, input_size=input_size, labels=labels, demo=demo,
             created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            description=description,
+            description=description, variants=validated,
             files={name: FileEntry(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size)
-                   for name in (WEIGHTS_PT, MODEL_ONNX)},
+                   for name in files},
         )
         (staging / MANIFEST).write_text(
             json.dumps(manifest.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -13,8 +13,11 @@ from chexnet.labels import Label
 MANIFEST = "manifest.json"
 WEIGHTS_PT = "weights.pt"
 MODEL_ONNX = "model.onnx"
+MODEL_INT8 = "model-int8.xml"  # OpenVINO IR of the NNCF-quantized graph, with its weights in model-int8.bin
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+VARIANT_PRECISIONS = ("bf16", "int8")
+DEFAULT_MAX_DELTA = 0.01  # the largest probability difference from fp32 a variant may have unless told
 DEMO_NOTICE = "Demo model with untrained weights: its output is not a diagnosis."
 
 
@@ -36,6 +39,20 @@ class Preprocessing(_Strict):
     scale: Literal["divide-255"] = "divide-255"
 
 
+class Variant(_Strict):
+    """A reduced-precision variant, measured against fp32 on calibration images when the bundle was
+    built (chexnet.bundle.variants); the service serves only variants recorded here."""
+
+    engine: Literal["openvino"] = "openvino"
+    graph: str  # the file the engine compiles (model.onnx for bf16, model-int8.xml for int8)
+    max_delta: float = Field(ge=0)  # max |p_variant - p_fp32| over the calibration images and classes
+    max_delta_bound: float = Field(gt=0)  # the bound the build held it to
+    flips: int = Field(ge=0)  # threshold decisions that differ from fp32
+    decisions: int = Field(ge=1)  # images x classes compared
+    images: int = Field(ge=1)
+    cpu: str  # the CPU the build measured on
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -50,6 +67,7 @@ class Manifest(_Strict):
     demo: bool
     created: str
     description: str = ""
+    variants: dict[Literal[VARIANT_PRECISIONS], Variant] = {}
 
     @field_validator("input_size")
     @classmethod
@@ -71,6 +89,15 @@ class Manifest(_Strict):
         duplicates = sorted({c for c in codes if codes.count(c) > 1})
         if duplicates:
             raise ValueError(f"label codes must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _variant_files(self) -> "Manifest":
+        for precision, variant in self.variants.items():
+            needed = [variant.graph] + ([variant.graph.removesuffix(".xml") + ".bin"] if variant.graph.endswith(".xml") else [])
+            missing = [name for name in needed if name not in self.files]
+            if missing:
+                raise ValueError(f"the {precision} variant's {', '.join(missing)} must be listed in files")
         return self
 
     @property

@@ -1,7 +1,8 @@
 """Inference engines behind one interface (:class:`chexnet.engines.base.Engine`), named in one table
 that the settings, the CLI choices and the OpenAPI document all read.
 
-``onnxruntime`` is the CPU image's engine; ``torch`` is the GPU image's (CPU or CUDA). Each image
+``onnxruntime`` (the fp32 reference) and ``openvino`` (fp32, and the bundle's validated bf16/int8
+variants) are the CPU image's engines; ``torch`` is the GPU image's (CPU or CUDA). Each image
 declares its engine (``CHEXNET_ENGINE`` in its Dockerfile); each engine is imported only when
 chosen, so the CPU image needs no PyTorch.
 """
@@ -25,6 +26,7 @@ class EngineKind:
 
 ENGINES = {
     "onnxruntime": EngineKind("chexnet.engines.onnx_runtime", "OnnxRuntimeEngine", "onnxruntime", ("fp32",)),
+    "openvino": EngineKind("chexnet.engines.openvino", "OpenVinoEngine", "openvino", ("fp32", "bf16", "int8")),
     "torch": EngineKind("chexnet.engines.pytorch", "TorchEngine", "torch", ("fp32", "fp16")),
 }
 DEFAULT_ENGINE = "onnxruntime"
@@ -33,8 +35,9 @@ PRECISIONS = tuple(dict.fromkeys(p for kind in ENGINES.values() for p in kind.pr
 
 
 def create_engine(bundle: Bundle, engine: str = DEFAULT_ENGINE, device: str = "auto", precision: str = "fp32",
-                  threads: int | None = None) -> Engine:
-    """threads: CPU threads per engine call (onnxruntime; default all cores)."""
+                  threads: int | None = None, concurrency: int = 1) -> Engine:
+    """threads: CPU threads per engine call (default: the cores); concurrency: how many calls the service
+    makes at once (its engine workers; OpenVINO gives each a stream of its own)."""
     kind = ENGINES.get(engine)
     if kind is None:
         raise EngineUnavailable(f"Unknown engine '{engine}'; use one of: {', '.join(ENGINES)}.")
@@ -45,7 +48,7 @@ def create_engine(bundle: Bundle, engine: str = DEFAULT_ENGINE, device: str = "a
     if importlib.util.find_spec(kind.requires) is None:
         raise EngineUnavailable(f"The {engine} engine is not installed in this image.")
     engine_class = getattr(importlib.import_module(kind.module), kind.cls)
-    return engine_class(bundle, device=device, precision=precision, threads=threads)
+    return engine_class(bundle, device=device, precision=precision, threads=threads, concurrency=concurrency)
 
 
 __all__ = ["Engine", "EngineOutput", "create_engine", "DEFAULT_ENGINE", "ENGINES", "DEVICES", "PRECISIONS"]

@@ -20,6 +20,7 @@ class EngineOutput:
 class Engine(ABC):
     name: str
     device: str
+    precision: str
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> EngineOutput:

@@ -49,11 +49,14 @@ def load_model(bundle: Bundle) -> CheXNet:
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "fp32", threads: int | None = None):
+    def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "fp32", threads: int | None = None,
+                 concurrency: int = 1):
+        """threads, concurrency: unused; PyTorch sizes its own pool, and one module serves concurrent calls."""
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
         if precision == "fp16" and self.device != "cuda":
             raise EngineUnavailable("fp16 precision needs a CUDA device; use fp32 on the CPU.")
+        self.precision = precision
         self.fp16 = precision == "fp16"
         model = load_model(bundle).to(self.torch_device)
         if self.device == "cuda":

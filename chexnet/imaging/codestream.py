@@ -24,6 +24,8 @@ class FrameHeader:
     height: int
     components: int
     bits: int
+    signed: bool = False
+    levels: int = 0  # JPEG 2000: wavelet decomposition levels (COD), i.e. how many coarser resolutions exist
 
 
 def _damaged(kind: str) -> CorruptImage:
@@ -66,5 +68,8 @@ def j2k_header(data: bytes) -> FrameHeader:
     (components,) = struct.unpack_from(">H", data, pos + 40)
     if components == 0 or pos + 43 > len(data):
         raise _damaged("JPEG 2000")
-    bits = (data[pos + 42] & 0x7F) + 1
-    return FrameHeader(x - x0, y - y0, components, bits)
+    bits, signed = (data[pos + 42] & 0x7F) + 1, bool(data[pos + 42] & 0x80)
+    # COD follows SIZ in the main header: marker, Lcod, Scod, SGcod (4 bytes), then SPcod's level count.
+    cod = data.find(b"\xff\x52", pos + 42)
+    levels = data[cod + 9] if 0 <= cod and cod + 10 <= len(data) else 0
+    return FrameHeader(x - x0, y - y0, components, bits, signed, levels)

@@ -8,13 +8,14 @@ DICOM LUT pipeline (see :mod:`chexnet.imaging.dicom`).
 from chexnet.imaging.dicom import decode_dicom
 from chexnet.imaging.raster import decode_raster
 from chexnet.imaging.sniff import sniff
-from chexnet.imaging.types import DecodedImage, DecodeLimits
+from chexnet.imaging.types import DecodedImage, DecodeLimits, DecodeSize
 
 
-def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
-    """Sniff and decode; raise a :class:`chexnet.errors.ChexnetError` subclass on any failure."""
+def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), size: DecodeSize | None = None) -> DecodedImage:
+    """Sniff and decode; raise a :class:`chexnet.errors.ChexnetError` subclass on any failure.
+    size: the smallest image the caller needs (None: full resolution); see DecodeSize."""
     limits.check_bytes(len(data))
     kind = sniff(data)
     if kind == "dicom":
-        return decode_dicom(data, limits)
-    return decode_raster(data, kind, limits)
+        return decode_dicom(data, limits, size)
+    return decode_raster(data, kind, limits, size)

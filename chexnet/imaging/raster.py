@@ -8,13 +8,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chexnet.errors import CorruptImage, PayloadTooLarge
 from chexnet.imaging.display import to_display_u8
-from chexnet.imaging.types import DecodedImage, DecodeLimits
+from chexnet.imaging.reduced import draft_jpeg
+from chexnet.imaging.types import DecodedImage, DecodeLimits, DecodeSize
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 _NAMES = {"png": "PNG", "jpeg": "JPEG"}
 
 
-def decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
+def decode_raster(data: bytes, kind: str, limits: DecodeLimits, size: DecodeSize | None = None) -> DecodedImage:
     name = _NAMES[kind]
     with warnings.catch_warnings():
         # Our own pixel limit is stricter than Pillow's bomb warning; turn the warning into the error.
@@ -29,12 +30,17 @@ def decode_raster(data: bytes, kind: str, limits: DecodeLimits) -> DecodedImage:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise CorruptImage(f"The {name} header is damaged; export the image again.") from None
         limits.check_pixels(*image.size)
+        source_size = image.size
+        reduced = kind == "jpeg" and size is not None and image.mode in ("L", "RGB") and draft_jpeg(image, size)
         try:
             image.load()
             image = ImageOps.exif_transpose(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             raise CorruptImage(f"The {name} is truncated or corrupt; export the image again.") from None
-    return DecodedImage(pixels=_grayscale_u8(image), format=kind, bits=_bits(image))
+    if reduced and (image.width > image.height) != (source_size[0] > source_size[1]):
+        source_size = source_size[::-1]  # EXIF turned the image a quarter
+    return DecodedImage(pixels=_grayscale_u8(image), format=kind, bits=_bits(image),
+                        source_size=source_size if reduced else None)
 
 
 def _grayscale_u8(image: Image.Image) -> np.ndarray:

@@ -39,18 +39,32 @@ class DecodeLimits:
 
 
 @dataclass(frozen=True)
+class DecodeSize:
+    """The smallest image a caller can use. A codestream that can be decoded at a coarser resolution
+    (JPEG 2000 resolution levels, JPEG DCT scaling) is decoded at the coarsest one whose short side is
+    still ≥ short and long side ≥ long (the model's input; the heatmap overlay's long side)."""
+
+    short: int
+    long: int
+
+    def fits(self, width: int, height: int) -> bool:
+        return min(width, height) >= self.short and max(width, height) >= self.long
+
+
+@dataclass(frozen=True)
 class DecodedImage:
     """An 8-bit grayscale display image and what a response may say about the source."""
 
-    pixels: np.ndarray  # uint8, H x W
+    pixels: np.ndarray  # uint8, H x W; smaller than the source where decoded at a reduced resolution
     format: str  # "png" | "jpeg" | "dicom"
     bits: int  # bits per sample of the source
     source: pydicom.Dataset | None = None  # a DICOM's identifying header (imaging.dicom.SOURCE_KEYWORDS)
+    source_size: tuple[int, int] | None = None  # (width, height) of the source where pixels are reduced
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return self.source_size[0] if self.source_size else int(self.pixels.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return self.source_size[1] if self.source_size else int(self.pixels.shape[0])
