@@ -96,8 +96,10 @@ def _serve(args: argparse.Namespace) -> int:
     import waitress
 
     app = create_app(settings)
-    logging.getLogger("chexnet").info("listening", extra={"fields": {"host": settings.host, "port": settings.port}})
-    waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="chexnet",
+    layout = settings.layout
+    logging.getLogger("chexnet").info("listening", extra={"fields": {
+        "host": settings.host, "port": settings.port, **vars(layout)}})
+    waitress.serve(app, host=settings.host, port=settings.port, threads=layout.http_threads, ident="chexnet",
                    max_request_body_size=app.config["MAX_CONTENT_LENGTH"], channel_timeout=120,
                    connection_limit=200, clear_untrusted_proxy_headers=True)
     return 0

@@ -3,7 +3,6 @@ observed by the metrics and the audit log) and the licence verifier. Loading run
 so /health answers at once and /ready tells the truth."""
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from chexnet.dicom_results import ResultSettings, result_objects
 from chexnet.engines import create_engine
 from chexnet.errors import ChexnetError, ModelNotFound, NotReady
 from chexnet.imaging import DecodeLimits
-from chexnet.imaging.gate import DecodeGate, default_concurrency
+from chexnet.imaging.gate import DecodeGate
 from chexnet.options import PredictOptions
 from chexnet.predictor import Caller, Prediction, Predictor
 from licensing.errors import LicenseError
@@ -50,7 +49,8 @@ class Service:
         self.metrics = metrics
         self.audit = audit
         self.result_settings = ResultSettings(uid_root=settings.dicom_uid_root)
-        self.gate = DecodeGate(settings.decode_concurrency or default_concurrency(), settings.decode_wait_s)
+        self.layout = settings.layout
+        self.gate = DecodeGate(self.layout.decode_concurrency, settings.decode_wait_s)
         self.models: dict[str, LoadedModel] = {}
         self.default_model: str | None = None
         self.verifier: TokenVerifier | None = None
@@ -100,18 +100,18 @@ class Service:
     def _load_models(self) -> None:
         s = self.settings
         limits = DecodeLimits(max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels)
-        threads = s.engine_threads or max(1, len(os.sched_getaffinity(0)) // s.engine_workers)
+        workers, threads = self.layout.engine_workers, self.layout.engine_threads
         for path in self._bundle_dirs():
             try:
                 bundle = load_bundle(path)
-                engine = create_engine(bundle, s.engine, s.device, s.precision, threads, s.engine_workers)
+                engine = create_engine(bundle, s.engine, s.device, s.precision, threads, workers)
                 predictor = Predictor(bundle, engine, limits, self.gate)
                 predictor.warmup()
             except ChexnetError as exc:
                 self.problems.append(exc.message)
                 continue
             batcher = MicroBatcher(predictor.forward, bundle.id, s.max_batch, s.batch_wait_ms, s.queue_size,
-                                   self.metrics, s.engine_workers)
+                                   self.metrics, workers)
             predictor.use_forward(lambda tensor, batcher=batcher: batcher.run(tensor, s.request_timeout_s))
             predictor.observers += [self._observe_stages, self._audit]
             self.models[bundle.id] = LoadedModel(predictor, batcher)

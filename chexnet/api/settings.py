@@ -9,11 +9,22 @@ from pathlib import Path
 
 from pydicom.uid import PYDICOM_ROOT_UID
 
+from chexnet.cpu import available_cores, engine_layout
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
+from chexnet.imaging.gate import default_concurrency
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
 _UID_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
+
+
+@dataclass(frozen=True)
+class Layout:
+    cores: int
+    engine_workers: int
+    engine_threads: int  # per worker
+    decode_concurrency: int
+    http_threads: int  # waitress
 
 
 class SettingsError(Exception):
@@ -37,10 +48,10 @@ class Settings:
     audit_log: str = "logs/audit.jsonl"
     host: str = "0.0.0.0"
     port: int = 8080
-    threads: int = 8
+    threads: int = 0  # waitress threads; 0: enough to keep every engine worker and decode slot busy
     max_batch: int = 1  # CPU: batching measured slower (BENCHMARKS.md); the GPU image sets 32
-    engine_workers: int = 2
-    engine_threads: int = 0  # 0: the cores divided among the workers
+    engine_workers: int = 0  # 0: from the cores the container is given (chexnet.cpu.engine_layout)
+    engine_threads: int = 0  # 0: the same
     batch_wait_ms: float = 3.0
     queue_size: int = 32
     request_timeout_s: float = 60.0
@@ -100,8 +111,8 @@ class Settings:
             max_upload_mb=integer("MAX_UPLOAD_MB", 1, 1024),
             max_pixels=integer("MAX_PIXELS", 1_000_000, 400_000_000),
             audit_log=get("AUDIT_LOG", cls.audit_log), host=get("HOST", cls.host),
-            port=integer("PORT", 1, 65535), threads=integer("THREADS", 1, 256),
-            max_batch=integer("MAX_BATCH", 1, 256), engine_workers=integer("ENGINE_WORKERS", 1, 64),
+            port=integer("PORT", 1, 65535), threads=integer("THREADS", 0, 512),
+            max_batch=integer("MAX_BATCH", 1, 256), engine_workers=integer("ENGINE_WORKERS", 0, 64),
             engine_threads=integer("ENGINE_THREADS", 0, 256), batch_wait_ms=number("BATCH_WAIT_MS", 0.0, 1000.0),
             queue_size=integer("QUEUE_SIZE", 1, 100_000),
             request_timeout_s=number("REQUEST_TIMEOUT_S", 1.0, 3600.0),
@@ -111,6 +122,16 @@ class Settings:
             log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
             dicom_uid_root=uid_root,
         )
+
+    @property
+    def layout(self) -> "Layout":
+        """The worker and thread counts actually used: the settings, or derived from the cores."""
+        cores = available_cores()
+        workers, threads = engine_layout(cores)
+        workers = self.engine_workers or workers
+        threads = self.engine_threads or (threads if not self.engine_workers else max(1, cores // workers))
+        decodes = self.decode_concurrency or default_concurrency(cores)
+        return Layout(cores, workers, threads, decodes, self.threads or max(8, 2 * workers + decodes))
 
     @property
     def revocation_state_file(self) -> str:

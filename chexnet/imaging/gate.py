@@ -2,7 +2,6 @@
 worst single decode, however many requests arrive. A request that cannot get a slot within the wait
 gets 503 ``overloaded`` rather than queueing without bound."""
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,9 +9,9 @@ from contextlib import contextmanager
 from chexnet.errors import Overloaded
 
 
-def default_concurrency() -> int:
+def default_concurrency(cores: int) -> int:
     """One decode per core (decoding is CPU-bound), at most four: a 36 MP 16-bit decode peaks near 200 MB."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    return max(1, min(4, cores))
 
 
 class DecodeGate:
