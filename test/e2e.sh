@@ -141,10 +141,15 @@ rm -rf "${DIR}"
 log "5/6 the guide's custom .env path, then upgrade and rollback"
 carry "${VERSION}" "${WORK}/carry-custom"
 guide "${VERSION}" "${WORK}/carry-custom" 0 1 2 4
-# What the engineer changes in an editor: a smaller upload limit.
+# What the engineer changes in an editor: a smaller upload limit, and the guide's "Faster CPU inference":
+# OpenVINO bf16 where this CPU has it (every demo bundle carries bf16 then), else int8 for cxr10 only.
 sed -i 's/^CHEXNET_MAX_UPLOAD_MB=.*/CHEXNET_MAX_UPLOAD_MB=8/' "${DIR}/.env"
+if [[ -n "$(grep -ow -e amx_bf16 -e avx512_bf16 /proc/cpuinfo | sort -u)" ]]; then PRECISION=bf16; else PRECISION=int8; fi
+sed -i "s/^CHEXNET_ENGINE=.*/CHEXNET_ENGINE=openvino/; s/^CHEXNET_PRECISION=.*/CHEXNET_PRECISION=${PRECISION}/" "${DIR}/.env"
+[[ "${PRECISION}" == bf16 ]] || sed -i 's/^CHEXNET_MODELS=.*/CHEXNET_MODELS=cxr10/' "${DIR}/.env"
 guide "${VERSION}" "${WORK}/carry-custom/chexnet-offline-${VERSION}-cpu" 3
-"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${VERSION}" --max-upload-mb 8
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${VERSION}" --max-upload-mb 8 \
+  --engine openvino --precision "${PRECISION}"
 
 log "second version ${V2}: same images under a new tag, packed and signed the same way"
 docker tag "chexnet-api-cpu:${VERSION}" "chexnet-api-cpu:${V2}"
@@ -156,7 +161,7 @@ guide "${V2}" "${WORK}/carry-v2" 0 1 3
 "${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${V2}" --max-upload-mb 8 --same-as "${WORK}/before-upgrade.json"
 
 log "third version ${V3}: an API that cannot start, which the installer must roll back"
-printf 'FROM chexnet-api-cpu:%s\nENV CHEXNET_ENGINE=no-such-engine\n' "${VERSION}" | docker build -q -t "chexnet-api-cpu:${V3}" - >/dev/null
+printf 'FROM chexnet-api-cpu:%s\nENV CHEXNET_MAX_BATCH=0\n' "${VERSION}" | docker build -q -t "chexnet-api-cpu:${V3}" - >/dev/null
 docker tag "chexnet-nginx:${VERSION}" "chexnet-nginx:${V3}"
 pack --version "${V3}"
 "${PYTHON}" "${ROOT}/test/e2e_upgrade.py" snapshot --dir "${DIR}" --out "${WORK}/before-broken.json"

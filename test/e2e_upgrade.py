@@ -58,6 +58,10 @@ def installed(args) -> None:
     ca = str(site / "certs/server.crt")
     response = requests.post(f"{URL}/api/v1/predict", headers=auth, files={"image": SAMPLE.read_bytes()}, verify=ca, timeout=120)
     expect(response.status_code == 200 and len(response.json()["findings"]) == 10, f"prediction: {response.status_code} {response.text[:200]}")
+    model = response.json()["model"]
+    if args.engine:
+        expect((model["engine"], model["precision"]) == (args.engine, args.precision),
+               f"the API answers with {model['engine']} {model['precision']}, not {args.engine} {args.precision} from .env")
     too_big = requests.post(f"{URL}/api/v1/predict", headers={**auth, "Content-Type": "image/png"},
                             data=b"\0" * ((args.max_upload_mb + 1) * 2**20 + 1), verify=ca, timeout=120)
     expect(too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large",
@@ -69,7 +73,8 @@ def installed(args) -> None:
         expect(now["settings"] == before["settings"], f"the customer's .env settings changed: {before['settings']} → {now['settings']}")
         expect(now["audit"][:len(before["audit"])] == before["audit"] and len(now["audit"]) > len(before["audit"]),
                "the audit log lost records or recorded nothing new")
-    print(f"ok: version {args.version} healthy, predicting, upload limit {args.max_upload_mb} MiB"
+    print(f"ok: version {args.version} healthy, predicting ({model['engine']} {model['precision']}), "
+          f"upload limit {args.max_upload_mb} MiB"
           + (", certificates, models, .env and audit log kept" if args.same_as else ""))
 
 
@@ -90,6 +95,8 @@ def main() -> int:
     p.add_argument("--token", required=True)
     p.add_argument("--max-upload-mb", type=int, required=True)
     p.add_argument("--same-as")
+    p.add_argument("--engine", help="the engine .env asks for (checked in a prediction's model block)")
+    p.add_argument("--precision", default="fp32")
     args = parser.parse_args()
     if args.command == "snapshot":
         Path(args.out).write_text(json.dumps(snapshot(Path(args.dir))))

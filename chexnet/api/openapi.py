@@ -62,7 +62,11 @@ SCHEMAS = {
                       "error": {"type": "object"}}),
     "Models": _obj({"models": {"type": "array", "items": _obj({
         **_MODEL_REF["properties"], "input_size": {"type": "integer"}, "licensed": {"type": "boolean"},
-        "description": {"type": "string"}, "labels": {"type": "array", "items": _LABEL}})}}),
+        "description": {"type": "string"}, "labels": {"type": "array", "items": _LABEL},
+        "variants": {"type": "object", "description": "Validated reduced-precision variants (CHEXNET_PRECISION) "
+                     "and how far each moved probabilities from fp32 on the calibration images at build time.",
+                     "additionalProperties": _obj({"max_delta": _NUMBER01, "flips": {"type": "integer"},
+                                                   "decisions": {"type": "integer"}, "images": {"type": "integer"}})}})}}),
     "License": _obj({"customer": {"type": "string"}, "subject": {"type": "string"},
                      "features": {"type": "array", "items": {"type": "string"}},
                      "expires_at": {"type": "string", "format": "date-time"},

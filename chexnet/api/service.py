@@ -40,6 +40,8 @@ class LoadedModel:
     def info(self) -> dict:
         m = self.predictor.bundle.manifest
         return {**self.predictor.model_info, "input_size": m.input_size, "description": m.description,
+                "variants": {p: v.model_dump(include={"max_delta", "flips", "decisions", "images"})
+                             for p, v in m.variants.items()},
                 "labels": [{"code": l.code, "name": l.name.model_dump(), "threshold": l.threshold} for l in m.labels]}
 
 

@@ -11,6 +11,7 @@ stays fp32 (it is 0.01 % of the compute, and CAM uses its fp32 weights).
 import logging
 import os
 import platform
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,9 @@ def build_variants(staging: Path, labels: list[Label], input_size: int, mean: Se
 
 
 def _quantize(core, staging: Path, x: np.ndarray) -> None:
+    # NNCF reports usage to Google Analytics unless a consent file says no; without openvino_telemetry it
+    # uses its own no-op stand-in. A bundle build sends nothing anywhere.
+    sys.modules.setdefault("openvino_telemetry", None)
     import nncf
     import openvino as ov
 
