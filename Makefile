@@ -45,6 +45,7 @@ e2e: setup
 bench: bundles
 	$(PY) bench/inference.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
 	$(PY) bench/http_load.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
+	$(PY) bench/dicom_syntaxes.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/dicom --write BENCHMARKS.md
 	$(PY) bench/decode_memory.py --models-dir $(MODELS_DIR) --samples $(SAMPLES) --write BENCHMARKS.md
 
 clean:

@@ -36,8 +36,9 @@ def calibration(nih_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def variant_bundle(tmp_path_factory, calibration):
+    """Validated on the 8 images against a bound of 0.05: loose enough for int8 on any CPU (0.006 here)."""
     out = tmp_path_factory.mktemp("variants") / "cxr10"
-    return load_bundle(write_demo_bundle(out, "cxr10", variants=VariantRequest(PRECISIONS_HERE, calibration)))
+    return load_bundle(write_demo_bundle(out, "cxr10", variants=VariantRequest(PRECISIONS_HERE, calibration, 0.05)))
 
 
 def _all_real_images(nih_dir, dicom_dir):
@@ -60,8 +61,8 @@ def test_build_records_each_variant_measured_against_fp32(variant_bundle, calibr
     assert set(variants) == set(PRECISIONS_HERE)
     assert variants["int8"].graph == MODEL_INT8 and {"model-int8.xml", "model-int8.bin"} <= set(variant_bundle.manifest.files)
     for precision, variant in variants.items():
-        assert variant.images == 8 and variant.decisions == 80 and variant.max_delta_bound == 0.01
-        assert 0 < variant.max_delta <= 0.01, precision  # reduced precision moves something, within the bound
+        assert variant.images == 8 and variant.decisions == 80 and variant.max_delta_bound == 0.05
+        assert 0 < variant.max_delta <= 0.05, precision  # reduced precision moves something, within the bound
         assert 0 <= variant.flips <= variant.decisions
 
 
