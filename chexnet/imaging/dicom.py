@@ -56,7 +56,7 @@ from chexnet.errors import (
 )
 from chexnet.imaging.codestream import HEADER_WINDOW, FrameHeader, j2k_header, jpeg_header
 from chexnet.imaging.display import Transform, to_display_u8
-from chexnet.imaging.reduced import decode_j2k, decode_jpeg
+from chexnet.imaging.reduced import decode_j2k, decode_jpeg, j2k_level, jpeg_scale
 from chexnet.imaging.types import DecodedImage, DecodeLimits, DecodeSize
 
 # Every transfer syntax this module decodes (the DICOM node offers exactly these). Compressed first:
@@ -123,8 +123,8 @@ def decode_dicom(data: bytes, limits: DecodeLimits, size: DecodeSize | None = No
 
 def _decode(data: bytes, limits: DecodeLimits, size: DecodeSize | None) -> DecodedImage:
     ds = _read(data, limits)
-    samples = _check_header(ds, limits)
-    pixels = _reduced_pixels(ds, size) if size and samples == 1 else None  # None: decode every pixel
+    samples, frame_header = _check_header(ds, limits)
+    pixels = _reduced_pixels(ds, frame_header, size) if size and frame_header else None  # None: decode in full
     source_size = (int(ds.Columns), int(ds.Rows)) if pixels is not None else None
     if pixels is None:
         pixels = _pixel_array(ds)
@@ -234,8 +234,9 @@ def _first(value):
     return value
 
 
-def _check_header(ds: pydicom.Dataset, limits: DecodeLimits) -> int:
-    """Validate the pixel description before decoding; returns samples per pixel (1 or 3)."""
+def _check_header(ds: pydicom.Dataset, limits: DecodeLimits) -> tuple[int, FrameHeader | None]:
+    """Validate the pixel description before decoding; returns samples per pixel (1 or 3) and the
+    compressed frame's own header (None for native pixel data and RLE)."""
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
         raise NoPixelData("The DICOM object has no pixel data (is it a report rather than an image?).")
@@ -262,23 +263,24 @@ def _check_header(ds: pydicom.Dataset, limits: DecodeLimits) -> int:
         raise InvalidImage("PixelRepresentation in the DICOM header must be 0 or 1; export the image again.")
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax.is_compressed and keyword == "PixelData":
-        _check_frame(ds, syntax, rows, cols, samples, allocated)
+        return samples, _check_frame(ds, syntax, rows, cols, samples, allocated)
     else:
         expected = (rows * cols * samples * allocated + 7) // 8
         if len(ds[keyword].value or b"") < expected:
             raise CorruptImage("The DICOM pixel data is shorter than Rows × Columns says; the file is truncated.")
-    return samples
+    return samples, None
 
 
-def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples: int, allocated: int) -> None:
+def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples: int,
+                 allocated: int) -> FrameHeader | None:
     """An encapsulated frame must declare, in its own header, the geometry the DICOM header declares."""
     if syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
         read_header = jpeg_header
     elif syntax in JPEG2000TransferSyntaxes:
         read_header = j2k_header
     else:
-        return  # RLE: the decoder writes Rows × Columns and nothing else
-    header: FrameHeader = read_header(_frame_start(ds.PixelData))
+        return None  # RLE: the decoder writes Rows × Columns and nothing else
+    header = read_header(_frame_start(ds.PixelData))
     if (header.width, header.height) != (cols, rows) or header.components != samples:
         raise InvalidImage(
             f"The compressed frame is {header.width}x{header.height} with {header.components} component(s) but the "
@@ -288,6 +290,7 @@ def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples
     if not 1 <= header.bits <= 16 or not fits:
         raise InvalidImage(f"The compressed frame has {header.bits}-bit samples in a {allocated}-bit DICOM; "
                            "export the image again.")
+    return header
 
 
 def _frame_start(encapsulated: bytes) -> bytes:
@@ -307,9 +310,9 @@ def _frame_start(encapsulated: bytes) -> bytes:
 
 
 # --- pixels ----------------------------------------------------------------------------------
-def _reduced_pixels(ds: pydicom.Dataset, size: DecodeSize) -> np.ndarray | None:
-    """A JPEG 2000 or 8-bit JPEG frame decoded at the resolution the caller needs (imaging.reduced);
-    None where that does not apply, and the full frame is decoded instead.
+def _reduced_pixels(ds: pydicom.Dataset, header: FrameHeader, size: DecodeSize) -> np.ndarray | None:
+    """A JPEG 2000 or 8-bit JPEG frame (its header already checked) decoded at the resolution the
+    caller needs (imaging.reduced); None where that does not apply, and the frame is decoded in full.
 
     Only where the header fixes the display mapping (a VOI LUT or window): without one the display
     image is stretched between the pixel extremes, and a coarser decode smooths the extremes away
@@ -317,20 +320,23 @@ def _reduced_pixels(ds: pydicom.Dataset, size: DecodeSize) -> np.ndarray | None:
     with a window; BENCHMARKS.md)."""
     if not ds.get("VOILUTSequence") and (ds.get("WindowCenter") is None or ds.get("WindowWidth") is None):
         return None
+    if _integer(ds, "PixelRepresentation", 0) != 0:
+        return None
     syntax = UID(ds.file_meta.TransferSyntaxUID)
-    if syntax in JPEG2000TransferSyntaxes:
-        read_header, decode = j2k_header, decode_j2k
-    elif syntax == JPEGBaseline8Bit:
-        read_header, decode = jpeg_header, decode_jpeg
+    if syntax in JPEG2000TransferSyntaxes and (level := j2k_level(header, size)):
+        def decode(frame: bytes) -> np.ndarray | None:
+            return decode_j2k(frame, header, level)
+    elif syntax == JPEGBaseline8Bit and header.components == 1 and header.bits == 8 \
+            and jpeg_scale(header.width, header.height, size) > 1:
+        def decode(frame: bytes) -> np.ndarray | None:
+            return decode_jpeg(frame, size)
     else:
-        return None
-    if "PixelData" not in ds or _integer(ds, "PixelRepresentation", 0) != 0:
-        return None
+        return None  # decoding in full costs no more here, so the frame is not even copied
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     except _DECODER_FAILURES:
         return None
-    return decode(frame, read_header(frame[:HEADER_WINDOW]), size)
+    return decode(frame)
 
 
 def _pixel_array(ds: pydicom.Dataset) -> np.ndarray:

@@ -23,7 +23,9 @@ _FAILURES = (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, I
 
 
 def j2k_level(header: FrameHeader, size: DecodeSize) -> int:
-    """The coarsest usable resolution level (0: full)."""
+    """The coarsest usable resolution level of a JPEG 2000 frame (0: decode it in full)."""
+    if header.components != 1 or header.signed or header.bits > 16:
+        return 0
     level = 0
     for candidate in range(1, header.levels + 1):
         width, height = (math.ceil(side / 2 ** candidate) for side in (header.width, header.height))
@@ -35,11 +37,16 @@ def j2k_level(header: FrameHeader, size: DecodeSize) -> int:
     return level
 
 
-def decode_j2k(frame: bytes, header: FrameHeader, size: DecodeSize) -> np.ndarray | None:
-    """Samples at the coarsest usable level, in the codestream's own bit depth; None if no level fits."""
-    level = j2k_level(header, size)
-    if level == 0 or header.components != 1 or header.signed or header.bits > 16:
-        return None
+def jpeg_scale(width: int, height: int, size: DecodeSize) -> int:
+    """The largest DCT scaling divisor (1, 2, 4 or 8) that still fits (1: decode in full)."""
+    scale = 1
+    while scale < 8 and size.fits(math.ceil(width / (scale * 2)), math.ceil(height / (scale * 2))):
+        scale *= 2
+    return scale
+
+
+def decode_j2k(frame: bytes, header: FrameHeader, level: int) -> np.ndarray | None:
+    """Samples at resolution level (from j2k_level), in the codestream's own bit depth."""
     try:
         with Image.open(io.BytesIO(frame)) as image:
             image.reduce = level
@@ -55,10 +62,8 @@ def decode_j2k(frame: bytes, header: FrameHeader, size: DecodeSize) -> np.ndarra
     return samples >> (depth - header.bits) if header.bits < depth else samples
 
 
-def decode_jpeg(frame: bytes, header: FrameHeader, size: DecodeSize) -> np.ndarray | None:
-    """An 8-bit grayscale JPEG frame with DCT scaling; None where scaling would not help."""
-    if header.components != 1 or header.bits != 8:
-        return None
+def decode_jpeg(frame: bytes, size: DecodeSize) -> np.ndarray | None:
+    """An 8-bit grayscale JPEG frame with DCT scaling."""
     try:
         with Image.open(io.BytesIO(frame)) as image:
             if image.mode != "L" or not draft_jpeg(image, size):
@@ -70,12 +75,10 @@ def decode_jpeg(frame: bytes, header: FrameHeader, size: DecodeSize) -> np.ndarr
 
 
 def draft_jpeg(image: Image.Image, size: DecodeSize) -> bool:
-    """Ask libjpeg for the smallest DCT scaling that still fits, before the image is loaded; True if
-    it will decode at a reduced size."""
+    """Ask libjpeg for the DCT scaling that still fits, before the image is loaded; True if it will
+    decode at a reduced size."""
     width, height = image.size
-    scale = 1
-    while scale < 8 and size.fits(math.ceil(width / (scale * 2)), math.ceil(height / (scale * 2))):
-        scale *= 2
+    scale = jpeg_scale(width, height, size)
     if scale > 1:
         image.draft(image.mode, (math.ceil(width / scale), math.ceil(height / scale)))
     return scale > 1
