@@ -27,15 +27,30 @@ KEYS="${WORK}/vendor"
 GUIDE="${ROOT}/deployment_template/README.md"
 SITE_OPTIONS="--bind 127.0.0.1 --https-port 18443 --http-port 18080 --hostname localhost"
 COMPOSE="$(compose_command)" || die "no Docker Compose installed."
-[[ ! -e "${DIR}" ]] || die "${DIR} exists already; remove it, or set CHEXNET_E2E_DIR to a folder that does not exist."
+# While a run owns DIR, this file names it: a run cut off before its teardown (a killed job, a machine
+# restored from a snapshot) leaves both, and the next run clears that install instead of refusing.
+OWNER="/var/tmp/chexnet-e2e.owner"
 
-teardown() {
-  log "teardown"
+remove_install() {
   docker rm -f chexnet-e2e-orthanc >/dev/null 2>&1 || true
   if [[ -f "${DIR}/docker-compose.yml" ]]; then
     (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null 2>&1) || true
   fi
-  rm -rf "${WORK}" "${DIR}"
+  docker ps -aq --filter "name=chexnet-corrupt-" | xargs -r docker rm -f >/dev/null 2>&1 || true
+  rm -rf "${DIR}"
+}
+
+if [[ -e "${DIR}" && -f "${OWNER}" && "$(cat "${OWNER}")" == "${DIR}" ]]; then
+  log "${DIR} is left from an end-to-end run that was cut off; removing that install first"
+  remove_install
+fi
+[[ ! -e "${DIR}" ]] || die "${DIR} exists already; remove it, or set CHEXNET_E2E_DIR to a folder that does not exist."
+echo "${DIR}" > "${OWNER}"
+
+teardown() {
+  log "teardown"
+  remove_install
+  rm -rf "${WORK}" "${OWNER}"
   docker image rm "chexnet-api-cpu:${V2}" "chexnet-nginx:${V2}" "chexnet-api-cpu:${V3}" "chexnet-nginx:${V3}" >/dev/null 2>&1 || true
 }
 trap teardown EXIT
