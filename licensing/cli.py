@@ -8,7 +8,7 @@ from pathlib import Path
 import jwt
 
 from licensing.errors import LicenseError
-from licensing.host import DEFAULT_UUID_FILE, normalise, read_host_uuid
+from licensing.host import DEFAULT_UUID_FILE, read_host_uuid
 from licensing.keys import TrustedKeys, generate, load_private_key
 
 
@@ -29,14 +29,14 @@ def _package_keygen(args) -> int:
 
 
 def _issue(args) -> int:
-    from licensing.tokens import issue_token
+    from licensing.tokens import bound_to, issue_token
 
     try:
-        product_uuid = normalise(args.product_uuid)
+        product_uuids = bound_to(args.product_uuid)
     except ValueError as exc:
         raise SystemExit(f"error: --product-uuid: {exc}.") from None
     features = [f.strip() for f in args.features.split(",") if f.strip()]
-    print(issue_token(load_private_key(args.key), product_uuid=product_uuid, customer=args.customer,
+    print(issue_token(load_private_key(args.key), product_uuid=product_uuids, customer=args.customer,
                       subject=args.subject, days=args.days, features=features, kid=args.kid))
     return 0
 
@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("issue", help="sign a licence token (printed on stdout)")
     p.add_argument("--key", required=True, help="vendor_private.pem (must be mode 600)")
-    p.add_argument("--product-uuid", required=True, help="the server's product_uuid (scripts/product-uuid.sh)")
+    p.add_argument("--product-uuid", required=True, action="append",
+                   help="the server's product_uuid (scripts/product-uuid.sh); repeat it for a cluster licence, "
+                        "once per node (scripts/swarm-node.sh prints each)")
     p.add_argument("--customer", required=True)
     p.add_argument("--subject", required=True, help="the client, e.g. the PACS integrator")
     p.add_argument("--days", required=True, type=float)

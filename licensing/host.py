@@ -33,7 +33,9 @@ def same_host(token_uuid: str, host_uuid: str) -> bool:
     return token in (host_uuid, swap_endian(host_uuid))
 
 
-def read_host_uuid(path: str | Path = DEFAULT_UUID_FILE) -> str:
+def read_host_uuid(path: str | Path = DEFAULT_UUID_FILE, node: str = "") -> str:
+    """This server's product_uuid from PATH. With NODE (a cluster: CHEXNET_NODE_NAME), PATH lists every
+    node as '<hostname> <product_uuid>' lines and this node's line is the one read."""
     path = Path(path)
     try:
         raw = path.read_text(encoding="ascii", errors="replace")
@@ -43,6 +45,8 @@ def read_host_uuid(path: str | Path = DEFAULT_UUID_FILE) -> str:
         raise LicenseConfigError(f"{path} is readable by root only; {_FIX}.") from None
     except OSError as exc:
         raise LicenseConfigError(f"Cannot read {path} ({exc.strerror}); {_FIX}.") from None
+    if node:
+        raw = _node_entry(raw, path, node)
     try:
         value = normalise(raw)
     except ValueError as exc:
@@ -50,3 +54,18 @@ def read_host_uuid(path: str | Path = DEFAULT_UUID_FILE) -> str:
     if value in _PLACEHOLDERS:
         raise LicenseConfigError(f"{path} holds the placeholder UUID {value}, which identifies no machine; {_FIX}.")
     return value
+
+
+def _node_entry(text: str, path: Path, node: str) -> str:
+    entries = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) == 2:
+            entries.setdefault(fields[0].lower(), fields[1])
+        elif fields:
+            raise LicenseConfigError(f"{path}: the line '{line.strip()[:60]}' is not '<node hostname> <product_uuid>'; "
+                                     "fix the cluster's node list and deploy again.")
+    if node.lower() not in entries:
+        raise LicenseConfigError(f"{path} has no line for node '{node}'; add '{node} <its product_uuid>' "
+                                 "(scripts/product-uuid.sh on that node) to the cluster's node list and deploy again.")
+    return entries[node.lower()]

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from licensing.errors import LicenseConfigError
 
 PRIVATE_NAME = "vendor_private.pem"
 PUBLIC_NAME = "vendor_public.pem"
+KEY_RING_LINE = re.compile(r"^# kid ([A-Za-z0-9._-]{1,128})[ \t]*\r?\n(-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----)",
+                           re.MULTILINE | re.DOTALL)
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -71,8 +74,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 class TrustedKeys:
     """The vendor public keys this server trusts.
 
-    A directory holds ``<kid>.pem`` files (key rotation: a token's ``kid`` picks one). A single file
-    is one trusted key, whatever ``kid`` the token names.
+    A directory holds ``<kid>.pem`` files (key rotation: a token's ``kid`` picks one). A key ring file
+    holds the same keys as ``# kid <kid>`` lines each followed by its PEM block (one file where a
+    directory cannot be mounted: a Swarm config). Any other single file is one trusted key, whatever
+    ``kid`` the token names.
     """
 
     def __init__(self, path: str | Path):
@@ -82,6 +87,8 @@ class TrustedKeys:
             self.single = None
             if not self.by_kid:
                 raise LicenseConfigError(f"The key directory {path} holds no <kid>.pem public keys.")
+        elif path.is_file() and KEY_RING_LINE.search(_read_text(path)):
+            self.by_kid, self.single = _key_ring(path), None
         elif path.is_file():
             self.by_kid, self.single = {}, load_public_key(path)
         else:
@@ -89,3 +96,23 @@ class TrustedKeys:
 
     def for_kid(self, kid: str | None) -> Ed25519PublicKey | None:
         return self.single if self.single is not None else self.by_kid.get(kid or "")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise LicenseConfigError(f"Cannot read the vendor public key {path} ({exc.strerror}).") from None
+
+
+def _key_ring(path: Path) -> dict[str, Ed25519PublicKey]:
+    keys = {}
+    for match in KEY_RING_LINE.finditer(_read_text(path)):
+        try:
+            key = serialization.load_pem_public_key(match.group(2).encode("ascii"))
+        except ValueError:
+            raise LicenseConfigError(f"The key ring {path}: the key for kid {match.group(1)} is not a PEM public key.") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise LicenseConfigError(f"The key ring {path}: the key for kid {match.group(1)} is not an Ed25519 public key.")
+        keys[match.group(1)] = key
+    return keys

@@ -28,6 +28,7 @@ REQUIRED_CLAIMS = ("iss", "aud", "sub", "customer", "product_uuid", "features", 
 MAX_TOKEN_LENGTH = 4096
 HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII: nothing a client sends is echoed, but bound it
 DEFAULT_LEEWAY_S = 120
+MAX_CLUSTER_NODES = 64
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,15 @@ class Claims:
 
     sub = property(lambda self: self.raw["sub"])
     customer = property(lambda self: self.raw["customer"])
-    product_uuid = property(lambda self: self.raw["product_uuid"])
+    product_uuid = property(lambda self: self.raw["product_uuid"])  # one server's, or a cluster's list
+
+    @property
+    def product_uuids(self) -> list[str]:
+        value = self.raw["product_uuid"]
+        return [value] if isinstance(value, str) else list(value)
+
+    def covers(self, host_uuid: str) -> bool:
+        return any(same_host(value, host_uuid) for value in self.product_uuids)
     features = property(lambda self: list(self.raw["features"]))
     jti = property(lambda self: self.raw["jti"])
     exp = property(lambda self: int(self.raw["exp"]))
@@ -55,12 +64,22 @@ class Claims:
             )
 
 
-def issue_token(private_key: Ed25519PrivateKey, *, product_uuid: str, customer: str, subject: str,
+def bound_to(product_uuids: Iterable[str]) -> str | list[str]:
+    """The product_uuid claim: one server's UUID, or a cluster licence's sorted list of its nodes' UUIDs."""
+    values = sorted({normalise(value) for value in product_uuids})
+    if not 1 <= len(values) <= MAX_CLUSTER_NODES:
+        raise ValueError(f"a licence covers 1 to {MAX_CLUSTER_NODES} servers, not {len(values)}")
+    return values[0] if len(values) == 1 else values
+
+
+def issue_token(private_key: Ed25519PrivateKey, *, product_uuid: str | Iterable[str], customer: str, subject: str,
                 days: float, features: Iterable[str], kid: str | None = None, now: float | None = None) -> str:
+    """product_uuid: the server's, or every node's of a cluster (one token for the whole cluster)."""
     now = int(time.time() if now is None else now)
     claims = {
         "iss": ISSUER, "aud": AUDIENCE, "sub": subject, "customer": customer,
-        "product_uuid": normalise(product_uuid), "features": sorted(set(features)),
+        "product_uuid": bound_to([product_uuid] if isinstance(product_uuid, str) else product_uuid),
+        "features": sorted(set(features)),
         "iat": now, "nbf": now, "exp": now + int(days * 86400), "jti": str(uuid.uuid4()),
     }
     headers = {"typ": TOKEN_TYPE, "kid": kid or key_id(private_key.public_key())}
@@ -84,9 +103,15 @@ def _check_header(token: str) -> dict:
 
 
 def _check_types(claims: dict) -> None:
-    strings = ("sub", "customer", "product_uuid", "jti")
+    strings = ("sub", "customer", "jti")
     if not all(isinstance(claims[k], str) and claims[k] for k in strings):
-        raise TokenInvalid("The token's sub, customer, product_uuid and jti must be non-empty strings.")
+        raise TokenInvalid("The token's sub, customer and jti must be non-empty strings.")
+    bound = claims["product_uuid"]
+    if isinstance(bound, list):
+        if not 2 <= len(bound) <= MAX_CLUSTER_NODES or not all(isinstance(v, str) and v for v in bound):
+            raise TokenInvalid(f"A cluster token's product_uuid must list 2 to {MAX_CLUSTER_NODES} server UUIDs.")
+    elif not (isinstance(bound, str) and bound):
+        raise TokenInvalid("The token's product_uuid must be a server's UUID or a list of them.")
     features = claims["features"]
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
         raise TokenInvalid("The token's features must be a list of model ids.")
@@ -119,8 +144,8 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Claims:
         claims = self._cached(token) or self._decode(token)
-        if not same_host(claims.product_uuid, self.host_uuid):
-            raise WrongHost("This token was issued for another server; request one for this server's product_uuid.")
+        if not claims.covers(self.host_uuid):
+            raise WrongHost("This token was issued for another server; request one that lists this server's product_uuid.")
         if self.revocations is not None and self.revocations.is_revoked(claims.jti, claims.sub):  # raises while no list is in force
             raise TokenRevoked("This token has been revoked by the vendor.")
         return claims

@@ -18,7 +18,7 @@ from chexnet.options import PredictOptions
 from conftest import png_bytes
 from dicom_factory import make_dicom, undecodable
 from licensing.revocation import sign_revocation_list
-from licensing_helpers import OTHER_UUID, claims_for, sign
+from licensing_helpers import HOST_UUID, OTHER_UUID, claims_for, sign
 from test_decode import png_bomb
 
 DOC = openapi_document()
@@ -81,6 +81,21 @@ def test_license(client, env):
     body = conforms(client.get("/api/v1/license", headers=env.auth(features=["cxr10", "cxr25"])), "/api/v1/license")
     assert body["customer"] == "General Hospital" and body["subject"] == "pacs-1"
     assert body["features"] == ["cxr10", "cxr25"] and body["days_left"] == 0  # the test token lives an hour
+
+
+def test_a_cluster_node_reads_its_line_of_the_node_list_and_takes_the_cluster_token(tmp_path, demo_bundle):
+    """As in the Swarm stack: CHEXNET_PRODUCT_UUID_FILE is the node list, CHEXNET_NODE_NAME this node's hostname."""
+    nodes = tmp_path / "product_uuids"
+    nodes.write_text(f"node-a {OTHER_UUID}\nnode-b {HOST_UUID}\n")
+    env = make_env(tmp_path, demo_bundle.path, CHEXNET_PRODUCT_UUID_FILE=str(nodes), CHEXNET_NODE_NAME="node-b")
+    client = ready_app(env).test_client()
+    body = conforms(client.get("/api/v1/license", headers=env.auth(product_uuid=[HOST_UUID, OTHER_UUID])), "/api/v1/license")
+    assert body["product_uuid"] == [HOST_UUID, OTHER_UUID]
+    assert_error(client.get("/api/v1/license", headers=env.auth(product_uuid=OTHER_UUID)), 403, "wrong_host", "/api/v1/license", "get")
+    # A node missing from the list stays not ready, and says how to fix it.
+    lost = make_env(tmp_path / "c", demo_bundle.path, CHEXNET_PRODUCT_UUID_FILE=str(nodes), CHEXNET_NODE_NAME="node-c")
+    ready = ready_app(lost).test_client().get("/api/v1/ready")
+    assert ready.status_code == 503 and "no line for node 'node-c'" in json.dumps(ready.get_json())
 
 
 def test_predict_multipart_png(client, env, nih_sample):

@@ -413,3 +413,75 @@ def test_cli_issue_verify_roundtrip(tmp_path):
     assert gone.returncode == 1 and "revoked" in gone.stderr
     shown = run("inspect", token)
     assert json.loads(shown.stdout)["verified"] is False
+
+
+# --- cluster licences, node lists, key rings (the Swarm stack) ----------------------------------
+
+THIRD_UUID = "0b5c6d7e-8f90-4a1b-9c2d-3e4f5a6b7c8d"
+
+
+def test_a_cluster_token_is_valid_on_each_node_it_lists_and_no_other(key_dir, vendor_key):
+    token = issue_token(vendor_key, product_uuid=[OTHER_UUID, HOST_UUID.upper()], customer="Region", subject="pacs",
+                        days=1, features=["cxr10"])
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["product_uuid"] == sorted([OTHER_UUID, HOST_UUID])
+    for node in (HOST_UUID, OTHER_UUID, swap_endian(OTHER_UUID)):
+        assert TokenVerifier(TrustedKeys(key_dir), node).verify(token).product_uuids == sorted([OTHER_UUID, HOST_UUID])
+    with pytest.raises(Exception, match="lists this server's product_uuid"):
+        TokenVerifier(TrustedKeys(key_dir), THIRD_UUID).verify(token)
+    # One server given twice is a one-server token, with the claim as a string as before.
+    single = issue_token(vendor_key, product_uuid=[HOST_UUID, HOST_UUID.upper()], customer="R", subject="s", days=1, features=["cxr10"])
+    assert jwt.decode(single, options={"verify_signature": False})["product_uuid"] == HOST_UUID
+
+
+@pytest.mark.parametrize("bound", [[HOST_UUID], [], [HOST_UUID, 7], [HOST_UUID, ""], [HOST_UUID] * 65, {"a": HOST_UUID}, 3],
+                         ids=["one-item list", "empty", "number inside", "empty string inside", "65 nodes", "object", "number"])
+def test_a_malformed_product_uuid_claim_is_refused_with_401(client, vendor_key, bound):
+    assert_refused(call(client, sign(vendor_key, claims_for(product_uuid=bound))), 401, "token_invalid")
+
+
+def test_cli_issues_a_cluster_token(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    run = lambda *a: subprocess.run([sys.executable, "-m", "licensing", *a], capture_output=True, text=True, cwd=root)  # noqa: E731
+    assert run("keygen", "--out", str(tmp_path)).returncode == 0
+    issued = run("issue", "--key", str(tmp_path / "vendor_private.pem"), "--product-uuid", HOST_UUID, "--product-uuid", OTHER_UUID,
+                 "--customer", "Region", "--subject", "pacs", "--days", "1")
+    assert issued.returncode == 0, issued.stderr
+    for node in (HOST_UUID, OTHER_UUID):
+        checked = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", node, issued.stdout.strip())
+        assert checked.returncode == 0 and json.loads(checked.stdout)["product_uuid"] == sorted([HOST_UUID, OTHER_UUID])
+    refused = run("issue", "--key", str(tmp_path / "vendor_private.pem"), "--product-uuid", HOST_UUID, "--product-uuid", "nope",
+                  "--customer", "R", "--subject", "s", "--days", "1")
+    assert refused.returncode != 0 and "--product-uuid" in refused.stderr and "not a UUID" in refused.stderr
+
+
+def test_a_node_reads_its_own_line_of_the_clusters_node_list(tmp_path):
+    nodes = tmp_path / "product_uuids"
+    nodes.write_text(f"# regional centre\nnode-a {HOST_UUID.upper()}\nNode-B   {OTHER_UUID}  # rack 2\n\n")
+    assert read_host_uuid(nodes, "node-a") == HOST_UUID
+    assert read_host_uuid(nodes, "node-b") == OTHER_UUID  # host names compare without case
+    with pytest.raises(LicenseConfigError, match="no line for node 'node-c'.*add 'node-c <its product_uuid>'"):
+        read_host_uuid(nodes, "node-c")
+    nodes.write_text(f"node-a {HOST_UUID} extra\n")
+    with pytest.raises(LicenseConfigError, match="is not '<node hostname> <product_uuid>'"):
+        read_host_uuid(nodes, "node-a")
+    nodes.write_text("node-a 00000000-0000-0000-0000-000000000000\n")
+    with pytest.raises(LicenseConfigError, match="placeholder"):
+        read_host_uuid(nodes, "node-a")
+
+
+def test_a_key_ring_file_trusts_each_key_by_its_kid(tmp_path, key_dir, vendor_key, previous_key):
+    ring = tmp_path / "keys.pem"
+    # One file for a key directory: "# kid <kid>" before each <kid>.pem.
+    ring.write_text("".join(f"# kid {p.stem}\n{p.read_text()}" for p in sorted(key_dir.glob("*.pem"))))
+    verifier = TokenVerifier(TrustedKeys(ring), HOST_UUID)
+    for key in (vendor_key, previous_key):
+        assert verifier.verify(sign(key, claims_for())).sub == "pacs-1"
+    with pytest.raises(Exception, match="key id is not one this server trusts"):
+        verifier.verify(sign(vendor_key, claims_for(), kid="someone-else"))
+    ring.write_text("# kid k1\n-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(LicenseConfigError, match="kid k1 is not a PEM public key"):
+        TrustedKeys(ring)

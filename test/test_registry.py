@@ -285,3 +285,38 @@ def test_old_database_with_full_tokens_is_migrated_to_hashes(keys, tmp_path):
     assert b"SECRET-TOKEN-TEXT" not in db.read_bytes()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT token_sha256 FROM tokens").fetchone()[0] == hashlib.sha256(b"SECRET-TOKEN-TEXT").hexdigest()
+
+
+def test_a_cluster_licence_is_one_token_for_several_servers_of_one_customer(app, keys):
+    from licensing_helpers import OTHER_UUID
+
+    client = app.test_client()
+    login(client)
+    headers = api_csrf(client)
+    ids = [client.post("/api/servers", headers=headers, json={"customer": c, "site": s, "product_uuid": u}).get_json()["id"]
+           for c, s, u in (("Region", "node-a", HOST_UUID), ("Region", "node-b", OTHER_UUID),
+                           ("Elsewhere", "x", "0b5c6d7e-8f90-4a1b-9c2d-3e4f5a6b7c8d"))]
+    issued = client.post("/api/tokens", headers=headers, json={
+        "server_ids": ids[:2], "subject": "pacs", "features": "cxr10", "days": 30})
+    assert issued.status_code == 201
+    token = issued.get_json()["token"]
+    assert issued.get_json()["claims"]["product_uuid"] == sorted([HOST_UUID, OTHER_UUID])
+    for node in (HOST_UUID, OTHER_UUID):
+        assert TokenVerifier(TrustedKeys(keys[1]), node).verify(token).sub == "pacs"
+    # Listed once, with both servers; found by either node's UUID.
+    for query in (HOST_UUID[:8], OTHER_UUID[:8], "node-b"):
+        listed = client.get(f"/api/tokens?q={query}").get_json()["tokens"]
+        assert [t["jti"] for t in listed] == [issued.get_json()["claims"]["jti"]]
+        assert set(listed[0]["product_uuid"].split()) == {HOST_UUID, OTHER_UUID}
+    # Servers of two customers, unknown servers and non-numbers are one sentence each.
+    for body, sentence in (({"server_ids": [ids[0], ids[2]]}, "one customer"), ({"server_ids": [ids[0], 999]}, "999"),
+                           ({"server_ids": ["x"]}, "a list of them"), ({"server_ids": []}, "1 to 64")):
+        refused = client.post("/api/tokens", headers=headers, json={**body, "subject": "s", "features": "cxr10", "days": 1})
+        assert refused.status_code == 422 and sentence in refused.get_json()["error"]["message"]
+    # The page's form takes the ids as a comma list.
+    page = client.get("/").get_data(as_text=True)
+    form = client.post("/tokens", data={"server_ids": f"{ids[0]}, {ids[1]}", "subject": "pacs-2", "features": "cxr10",
+                                        "days": "7", "csrf_token": csrf_from(page)})
+    assert form.status_code == 200 and OTHER_UUID in form.get_data(as_text=True)
+    audit = [row for row in client.get("/api/audit").get_json()["audit"] if row["action"] == "token.issue"]
+    assert all(str(ids[1]) in row["detail"] for row in audit)

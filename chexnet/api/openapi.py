@@ -70,7 +70,10 @@ SCHEMAS = {
     "License": _obj({"customer": {"type": "string"}, "subject": {"type": "string"},
                      "features": {"type": "array", "items": {"type": "string"}},
                      "expires_at": {"type": "string", "format": "date-time"},
-                     "days_left": {"type": "integer", "minimum": 0}, "product_uuid": {"type": "string"}}),
+                     "days_left": {"type": "integer", "minimum": 0},
+                     # one server's UUID, or a cluster licence's list of its nodes' UUIDs
+                     "product_uuid": {"oneOf": [{"type": "string"},
+                                                {"type": "array", "items": {"type": "string"}, "minItems": 2}]}}),
     "Prediction": _obj({
         "request_id": {"type": "string"}, "model": _MODEL_REF,
         "image": _obj({"format": {"enum": ["png", "jpeg", "dicom"]}, "width": {"type": "integer"},

@@ -85,11 +85,11 @@ class Service:
         s = self.settings
         try:
             keys = TrustedKeys(s.license_keys)
-            host = read_host_uuid(s.product_uuid_file)
+            host = read_host_uuid(s.product_uuid_file, s.node_name)
             if s.revocation_list:
                 self.revocations = RevocationWatcher(s.revocation_list, keys, s.revocation_state_file)
             self.verifier = TokenVerifier(keys, host, leeway=s.license_leeway_s, revocations=self.revocations)
-            log.info("licence keys loaded", extra={"fields": {"host_product_uuid": host}})
+            log.info("licence keys loaded", extra={"fields": {"host_product_uuid": host, "node": s.node_name or None}})
         except LicenseError as exc:
             self.problems.append(exc.message)
 

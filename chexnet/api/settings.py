@@ -40,6 +40,7 @@ class Settings:
     engine: str = DEFAULT_ENGINE  # each image declares its own (CHEXNET_ENGINE in its Dockerfile)
     device: str = "auto"
     product_uuid_file: str = "/sys/class/dmi/id/product_uuid"
+    node_name: str = ""  # in a cluster: this node's hostname, whose line of product_uuid_file is read
     revocation_list: str | None = None
     revocation_state: str | None = None  # None: revocation-state.json beside the audit log
     license_leeway_s: int = 120
@@ -106,6 +107,7 @@ class Settings:
             license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
             engine=choice("ENGINE", tuple(ENGINES)), device=choice("DEVICE", DEVICES),
             product_uuid_file=get("PRODUCT_UUID_FILE", cls.product_uuid_file),
+            node_name=get("NODE_NAME", cls.node_name).strip(),
             revocation_list=get("REVOCATION_LIST"), revocation_state=get("REVOCATION_STATE"),
             license_leeway_s=integer("LICENSE_LEEWAY_S", 0, 3600),
             max_upload_mb=integer("MAX_UPLOAD_MB", 1, 1024),

@@ -18,7 +18,7 @@ from licensing.registry.settings import RegistrySettings, SettingsError
 from licensing.registry.store import MAX_ACTOR, MAX_TEXT, Store, StoreError, bounded
 from licensing.registry.throttle import SignInThrottle
 from licensing.revocation import sign_revocation_list
-from licensing.tokens import issue_token
+from licensing.tokens import MAX_CLUSTER_NODES, issue_token
 
 MAX_DAYS = 3660
 MAX_FEATURES = 32
@@ -153,25 +153,43 @@ def _server_form(form) -> tuple[str, str, str]:
         raise InputError(f"product_uuid: {exc}.") from None
 
 
+def _servers(form) -> list[dict]:
+    """The registered servers a token is for: server_id (one server), or server_ids (a cluster licence:
+    a JSON list, or a comma list in the page's form), all of one customer."""
+    raw = form.get("server_ids", form.get("server_id", ""))
+    items = raw if isinstance(raw, list) else str(raw)[:4096].split(",")
+    try:
+        ids = sorted({int(str(item).strip()) for item in items[:MAX_CLUSTER_NODES + 1] if str(item).strip()})
+    except ValueError:
+        raise InputError("server_id must be a number, and server_ids a list of them.") from None
+    if not 1 <= len(ids) <= MAX_CLUSTER_NODES:
+        raise InputError(f"A token covers 1 to {MAX_CLUSTER_NODES} registered servers.")
+    servers = [_ctx()["store"].server(server_id) or {"id": server_id} for server_id in ids]
+    missing = [str(s["id"]) for s in servers if "customer" not in s]
+    if missing:
+        raise InputError(f"No registered server has id {', '.join(missing)}.")
+    if len({s["customer"] for s in servers}) > 1:
+        raise InputError("A cluster licence covers servers of one customer; these are registered to several.")
+    return servers
+
+
 def _issue(form) -> tuple[dict, str]:
     store = _ctx()["store"]
+    servers = _servers(form)
     try:
-        server_id, days = int(form.get("server_id", "")), float(form.get("days", ""))
-    except ValueError:
-        raise InputError("server_id must be a number and days a number of days.") from None
-    server = store.server(server_id)
-    if server is None:
-        raise InputError(f"No registered server has id {server_id}.")
+        days = float(form.get("days", ""))
+    except (TypeError, ValueError):
+        raise InputError("days must be a number of days.") from None
     subject = _text(form, "subject")
     features = [f.strip() for f in str(form.get("features", ""))[:4096].split(",") if f.strip()]
     if len(features) > MAX_FEATURES or not all(FEATURE.fullmatch(f) for f in features):
         raise InputError(f"Features must be at most {MAX_FEATURES} model ids of letters, digits, '_' and '-'.")
     if not subject or not features or not 0 < days <= MAX_DAYS:
         raise InputError(f"Subject and at least one feature are required, and days must be 1..{MAX_DAYS}.")
-    token = issue_token(_ctx()["key"], product_uuid=server["product_uuid"], customer=server["customer"],
+    token = issue_token(_ctx()["key"], product_uuid=[s["product_uuid"] for s in servers], customer=servers[0]["customer"],
                         subject=subject, days=days, features=features, kid=_ctx()["settings"].kid)
     claims = jwt.decode(token, options={"verify_signature": False})
-    store.add_token(g.user, server_id, claims, token)
+    store.add_token(g.user, [s["id"] for s in servers], claims, token)
     return claims, token
 
 

@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS tokens (
     jti TEXT PRIMARY KEY, server_id INTEGER NOT NULL REFERENCES servers(id), subject TEXT NOT NULL,
     features TEXT NOT NULL, issued_at TEXT NOT NULL, expires_at TEXT NOT NULL, issued_by TEXT NOT NULL,
     token_sha256 TEXT NOT NULL, revoked_at TEXT, revoked_by TEXT);
+CREATE TABLE IF NOT EXISTS token_servers (
+    jti TEXT NOT NULL REFERENCES tokens(jti), server_id INTEGER NOT NULL REFERENCES servers(id),
+    PRIMARY KEY (jti, server_id));
 CREATE TABLE IF NOT EXISTS sessions (
     sid_sha256 TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL, last_seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
@@ -86,12 +89,15 @@ class Store:
             self._conn.execute("ALTER TABLE tokens DROP COLUMN token")
             self._conn.execute("VACUUM")  # the dropped column's bytes leave the file
 
-    def _write(self, actor: str, action: str, detail: dict, sql: str, params: tuple) -> sqlite3.Cursor:
-        """One transaction: the change and its audit row land together or not at all."""
+    def _write(self, actor: str, action: str, detail: dict, sql: str, params: tuple,
+               more: tuple[tuple[str, tuple], ...] = ()) -> sqlite3.Cursor:
+        """One transaction: the change (SQL, then MORE statements) and its audit row land together or not at all."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 cursor = self._conn.execute(sql, params)
+                for statement, values in more:
+                    self._conn.execute(statement, values)
                 self._insert_audit(actor, action, detail)
                 self._conn.execute("COMMIT")
                 return cursor
@@ -146,22 +152,31 @@ class Store:
     def servers(self) -> list[dict]:
         return self._read("SELECT * FROM servers ORDER BY customer, site")
 
-    def add_token(self, actor: str, server_id: int, claims: dict, token: str) -> None:
-        """Records the token's sha256 (to recognise it later), never the token itself."""
+    def add_token(self, actor: str, server_ids: list[int], claims: dict, token: str) -> None:
+        """Records the token's sha256 (to recognise it later), never the token itself, and every server
+        it covers (several for a cluster licence; the first is the token's server in older rows)."""
         expires = dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc).isoformat()
         self._write(actor, "token.issue",
-                    {"jti": claims["jti"], "server_id": server_id, "subject": claims["sub"],
+                    {"jti": claims["jti"], "server_ids": server_ids, "subject": claims["sub"],
                      "features": claims["features"], "expires_at": expires},
                     "INSERT INTO tokens (jti, server_id, subject, features, issued_at, expires_at, issued_by, token_sha256) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (claims["jti"], server_id, claims["sub"], ",".join(claims["features"]), now_iso(), expires, actor, _sha256(token)))
+                    (claims["jti"], server_ids[0], claims["sub"], ",".join(claims["features"]), now_iso(), expires, actor, _sha256(token)),
+                    tuple(("INSERT INTO token_servers (jti, server_id) VALUES (?, ?)", (claims["jti"], server_id))
+                          for server_id in server_ids))
 
     def tokens(self, query: str = "") -> list[dict]:
+        """Each token with its customer, its servers' sites and product_uuids (space-separated: a cluster's several)."""
         like = f"%{query}%"
         return self._read(
+            "WITH covered AS (SELECT t.jti, s.customer, s.site, s.product_uuid FROM tokens t "
+            "  JOIN servers s ON s.id IN (SELECT ts.server_id FROM token_servers ts WHERE ts.jti = t.jti) "
+            "    OR (s.id = t.server_id AND NOT EXISTS (SELECT 1 FROM token_servers ts WHERE ts.jti = t.jti))) "
             "SELECT t.jti, t.subject, t.features, t.issued_at, t.expires_at, t.issued_by, t.revoked_at, t.revoked_by, "
-            "s.customer, s.site, s.product_uuid FROM tokens t JOIN servers s ON s.id = t.server_id "
-            "WHERE ? = '' OR t.subject LIKE ? OR s.customer LIKE ? OR s.site LIKE ? OR s.product_uuid LIKE ? OR t.jti LIKE ? "
+            "c.customer, group_concat(c.site, ' ') AS site, group_concat(c.product_uuid, ' ') AS product_uuid "
+            "FROM tokens t JOIN covered c ON c.jti = t.jti GROUP BY t.jti "
+            "HAVING ? = '' OR t.subject LIKE ? OR c.customer LIKE ? OR group_concat(c.site, ' ') LIKE ? "
+            "  OR group_concat(c.product_uuid, ' ') LIKE ? OR t.jti LIKE ? "
             "ORDER BY t.issued_at DESC", (query, like, like, like, like, like))
 
     def revoke(self, actor: str, jti: str) -> bool:
