@@ -34,6 +34,25 @@ case "${PUBLIC_HTTPS_PORT:-443}" in
   *) echo "return 301 https://${HOSTNAME_TLS}:${PUBLIC_HTTPS_PORT}\$request_uri;" ;;
 esac > "${GENERATED}/redirect.conf"
 
+# The API behind: compose's one container (a keep-alive pool), or a Swarm stack's tasks
+# (NGINX_API_TASKS=tasks.api): Swarm's DNS names the healthy tasks, re-read every 2 s, and a request
+# that fails on one task (killed, or stopping in a rolling update) is sent to another.
+: > "${GENERATED}/upstream.conf"
+case "${NGINX_API_TASKS:-}" in
+  '') printf 'upstream chexnet_api {\n    server api:8080;\n    keepalive 16;\n}\n' > "${GENERATED}/upstream.conf"
+      echo "proxy_pass http://chexnet_api;" > "${GENERATED}/proxy.conf" ;;
+  *[!A-Za-z0-9.-]*) fail "NGINX_API_TASKS must be a DNS name such as tasks.api." ;;
+  *) cat > "${GENERATED}/proxy.conf" <<CONF
+resolver 127.0.0.11 valid=2s ipv6=off;
+resolver_timeout 2s;
+set \$chexnet_api_tasks ${NGINX_API_TASKS};
+proxy_pass http://\$chexnet_api_tasks:8080;
+proxy_next_upstream error timeout http_503 non_idempotent;
+proxy_next_upstream_tries 3;
+CONF
+  ;;
+esac
+
 if [ ! -s "${CERTS}/server.crt" ] || [ ! -s "${CERTS}/server.key" ]; then
   [ -w "${CERTS}" ] || fail "${CERTS} is not writable by uid $(id -u): run 'chown -R 10002:10002 certs' in the install folder (install.sh does), or put server.crt and server.key there."
   echo "no certificate in ${CERTS}: generating a self-signed one for ${HOSTNAME_TLS}" >&2

@@ -5,9 +5,11 @@
 block N, counted from 0). The only changes are the ones an engineer makes when reading the guide:
 - ``<version>`` becomes the version of the package carried;
 - ``<pacs-ae>``, ``<pacs-host>``, ``<pacs-port>`` become the site's PACS (``--pacs AE@HOST:PORT``);
-- the install command gets the options the guide lists for this site (``--install-options``);
+- the install command gets the options the guide lists for this site (``--install-options``), and so
+  does the swarm deploy command (``--deploy-options``);
+- ``<manager-address>`` becomes the swarm manager's address (``--manager-address``);
 - on a machine without SMBIOS, the guide's own alternative: ``scripts/product-uuid.sh`` checks the
-  site UUID file and the install command gets ``--uuid-file`` (``--uuid-file``).
+  site UUID file, and the install and swarm-node commands get ``--uuid-file`` (``--uuid-file``).
 """
 
 import argparse
@@ -32,16 +34,28 @@ def blocks(text: str, name: str) -> list[str]:
     return found
 
 
-def as_run(block: str, version: str, install_options: str, uuid_file: str | None, pacs: str | None = None) -> str:
-    block = block.replace("<version>", version)
+def _with_options(line: str, options: str) -> str:
+    """OPTIONS added to the command; before a pipe, where the command ends."""
+    command, bar, rest = line.partition(" | ")
+    return " ".join(filter(None, [command, options])) + (f" {bar.strip()} {rest}" if bar else "")
+
+
+def as_run(block: str, version: str, install_options: str, uuid_file: str | None, pacs: str | None = None,
+           deploy_options: str = "", manager_address: str = "") -> str:
+    block = block.replace("<version>", version).replace("<manager-address>", manager_address)
     if pacs:
         ae, _, address = pacs.partition("@")
         host, _, port = address.rpartition(":")
         block = block.replace("<pacs-ae>", ae).replace("<pacs-host>", host).replace("<pacs-port>", port)
     lines = []
     for line in block.splitlines():
+        uuid_option = f"--uuid-file {uuid_file}" if uuid_file else ""
         if "./install.sh" in line:
-            line = " ".join(filter(None, [line, f"--uuid-file {uuid_file}" if uuid_file else "", install_options]))
+            line = _with_options(line, " ".join(filter(None, [uuid_option, install_options])))
+        elif "scripts/swarm-node.sh" in line:
+            line = _with_options(line, uuid_option)
+        elif "scripts/swarm-deploy.sh" in line:
+            line = _with_options(line, deploy_options)
         elif uuid_file and line.rstrip().endswith("scripts/product-uuid.sh"):
             line = f"{line.rstrip()} {uuid_file}"
         lines.append(line)
@@ -57,10 +71,13 @@ def main() -> int:
     parser.add_argument("--uuid-file")
     parser.add_argument("--block", type=int)
     parser.add_argument("--pacs", help="the site's PACS as AE@HOST:PORT, for the <pacs-…> placeholders")
+    parser.add_argument("--deploy-options", default="", help="options for scripts/swarm-deploy.sh")
+    parser.add_argument("--manager-address", default="127.0.0.1", help="for <manager-address>")
     args = parser.parse_args()
     found = blocks(args.guide.read_text(encoding="utf-8"), args.section)
     chosen = found if args.block is None else [found[args.block]]
-    sys.stdout.write("".join(as_run(b, args.version, args.install_options, args.uuid_file, args.pacs) for b in chosen))
+    sys.stdout.write("".join(as_run(b, args.version, args.install_options, args.uuid_file, args.pacs,
+                                     args.deploy_options, args.manager_address) for b in chosen))
     return 0
 
 

@@ -180,3 +180,130 @@ def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
     assert "scripts/product-uuid.sh" in found[2]
     assert "./install.sh" in found[3] and "--vendor-key" in found[3] and "--token-file" in found[3]
     assert ".env.example" in found[4] and "/opt/chexnet/.env" in found[4]
+
+
+def test_field_guide_regional_centre_blocks_are_the_ones_the_e2e_suite_runs():
+    """test/e2e.sh runs the Regional centre's blocks 0 (node), 1 (swarm init) and 2 (deploy) by index."""
+    sys.path.insert(0, str(ROOT / "test"))
+    from guide import as_run, blocks
+
+    found = blocks((ROOT / "deployment_template/README.md").read_text(), "Regional centre (Docker Swarm)")
+    assert len(found) == 3
+    assert "scripts/swarm-node.sh --vendor-key" in found[0] and "| tee -a ../nodes.txt" in found[0]
+    assert "docker swarm init --advertise-addr <manager-address>" in found[1]
+    assert "scripts/swarm-deploy.sh" in found[2] and "--nodes ../nodes.txt" in found[2] and "--token-file" in found[2]
+    # the site's options go to the command, before the pipe
+    assert as_run(found[0], "1", "", "../site-uuid.txt").strip().endswith("--uuid-file ../site-uuid.txt | tee -a ../nodes.txt")
+
+
+# --- the Swarm stack and its scripts ---------------------------------------------------------------
+
+def _stack_config(tmp_path, env_overrides: dict, hashes: bool = True, gpu: bool = False) -> subprocess.CompletedProcess:
+    """`docker stack config` (the Docker CLI alone, no daemon) of the stack files as swarm-deploy.sh deploys them."""
+    for name in ("docker-stack.yml", "docker-stack.gpu.yml", "docker-stack.ports.yml"):
+        shutil.copy(ROOT / "deployment_template" / name, tmp_path / name)
+    for name in ("swarm/license-keys.pem", "swarm/product_uuids", "swarm/revocations.jwt", "certs/server.crt", "certs/server.key"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHEXNET_", "API_", "NGINX_"))}
+    for line in (ROOT / "deployment_template/.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    if hashes:
+        env.update({f"{name}_SHA": f"{name.lower()}12" for name in ("LICENSE_KEYS", "PRODUCT_UUIDS", "REVOCATIONS", "TLS_CERTIFICATE", "TLS_KEY")})
+    env.update(env_overrides, DOCKER_HOST="unix:///nonexistent")
+    files = ["-c", "docker-stack.yml"] + (["-c", "docker-stack.gpu.yml"] if gpu else []) + ["-c", "docker-stack.ports.yml"]
+    return subprocess.run(["docker", "stack", "config", *files], cwd=tmp_path, capture_output=True, text=True, env=env)
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no Docker CLI")
+def test_stack_file_is_valid_and_keeps_the_contract(tmp_path):
+    result = _stack_config(tmp_path, {"API_REPLICAS": "3"})
+    assert result.returncode == 0, result.stderr
+    config = result.stdout
+    api, nginx = config.split("\n  nginx:\n")[0], config.split("\n  nginx:\n")[1].split("\nnetworks:")[0]
+    assert "replicas: 3" in api and "endpoint_mode: dnsrr" in api and "image: chexnet-api-cpu:0.1.0" in api
+    for service in (api, nginx):  # start-first (api) and automatic rollback on failed health; contained
+        assert "failure_action: rollback" in service and "read_only: true" in service and "- ALL" in service
+        assert "bind" not in service, "a stack takes configs and secrets, not bind mounts"
+    assert "order: start-first" in api.split("rollback_config")[0]
+    assert "CHEXNET_NODE_NAME: '{{.Node.Hostname}}'" in api and "/etc/chexnet/product_uuids" in api
+    assert "mode: global" in nginx and "NGINX_API_TASKS: tasks.api" in nginx and "mode: host" in nginx
+    assert 'uid: "10002"' in nginx and "mode: 256" in nginx  # the TLS key: a secret only nginx's user reads (0400)
+    for name in ("license_keys_license_keys12", "product_uuids_product_uuids12", "tls_key_tls_key12"):
+        assert f"name: chexnet_{name}" in config  # named by content: a changed file is a new config
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no Docker CLI")
+def test_gpu_stack_override_places_one_torch_task_per_gpu_on_labelled_nodes(tmp_path):
+    result = _stack_config(tmp_path, {"CHEXNET_VARIANT": "gpu", "CHEXNET_ENGINE": "openvino"}, gpu=True)
+    assert result.returncode == 0, result.stderr
+    api = result.stdout.split("\n  nginx:\n")[0]
+    assert "image: chexnet-api-gpu:0.1.0" in api and "CHEXNET_ENGINE: torch" in api and "CHEXNET_PRECISION: fp32" in api
+    assert "node.labels.chexnet.gpu == true" in api and "kind: NVIDIA-GPU" in api and "value: 1" in api
+    assert 'memory: "12884901888"' in api and "endpoint_mode: dnsrr" in api and "order: start-first" in api
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no Docker CLI")
+def test_stack_file_by_hand_says_to_use_the_deploy_script(tmp_path):
+    result = _stack_config(tmp_path, {}, hashes=False)
+    assert result.returncode != 0 and "deploy with the swarm deploy script" in result.stderr
+
+
+@pytest.fixture
+def swarm_package(small_package, vendor_keys):
+    for name in ("swarm-deploy.sh", "swarm-node.sh", "product-uuid.sh"):
+        shutil.copy(ROOT / "scripts" / name, small_package / "scripts" / name)
+    (small_package / "VERSION").write_text("0.0.1\n")
+    (small_package / "VARIANT").write_text("cpu\n")
+    _sign(small_package, vendor_keys)
+    return small_package
+
+
+def _one_error(result) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("nodes, message", [
+    ("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\nvm2 not-a-uuid\n", "'vm2 not-a-uuid' is not '<node hostname> <product_uuid>'"),
+    ("4c4c4544-0047-3510-8051-b4c04f4e4e32\n", "is not '<node hostname> <product_uuid>'"),
+    ("vm;rm -rf / 4c4c4544-0047-3510-8051-b4c04f4e4e32\n", "is not '<node hostname> <product_uuid>'"),
+    ("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\nVM 5c4c4544-0047-3510-8051-b4c04f4e4e32\n", "lists node VM twice with different product_uuids"),
+])
+def test_swarm_deploy_refuses_a_malformed_node_list(swarm_package, vendor_keys, tmp_path, nodes, message):
+    (tmp_path / "nodes.txt").write_text(nodes)
+    result = _run("bash", swarm_package / "scripts/swarm-deploy.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
+                  "--nodes", tmp_path / "nodes.txt", "--dir", tmp_path / "site")
+    assert message in _one_error(result)
+    assert not (tmp_path / "site").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give the cluster's node list with --nodes"),
+    (["--nodes", "/nonexistent/nodes.txt"], "cannot be read"),
+    (["--nodes", "nodes.txt", "--replicas", "0"], "--replicas must be a number of API tasks from 1 to 99"),
+    (["--nodes", "nodes.txt", "--https-port", "70000"], "--https-port must be a port number"),
+    (["--nodes", "nodes.txt", "--hostname", "a b"], "--hostname must be a DNS name"),
+])
+def test_swarm_deploy_refuses_bad_options_in_one_sentence(swarm_package, tmp_path, args, message):
+    (tmp_path / "nodes.txt").write_text("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
+    result = _run("bash", swarm_package / "scripts/swarm-deploy.sh", *args, cwd=tmp_path)
+    assert message in _one_error(result)
+
+
+def test_swarm_scripts_refuse_a_forged_package(swarm_package, vendor_keys, tmp_path):
+    (swarm_package / "scripts/swarm-deploy.sh").write_text("#!/bin/sh\necho pwned\n")
+    (tmp_path / "nodes.txt").write_text("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
+    (tmp_path / "uuid").write_text("4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
+    result = _run("bash", swarm_package / "scripts/swarm-node.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
+                  "--uuid-file", tmp_path / "uuid")
+    assert "damaged or missing" in _one_error(result) and result.stdout == ""
+
+
+def test_swarm_node_without_an_identity_says_so_before_loading(swarm_package, vendor_keys, tmp_path):
+    result = _run("bash", swarm_package / "scripts/swarm-node.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
+                  "--uuid-file", tmp_path / "absent")
+    assert "exposes no SMBIOS UUID" in result.stderr and result.returncode != 0 and result.stdout == ""

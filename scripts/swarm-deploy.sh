@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Deploy (or upgrade) CheXNet as the Swarm stack 'chexnet', from a swarm manager. Reads as a table of
+# contents: verify the package with the vendor's key → check the swarm, the node list and that the
+# images are loaded here (scripts/swarm-node.sh on every node first) → configure the folder (keeps .env)
+# → remove a single-server install's api and nginx in the same folder → docker stack deploy → wait until every task of
+# the new version is healthy, or until Swarm has rolled an update back (then exit 1) → smoke prediction.
+#
+# Usage: sudo scripts/swarm-deploy.sh (--vendor-key vendor_package.crt | --vendor-fingerprint HEX)
+#            --nodes nodes.txt [--token-file FILE] [--dir /opt/chexnet] [--replicas 2]
+#            [--hostname NAME] [--https-port 443] [--http-port 80] [--no-publish] [--timeout 900]
+#   nodes.txt: the line scripts/swarm-node.sh printed on each node, '<node hostname> <product_uuid>'.
+set -eEuo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PACKAGE="$(cd "${HERE}/.." && pwd)"
+# shellcheck source=lib.sh
+source "${HERE}/lib.sh"
+# shellcheck source=package-trust.sh
+source "${HERE}/package-trust.sh"
+trap_errors
+
+STACK=chexnet
+DIR=/opt/chexnet
+VARIANT="$(cat "${PACKAGE}/VARIANT")"
+VERSION="$(cat "${PACKAGE}/VERSION")"
+VENDOR_KEY=""
+VENDOR_FINGERPRINT=""
+NODES=""
+TOKEN_FILE=""
+PUBLISH=1
+TIMEOUT=900
+declare -A SETTINGS=()  # .env keys set on the command line
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --vendor-key) VENDOR_KEY="$2"; shift 2 ;;
+    --vendor-fingerprint) VENDOR_FINGERPRINT="$2"; shift 2 ;;
+    --nodes) NODES="$2"; shift 2 ;;
+    --token-file) TOKEN_FILE="$2"; shift 2 ;;
+    --dir) DIR="$2"; shift 2 ;;
+    --replicas) [[ "$2" =~ ^[1-9][0-9]?$ ]] || die "--replicas must be a number of API tasks from 1 to 99."
+                SETTINGS[API_REPLICAS]="$2"; shift 2 ;;
+    --hostname) [[ "$2" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$ ]] || die "--hostname must be a DNS name such as chexnet.region.local."
+                SETTINGS[TLS_HOSTNAME]="$2"; shift 2 ;;
+    --https-port|--http-port)
+      [[ "$2" =~ ^[0-9]{1,5}$ && "$2" -ge 1 && "$2" -le 65535 ]] || die "$1 must be a port number from 1 to 65535."
+      if [[ "$1" == --https-port ]]; then SETTINGS[HTTPS_PORT]="$2"; else SETTINGS[HTTP_PORT]="$2"; fi
+      shift 2 ;;
+    --no-publish) PUBLISH=0; shift ;;
+    --timeout) [[ "$2" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds."
+               TIMEOUT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+[[ -n "${NODES}" ]] || die "give the cluster's node list with --nodes nodes.txt (the line scripts/swarm-node.sh printed on each node)."
+[[ -r "${NODES}" ]] || die "--nodes ${NODES} cannot be read."
+[[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."
+IMAGES=("chexnet-api-${VARIANT}:${VERSION}" "chexnet-nginx:${VERSION}")
+
+env_value() {
+  [[ -f "${DIR}/.env" ]] || return 0
+  sed -n "s/^$1=//p" "${DIR}/.env" | tail -n 1
+}
+
+set_env() {
+  if grep -q "^$1=" "${DIR}/.env"; then
+    sed -i "s|^$1=.*|$1=$2|" "${DIR}/.env"
+  else
+    printf '%s=%s\n' "$1" "$2" >> "${DIR}/.env"
+  fi
+}
+
+check_swarm() {
+  local state node
+  state="$(docker info --format '{{.Swarm.LocalNodeState}}/{{.Swarm.ControlAvailable}}')" || die "Docker is not running on this node."
+  [[ "${state}" == active/true ]] || die "this node is not a swarm manager; run 'docker swarm init' here first (field guide, Regional centre)."
+  for image in "${IMAGES[@]}"; do
+    docker image inspect "${image}" >/dev/null 2>&1 || die "image ${image} is not loaded on this node; run scripts/swarm-node.sh here (and on every node) first."
+  done
+  # Every node that may run an API task must be in the node list, or that task can never be licensed.
+  while IFS= read -r node; do
+    awk -v n="${node,,}" 'tolower($1) == n { found = 1 } END { exit !found }' "${NODES}" \
+      || die "node ${node} is in the swarm but not in ${NODES}; add the line scripts/swarm-node.sh printed on it."
+  done < <(docker node ls --format '{{.Hostname}}')
+}
+
+# Each line as swarm-node.sh prints it; running that again appends the same line again (no harm), but
+# one node with two product_uuids is refused.
+check_nodes() {
+  local line name uuid
+  declare -A seen=()
+  while IFS= read -r line; do
+    [[ -z "${line// /}" || "${line}" == \#* ]] && continue
+    [[ "${line}" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\ +[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\ *$ ]] \
+      || die "${NODES}: '${line:0:80}' is not '<node hostname> <product_uuid>' as scripts/swarm-node.sh prints it."
+    read -r name uuid <<< "${line}"
+    [[ -z "${seen[${name,,}]:-}" || "${seen[${name,,}]}" == "${uuid,,}" ]] \
+      || die "${NODES} lists node ${name} twice with different product_uuids; keep the line scripts/swarm-node.sh printed last."
+    seen[${name,,}]="${uuid,,}"
+  done < "${NODES}"
+}
+
+# A self-signed certificate for TLS_HOSTNAME, once, shared by every nginx task (put your own
+# server.crt/server.key in DIR/certs instead).
+certificate() {
+  local name="$1"
+  [[ -s "${DIR}/certs/server.crt" && -s "${DIR}/certs/server.key" ]] && return 0
+  log "no certificate in ${DIR}/certs: making a self-signed one for ${name}"
+  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 -subj "/CN=${name}" \
+    -addext "subjectAltName=DNS:${name},DNS:localhost,IP:127.0.0.1" \
+    -keyout "${DIR}/certs/server.key" -out "${DIR}/certs/server.crt" 2>/dev/null
+  chmod 600 "${DIR}/certs/server.key"
+}
+
+configure() {
+  local key name
+  log "configuring ${DIR}"
+  mkdir -p "${DIR}"/{license/keys,certs,swarm}
+  install -m 644 "${PACKAGE}"/docker-stack{,.gpu,.ports}.yml "${PACKAGE}"/.env.example "${DIR}/"
+  if [[ -f "${DIR}/.env" ]]; then
+    log "keeping the existing ${DIR}/.env (a copy is in .env.bak)"
+    cp "${DIR}/.env" "${DIR}/.env.bak"
+  else
+    cp "${PACKAGE}/.env.example" "${DIR}/.env"
+    log "wrote ${DIR}/.env from .env.example"
+  fi
+  chmod 600 "${DIR}/.env"
+  set_env CHEXNET_VERSION "${VERSION}"
+  set_env CHEXNET_VARIANT "${VARIANT}"
+  for name in "${!SETTINGS[@]}"; do
+    set_env "${name}" "${SETTINGS[${name}]}"
+    log "set ${name}=${SETTINGS[${name}]} in ${DIR}/.env"
+  done
+  # What the stack's configs are made of: the licence keys this signed package lists (one key ring
+  # file: '# kid <kid>' before each key), the node list, the revocation list if the site has one.
+  find "${DIR}/license/keys" -mindepth 1 -delete
+  : > "${DIR}/swarm/license-keys.pem"
+  while IFS= read -r key; do
+    [[ "${key}" == license/keys/*.pem ]] || continue
+    install -m 644 "${PACKAGE}/${key}" "${DIR}/license/keys/"
+    printf '# kid %s\n' "$(basename "${key}" .pem)" >> "${DIR}/swarm/license-keys.pem"
+    cat "${PACKAGE}/${key}" >> "${DIR}/swarm/license-keys.pem"
+  done < <(listed_files "${PACKAGE}")
+  grep -v '^[[:space:]]*\(#\|$\)' "${NODES}" | awk '!seen[tolower($1)]++' > "${DIR}/swarm/product_uuids"
+  if [[ -f "${DIR}/license/revocations.jwt" ]]; then
+    cp "${DIR}/license/revocations.jwt" "${DIR}/swarm/revocations.jwt"
+  else
+    echo "# no revocation list on this site" > "${DIR}/swarm/revocations.jwt"  # Swarm refuses an empty config
+  fi
+  certificate "$(env_value TLS_HOSTNAME)"
+}
+
+# A single-server install in the same folder gives way to the stack (same ports, same settings).
+stop_single_server() {
+  local compose
+  [[ -f "${DIR}/docker-compose.yml" ]] || return 0
+  compose="$(compose_command)" || return 0
+  if [[ -n "$(cd "${DIR}" && ${compose} ps -q api nginx 2>/dev/null)" ]]; then
+    log "removing the single-server api and nginx containers in ${DIR}: the stack takes over (a DICOM node keeps running)"
+    (cd "${DIR}" && ${compose} rm -sf api nginx)
+  fi
+}
+
+# The settings of .env (KEY=VALUE lines) and the content hashes the stack names its configs by.
+export_settings() {
+  local key value
+  while IFS='=' read -r key value; do
+    [[ "${key}" =~ ^[A-Z][A-Z0-9_]*$ ]] && export "${key}=${value}"
+  done < "${DIR}/.env"
+  sha() { sha256sum "${DIR}/$1" | cut -c1-12; }
+  LICENSE_KEYS_SHA="$(sha swarm/license-keys.pem)"; PRODUCT_UUIDS_SHA="$(sha swarm/product_uuids)"
+  REVOCATIONS_SHA="$(sha swarm/revocations.jwt)"; TLS_CERTIFICATE_SHA="$(sha certs/server.crt)"; TLS_KEY_SHA="$(sha certs/server.key)"
+  export LICENSE_KEYS_SHA PRODUCT_UUIDS_SHA REVOCATIONS_SHA TLS_CERTIFICATE_SHA TLS_KEY_SHA
+}
+
+# SERVICE converged on this deploy → 0; rolled back by Swarm → 1; else wait up to TIMEOUT.
+wait_converged() {
+  local service="${STACK}_$1" deadline=$((SECONDS + TIMEOUT)) update replicas
+  log "waiting for ${service} (up to ${TIMEOUT} s)"
+  while (( SECONDS < deadline )); do
+    update="$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "${service}")"
+    replicas="$(docker service ls --filter "name=${service}" --format '{{.Name}} {{.Replicas}}' | awk -v s="${service}" '$1 == s { print $2 }')"
+    case "${update}" in
+      rollback_completed|rollback_paused)
+        warn "$(docker service inspect --format '{{.UpdateStatus.Message}}' "${service}")"
+        return 1 ;;
+      ''|completed)
+        if [[ "${replicas%%/*}" == "${replicas##*/}" && "$(running_version "${service}")" == "${VERSION}" ]]; then
+          log "${service}: ${replicas} tasks healthy"; return 0
+        fi ;;
+    esac
+    sleep 3
+  done
+  die "${service} did not converge in ${TIMEOUT} s; see 'docker service ps ${service} --no-trunc'."
+}
+
+running_version() {
+  docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$1" | sed 's/@.*//; s/.*://'
+}
+
+# Configs and secrets of earlier deploys that no service uses any more (Swarm refuses to remove one in use).
+prune_configs() {
+  docker config ls --filter "label=com.docker.stack.namespace=${STACK}" -q | xargs -r docker config rm >/dev/null 2>&1 || true
+  docker secret ls --filter "label=com.docker.stack.namespace=${STACK}" -q | xargs -r docker secret rm >/dev/null 2>&1 || true
+}
+
+smoke() {
+  if [[ -z "${TOKEN_FILE}" ]]; then
+    warn "no --token-file: skipped the smoke prediction (rerun with the cluster's token, or run the QA script)."
+    return
+  fi
+  log "smoke prediction through nginx"
+  docker run --rm -i --network "${STACK}_front" --read-only --cap-drop ALL "${IMAGES[0]}" \
+    python -m chexnet.api.smoke --url https://nginx:8443 < "${TOKEN_FILE}"
+}
+
+vendor_cert "${PACKAGE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
+verify_package "${PACKAGE}" "${VENDOR_CERT}"
+check_nodes
+check_swarm
+previous=""
+if docker service inspect "${STACK}_api" >/dev/null 2>&1; then
+  previous="$(running_version "${STACK}_api")"
+fi
+configure
+stop_single_server
+export_settings
+files=(-c docker-stack.yml)
+[[ "${VARIANT}" != gpu ]] || files+=(-c docker-stack.gpu.yml)
+[[ "${PUBLISH}" -eq 0 ]] || files+=(-c docker-stack.ports.yml)
+log "docker stack deploy: CheXNet ${VERSION} (${VARIANT})${previous:+, rolling update from ${previous}}"
+# --resolve-image never: the images are loaded on every node, and there is no registry to ask.
+(cd "${DIR}" && docker stack deploy --resolve-image never "${files[@]}" "${STACK}")
+for service in api nginx; do
+  wait_converged "${service}" && continue
+  [[ -n "${previous}" ]] || die "version ${VERSION} did not turn healthy; see 'docker service ps ${STACK}_${service} --no-trunc'."
+  # Swarm rolled this service back; the other one goes back too, so the two run the same version.
+  for other in api nginx; do
+    if [[ "$(running_version "${STACK}_${other}")" != "${previous}" ]]; then
+      docker service rollback --detach "${STACK}_${other}" >/dev/null
+    fi
+  done
+  set_env CHEXNET_VERSION "${previous}"
+  die "version ${VERSION} did not turn healthy: Swarm rolled the stack back to ${previous}, which is serving (${DIR}/.env says ${previous} again)."
+done
+prune_configs
+smoke
+port="$(env_value HTTPS_PORT)"
+[[ "${port:-443}" != 443 ]] || port=""
+if [[ "${PUBLISH}" -eq 1 ]]; then
+  log "CheXNet ${VERSION} (${VARIANT}) runs as the swarm stack ${STACK}: https://$(env_value TLS_HOSTNAME)${port:+:${port}}/ on every node"
+else
+  log "CheXNet ${VERSION} (${VARIANT}) runs as the swarm stack ${STACK}, unpublished: on the network ${STACK}_front as https://nginx:8443/"
+fi
