@@ -69,19 +69,6 @@ done
 COMPOSE="$(compose_command)" || die "neither 'docker compose' nor 'docker-compose' is installed."
 [[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."
 
-env_value() {
-  [[ -f "${DIR}/.env" ]] || return 0
-  sed -n "s/^$1=//p" "${DIR}/.env" | tail -n 1
-}
-
-set_env() {
-  if grep -q "^$1=" "${DIR}/.env"; then
-    sed -i "s|^$1=.*|$1=$2|" "${DIR}/.env"
-  else
-    printf '%s=%s\n' "$1" "$2" >> "${DIR}/.env"
-  fi
-}
-
 # The value an option sets, else the one in .env, else the default.
 setting() {
   local value="${SETTINGS[$1]:-}"
@@ -120,7 +107,7 @@ restore_snapshot() {
 }
 
 configure() {
-  local key name
+  local key
   log "configuring ${DIR}"
   mkdir -p "${DIR}"/{license/keys,models,audit,certs,dicom-spool}
   install -m 644 "${PACKAGE}"/docker-compose.yml "${PACKAGE}"/docker-compose.gpu.yml "${PACKAGE}"/.env.example "${DIR}/"
@@ -129,20 +116,7 @@ configure() {
   while IFS= read -r key; do
     [[ "${key}" == license/keys/*.pem ]] && install -m 644 "${PACKAGE}/${key}" "${DIR}/license/keys/"
   done < <(listed_files "${PACKAGE}")
-  if [[ -f "${DIR}/.env" ]]; then
-    log "keeping the existing ${DIR}/.env (a copy is in .env.bak)"
-    cp "${DIR}/.env" "${DIR}/.env.bak"
-  else
-    cp "${PACKAGE}/.env.example" "${DIR}/.env"
-    log "wrote ${DIR}/.env from .env.example"
-  fi
-  chmod 600 "${DIR}/.env"
-  set_env CHEXNET_VERSION "${VERSION}"
-  set_env CHEXNET_VARIANT "${VARIANT}"
-  for name in "${!SETTINGS[@]}"; do
-    set_env "${name}" "${SETTINGS[${name}]}"
-    log "set ${name}=${SETTINGS[${name}]} in ${DIR}/.env"
-  done
+  write_site_env
   # The container cannot read the root-only SMBIOS file; the value is copied, read-only to it.
   "${PACKAGE}/scripts/product-uuid.sh" "${UUID_FILE}" > "${DIR}/product_uuid"
   chmod 644 "${DIR}/product_uuid"

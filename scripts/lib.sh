@@ -23,3 +23,38 @@ compose_command() {
     return 1
   fi
 }
+
+# KEY's value in the site's ${DIR}/.env (DIR: the install folder of the calling script), empty if unset.
+env_value() {
+  [[ -f "${DIR}/.env" ]] || return 0
+  sed -n "s/^$1=//p" "${DIR}/.env" | tail -n 1
+}
+
+# Set KEY=VALUE in ${DIR}/.env, in place of the line that sets KEY, or added at the end.
+set_env() {
+  if grep -q "^$1=" "${DIR}/.env"; then
+    sed -i "s|^$1=.*|$1=$2|" "${DIR}/.env"
+  else
+    printf '%s=%s\n' "$1" "$2" >> "${DIR}/.env"
+  fi
+}
+
+# The site's ${DIR}/.env: an existing one is kept (a copy in .env.bak), else made from the package's
+# .env.example; then CHEXNET_VERSION, CHEXNET_VARIANT and the SETTINGS the command line gave are set.
+write_site_env() {
+  local name
+  if [[ -f "${DIR}/.env" ]]; then
+    log "keeping the existing ${DIR}/.env (a copy is in .env.bak)"
+    cp "${DIR}/.env" "${DIR}/.env.bak"
+  else
+    cp "${PACKAGE}/.env.example" "${DIR}/.env"
+    log "wrote ${DIR}/.env from .env.example"
+  fi
+  chmod 600 "${DIR}/.env"
+  set_env CHEXNET_VERSION "${VERSION}"
+  set_env CHEXNET_VARIANT "${VARIANT}"
+  for name in "${!SETTINGS[@]}"; do
+    set_env "${name}" "${SETTINGS[${name}]}"
+    log "set ${name}=${SETTINGS[${name}]} in ${DIR}/.env"
+  done
+}

@@ -56,19 +56,6 @@ done
 [[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."
 IMAGES=("chexnet-api-${VARIANT}:${VERSION}" "chexnet-nginx:${VERSION}")
 
-env_value() {
-  [[ -f "${DIR}/.env" ]] || return 0
-  sed -n "s/^$1=//p" "${DIR}/.env" | tail -n 1
-}
-
-set_env() {
-  if grep -q "^$1=" "${DIR}/.env"; then
-    sed -i "s|^$1=.*|$1=$2|" "${DIR}/.env"
-  else
-    printf '%s=%s\n' "$1" "$2" >> "${DIR}/.env"
-  fi
-}
-
 check_swarm() {
   local state node
   state="$(docker info --format '{{.Swarm.LocalNodeState}}/{{.Swarm.ControlAvailable}}')" || die "Docker is not running on this node."
@@ -112,24 +99,11 @@ certificate() {
 }
 
 configure() {
-  local key name
+  local key
   log "configuring ${DIR}"
   mkdir -p "${DIR}"/{license/keys,certs,swarm}
   install -m 644 "${PACKAGE}"/docker-stack{,.gpu,.ports}.yml "${PACKAGE}"/.env.example "${DIR}/"
-  if [[ -f "${DIR}/.env" ]]; then
-    log "keeping the existing ${DIR}/.env (a copy is in .env.bak)"
-    cp "${DIR}/.env" "${DIR}/.env.bak"
-  else
-    cp "${PACKAGE}/.env.example" "${DIR}/.env"
-    log "wrote ${DIR}/.env from .env.example"
-  fi
-  chmod 600 "${DIR}/.env"
-  set_env CHEXNET_VERSION "${VERSION}"
-  set_env CHEXNET_VARIANT "${VARIANT}"
-  for name in "${!SETTINGS[@]}"; do
-    set_env "${name}" "${SETTINGS[${name}]}"
-    log "set ${name}=${SETTINGS[${name}]} in ${DIR}/.env"
-  done
+  write_site_env
   # What the stack's configs are made of: the licence keys this signed package lists (one key ring
   # file: '# kid <kid>' before each key), the node list, the revocation list if the site has one.
   find "${DIR}/license/keys" -mindepth 1 -delete
