@@ -27,8 +27,6 @@ VENDOR_KEY=""
 VENDOR_FINGERPRINT=""
 PREFLIGHT=1
 TIMEOUT=600
-API_UID=10001
-NGINX_UID=10002
 declare -A SETTINGS=()  # .env keys the engineer set on the command line
 while [[ $# -gt 0 ]]; do
   case "$1" in

@@ -8,6 +8,12 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 on_error() { printf 'error: %s failed at %s:%s (exit %s)\n' "$1" "$2" "$3" "$4" >&2; }
 trap_errors() { trap 'on_error "${BASH_COMMAND}" "${BASH_SOURCE[0]}" "${LINENO}" "$?"' ERR; }
 
+# The images' unprivileged users (chexnet_api_*/Dockerfile, nginx/Dockerfile), who own what they write on the host.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+API_UID=10001
+# shellcheck disable=SC2034
+NGINX_UID=10002
+
 # The version of the product: the one in pyproject.toml.
 project_version() {
   sed -n 's/^version = "\(.*\)"/\1/p' "$1/pyproject.toml" | head -n 1

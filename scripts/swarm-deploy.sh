@@ -86,16 +86,14 @@ check_nodes() {
   done < "${NODES}"
 }
 
-# A self-signed certificate for TLS_HOSTNAME, once, shared by every nginx task (put your own
-# server.crt/server.key in DIR/certs instead).
+# No certificate in DIR/certs: nginx's own entrypoint makes the self-signed one for TLS_HOSTNAME, as on
+# a single server, once; every nginx task then serves it (put your own server.crt/server.key there instead).
 certificate() {
-  local name="$1"
   [[ -s "${DIR}/certs/server.crt" && -s "${DIR}/certs/server.key" ]] && return 0
-  log "no certificate in ${DIR}/certs: making a self-signed one for ${name}"
-  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 -subj "/CN=${name}" \
-    -addext "subjectAltName=DNS:${name},DNS:localhost,IP:127.0.0.1" \
-    -keyout "${DIR}/certs/server.key" -out "${DIR}/certs/server.crt" 2>/dev/null
-  chmod 600 "${DIR}/certs/server.key"
+  log "no certificate in ${DIR}/certs: nginx makes a self-signed one"
+  chown -R "${NGINX_UID}:${NGINX_UID}" "${DIR}/certs"
+  docker run --rm --network none --cap-drop ALL -v "${DIR}/certs:/etc/nginx/certs" \
+    -e TLS_HOSTNAME="$(env_value TLS_HOSTNAME)" -e NGINX_API_TASKS=tasks.api "${IMAGES[1]}" true
 }
 
 configure() {
@@ -120,7 +118,7 @@ configure() {
   else
     echo "# no revocation list on this site" > "${DIR}/swarm/revocations.jwt"  # Swarm refuses an empty config
   fi
-  certificate "$(env_value TLS_HOSTNAME)"
+  certificate
 }
 
 # A single-server install in the same folder gives way to the stack (same ports, same settings).
@@ -134,12 +132,14 @@ stop_single_server() {
   fi
 }
 
-# The settings of .env (KEY=VALUE lines) and the content hashes the stack names its configs by.
+# What the stack files take from the environment: the settings of .env they name (docker stack deploy
+# reads no .env itself), and the content hashes the stack names its configs by.
 export_settings() {
-  local key value
-  while IFS='=' read -r key value; do
-    [[ "${key}" =~ ^[A-Z][A-Z0-9_]*$ ]] && export "${key}=${value}"
-  done < "${DIR}/.env"
+  local key
+  # shellcheck disable=SC2016  # grep looks for the literal '${NAME' the stack files hold
+  while IFS= read -r key; do
+    export "${key}=$(env_value "${key}")"
+  done < <(grep -ho '\${[A-Z][A-Z0-9_]*' "${DIR}"/docker-stack*.yml | cut -c3- | sort -u)
   sha() { sha256sum "${DIR}/$1" | cut -c1-12; }
   LICENSE_KEYS_SHA="$(sha swarm/license-keys.pem)"; PRODUCT_UUIDS_SHA="$(sha swarm/product_uuids)"
   REVOCATIONS_SHA="$(sha swarm/revocations.jwt)"; TLS_CERTIFICATE_SHA="$(sha certs/server.crt)"; TLS_KEY_SHA="$(sha certs/server.key)"
