@@ -320,3 +320,86 @@ def test_a_cluster_licence_is_one_token_for_several_servers_of_one_customer(app,
     assert form.status_code == 200 and OTHER_UUID in form.get_data(as_text=True)
     audit = [row for row in client.get("/api/audit").get_json()["audit"] if row["action"] == "token.issue"]
     assert all(str(ids[1]) in row["detail"] for row in audit)
+
+
+# --- open redirect after sign-in, weak user hashes, short session secret ----------------------
+
+@pytest.mark.parametrize("raw_next", [
+    "/%09/evil.example/", "/%0d%0a/evil.example/", "/%00/evil.example/", "/%5Cevil.example", "/\\evil.example",
+    "%5C%5Cevil.example", "//evil.example/", "%2F%2Fevil.example", "/%2F/evil.example", "%252F%252Fevil.example",
+    "https://evil.example/", "https:evil.example", "javascript:alert(1)", "/%E2%80%8B/evil.example",
+    "/nowhere", "/tokens/x/revoke", "/logout",
+])
+def test_sign_in_goes_to_the_index_unless_next_is_one_of_its_own_pages(app, raw_next):
+    """Attack: a link to /login?next=... that sends the signed-in user to another site."""
+    client = app.test_client()
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    response = client.post("/login", query_string=f"next={raw_next}",
+                           data={"username": "alice", "password": PASSWORD, "csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
+def test_sign_in_returns_to_the_page_that_asked_for_it(app):
+    client = app.test_client()
+    asked = client.get("/audit").headers["Location"]
+    token = csrf_from(client.get(asked).get_data(as_text=True))
+    response = client.post(asked, data={"username": "alice", "password": PASSWORD, "csrf_token": token})
+    assert response.headers["Location"] == "/audit"
+
+
+WEAK_HASHES = {
+    "plaintext": PASSWORD,
+    "empty": "",
+    "unknown method": "sha1$abcdefghijklmnop$" + "0" * 40,
+    "md5 pbkdf2": "pbkdf2:md5:600000$abcdefghijklmnop$" + "0" * 32,
+    "cheap pbkdf2": generate_password_hash(PASSWORD, method="pbkdf2:sha256:1000"),
+    "cheap scrypt": generate_password_hash(PASSWORD, method="scrypt:1024:1:1"),
+    "no salt": "scrypt:32768:8:1$$" + "0" * 128,
+    "not hex": "scrypt:32768:8:1$abcdefghijklmnop$" + "z" * 128,
+}
+
+
+@pytest.mark.parametrize("weak", WEAK_HASHES.values(), ids=WEAK_HASHES.keys())
+def test_refuses_to_start_with_a_plaintext_or_weak_password_hash(keys, tmp_path, weak):
+    """Attack: a plaintext or cheap hash is readable in the file and answers sign-in faster, which tells
+    the user names apart. Start-up stops with a sentence naming the variable and user, not the hash."""
+    users = tmp_path / "users"
+    users.write_text(f"# staff\nalice:{generate_password_hash(PASSWORD)}\nbob:{weak}\n")
+    with pytest.raises(SettingsError, match="LICENSING_USERS_FILE: .*user 'bob'") as refused:
+        from_env({"LICENSING_PRIVATE_KEY": str(keys[0]), "LICENSING_USERS_FILE": str(users)})
+    assert not weak or weak not in str(refused.value)
+    with pytest.raises(SettingsError, match="LICENSING_ADMIN_PASSWORD_HASH: .*user 'admin'"):
+        from_env({"LICENSING_PRIVATE_KEY": str(keys[0]), "LICENSING_ADMIN_PASSWORD_HASH": weak or " "})
+
+
+@pytest.mark.parametrize("lines, sentence", [("alice\n", "line 1 is not 'user:hash'"),
+                                             (":{hash}\n", "line 1 is not 'user:hash'"),
+                                             ("alice:{hash}\nalice:{hash}\n", "line 2 lists user 'alice' a second time"),
+                                             ("# nobody\n", "lists no 'user:hash' lines")])
+def test_users_file_lines_that_are_not_one_user_and_hash_are_refused(keys, tmp_path, lines, sentence):
+    users = tmp_path / "users"
+    users.write_text(lines.format(hash=generate_password_hash(PASSWORD, method="pbkdf2:sha512:210000")))
+    with pytest.raises(SettingsError, match=f"LICENSING_USERS_FILE.*{sentence}"):
+        from_env({"LICENSING_PRIVATE_KEY": str(keys[0]), "LICENSING_USERS_FILE": str(users)})
+
+
+def test_unknown_users_are_checked_with_the_configured_users_method(keys, tmp_path, monkeypatch):
+    import licensing.registry.app as registry_app
+
+    method = "pbkdf2:sha512:210000"
+    app = create_app(RegistrySettings(private_key_path=str(keys[0]), db_path=str(tmp_path / "registry.sqlite3"),
+                                      users={"alice": generate_password_hash(PASSWORD, method=method)}))
+    checked = []
+    real = registry_app.check_password_hash
+    monkeypatch.setattr(registry_app, "check_password_hash", lambda h, p: checked.append(h.split("$")[0]) or real(h, p))
+    assert _login_as(app.test_client(), "nobody", "whatever password").status_code == 401
+    assert checked == [method]
+
+
+def test_refuses_a_session_secret_shorter_than_32_bytes(keys):
+    env = {"LICENSING_PRIVATE_KEY": str(keys[0]), "LICENSING_ADMIN_PASSWORD_HASH": generate_password_hash(PASSWORD)}
+    with pytest.raises(SettingsError, match="LICENSING_SECRET_KEY must be at least 32 bytes") as refused:
+        from_env({**env, "LICENSING_SECRET_KEY": "s" * 31})
+    assert "s" * 31 not in str(refused.value)
+    assert from_env({**env, "LICENSING_SECRET_KEY": "s" * 32}).secret_key == "s" * 32
+    assert len(from_env(env).secret_key) >= 32 and from_env(env).secret_key != from_env(env).secret_key

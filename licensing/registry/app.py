@@ -8,7 +8,7 @@ import secrets
 import sqlite3
 
 import jwt
-from flask import Flask, abort, flash, g, jsonify, redirect, render_template, request, session, url_for
+from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from werkzeug.exceptions import HTTPException
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -42,8 +42,8 @@ def create_app(settings: RegistrySettings) -> Flask:
     app.extensions["registry"] = {
         "store": store, "key": settings.signing_key(), "settings": settings,
         "throttle": SignInThrottle(settings.max_failed_per_user, settings.max_failed_per_address, settings.throttle_window_s),
-        # Unknown users are checked against this, so they cost the same time as known ones.
-        "dummy_hash": generate_password_hash(secrets.token_hex(16)),
+        # Unknown users are checked against this, made like the users' hashes, so they cost the same time.
+        "dummy_hash": generate_password_hash(secrets.token_hex(16), method=settings.hash_method()),
     }
     _register_errors(app)
     _register_auth(app)
@@ -53,8 +53,6 @@ def create_app(settings: RegistrySettings) -> Flask:
 
 
 def _ctx():
-    from flask import current_app
-
     return current_app.extensions["registry"]
 
 
@@ -101,6 +99,16 @@ def _register_errors(app: Flask) -> None:
         return render_template("message.html", title=err.name, message=err.description), err.code
 
 
+def _page_after_sign_in(target: str) -> str:
+    """TARGET rebuilt from the GET route it names in this app's URL map, never echoed; the index for
+    anything else (control characters, backslashes, schemes, encoded slashes, unknown paths)."""
+    try:
+        endpoint, values = current_app.create_url_adapter(request).match(target, method="GET")
+    except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect
+        return url_for("index")
+    return url_for(endpoint, **values)
+
+
 def _register_auth(app: Flask) -> None:
     @app.route("/login", methods=["GET", "POST"])
     def login():
@@ -124,8 +132,7 @@ def _register_auth(app: Flask) -> None:
         session.clear()
         session["sid"] = ctx["store"].create_session(user)  # server-side: sign-out ends it for every copy of the cookie
         ctx["store"].audit(user, "login", {"remote": address})
-        target = request.args.get("next", "")
-        return redirect(target if target.startswith("/") and not target.startswith("//") else url_for("index"))
+        return redirect(_page_after_sign_in(request.args.get("next", "")))
 
     @app.post("/logout")
     @login_required
