@@ -74,3 +74,11 @@ class LicenseNotReady(LicenseError):
     code = "not_ready"
     status = 503
     retry_after_s = 30
+
+
+class RevocationListOlder(LicenseConfigError):
+    """A genuine revocation list at or below the newest one this process or host has accepted."""
+
+
+class RevocationStateError(LicenseConfigError):
+    """The revocation state file cannot be read, locked or written; the next check tries again."""

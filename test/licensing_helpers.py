@@ -1,4 +1,4 @@
-"""Keys, tokens and a minimal Flask app for licensing tests."""
+"""Keys, tokens, a minimal Flask app and a start-up race for licensing tests."""
 
 import base64
 import json
@@ -58,3 +58,18 @@ def make_app(verifier) -> Flask:
         return jsonify(ok=True)
 
     return app
+
+
+def start_together(lists: list[str], state: str, key_dir: str, barrier, failures) -> None:
+    """One process of a start-up race (a multiprocessing target): for each list in turn, wait for the
+    others, then start a watcher on it with the shared state file; put the rounds not in force in failures."""
+    from licensing.keys import TrustedKeys
+    from licensing.revocation import RevocationWatcher
+
+    keys, missed = TrustedKeys(key_dir), []
+    for round_, path in enumerate(lists):
+        barrier.wait(timeout=60)
+        watcher = RevocationWatcher(path, keys, state)
+        if watcher.current is None:
+            missed.append((round_, watcher.error))
+    failures.put(missed)

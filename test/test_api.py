@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import re
 import time
 
@@ -11,13 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api_helpers import make_env, ready_app
+from api_helpers import LiveServer, make_env, ready_app
+from chexnet.api import healthcheck
 from chexnet.api import Settings, SettingsError, create_app
 from chexnet.api.openapi import openapi_document
 from chexnet.options import PredictOptions
 from conftest import png_bytes
 from dicom_factory import make_dicom, undecodable
-from licensing.revocation import sign_revocation_list
+from licensing.revocation import sign_revocation_list, verify_revocation_list
+from licensing.keys import TrustedKeys
+from prometheus_client.parser import text_string_to_metric_families
 from licensing_helpers import HOST_UUID, OTHER_UUID, claims_for, sign
 from test_decode import png_bomb
 
@@ -194,6 +198,56 @@ def test_revocation_list_not_in_force_fails_closed(tmp_path, demo_bundle, nih_sa
     assert client.get("/api/v1/ready").status_code == 200
     assert client.get("/api/v1/license", headers=env.auth()).status_code == 200
     assert (tmp_path / "revocation-state.json").stat().st_mode & 0o077 == 0, "the state beside the audit log is owner-only"
+
+
+def _revocation_metrics(client) -> dict:
+    text = client.get("/metrics").get_data(as_text=True)
+    return {(sample.name, sample.labels.get("reason")): sample.value
+            for family in text_string_to_metric_families(text) if family.name.startswith("chexnet_revocation")
+            for sample in family.samples}
+
+
+def test_a_refused_newer_list_shows_in_ready_metrics_and_healthcheck(tmp_path, demo_bundle, monkeypatch, capsys):
+    """The state file cannot be read, so a newer list that revokes a token is refused while the earlier
+    list stays in force: /ready stays 200 but warns, the metrics give the reason, the healthcheck prints it."""
+    lists, state = tmp_path / "revocations.jwt", tmp_path / "revocation-state.json"
+    env = make_env(tmp_path, demo_bundle.path, CHEXNET_REVOCATION_LIST=str(lists))
+    first = sign_revocation_list(env.key, [], [])
+    first_seq = verify_revocation_list(first, TrustedKeys(tmp_path / "vendor_public.pem")).seq
+    lists.write_text(first)
+    app = ready_app(env)
+    client = app.test_client()
+    assert conforms(client.get("/api/v1/ready"), "/api/v1/ready")["warnings"] == []
+    claims = claims_for()
+    token = {"Authorization": f"Bearer {sign(env.key, claims)}"}
+
+    state.write_text("{not json")
+    lists.write_text(sign_revocation_list(env.key, [claims["jti"]], [], after=first_seq))
+    later = time.time_ns() + 10**9
+    os.utime(lists, ns=(later, later))
+    body = conforms(client.get("/api/v1/ready"), "/api/v1/ready")
+    (warning,) = body["warnings"]
+    assert "state file" in warning and f"sequence {first_seq} stays in force" in warning
+    assert client.get("/api/v1/license", headers=token).status_code == 200, "the earlier list is the one in force"
+    metrics = _revocation_metrics(client)
+    assert metrics[("chexnet_revocation_refused", "state")] == 1 and metrics[("chexnet_revocation_refused", "older")] == 0
+    assert metrics[("chexnet_revocation_refusals_total", "state")] == 1
+    assert metrics[("chexnet_revocation_sequence", None)] == first_seq
+
+    server = LiveServer(app)
+    try:
+        monkeypatch.setenv("CHEXNET_PORT", server.url.rsplit(":", 1)[1])
+        capsys.readouterr()
+        assert healthcheck.main() == 0, "ready: a list is in force"
+        assert f"warning: {warning}" in capsys.readouterr().out
+        state.unlink()  # what the warning says to do: the running service writes it again, then takes the newer list
+        assert healthcheck.main() == 0 and "warning" not in capsys.readouterr().out
+    finally:
+        server.close()
+    assert conforms(client.get("/api/v1/ready"), "/api/v1/ready")["warnings"] == []
+    assert_error(client.get("/api/v1/license", headers=token), 401, "token_revoked", "/api/v1/license", "get")
+    metrics = _revocation_metrics(client)
+    assert metrics[("chexnet_revocation_refused", "state")] == 0 and metrics[("chexnet_revocation_sequence", None)] > first_seq
 
 
 # --- inputs ----------------------------------------------------------------------------------

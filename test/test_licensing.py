@@ -1,8 +1,10 @@
 """Licensing: the RFC 8725 attack list against token_required, host binding, revocation, keys."""
 
+import fcntl
 import hashlib
 import hmac
 import json
+import multiprocessing
 import os
 import stat
 import time
@@ -18,9 +20,10 @@ from licensing.errors import LicenseConfigError
 from licensing.host import read_host_uuid, same_host, swap_endian
 from licensing.keys import TrustedKeys, generate, key_id, load_private_key
 from licensing.cli import main as licensing_main
+from licensing import revocation
 from licensing.revocation import RevocationWatcher, sign_revocation_list, verify_revocation_list
 from licensing.tokens import REQUIRED_CLAIMS, TokenVerifier, issue_token
-from licensing_helpers import HOST_UUID, OTHER_UUID, b64, claims_for, make_app, raw_jwt, sign
+from licensing_helpers import HOST_UUID, OTHER_UUID, b64, claims_for, make_app, raw_jwt, sign, start_together
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +334,122 @@ def test_unreadable_state_file_fails_closed(tmp_path, key_dir, vendor_key):
     state.write_text("{not json")
     watcher = RevocationWatcher(path, TrustedKeys(key_dir), state)
     assert watcher.current is None and "state file" in watcher.error
+
+
+def _recorded(state):
+    return json.loads(state.read_text())["seq"]
+
+
+@pytest.mark.parametrize("tamper", ["deleted", "lowered"])
+def test_older_list_after_deleting_or_lowering_the_state_file_is_refused_live_and_after_restart(
+        tmp_path, key_dir, vendor_key, tamper):
+    """Attack by anything that can write the audit folder, with the service running: delete the state file
+    (or write the older sequence into it), then copy an older genuinely signed list back."""
+    keys = TrustedKeys(key_dir)
+    path, state = tmp_path / "revocations.jwt", tmp_path / "audit" / "revocation-state.json"
+    old = sign_revocation_list(vendor_key, [], [])
+    old_list = verify_revocation_list(old, keys)
+    new = sign_revocation_list(vendor_key, ["revoked-jti"], [], after=old_list.seq)
+    new_seq = verify_revocation_list(new, keys).seq
+    path.write_text(new)
+    watcher = RevocationWatcher(path, keys, state)
+    client = make_app(TokenVerifier(keys, HOST_UUID, revocations=watcher)).test_client()
+    token = sign(vendor_key, claims_for(jti="revoked-jti"))
+    assert_refused(call(client, token), 401, "token_revoked")
+
+    if tamper == "deleted":
+        state.unlink()
+    else:
+        state.write_text(json.dumps({"seq": old_list.seq, "list_id": old_list.list_id}))
+    path.write_text(old)
+    _touch_later(path)
+    watcher.refresh()
+    assert_refused(call(client, token), 401, "token_revoked")
+    assert _recorded(state) == new_seq, "the state file is written again from memory, never lowered"
+    assert watcher.refused == "older" and "older" in watcher.warnings[0] and "stays in force" in watcher.warnings[0]
+
+    restarted = RevocationWatcher(path, keys, state)  # a restart with the older list on disk
+    restarted_client = make_app(TokenVerifier(keys, HOST_UUID, revocations=restarted)).test_client()
+    assert_refused(call(restarted_client, token), 503, "not_ready")
+    assert "older" in restarted.error
+    state.unlink()  # again, after the restart: the floor read at start is kept in memory
+    _touch_later(path)
+    restarted.refresh()
+    assert restarted.current is None and _recorded(state) == new_seq
+    assert not [p.name for p in state.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_processes_starting_together_on_one_state_file_all_end_with_the_list_in_force(tmp_path, key_dir, vendor_key):
+    """The API, the DICOM node and a Swarm slot start at once, many times, sharing one state file; each
+    round brings a newer list, so each round writes the file. Every start-up ends with the list in force."""
+    rounds, processes, seq = 60, 3, 0
+    lists = []
+    for i in range(rounds):
+        text = sign_revocation_list(vendor_key, [f"jti-{i}"], [], after=seq)
+        seq = verify_revocation_list(text, TrustedKeys(key_dir)).seq
+        lists.append(str(tmp_path / f"revocations-{i}.jwt"))
+        Path(lists[-1]).write_text(text)
+    state = tmp_path / "audit" / "revocation-state.json"
+    ctx = multiprocessing.get_context("spawn")
+    barrier, failures = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=start_together, args=(lists, str(state), str(key_dir), barrier, failures))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    missed = [failures.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(30)
+    assert missed == [[]] * processes
+    assert _recorded(state) == seq
+    assert not [p.name for p in state.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_refusal_for_the_state_file_is_tried_again_at_the_next_check(tmp_path, key_dir, vendor_key, monkeypatch):
+    """A state file that cannot be read or locked refuses the list, but the next check tries again without
+    anyone touching the list file."""
+    keys = TrustedKeys(key_dir)
+    path, state = tmp_path / "revocations.jwt", tmp_path / "revocation-state.json"
+    path.write_text(sign_revocation_list(vendor_key, ["revoked-jti"], []))
+    state.write_text("{not json")
+    watcher = RevocationWatcher(path, keys, state)
+    assert watcher.current is None and watcher.refused == "state"
+    state.unlink()  # what the message says to do
+    watcher.refresh()
+    assert watcher.is_revoked("revoked-jti", "x") and watcher.error is None
+
+    monkeypatch.setattr(revocation, "LOCK_WAIT_S", 0.1)
+    state.unlink()
+    with open(state.with_name(state.name + ".lock"), "a") as held:  # another process holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        restarted = RevocationWatcher(path, keys, state)
+        assert restarted.current is None and "locked" in restarted.error
+    restarted.refresh()
+    assert restarted.is_revoked("revoked-jti", "x") and _recorded(state) == watcher.current.seq
+
+
+def test_a_refused_newer_list_is_a_warning_with_its_reason(tmp_path, key_dir, vendor_key, caplog):
+    """The state file cannot be read, so a newer list that revokes more is refused: the earlier list stays in
+    force and says so in warnings (for /ready) and in a reason code (for the metrics), logged once."""
+    keys = TrustedKeys(key_dir)
+    path, state = tmp_path / "revocations.jwt", tmp_path / "revocation-state.json"
+    first = sign_revocation_list(vendor_key, [], [])
+    path.write_text(first)
+    watcher = RevocationWatcher(path, keys, state)
+    assert watcher.warnings == [] and watcher.standing_refusals() == set()
+    state.write_text("{not json")
+    path.write_text(sign_revocation_list(vendor_key, ["revoked-jti"], [], after=watcher.current.seq))
+    _touch_later(path)
+    with caplog.at_level("ERROR", logger="licensing.revocation"):
+        for _ in range(3):
+            watcher.refresh()
+    assert not watcher.is_revoked("revoked-jti", "x"), "the earlier list stays in force"
+    assert watcher.standing_refusals() == {"state"} and watcher.refusals["state"] == 1
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 1, "tried again at each check, logged once"
+    (warning,) = watcher.warnings
+    assert "state file" in warning and f"sequence {watcher.current.seq} stays in force" in warning
+    state.unlink()
+    watcher.refresh()
+    assert watcher.is_revoked("revoked-jti", "x") and watcher.warnings == [] and watcher.standing_refusals() == set()
 
 
 @pytest.mark.parametrize("name, value", [

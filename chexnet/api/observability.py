@@ -12,10 +12,15 @@ import re
 import sys
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flask import g, has_request_context, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from licensing.revocation import REFUSAL_REASONS, RevocationWatcher
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -65,6 +70,35 @@ class Metrics:
         self.batch_size = Histogram("chexnet_batch_size", "Images per engine call", ["model"],
                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
         self.queue_depth = Gauge("chexnet_queue_depth", "Images waiting for the engine", ["model"], registry=self.registry)
+
+    def watch_revocations(self, watcher: Callable[[], RevocationWatcher | None]) -> None:
+        """The revocation list's state, read at each scrape (the watcher exists once the keys load)."""
+        self.registry.register(RevocationCollector(watcher))
+
+
+class RevocationCollector(Collector):
+    """chexnet_revocation_sequence (the list in force, 0: none), chexnet_revocation_refused{reason} (1 while
+    a list is refused for that reason, an earlier one possibly still in force) and
+    chexnet_revocation_refusals_total{reason}; nothing while no revocation list is configured."""
+
+    def __init__(self, watcher: Callable[[], RevocationWatcher | None]):
+        self._watcher = watcher
+
+    def collect(self) -> Iterator[Metric]:
+        watcher = self._watcher()
+        if watcher is None:
+            return
+        current, standing, counts = watcher.current, watcher.standing_refusals(), dict(watcher.refusals)
+        yield GaugeMetricFamily("chexnet_revocation_sequence", "Sequence of the revocation list in force (0: none)",
+                                value=current.seq if current else 0)
+        refused = GaugeMetricFamily("chexnet_revocation_refused", "1 while a revocation list is refused for this reason",
+                                    labels=["reason"])
+        total = CounterMetricFamily("chexnet_revocation_refusals", "Revocation lists refused, by reason", labels=["reason"])
+        for reason in REFUSAL_REASONS:
+            refused.add_metric([reason], 1 if reason in standing else 0)
+            total.add_metric([reason], counts.get(reason, 0))
+        yield refused
+        yield total
 
 
 class AuditLog:

@@ -57,7 +57,10 @@ SCHEMAS = {
                                   "request_id": {"type": ["string", "null"]}})}),
     "Health": _obj({"status": {"const": "ok"}}),
     "Ready": _obj({"status": {"const": "ready"}, "models": {"type": "array", "items": {"type": "string"}},
-                   "default_model": {"type": "string"}}),
+                   "default_model": {"type": "string"},
+                   "warnings": {"type": "array", "items": {"type": "string"}, "description":
+                                "Sentences for an operator while ready, e.g. a refused revocation list with the "
+                                "earlier list still in force; empty when all is well."}}),
     "NotReady": _obj({"status": {"const": "not_ready"}, "reasons": {"type": "array", "items": {"type": "string"}},
                       "error": {"type": "object"}}),
     "Models": _obj({"models": {"type": "array", "items": _obj({

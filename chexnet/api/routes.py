@@ -31,7 +31,8 @@ def health():
 def ready():
     problems = service().readiness()
     if not problems:
-        return jsonify(status="ready", models=list(service().models), default_model=service().default_model)
+        return jsonify(status="ready", models=list(service().models), default_model=service().default_model,
+                       warnings=service().warnings())
     err = NotReady(problems[0])
     response = jsonify(status="not_ready", reasons=problems, **err.body(g.get("request_id")))
     response.status_code = err.status

@@ -60,6 +60,7 @@ class Service:
         self.problems: list[str] = []
         self.loading = True
         self._done = threading.Event()
+        metrics.watch_revocations(lambda: self.revocations)
 
     # --- start-up --------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +136,10 @@ class Service:
             if self.revocations.current is None:
                 problems.append(self.revocations.error or "The configured revocation list is not in force.")
         return problems
+
+    def warnings(self) -> list[str]:
+        """What an operator should fix although the service is ready (a refused revocation list)."""
+        return self.revocations.warnings if self.revocations is not None else []
 
     def model(self, model_id: str | None) -> LoadedModel:
         if self.loading:
