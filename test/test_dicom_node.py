@@ -32,11 +32,14 @@ def free_port() -> int:
 
 
 class Destination:
-    """A PACS stand-in: a C-STORE SCP for the result classes that keeps what it receives."""
+    """A PACS stand-in: a C-STORE SCP for the result classes that keeps what it receives. ``answers``
+    maps a SOP class to the status (or status dataset) it answers instead of storing."""
 
     def __init__(self, port: int):
         self.port = port
         self.received: list[pydicom.Dataset] = []
+        self.answers: dict = {}
+        self.asked: list[str] = []  # the SOP class of every C-STORE, stored or not
         self.server = None
 
     def start(self):
@@ -46,6 +49,9 @@ class Destination:
 
         def on_store(event):
             ds = event.dataset
+            self.asked.append(ds.SOPClassUID)
+            if ds.SOPClassUID in self.answers:
+                return self.answers[ds.SOPClassUID]
             ds.file_meta = event.file_meta
             self.received.append(ds)
             return 0x0000
@@ -59,7 +65,7 @@ class Destination:
 
 
 class Node:
-    def __init__(self, env, tmp: Path, destination_port: int):
+    def __init__(self, env, tmp: Path, destination_port: int, **settings: str):
         self.port, self.metrics_port = free_port(), free_port()
         self.spool = tmp / "spool"
         (tmp / "node.token").write_text(env.token() + "\n")
@@ -70,20 +76,35 @@ class Node:
                     "CHEXNET_DICOM_PORT": str(self.port), "CHEXNET_DICOM_ALLOWED_AES": "MODALITY,ORTHANC",
                     "CHEXNET_DICOM_DESTINATION": f"PACS@127.0.0.1:{destination_port}",
                     "CHEXNET_DICOM_SPOOL": str(self.spool), "CHEXNET_DICOM_TOKEN_FILE": str(tmp / "node.token"),
-                    "CHEXNET_DICOM_RETRY_MAX_S": "2", "CHEXNET_DICOM_METRICS_PORT": str(self.metrics_port)}
+                    "CHEXNET_DICOM_RETRY_MAX_S": "2", "CHEXNET_DICOM_METRICS_PORT": str(self.metrics_port),
+                    **settings}
         self.log = tmp / "node.log"
         self.process = None
 
-    def start(self):
+    def start(self, wait: bool = True):
         self.process = subprocess.Popen([sys.executable, "-m", "chexnet", "dicom-node"], env=self.env,
                                         stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        wait_until(lambda: self.echo() == 0, 120, "the node to answer C-ECHO")
+        if wait:
+            wait_until(lambda: self.echo() == 0, 120, "the node to answer C-ECHO")
 
     def echo(self) -> int:
+        return self.healthcheck().returncode
+
+    def healthcheck(self) -> subprocess.CompletedProcess:
         if self.process.poll() is not None:
             raise AssertionError(f"the node exited: {self.log.read_text()[-2000:]}")
         return subprocess.run([sys.executable, "-m", "chexnet.dicom_node.healthcheck"], env=self.env,
-                              capture_output=True, check=False).returncode
+                              capture_output=True, text=True, check=False)
+
+    def status(self, field: str) -> int:
+        """A line of /proc/<pid>/status in kB or a count (VmHWM: the peak resident memory; Threads)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
+
+    def files(self, queue: str) -> list[Path]:
+        return sorted((self.spool / queue).glob("*.dcm"))
 
     def metric(self, name: str) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
@@ -100,10 +121,10 @@ class Node:
 
 
 @pytest.fixture()
-def site(tmp_path, demo_bundle):
+def site(tmp_path, demo_bundle, request):
     env = make_env(tmp_path, demo_bundle.path)
     destination = Destination(free_port())
-    node = Node(env, tmp_path, destination.port)
+    node = Node(env, tmp_path, destination.port, **getattr(request, "param", {}))
     yield env, node, destination
     node.stop()
     destination.stop()

@@ -53,6 +53,7 @@ class Service:
         self.result_settings = ResultSettings(uid_root=settings.dicom_uid_root)
         self.layout = settings.layout
         self.gate = DecodeGate(self.layout.decode_concurrency, settings.decode_wait_s)
+        self.limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
         self.models: dict[str, LoadedModel] = {}
         self.default_model: str | None = None
         self.verifier: TokenVerifier | None = None
@@ -102,13 +103,12 @@ class Service:
 
     def _load_models(self) -> None:
         s = self.settings
-        limits = DecodeLimits(max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels)
         workers, threads = self.layout.engine_workers, self.layout.engine_threads
         for path in self._bundle_dirs():
             try:
                 bundle = load_bundle(path)
                 engine = create_engine(bundle, s.engine, s.device, s.precision, threads, workers)
-                predictor = Predictor(bundle, engine, limits, self.gate)
+                predictor = Predictor(bundle, engine, self.limits, self.gate)
                 predictor.warmup()
             except ChexnetError as exc:
                 self.problems.append(exc.message)

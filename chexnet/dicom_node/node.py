@@ -1,22 +1,19 @@
 """The DICOM node: listener (C-ECHO, C-STORE SCP), worker (spool → core → results) and sender
-(C-STORE SCU with backoff), each on its own thread around one :class:`Spool`."""
+(:mod:`chexnet.dicom_node.sender`), each on its own thread around one :class:`Spool`."""
 
 import hashlib
-import io
 import logging
 import threading
+import time
 from pathlib import Path
 
-import pydicom
 from prometheus_client import Counter, Gauge, start_http_server
-from pydicom.filewriter import write_file_meta_info
+from pydicom import Dataset
 from pydicom.uid import (
     ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForProcessing,
     DigitalXRayImageStorageForPresentation,
-    ExplicitVRLittleEndian,
+    DigitalXRayImageStorageForProcessing,
     SecondaryCaptureImageStorage,
-    ComprehensiveSRStorage,
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
@@ -24,12 +21,15 @@ from pynetdicom.sop_class import Verification
 from chexnet.api.observability import AuditLog, Metrics
 from chexnet.api.service import Service
 from chexnet.api.settings import Settings
+from chexnet.dicom_node.listener import BoundedServer, ReceivedFiles
+from chexnet.dicom_node.peers import shown
+from chexnet.dicom_node.sender import Sender
 from chexnet.dicom_node.settings import NodeSettings
 from chexnet.dicom_node.spool import QUEUES, Spool
 from chexnet.dicom_results import encode
 from chexnet.eligibility import WARNINGS, warnings_for
-from chexnet.errors import ServiceError
-from chexnet.imaging.dicom import DECODABLE_SYNTAXES
+from chexnet.errors import PayloadTooLarge, ServiceError
+from chexnet.imaging.dicom import DECODABLE_SYNTAXES, read_header
 from chexnet.options import PredictOptions
 from licensing.errors import LicenseError, LicenseNotReady
 
@@ -37,23 +37,42 @@ log = logging.getLogger("chexnet.dicom_node")
 # What the node accepts: radiographs, and secondary captures of them (as some PACS export CR).
 STORAGE_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                    DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage)
-RESULT_CLASSES = (ComprehensiveSRStorage, SecondaryCaptureImageStorage)
-SUCCESS, REFUSED_NOT_AUTHORIZED, OUT_OF_RESOURCES = 0x0000, 0x0124, 0xA700
-_ELIGIBILITY_TAGS = ["Modality", "BodyPartExamined", "ViewPosition"]
+# C-STORE and C-ECHO statuses (PS3.4 B.2.3, PS3.7 C)
+SUCCESS, PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED = 0x0000, 0x0110, 0x0124
+OUT_OF_RESOURCES, DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
+_REFUSALS = {  # why a received data set was not kept → (status, the ErrorComment the sender reads)
+    "too_large": (OUT_OF_RESOURCES, "Instance larger than this node accepts"),
+    "disk_full": (OUT_OF_RESOURCES, "Node spool disk is full; retry later"),
+    "busy": (OUT_OF_RESOURCES, "Node is busy; retry later"),
+    "class_mismatch": (DOES_NOT_MATCH_SOP_CLASS, "Data set does not match the SOP class"),
+    "unreadable": (CANNOT_UNDERSTAND, "Data set cannot be read"),
+    "spool_error": (OUT_OF_RESOURCES, "Node cannot write its spool; retry later"),
+}
 
 
-class SendFailed(Exception):
-    """The destination could not be reached or did not take an object; the spool keeps it."""
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
 
 
 class NodeMetrics:
     def __init__(self, metrics: Metrics, spool: Spool):
         r = metrics.registry
         self.received = Counter("chexnet_dicom_received_total", "Instances received and spooled", registry=r)
+        self.refused_stores = Counter("chexnet_dicom_store_refused_total", "C-STOREs answered with a failure",
+                                      ["reason"], registry=r)
+        self.refused_connections = Counter("chexnet_dicom_connections_refused_total",
+                                           "Connections closed at once: too many open", ["limit"], registry=r)
         self.skipped = Counter("chexnet_dicom_skipped_total", "Instances skipped by eligibility", ["reason"], registry=r)
         self.rejected = Counter("chexnet_dicom_rejected_total", "Instances the core refused", ["code"], registry=r)
         self.sent = Counter("chexnet_dicom_sent_total", "Result objects stored at the destination", registry=r)
         self.send_failures = Counter("chexnet_dicom_send_failures_total", "Failed attempts to send results", registry=r)
+        self.refused = Counter("chexnet_dicom_results_refused_total", "Result objects the destination refused for good",
+                               ["status"], registry=r)
+        self.io_errors = Counter("chexnet_dicom_io_errors_total", "I/O errors the worker or sender survived",
+                                 ["thread"], registry=r)
         depth = Gauge("chexnet_dicom_queue_depth", "Files waiting in the spool", ["queue"], registry=r)
         for queue in QUEUES:
             depth.labels(queue).set_function(lambda queue=queue: spool.depth(queue))
@@ -66,35 +85,54 @@ class DicomNode:
         self.audit = AuditLog(settings.audit_log)
         self.service = Service(settings, self.metrics, self.audit)
         self.spool = Spool(node.spool)
+        self.received = ReceivedFiles(self.spool.receiving, settings.max_upload_bytes, node.min_free_mb * 2**20)
         self.node_metrics = NodeMetrics(self.metrics, self.spool)
         self.options = PredictOptions.parse(node.model, node.heatmaps, output="dicom")
         self._stop = threading.Event()
         self._work = threading.Event()
         self._outgoing = threading.Event()
-        self._pause = 1.0  # the sender's pause before its next attempt; doubles on each failure
-        self._server = None
+        self.sender = Sender(node, self.spool, self.node_metrics, self.audit, self._stop, self._prune)
+        self._moved = {queue: time.monotonic() for queue in ("incoming", "outgoing")}
+        self._prune_lock = threading.Lock()
+        self._server: BoundedServer | None = None
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self.service.start()
+        self.received.install()
+        self._prune()
         ae = AE(ae_title=self.node.ae_title)
         ae.require_calling_aet = [*self.node.allowed_aes, self.node.ae_title]  # itself: the healthcheck's C-ECHO
+        ae.require_called_aet = True
+        ae.maximum_associations = self.node.max_associations
+        ae.acse_timeout = self.node.associate_timeout_s
+        ae.network_timeout = self.node.network_timeout_s
+        ae.dimse_timeout = self.node.network_timeout_s
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, DECODABLE_SYNTAXES)
-        handlers = [(evt.EVT_C_ECHO, lambda event: SUCCESS), (evt.EVT_C_STORE, self._on_store)]
-        self._server = ae.start_server(("0.0.0.0", self.node.port), block=False, evt_handlers=handlers)
+        handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
+        self._server = ae.make_server(
+            (self.node.bind, self.node.port), evt_handlers=handlers, server_class=BoundedServer,
+            total=self.node.max_associations, per_peer=self.node.max_per_peer,
+            on_refused=lambda limit: self.node_metrics.refused_connections.labels(limit).inc())
+        self._start_thread("dicom-listener", self._server.serve_forever)
         if self.node.metrics_port:
             start_http_server(self.node.metrics_port, registry=self.metrics.registry)
-        for name, args in (("dicom-worker", ("incoming", self._work, self._predict_waiting)),
-                           ("dicom-sender", ("outgoing", self._outgoing, self._send_waiting))):
-            thread = threading.Thread(target=self._drain, args=args, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_thread("dicom-worker", self._drain, "incoming", self._work, self._predict_waiting)
+        self._start_thread("dicom-sender", self._drain, "outgoing", self._outgoing, self.sender.send_waiting)
         log.info("DICOM node listening", extra={"fields": {
-            "ae_title": self.node.ae_title, "port": self.node.port, "allowed": list(self.node.allowed_aes),
-            "destination": str(self.node.destination), "waiting": {q: self.spool.depth(q) for q in QUEUES}}})
+            "ae_title": self.node.ae_title, "bind": self.node.bind, "port": self.node.port,
+            "allowed": list(self.node.allowed_aes), "destination": str(self.node.destination),
+            "max_associations": self.node.max_associations, "max_per_peer": self.node.max_per_peer,
+            "max_instance_mb": self.received.cap_bytes // 2**20, "min_free_mb": self.node.min_free_mb,
+            "waiting": {q: self.spool.depth(q) for q in QUEUES}}})
+
+    def _start_thread(self, name: str, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
@@ -108,57 +146,121 @@ class DicomNode:
     def wait(self) -> None:
         self._stop.wait()
 
+    # --- health ---------------------------------------------------------------------------------
+    def stalled(self) -> str | None:
+        """Why the node is not doing its work, or None: a thread has ended, or a queue holds work and
+        has not moved for CHEXNET_DICOM_STALL_S."""
+        for thread in self._threads:
+            if not thread.is_alive():
+                return f"the {thread.name} thread has stopped"
+        for queue, moved in self._moved.items():
+            if time.monotonic() - moved > self.node.stall_s and self.spool.depth(queue):
+                return f"{queue}/ has not moved for {self.node.stall_s} s"
+        return None
+
+    def _on_echo(self, event) -> Dataset | int:
+        problem = self.stalled()
+        if problem is None:
+            return SUCCESS
+        log.error("unhealthy: %s", problem)
+        return _status(PROCESSING_FAILURE, problem)
+
     # --- listener -------------------------------------------------------------------------------
-    def _on_store(self, event) -> int:
+    def _on_store(self, event) -> Dataset | int:
+        path = Path(event.dataset_path)
+        reason = self.received.refusal(path)
         calling = event.assoc.requestor.ae_title
         if calling == self.node.ae_title:
             return REFUSED_NOT_AUTHORIZED  # its own title admits only the healthcheck's C-ECHO
-        buffer = io.BytesIO()
-        buffer.write(b"\0" * 128 + b"DICM")
-        write_file_meta_info(buffer, event.file_meta)
-        buffer.write(event.request.DataSet.getvalue())
-        try:
-            self.spool.accept(buffer.getvalue())
-        except OSError as exc:
-            log.error("cannot spool a received instance; the sender is told to retry",
-                      extra={"fields": {"calling_ae": calling, "error": exc.strerror}})
-            return OUT_OF_RESOURCES
+        reason = reason or self._check(event, path)
+        if reason is None:
+            try:
+                self.spool.accept(path)
+            except OSError as exc:
+                log.error("cannot spool a received instance", extra={"fields": {"error": exc.strerror}})
+                reason = "spool_error"
+        if reason is not None:
+            self.node_metrics.refused_stores.labels(reason).inc()
+            log.warning("refused a received instance", extra={"fields": {
+                "calling_ae": shown(calling), "reason": reason, "peer": shown(event.assoc.requestor.address)}})
+            return _status(*_REFUSALS[reason])
         self.node_metrics.received.inc()
         self._work.set()
         return SUCCESS
 
+    def _check(self, event, path: Path) -> str | None:
+        """Why this data set must not be kept, read through the core's bounded reader; None: keep it."""
+        if self.received.free_bytes() < self.received.min_free_bytes:
+            return "disk_full"
+        try:
+            header = self._header(path.read_bytes)
+        except PayloadTooLarge:
+            return "too_large"
+        except ServiceError as exc:
+            return "busy" if exc.status == 503 else "unreadable"
+        request = event.request
+        if not (event.context.abstract_syntax == request.AffectedSOPClassUID == header.get("SOPClassUID")
+                and request.AffectedSOPInstanceUID == header.get("SOPInstanceUID")):
+            return "class_mismatch"
+        return None
+
+    def _header(self, read) -> Dataset:
+        """``read()`` runs in a decode slot, so data sets waiting for one stay on disk."""
+        with self.service.gate.slot():
+            return read_header(read(), self.service.limits)
+
     # --- worker ---------------------------------------------------------------------------------
     def _drain(self, queue: str, wake: threading.Event, handle) -> None:
-        """Hand what waits in the spool folder to ``handle``, oldest first; sleep until woken when empty."""
+        """Hand what waits in the spool folder to ``handle``, oldest first; sleep until woken when empty.
+        Nothing ends this loop but stop(): an error is logged, counted and retried after a pause."""
         while not self._stop.is_set():
-            waiting = self.spool.files(queue)
-            if waiting:
-                handle(waiting)
-            else:
-                wake.wait(5)
-                wake.clear()
+            try:
+                waiting = self.spool.files(queue)
+                if waiting:
+                    handle(waiting)
+                if not waiting or set(waiting) - set(self.spool.files(queue)):
+                    self._moved[queue] = time.monotonic()
+                if not waiting:
+                    wake.wait(5)
+                    wake.clear()
+            except Exception as exc:  # noqa: BLE001 - a disk error or a bug must not end the thread
+                self.node_metrics.io_errors.labels(queue).inc()
+                log.error("the %s queue hit an error; retrying", queue, extra={"fields": {
+                    "error": type(exc).__name__, "reason": getattr(exc, "strerror", None)}})
+                self._stop.wait(5)
 
     def _predict_waiting(self, waiting: list[Path]) -> None:
         for path in waiting:
             if self._stop.is_set() or not self._process(path):
-                self._stop.wait(5)  # not ready or not licensed yet: the file stays, try again later
+                self._stop.wait(5)  # not ready, not licensed or no disk yet: the file stays, try again later
                 return
 
     def _process(self, path: Path) -> bool:
-        """Predict one spooled instance; False when it must wait (the service or licence not ready)."""
-        data = path.read_bytes()
-        record = {"request_id": f"dicom-{path.stem}", "input_sha256": hashlib.sha256(data).hexdigest()}
-        warnings = _eligibility(data)
-        if warnings:
-            log.info("skipped: not a frontal chest radiograph", extra={"fields": {
-                "request_id": record["request_id"], "warnings": warnings,
-                "reasons": [WARNINGS[w] for w in warnings]}})
-            self.audit.write({**record, "event": "dicom_skipped", "warnings": warnings})
-            for warning in warnings:
-                self.node_metrics.skipped.labels(warning).inc()
-            self.spool.discard(path)
+        """Predict one spooled instance; False when it must wait (not ready, not licensed, an I/O error)."""
+        record = {"request_id": f"dicom-{path.stem}"}
+        if self.spool.begin(path) > self.node.max_attempts:
+            self._reject(path, record, "poison", f"its processing was started {self.node.max_attempts} times "
+                         "without finishing (the node crashed or was killed each time)")
             return True
         try:
+            done = self._predict(path, record)
+        except OSError as exc:
+            log.error("an I/O error stopped processing; the instance stays in the spool", extra={"fields": {
+                "request_id": record["request_id"], "error": exc.strerror}})
+            self.node_metrics.io_errors.labels("incoming").inc()
+            done = False
+        if not done:
+            self.spool.end(path)
+        return done
+
+    def _predict(self, path: Path, record: dict) -> bool:
+        data = path.read_bytes()
+        record["input_sha256"] = hashlib.sha256(data).hexdigest()
+        try:
+            warnings = warnings_for(self._header(lambda: data))
+            if warnings:
+                self._skip(path, record, warnings)
+                return True
             claims = self._claims()
             prediction = self.service.predict(lambda: data, self.options, claims, record["request_id"])
             results = [encode(ds) for ds in self.service.dicom_results(prediction)]
@@ -169,6 +271,8 @@ class DicomNode:
                 return False
             self._reject(path, record, exc.code, exc.message)
             return True
+        except OSError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the queue; the file is kept for a person
             self._reject(path, record, "internal_error", type(exc).__name__)
             return True
@@ -176,12 +280,28 @@ class DicomNode:
         self._outgoing.set()
         return True
 
+    def _skip(self, path: Path, record: dict, warnings: list[str]) -> None:
+        log.info("skipped: not a frontal chest radiograph", extra={"fields": {
+            "request_id": record["request_id"], "warnings": warnings, "reasons": [WARNINGS[w] for w in warnings]}})
+        self.audit.write({**record, "event": "dicom_skipped", "warnings": warnings})
+        for warning in warnings:
+            self.node_metrics.skipped.labels(warning).inc()
+        self.spool.discard(path)
+
     def _reject(self, path: Path, record: dict, code: str, message: str) -> None:
-        kept = self.spool.reject(path)
+        self.audit.write({**record, "event": "dicom_rejected", "code": code})
+        kept = self.spool.set_aside(path, "rejected")
         log.error("rejected a received instance", extra={"fields": {
             "request_id": record["request_id"], "code": code, "reason": message, "kept": str(kept)}})
-        self.audit.write({**record, "event": "dicom_rejected", "code": code})
         self.node_metrics.rejected.labels(code).inc()
+        self._prune()
+
+    def _prune(self) -> None:
+        with self._prune_lock:
+            removed = self.spool.prune(self.node.aside_max_mb * 2**20, self.node.aside_max_days * 86400)
+        if removed:
+            log.info("pruned rejected/ and refused/", extra={"fields": {
+                "removed": removed, "max_mb": self.node.aside_max_mb, "max_days": self.node.aside_max_days}})
 
     def _claims(self):
         verifier = self.service.verifier
@@ -193,47 +313,3 @@ class DicomNode:
             raise LicenseNotReady(f"The node's token file {self.node.token_file} cannot be read "
                                   "(CHEXNET_DICOM_TOKEN_FILE).") from None
         return verifier.verify(token)
-
-    # --- sender ---------------------------------------------------------------------------------
-    def _send_waiting(self, waiting: list[Path]) -> None:
-        try:
-            self._send(waiting)
-            self._pause = 1.0
-        except SendFailed as exc:
-            self.node_metrics.send_failures.inc()
-            log.warning("sending results failed; retrying", extra={"fields": {
-                "destination": str(self.node.destination), "reason": str(exc), "retry_in_s": self._pause,
-                "waiting": len(waiting)}})
-            self._stop.wait(self._pause)
-            self._pause = min(self._pause * 2, self.node.retry_max_s)
-
-    def _send(self, paths: list[Path]) -> None:
-        destination = self.node.destination
-        ae = AE(ae_title=self.node.ae_title)
-        for sop_class in RESULT_CLASSES:
-            ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
-            raise SendFailed("the destination did not accept an association")
-        try:
-            for path in paths:
-                status = assoc.send_c_store(pydicom.dcmread(path))
-                code = getattr(status, "Status", None)
-                if code is None:
-                    raise SendFailed("the association ended before the destination answered")
-                if code != SUCCESS and code >> 12 != 0xB:  # 0xBxxx: stored with a warning
-                    raise SendFailed(f"the destination answered C-STORE status 0x{code:04X}")
-                self.spool.discard(path)
-                self.node_metrics.sent.inc()
-        finally:
-            if assoc.is_established:
-                assoc.release()
-
-
-def _eligibility(data: bytes) -> list[str]:
-    """Warnings from the header alone; an unreadable header gives none (the core then says why)."""
-    try:
-        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_ELIGIBILITY_TAGS)
-    except Exception:  # noqa: BLE001 - any parse failure is the core's to report as a 4xx
-        return []
-    return warnings_for(header)

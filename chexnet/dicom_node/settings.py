@@ -1,6 +1,7 @@
 """The DICOM node's own CHEXNET_DICOM_* settings (the model and licence settings are those of
 ``serve``, :class:`chexnet.api.settings.Settings`). A bad value stops start-up with one sentence."""
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +36,16 @@ class NodeSettings:
     heatmaps: str = "top"  # which heatmaps become secondary captures: top | positive | all | none
     retry_max_s: float = 300.0  # the longest pause between two attempts to send
     metrics_port: int = 9102  # Prometheus text on http://<container>:9102/metrics; 0: off
+    bind: str = "0.0.0.0"  # the address the listener binds (in a container: all; the host port decides)
+    max_associations: int = 8  # open connections in all, associated or not
+    max_per_peer: int = 4  # open connections from one peer address
+    associate_timeout_s: int = 5  # a peer that connects must associate within this (ACSE / ARTIM timer)
+    network_timeout_s: int = 60  # an associated peer that sends nothing for this long is dropped
+    min_free_mb: int = 1024  # C-STORE answers "out of resources" while the spool's disk has less free
+    max_attempts: int = 3  # an instance whose processing was started this often without finishing is set aside
+    aside_max_mb: int = 2048  # rejected/ and refused/ together; the oldest files go first
+    aside_max_days: int = 30
+    stall_s: int = 300  # C-ECHO (the healthcheck) fails while work waits and its queue has not moved this long
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "NodeSettings":
@@ -71,8 +82,24 @@ class NodeSettings:
         heatmaps = get("HEATMAPS", cls.heatmaps)
         if heatmaps not in HEATMAP_MODES:
             raise SettingsError(f"CHEXNET_DICOM_HEATMAPS must be one of {', '.join(HEATMAP_MODES)}, not '{heatmaps[:40]}'.")
+        bind = get("BIND", cls.bind)
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise SettingsError(f"CHEXNET_DICOM_BIND must be an IP address of this host (0.0.0.0 for all), "
+                                f"not '{bind[:64]}'.") from None
+        max_associations = integer("MAX_ASSOCIATIONS", cls.max_associations, 1, 256)
         return cls(
-            allowed_aes=allowed, destination=destination, token_file=token_file,
+            allowed_aes=allowed, destination=destination, token_file=token_file, bind=bind,
+            max_associations=max_associations,
+            max_per_peer=integer("MAX_PER_PEER", cls.max_per_peer, 1, max_associations),
+            associate_timeout_s=integer("ASSOCIATE_TIMEOUT_S", cls.associate_timeout_s, 1, 60),
+            network_timeout_s=integer("NETWORK_TIMEOUT_S", cls.network_timeout_s, 5, 3600),
+            min_free_mb=integer("MIN_FREE_MB", cls.min_free_mb, 0, 1_000_000),
+            max_attempts=integer("MAX_ATTEMPTS", cls.max_attempts, 1, 100),
+            aside_max_mb=integer("ASIDE_MAX_MB", cls.aside_max_mb, 0, 1_000_000),
+            aside_max_days=integer("ASIDE_MAX_DAYS", cls.aside_max_days, 1, 3650),
+            stall_s=integer("STALL_S", cls.stall_s, 10, 86400),
             ae_title=ae_title("AE_TITLE", get("AE_TITLE", cls.ae_title)),
             port=integer("PORT", cls.port, 1, 65535), spool=get("SPOOL", cls.spool), model=get("MODEL"),
             heatmaps=heatmaps, retry_max_s=float(integer("RETRY_MAX_S", int(cls.retry_max_s), 1, 3600)),

@@ -121,6 +121,16 @@ def decode_dicom(data: bytes, limits: DecodeLimits, size: DecodeSize | None = No
         raise CorruptImage("The DICOM file is truncated or corrupt; export it again from the PACS.") from None
 
 
+def read_header(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
+    """The identifying header (:data:`SOURCE_KEYWORDS`) through the same bounded reader as decoding: a
+    deflated data set inflates only up to the limit, no pixel is decoded."""
+    limits.check_bytes(len(data))
+    try:
+        return _source(_read(data, limits))
+    except _DECODER_FAILURES:
+        raise CorruptImage("The DICOM file is truncated or corrupt; export it again from the PACS.") from None
+
+
 def _decode(data: bytes, limits: DecodeLimits, size: DecodeSize | None) -> DecodedImage:
     ds = _read(data, limits)
     samples, frame_header = _check_header(ds, limits)
