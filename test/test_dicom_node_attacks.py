@@ -194,6 +194,24 @@ def test_a_flood_of_idle_connections_does_not_lock_out_a_modality(site, dicom_di
     assert log.count("refused a connection") <= 3, "a flood logs once per interval, not once per connection"
 
 
+def test_a_pdu_announcing_a_gigabyte_is_not_buffered(site):
+    env, node, destination = site
+    before = started_with_limit(node)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+        s.sendall(b"\x01\x00" + (2**30).to_bytes(4, "big"))  # an A-ASSOCIATE-RQ "of 1 GiB", before associating
+        chunk = bytes(MIB)
+        try:
+            while sent < 300 * MIB:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the node closed the connection
+    assert sent < 300 * MIB, "the node must close the connection rather than read on"
+    assert node.status("VmHWM") - before < 100 * 1024
+    assert node.echo() == 0 and "a PDU longer than the node reads" in node.log.read_text()
+
+
 # --- 3. size cap and disk floor ----------------------------------------------------------------------
 @pytest.mark.parametrize("site", [{"CHEXNET_MAX_UPLOAD_MB": "8"}], indirect=True)
 def test_an_instance_over_the_size_cap_is_refused_while_receiving_and_nothing_is_kept(site, tmp_path):

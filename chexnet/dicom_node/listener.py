@@ -6,6 +6,9 @@ the DICOM node", the node's bounds).
   once, before any thread is started. Connections are handed over synchronously (the association's
   thread exists before the next ``accept``), so the counts are exact. A peer that connects and sends
   nothing is dropped when the ACSE timeout (the ARTIM timer) expires.
+* :func:`bound_pdus` (on each new connection) refuses a PDU whose header announces more than
+  :data:`MAX_PDU_BYTES`: pynetdicom would otherwise buffer whatever length a peer declares (up to 4 GiB,
+  before it has even associated). The node advertises 16 KiB PDUs, so a conforming peer never comes near.
 * :class:`ReceivedFiles` makes pynetdicom stream every C-STORE data set into ``spool/receiving/`` (never
   into memory) through a writer that stops writing at the instance cap, and that writes nothing when
   free disk under the spool is below the floor. The C-STORE handler then answers a failure status.
@@ -26,6 +29,23 @@ from chexnet.dicom_node.peers import shown
 
 log = logging.getLogger("chexnet.dicom_node")
 _REFUSAL_LOG_EVERY_S = 10.0
+MAX_PDU_BYTES = 1 << 20  # an A-ASSOCIATE-RQ with hundreds of presentation contexts is a few tens of KiB
+
+
+def bound_pdus(event) -> None:
+    """EVT_CONN_OPEN: the connection's reads of a PDU body are limited to MAX_PDU_BYTES; a longer one
+    reads as a connection closed mid-PDU, which ends the association before anything is buffered."""
+    sock = event.assoc.dul.socket
+    recv = sock.recv
+
+    def bounded(nr_bytes: int) -> bytearray:
+        if nr_bytes > MAX_PDU_BYTES:
+            log.warning("closed a connection: a PDU longer than the node reads", extra={"fields": {
+                "peer": shown(event.address[0]), "announced_bytes": nr_bytes, "max_bytes": MAX_PDU_BYTES}})
+            return bytearray()
+        return recv(nr_bytes)
+
+    sock.recv = bounded
 
 
 class BoundedServer(AssociationServer):

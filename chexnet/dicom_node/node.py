@@ -21,7 +21,7 @@ from pynetdicom.sop_class import Verification
 from chexnet.api.observability import AuditLog, Metrics
 from chexnet.api.service import Service
 from chexnet.api.settings import Settings
-from chexnet.dicom_node.listener import BoundedServer, ReceivedFiles
+from chexnet.dicom_node.listener import BoundedServer, ReceivedFiles, bound_pdus
 from chexnet.dicom_node.peers import shown
 from chexnet.dicom_node.sender import Sender
 from chexnet.dicom_node.settings import NodeSettings
@@ -112,7 +112,7 @@ class DicomNode:
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, DECODABLE_SYNTAXES)
-        handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
+        handlers = [(evt.EVT_CONN_OPEN, bound_pdus), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
         self._server = ae.make_server(
             (self.node.bind, self.node.port), evt_handlers=handlers, server_class=BoundedServer,
             total=self.node.max_associations, per_peer=self.node.max_per_peer,
