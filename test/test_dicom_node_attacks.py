@@ -194,9 +194,23 @@ def test_a_flood_of_idle_connections_does_not_lock_out_a_modality(site, dicom_di
     assert log.count("refused a connection") <= 3, "a flood logs once per interval, not once per connection"
 
 
-def test_a_pdu_announcing_a_gigabyte_is_not_buffered(site):
+@pytest.mark.parametrize("site", [{"CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2"}], indirect=True)
+def test_a_pdu_announcing_a_gigabyte_or_trickling_in_is_not_waited_for(site):
     env, node, destination = site
     before = started_with_limit(node)
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
+        s.sendall(b"\x01\x00" + (200).to_bytes(4, "big"))  # a 200-byte A-ASSOCIATE-RQ, one byte each 0.5 s
+        trickled = 0
+        try:
+            while trickled < 60:
+                s.sendall(b"\x00")
+                trickled += 1
+                time.sleep(0.5)
+        except OSError:
+            pass  # the node closed the connection
+    assert trickled < 60, "a PDU that trickles in must not hold a connection slot"
+    assert "a PDU slower than the node waits for" in node.log.read_text()
+
     sent = 0
     with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
         s.sendall(b"\x01\x00" + (2**30).to_bytes(4, "big"))  # an A-ASSOCIATE-RQ "of 1 GiB", before associating

@@ -7,8 +7,9 @@ the DICOM node", the node's bounds).
   thread exists before the next ``accept``), so the counts are exact. A peer that connects and sends
   nothing is dropped when the ACSE timeout (the ARTIM timer) expires.
 * :func:`bound_pdus` (on each new connection) refuses a PDU whose header announces more than
-  :data:`MAX_PDU_BYTES`: pynetdicom would otherwise buffer whatever length a peer declares (up to 4 GiB,
-  before it has even associated). The node advertises 16 KiB PDUs, so a conforming peer never comes near.
+  :data:`MAX_PDU_BYTES`, or that trickles in slower than a deadline: pynetdicom would otherwise buffer
+  whatever length a peer declares (up to 4 GiB, before it has even associated), and wait for it for ever.
+  The node advertises 16 KiB PDUs, so a conforming peer never comes near either bound.
 * :class:`ReceivedFiles` makes pynetdicom stream every C-STORE data set into ``spool/receiving/`` (never
   into memory) through a writer that stops writing at the instance cap, and that writes nothing when
   free disk under the spool is below the floor. The C-STORE handler then answers a failure status.
@@ -32,20 +33,40 @@ _REFUSAL_LOG_EVERY_S = 10.0
 MAX_PDU_BYTES = 1 << 20  # an A-ASSOCIATE-RQ with hundreds of presentation contexts is a few tens of KiB
 
 
-def bound_pdus(event) -> None:
-    """EVT_CONN_OPEN: the connection's reads of a PDU body are limited to MAX_PDU_BYTES; a longer one
-    reads as a connection closed mid-PDU, which ends the association before anything is buffered."""
-    sock = event.assoc.dul.socket
-    recv = sock.recv
+def bound_pdus(deadline_s: float):
+    """An EVT_CONN_OPEN handler: each read of a PDU (its header, then its body) on that connection gets at
+    most MAX_PDU_BYTES and ``deadline_s`` from its first byte; a longer or slower one reads as a connection
+    closed mid-PDU, which ends the association before anything more is buffered or a slot is held."""
 
-    def bounded(nr_bytes: int) -> bytearray:
-        if nr_bytes > MAX_PDU_BYTES:
-            log.warning("closed a connection: a PDU longer than the node reads", extra={"fields": {
-                "peer": shown(event.address[0]), "announced_bytes": nr_bytes, "max_bytes": MAX_PDU_BYTES}})
-            return bytearray()
-        return recv(nr_bytes)
+    def on_open(event) -> None:
+        raw = event.assoc.dul.socket.socket
 
-    sock.recv = bounded
+        def bounded(nr_bytes: int) -> bytearray:
+            if nr_bytes > MAX_PDU_BYTES:
+                return _closed(event, "a PDU longer than the node reads", nr_bytes)
+            data, deadline, previous = bytearray(), time.monotonic() + deadline_s, raw.gettimeout()
+            try:
+                while len(data) < nr_bytes:
+                    raw.settimeout(max(0.01, deadline - time.monotonic()))
+                    chunk = raw.recv(min(65536, nr_bytes - len(data)))
+                    if not chunk:
+                        break
+                    data += chunk
+            except TimeoutError:
+                return _closed(event, "a PDU slower than the node waits for", nr_bytes)
+            finally:
+                raw.settimeout(previous)
+            return data
+
+        event.assoc.dul.socket.recv = bounded
+
+    return on_open
+
+
+def _closed(event, why: str, announced: int) -> bytearray:
+    log.warning(f"closed a connection: {why}", extra={"fields": {
+        "peer": shown(event.address[0]), "announced_bytes": announced, "max_bytes": MAX_PDU_BYTES}})
+    return bytearray()
 
 
 class BoundedServer(AssociationServer):

@@ -112,7 +112,8 @@ class DicomNode:
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, DECODABLE_SYNTAXES)
-        handlers = [(evt.EVT_CONN_OPEN, bound_pdus), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
+        handlers = [(evt.EVT_CONN_OPEN, bound_pdus(self.node.associate_timeout_s)),
+                    (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
         self._server = ae.make_server(
             (self.node.bind, self.node.port), evt_handlers=handlers, server_class=BoundedServer,
             total=self.node.max_associations, per_peer=self.node.max_per_peer,

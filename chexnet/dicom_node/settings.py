@@ -39,7 +39,7 @@ class NodeSettings:
     bind: str = "0.0.0.0"  # the address the listener binds (in a container: all; the host port decides)
     max_associations: int = 8  # open connections in all, associated or not
     max_per_peer: int = 4  # open connections from one peer address
-    associate_timeout_s: int = 5  # a peer that connects must associate within this (ACSE / ARTIM timer)
+    associate_timeout_s: int = 5  # to associate after connecting (ARTIM timer), and to send any one PDU
     network_timeout_s: int = 60  # an associated peer that sends nothing for this long is dropped
     min_free_mb: int = 1024  # C-STORE answers "out of resources" while the spool's disk has less free
     max_attempts: int = 3  # an instance whose processing was started this often without finishing is set aside
