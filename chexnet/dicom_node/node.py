@@ -293,7 +293,7 @@ class DicomNode:
         self.audit.write({**record, "event": "dicom_rejected", "code": code})
         kept = self.spool.set_aside(path, "rejected")
         log.error("rejected a received instance", extra={"fields": {
-            "request_id": record["request_id"], "code": code, "reason": message, "kept": str(kept)}})
+            "request_id": record["request_id"], "code": code, "reason": shown(message, 300), "kept": str(kept)}})
         self.node_metrics.rejected.labels(code).inc()
         self._prune()
 

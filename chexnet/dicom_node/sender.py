@@ -47,6 +47,7 @@ class Sender:
 
     def send_waiting(self, waiting: list[Path]) -> None:
         now = time.monotonic()
+        self._retry = {p.name: self._retry[p.name] for p in waiting if p.name in self._retry}
         due = [p for p in waiting if self._retry.get(p.name, (0.0, 0.0))[1] <= now]
         if not due:
             self._stop.wait(min(5.0, min(due_at for _, due_at in self._retry.values()) - now))
@@ -74,6 +75,8 @@ class Sender:
             for path in paths:
                 if self._stop.is_set():
                     return
+                if not assoc.is_established:
+                    raise Unreachable("the destination ended the association")
                 self._send_one(assoc, path)
         finally:
             if assoc.is_established:
