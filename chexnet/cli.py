@@ -83,6 +83,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from chexnet.api import Settings, SettingsError, create_app
+    from chexnet.api.memory import WAITRESS_CONNECTIONS
     from chexnet.api.observability import configure_logging
 
     env = dict(os.environ)
@@ -101,17 +102,18 @@ def _serve(args: argparse.Namespace) -> int:
         "host": settings.host, "port": settings.port, **vars(layout)}})
     waitress.serve(app, host=settings.host, port=settings.port, threads=layout.http_threads, ident="chexnet",
                    max_request_body_size=app.config["MAX_CONTENT_LENGTH"], channel_timeout=120,
-                   connection_limit=200, clear_untrusted_proxy_headers=True)
+                   connection_limit=WAITRESS_CONNECTIONS, clear_untrusted_proxy_headers=True)
     return 0
 
 
 def _dicom_node(args: argparse.Namespace) -> int:
     from chexnet.api import Settings, SettingsError
     from chexnet.api.observability import configure_logging
+    from chexnet.api.settings import DICOM_NODE
     from chexnet.dicom_node.settings import NodeSettings
 
     try:
-        settings, node_settings = Settings.from_env(), NodeSettings.from_env()
+        settings, node_settings = Settings.from_env(workload=DICOM_NODE), NodeSettings.from_env()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

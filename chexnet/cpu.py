@@ -1,4 +1,5 @@
-"""How many cores this process is given, and how the service divides them when not told.
+"""How many cores and how much memory this process is given, and how the service divides the cores
+when not told.
 
 Measured on 2 cores (BENCHMARKS.md): two single-threaded engine workers serve 27.5 requests/s where
 one worker with two threads serves 19.3, since a DenseNet forward pass at 224 px scales poorly across
@@ -8,10 +9,20 @@ are as many workers as that leaves room for (throughput); that part is reasoned,
 
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# compose mem_limit / docker run --memory, as the container sees it: cgroup v2, then v1.
+CGROUP_MEMORY_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 MAX_THREADS_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    bytes: int
+    source: str  # where the number comes from, for the start-up sentence
 
 
 def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -25,6 +36,22 @@ def available_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):
         pass
     return cores
+
+
+def available_memory(limit_files: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> MemoryLimit:
+    """The memory this process may use: the first cgroup limit file that can be read, where it sets a
+    limit below the machine's physical memory ("max" in v2, a huge number in v1, mean none), else the
+    physical memory."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in limit_files:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < physical:
+            return MemoryLimit(int(text), f"the cgroup memory limit in {path}")
+        break
+    return MemoryLimit(physical, "the machine's physical memory")
 
 
 def engine_layout(cores: int) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from chexnet.errors import PayloadTooLarge, ServiceError
+from chexnet.imaging.types import UPLOAD_SETTING
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,11 @@ def error_response(err: ServiceError) -> Response:
 
 
 def _http_error(err: HTTPException) -> Response:
-    if err.code == 413:
+    if err.code == 413:  # the request body is over MAX_CONTENT_LENGTH (the upload limit plus multipart framing)
         limit = g.get("upload_limit_mb")
         return error_response(PayloadTooLarge(
-            f"The upload is larger than the {limit} MiB limit." if limit else "The upload is too large."))
+            f"The upload is larger than the upload limit of {limit} MiB ({UPLOAD_SETTING})." if limit
+            else f"The upload is larger than the upload limit ({UPLOAD_SETTING})."))
     if err.code == 404:
         return error_response(NotFound("No such endpoint; see /api/v1/docs."))
     if err.code == 405:

@@ -3,19 +3,25 @@ validated object. A bad value stops start-up with one sentence that names the va
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from chexnet.cpu import available_cores, engine_layout
+from chexnet.api.memory import MemoryEstimate, estimate, gib
+from chexnet.cpu import CGROUP_MEMORY_LIMITS, MemoryLimit, available_cores, available_memory, engine_layout
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
 _UID_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
+# A token's exp and nbf are stretched by the leeway, so the leeway is how long an expired licence keeps
+# working. It is there for clock drift between the vendor's clock and this host's, which NTP keeps under a
+# second and an unsynchronised hardware clock under a minute a month; five minutes is Kerberos's
+# maximum clock skew (RFC 4120), a long-standing bound for the same problem. More is not drift.
+MAX_LICENSE_LEEWAY_S = 300
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,27 @@ class Layout:
     http_threads: int  # waitress
 
 
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 class SettingsError(Exception):
     """A CHEXNET_* variable has a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a process runs at once, for the memory check (chexnet.api.memory)."""
+
+    predictions: int | None = None  # predictions in progress at once; None: one per waitress thread
+    shared_decode_slots: bool = False  # others use the decode slots too, not only the predictions
+    http: bool = True  # waitress's connection buffers count
+
+
+HTTP_API = Workload()
+# The DICOM node: one worker predicts, and the listener reads each received header in a decode slot;
+# received data sets stream to the spool on disk.
+DICOM_NODE = Workload(predictions=1, shared_decode_slots=True, http=False)
 
 
 @dataclass(frozen=True)
@@ -63,7 +88,10 @@ class Settings:
     dicom_uid_root: str = PYDICOM_ROOT_UID  # new UIDs of DICOM results; a site sets its registered root
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] = os.environ, *, workload: Workload = HTTP_API,
+                 memory_limit_files: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> "Settings":
+        """The settings, checked against the memory this process is given (read from
+        memory_limit_files, chexnet.cpu.available_memory): see :meth:`fitted`."""
         def get(name: str, default=None):
             value = env.get(f"CHEXNET_{name}")
             return default if value is None or value.strip() == "" else value.strip()
@@ -103,13 +131,13 @@ class Settings:
         if not _UID_ROOT.match(uid_root) or len(uid_root) > 40:
             raise SettingsError(f"CHEXNET_DICOM_UID_ROOT must be a UID root of digits and dots (at most 40 "
                                 f"characters, e.g. 1.2.826.0.1.3680043.8.498), not '{uid_root[:64]}'.")
-        return cls(
+        settings = cls(
             license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
             engine=choice("ENGINE", tuple(ENGINES)), device=choice("DEVICE", DEVICES),
             product_uuid_file=get("PRODUCT_UUID_FILE", cls.product_uuid_file),
             node_name=get("NODE_NAME", cls.node_name).strip(),
             revocation_list=get("REVOCATION_LIST"), revocation_state=get("REVOCATION_STATE"),
-            license_leeway_s=integer("LICENSE_LEEWAY_S", 0, 3600),
+            license_leeway_s=integer("LICENSE_LEEWAY_S", 0, MAX_LICENSE_LEEWAY_S),
             max_upload_mb=integer("MAX_UPLOAD_MB", 1, 1024),
             max_pixels=integer("MAX_PIXELS", 1_000_000, 400_000_000),
             audit_log=get("AUDIT_LOG", cls.audit_log), host=get("HOST", cls.host),
@@ -124,6 +152,98 @@ class Settings:
             log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
             dicom_uid_root=uid_root,
         )
+        return settings.fitted(available_memory(memory_limit_files), workload)
+
+    # --- memory (DESIGN.md "Resource bounds") ---------------------------------------------------
+    def fitted(self, memory: MemoryLimit, workload: Workload = HTTP_API) -> "Settings":
+        """These settings with the decode concurrency and waitress threads that were left to be derived
+        (0) lowered until the worst case fits the memory; a combination that still does not fit stops
+        start-up with one sentence naming the settings, the estimate, the limit and what to lower."""
+        fitted = self
+        if not self.decode_concurrency:
+            while fitted.memory_estimate(workload).total > memory.bytes and fitted.layout.decode_concurrency > 1:
+                fitted = replace(fitted, decode_concurrency=fitted.layout.decode_concurrency - 1)
+        if not self.threads and workload.predictions is None:
+            # never fewer threads than decode slots and one request past its decode, so that the decode
+            # concurrency asked for (or derived) is what the estimate counts
+            while fitted.memory_estimate(workload).total > memory.bytes \
+                    and fitted.layout.http_threads > fitted.layout.decode_concurrency + 1:
+                fitted = replace(fitted, threads=fitted.layout.http_threads - 1)
+        need = fitted.memory_estimate(workload)
+        if need.total > memory.bytes:
+            raise SettingsError(fitted._too_much(need, memory, workload))
+        return fitted
+
+    def memory_estimate(self, workload: Workload = HTTP_API) -> MemoryEstimate:
+        layout = self.layout
+        predictions = workload.predictions or layout.http_threads
+        decodes = layout.decode_concurrency
+        if not workload.shared_decode_slots:
+            decodes = min(decodes, predictions)
+        return estimate(engine=self.engine, bundles=self.bundle_count, max_pixels=self.max_pixels,
+                        max_upload_bytes=self.max_upload_bytes, decodes=decodes,
+                        past_decode=predictions if workload.shared_decode_slots else predictions - decodes,
+                        engine_calls=min(layout.engine_workers, predictions), http=workload.http)
+
+    @property
+    def bundle_count(self) -> int:
+        """The bundles the service will load (CHEXNET_MODELS, else every bundle in the directory)."""
+        if self.models:
+            return len(self.models)
+        try:
+            return sum(1 for p in Path(self.models_dir).iterdir() if (p / "manifest.json").is_file())
+        except OSError:
+            return 0
+
+    def _too_much(self, need: MemoryEstimate, memory: MemoryLimit, workload: Workload) -> str:
+        layout = self.layout
+        given = [f"CHEXNET_MAX_PIXELS={self.max_pixels}", f"CHEXNET_MAX_UPLOAD_MB={self.max_upload_mb}",
+                 f"CHEXNET_DECODE_CONCURRENCY={layout.decode_concurrency}"]
+        if workload.predictions is None:
+            given.append(f"CHEXNET_THREADS={layout.http_threads}")
+        given.append(f"CHEXNET_ENGINE_WORKERS={layout.engine_workers}")
+        return (f"{_listed(given)} need up to {gib(need.total)} of memory at worst "
+                f"({need.describe()}), more than the {gib(memory.bytes)} this process is given "
+                f"({memory.source}); {self._remedy(memory, workload)}, or give the process more memory.")
+
+    def _remedy(self, memory: MemoryLimit, workload: Workload) -> str:
+        """What to lower: up to two settings that fit each on its own (with the largest value that fits),
+        else the fewest settings, lowered in this order, that fit together."""
+        layout = self.layout
+        knobs = [("DECODE_CONCURRENCY", "decode_concurrency", 1, layout.decode_concurrency, 1)]
+        if workload.predictions is None and self.threads:
+            knobs.append(("THREADS", "threads", layout.decode_concurrency + 1, layout.http_threads, 1))
+        knobs += [("MAX_PIXELS", "max_pixels", 1_000_000, self.max_pixels, 1_000_000),
+                  ("MAX_UPLOAD_MB", "max_upload_mb", 1, self.max_upload_mb, 1)]
+        if self.engine_workers:
+            knobs.append(("ENGINE_WORKERS", "engine_workers", 1, layout.engine_workers, 1))
+
+        def fits(settings: "Settings") -> bool:
+            return settings.memory_estimate(workload).total <= memory.bytes
+
+        def largest(start: "Settings", field: str, low: int, high: int, step: int) -> int | None:
+            """The largest value of field in [low, high) that fits, changing only it; None if none does."""
+            if high <= low or not fits(replace(start, **{field: low})):
+                return None
+            while high - low > step:  # fits at low, not at high
+                middle = low + max(1, (high - low) // 2 // step) * step
+                low, high = (middle, high) if fits(replace(start, **{field: middle})) else (low, middle)
+            return low
+
+        alone = [f"CHEXNET_{name} to {value}" for name, field, low, high, step in knobs
+                 if (value := largest(self, field, low, high, step)) is not None]
+        if alone:
+            return "lower " + " or ".join(alone[:2])
+        together, current = [], self
+        for name, field, low, high, step in knobs:
+            value = largest(current, field, low, high, step)
+            if value is None and high > low:
+                current = replace(current, **{field: low})
+                together.append(f"CHEXNET_{name} to {low}")
+            elif value is not None:
+                together.append(f"CHEXNET_{name} to {value}")
+                return "lower " + _listed(together)
+        return "load fewer models (CHEXNET_MODELS) and lower " + _listed(together or ["CHEXNET_MAX_PIXELS"])
 
     @property
     def layout(self) -> "Layout":

@@ -214,8 +214,8 @@ def _inflate(body: bytes, limits: DecodeLimits) -> bytes:
         raise CorruptImage("The deflated DICOM dataset is corrupt; export it again from the PACS.") from None
     if len(inflated) > cap or inflater.unconsumed_tail:
         raise PayloadTooLarge(
-            f"The deflated DICOM inflates to more than {cap / 2**20:.0f} MiB, more than an image within "
-            "the pixel limit needs; export it uncompressed or with an image codec.")
+            f"The deflated DICOM inflates to more than {cap / 2**20:.0f} MiB, {limits.inflated_limit}; "
+            "export it uncompressed or with an image codec.")
     return inflated
 
 

@@ -24,8 +24,7 @@ def decode_raster(data: bytes, kind: str, limits: DecodeLimits, size: DecodeSize
             image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise PayloadTooLarge(
-                f"The {name} header declares far more pixels than a radiograph has; "
-                f"the limit is {limits.max_pixels:,} pixels in all."
+                f"The {name} header declares far more pixels than a radiograph has; {limits.pixel_limit}."
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise CorruptImage(f"The {name} header is damaged; export the image again.") from None
