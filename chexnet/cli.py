@@ -120,6 +120,10 @@ def _dicom_node(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO and DEBUG lines dump datasets
     from chexnet.dicom_node.node import DicomNode
+    from chexnet.dicom_node.peers import PeerText
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PeerText())
 
     node = DicomNode(settings, node_settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
