@@ -66,6 +66,8 @@ while [[ $# -gt 0 ]]; do
 done
 COMPOSE="$(compose_command)" || die "neither 'docker compose' nor 'docker-compose' is installed."
 [[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."
+# Root reads it: a regular file of root's or of the engineer who ran sudo, never through a link.
+[[ -z "${TOKEN_FILE}" ]] || check_site_file "${TOKEN_FILE}" "${SUDO_UID:-0}"
 
 # The value an option sets, else the one in .env, else the default.
 setting() {
@@ -105,14 +107,16 @@ restore_snapshot() {
 }
 
 configure() {
-  local key
+  local key file
   log "configuring ${DIR}"
   mkdir -p "${DIR}"/{license/keys,models,audit,certs,dicom-spool}
-  install -m 644 "${PACKAGE}"/docker-compose.yml "${PACKAGE}"/docker-compose.gpu.yml "${PACKAGE}"/.env.example "${DIR}/"
+  for file in docker-compose.yml docker-compose.gpu.yml .env.example; do
+    copy_listed "${PACKAGE}" "${file}" "${DIR}/${file}" 644
+  done
   # The API trusts exactly the licence keys this signed package lists, no others.
   find "${DIR}/license/keys" -mindepth 1 -delete
   while IFS= read -r key; do
-    [[ "${key}" == license/keys/*.pem ]] && install -m 644 "${PACKAGE}/${key}" "${DIR}/license/keys/"
+    [[ "${key}" != license/keys/*.pem ]] || copy_listed "${PACKAGE}" "${key}" "${DIR}/license/keys/${key##*/}" 644
   done < <(listed_files "${PACKAGE}")
   write_site_env
   # The container cannot read the root-only SMBIOS file; the value is copied, read-only to it.
@@ -126,7 +130,8 @@ configure() {
     # The DICOM node is licensed like any client: by a token file, readable by the API user only
     # (by uid: the image's group id is not fixed).
     if [[ -n "${TOKEN_FILE}" ]]; then
-      install -m 600 -o "${API_UID}" -g "${API_UID}" "${TOKEN_FILE}" "${DIR}/license/dicom-node.token"
+      copy_site_file "${TOKEN_FILE}" "${DIR}/license/dicom-node.token" "${SUDO_UID:-0}"
+      chown "${API_UID}:${API_UID}" "${DIR}/license/dicom-node.token"
     fi
     [[ -s "${DIR}/license/dicom-node.token" ]] || die "the DICOM node needs a licence token: add --token-file."
     [[ -n "$(setting CHEXNET_DICOM_ALLOWED_AES "")" ]] || die "the DICOM node needs --dicom-allowed-aes (the AE titles allowed to send images)."
@@ -170,11 +175,13 @@ smoke() {
     return
   fi
   log "smoke prediction through nginx"
-  compose exec -T api python -m chexnet.api.smoke --url https://nginx:8443 < "${TOKEN_FILE}"
+  dd if="${TOKEN_FILE}" iflag=nofollow,nonblock status=none | compose exec -T api python -m chexnet.api.smoke --url https://nginx:8443
 }
 
 vendor_cert "${PACKAGE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
 verify_package "${PACKAGE}" "${VENDOR_CERT}"
+# An existing .env is checked whole before any of its values is used (pre-flight reads the ports).
+[[ ! -e "${DIR}/.env" && ! -L "${DIR}/.env" ]] || check_site_env
 preflight
 load_images "${PACKAGE}"
 previous=""

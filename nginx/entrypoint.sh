@@ -4,21 +4,57 @@
 # configuration, then run nginx. Runs as uid 10002 with no capabilities.
 set -eu
 
-CERTS=/etc/nginx/certs
-GENERATED=/run/chexnet-nginx
+# The folders are fixed in the image (nginx.conf names them); the tests point these two elsewhere.
+CERTS="${CHEXNET_NGINX_CERTS:-/etc/nginx/certs}"
+GENERATED="${CHEXNET_NGINX_GENERATED:-/run/chexnet-nginx}"
 MAX_UPLOAD_MB="${CHEXNET_MAX_UPLOAD_MB:-64}"
 RATE="${NGINX_RATE_LIMIT:-20r/s}"
 BURST="${NGINX_RATE_BURST:-40}"
 CONNECTIONS="${NGINX_CONN_LIMIT:-32}"
 HOSTNAME_TLS="${TLS_HOSTNAME:-chexnet.local}"
+HTTPS_PORT_PUBLIC="${PUBLIC_HTTPS_PORT:-443}"
+API_TASKS="${NGINX_API_TASKS:-}"
 
-fail() { echo "error: $*" >&2; exit 1; }
-case "${MAX_UPLOAD_MB}" in ''|*[!0-9]*) fail "CHEXNET_MAX_UPLOAD_MB must be a whole number of MiB." ;; esac
-case "${BURST}" in ''|*[!0-9]*) fail "NGINX_RATE_BURST must be a whole number." ;; esac
-case "${CONNECTIONS}" in ''|*[!0-9]*|0) fail "NGINX_CONN_LIMIT must be a whole number above 0." ;; esac
-echo "${RATE}" | grep -Eq '^[0-9]+r/[sm]$' || fail "NGINX_RATE_LIMIT must look like 20r/s or 600r/m."
-echo "${HOSTNAME_TLS}" | grep -Eq '^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$' || fail "TLS_HOSTNAME must be a DNS name."
-case "${PUBLIC_HTTPS_PORT:-443}" in *[!0-9]*|'') fail "HTTPS_PORT must be a port number." ;; esac
+fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Every value is checked whole with case patterns, before anything is written; never with echo | grep:
+# dash's echo turns '\n' into a line break and grep matches line by line, so a valid first line would
+# carry nginx directives in after it. Character sets are spelled out, not ranges, for any locale.
+DIGITS=0123456789
+DNS_CHARS=abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-
+
+# number NAME VALUE MIN MAX: a whole number from MIN to MAX, without sign or leading zero, at most 6 digits.
+number() {
+  case "$2" in
+    ''|*[!${DIGITS}]*|0?*) fail "$1 must be a whole number from $3 to $4." ;;
+  esac
+  if [ "${#2}" -gt 6 ] || [ "$2" -lt "$3" ] || [ "$2" -gt "$4" ]; then
+    fail "$1 must be a whole number from $3 to $4."
+  fi
+}
+
+# dns_name NAME VALUE: letters, digits, '.' and '-', neither first nor last a '.' or '-', at most 253.
+dns_name() {
+  case "$2" in
+    ''|*[!${DNS_CHARS}]*|[.-]*|*[.-]) fail "$1 must be a DNS name such as chexnet.hospital.local." ;;
+  esac
+  [ "${#2}" -le 253 ] || fail "$1 must be a DNS name of at most 253 characters."
+}
+
+number CHEXNET_MAX_UPLOAD_MB "${MAX_UPLOAD_MB}" 1 1024
+number NGINX_RATE_BURST "${BURST}" 0 999999
+number NGINX_CONN_LIMIT "${CONNECTIONS}" 1 999999
+number HTTPS_PORT "${HTTPS_PORT_PUBLIC}" 1 65535
+case "${RATE}" in
+  [123456789]*r/s|[123456789]*r/m) ;;
+  *) fail "NGINX_RATE_LIMIT must look like 20r/s or 600r/m." ;;
+esac
+case "${RATE%r/?}" in
+  *[!${DIGITS}]*) fail "NGINX_RATE_LIMIT must look like 20r/s or 600r/m." ;;
+esac
+[ "${#RATE}" -le 9 ] || fail "NGINX_RATE_LIMIT must look like 20r/s or 600r/m, at most 999999 a second or minute."
+dns_name TLS_HOSTNAME "${HOSTNAME_TLS}"
+[ -z "${API_TASKS}" ] || dns_name NGINX_API_TASKS "${API_TASKS}"
 
 mkdir -p "${GENERATED}"
 # The body limit matches the API's upload limit, plus 1 MiB of multipart framing.
@@ -29,23 +65,22 @@ limit_conn_zone \$binary_remote_addr zone=chexnet_conn:10m;
 CONF
 printf 'limit_req zone=chexnet_api burst=%s nodelay;\nlimit_conn chexnet_conn %s;\n' "${BURST}" "${CONNECTIONS}" > "${GENERATED}/limits.conf"
 # Redirect to the configured name and published HTTPS port, never to the Host header a client sent.
-case "${PUBLIC_HTTPS_PORT:-443}" in
-  443) echo "return 301 https://${HOSTNAME_TLS}\$request_uri;" ;;
-  *) echo "return 301 https://${HOSTNAME_TLS}:${PUBLIC_HTTPS_PORT}\$request_uri;" ;;
+case "${HTTPS_PORT_PUBLIC}" in
+  443) printf "return 301 https://%s\$request_uri;\n" "${HOSTNAME_TLS}" ;;
+  *) printf "return 301 https://%s:%s\$request_uri;\n" "${HOSTNAME_TLS}" "${HTTPS_PORT_PUBLIC}" ;;
 esac > "${GENERATED}/redirect.conf"
 
 # The API behind: compose's one container (a keep-alive pool), or a Swarm stack's tasks
 # (NGINX_API_TASKS=tasks.api): Swarm's DNS names the healthy tasks, re-read every 2 s, and a request
 # that fails on one task (killed, or stopping in a rolling update) is sent to another.
 : > "${GENERATED}/upstream.conf"
-case "${NGINX_API_TASKS:-}" in
+case "${API_TASKS}" in
   '') printf 'upstream chexnet_api {\n    server api:8080;\n    keepalive 16;\n}\n' > "${GENERATED}/upstream.conf"
       echo "proxy_pass http://chexnet_api;" > "${GENERATED}/proxy.conf" ;;
-  *[!A-Za-z0-9.-]*) fail "NGINX_API_TASKS must be a DNS name such as tasks.api." ;;
   *) cat > "${GENERATED}/proxy.conf" <<CONF
 resolver 127.0.0.11 valid=2s ipv6=off;
 resolver_timeout 2s;
-set \$chexnet_api_tasks ${NGINX_API_TASKS};
+set \$chexnet_api_tasks ${API_TASKS};
 proxy_pass http://\$chexnet_api_tasks:8080;
 proxy_next_upstream error timeout http_503 non_idempotent;
 proxy_next_upstream_tries 3;

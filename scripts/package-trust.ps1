@@ -51,30 +51,73 @@ function Resolve-VendorCertificate([string]$Package, [string]$VendorKey, [string
     throw $script:NoKeySentence
 }
 
-# The paths SHA256SUMS lists, with '/' separators (after Test-Package).
-function Get-ListedFiles([string]$Package) {
-    foreach ($line in Get-Content -LiteralPath (Join-Path $Package 'SHA256SUMS')) { ($line -split '  ', 2)[1] }
+# The lines of SHA256SUMS as they are on disk: bytes, not Get-Content, which would drop a BOM and split
+# on a lone CR (as package-trust.sh, a line holding either is refused by the format check).
+function Read-SumsLines([string]$Package) {
+    # Latin-1 maps each byte to one character, so any byte outside printable ASCII stays visible to the check.
+    $text = [System.Text.Encoding]::GetEncoding(28591).GetString([System.IO.File]::ReadAllBytes((Join-Path $Package 'SHA256SUMS')))
+    if ($text.EndsWith("`n")) { $text = $text.Substring(0, $text.Length - 1) }
+    if ($text.Length -eq 0) { return ,@() }
+    return ,($text -split "`n")
 }
 
-# The signature over SHA256SUMS, that every file is listed, every checksum. Changes nothing on the host.
+# The paths SHA256SUMS lists, with '/' separators (after Test-Package: each is portable).
+function Get-ListedFiles([string]$Package) {
+    foreach ($line in (Read-SumsLines $Package)) { ($line -split '  ', 2)[1] }
+}
+
+# A name for a sentence: control and non-ASCII characters shown as \xNN, so it stays one line.
+function Format-Name([string]$Name) {
+    return [regex]::Replace($Name, '[^\x20-\x7E]', { param($m) '\x{0:x2}' -f [int][char]$m.Value })
+}
+
+# Every entry under Root is a plain file or folder with a portable name (letters, digits, '.', '_', '-',
+# '/'), walked one folder at a time so that no link or junction is followed. As check_entries in bash.
+function Test-PackageEntries([string]$Root) {
+    $folders = New-Object System.Collections.Generic.Queue[string]
+    $folders.Enqueue($Root)
+    while ($folders.Count -gt 0) {
+        foreach ($item in Get-ChildItem -LiteralPath $folders.Dequeue() -Force) {
+            $relative = $item.FullName.Substring($Root.Length + 1) -replace '\\', '/'
+            # \z, not $: in .NET, $ also matches before a final line break ('x`n' would pass).
+            if ($relative -cnotmatch '^[A-Za-z0-9._/-]+\z') {
+                throw "the package holds an entry named $(Format-Name $relative), which has a character other than letters, digits, '.', '_', '-' and '/'; do not install this package."
+            }
+            $odd = [System.IO.FileAttributes]::ReparsePoint -bor [System.IO.FileAttributes]::Device
+            if (($item.Attributes -band $odd) -or -not ($item -is [System.IO.FileInfo] -or $item -is [System.IO.DirectoryInfo])) {
+                throw "the package holds $relative, which is not a plain file; do not install this package."
+            }
+            if ($item.PSIsContainer) { $folders.Enqueue($item.FullName) }
+        }
+    }
+}
+
+# Only plain files and folders with portable names, the signature over SHA256SUMS, its lines, no file it
+# does not list, every checksum. Changes nothing on the host; step for step with verify_package.
 function Test-Package([string]$Package, [string]$CertPath) {
     $sums = Join-Path $Package 'SHA256SUMS'
     $sig = Join-Path $Package 'SHA256SUMS.sig'
-    if (-not (Test-Path -LiteralPath $sums) -or -not (Test-Path -LiteralPath $sig)) { throw "$Package has no SHA256SUMS or SHA256SUMS.sig; is this an unpacked chexnet-offline package?" }
+    if (-not (Test-Path -LiteralPath $sums -PathType Leaf) -or -not (Test-Path -LiteralPath $sig -PathType Leaf)) { throw "$Package has no SHA256SUMS or SHA256SUMS.sig; is this an unpacked chexnet-offline package?" }
+    $root = (Resolve-Path -LiteralPath $Package).Path.TrimEnd('\', '/')
+    # First, so that nothing below opens a link or device (SHA256SUMS itself included).
+    Test-PackageEntries $root
     if (-not (Test-VendorSignature $CertPath $sums $sig)) { throw "the vendor signature over SHA256SUMS does not verify with $CertPath; do not install this package." }
-    $expected = @{}
-    foreach ($line in Get-Content -LiteralPath $sums) {
-        if ($line -cnotmatch '^[0-9a-f]{64}  [A-Za-z0-9_.][A-Za-z0-9._/-]*$' -or $line -match '\.\./|/\.\.') {
+    $expected = @{}  # keys compare without case, as Windows paths do: a path listed twice either way is refused
+    $lines = Read-SumsLines $Package
+    if ($lines.Count -eq 0) { throw "SHA256SUMS holds a line that is not '<sha256>  <relative path>'; do not install this package." }
+    foreach ($line in $lines) {
+        if ($line -cnotmatch '^[0-9a-f]{64}  [A-Za-z0-9_.][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*\z' -or $line -cmatch '(  |/)\.\.?(/|\z)') {
             throw "SHA256SUMS holds a line that is not '<sha256>  <relative path>'; do not install this package."
         }
+    }
+    foreach ($line in $lines) {
         $hash, $file = $line -split '  ', 2
+        if ($expected.ContainsKey($file)) { throw "SHA256SUMS lists $file more than once; do not install this package." }
         $expected[$file] = $hash
     }
-    $root = (Resolve-Path -LiteralPath $Package).Path.TrimEnd('\', '/')
-    foreach ($item in Get-ChildItem -LiteralPath $root -Recurse -Force) {
+    foreach ($item in Get-ChildItem -LiteralPath $root -Recurse -Force -File) {
         $relative = $item.FullName.Substring($root.Length + 1) -replace '\\', '/'
-        if ($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint) { throw "the package holds $relative, which is not a plain file; do not install this package." }
-        if ($item.PSIsContainer -or $relative -in @('SHA256SUMS', 'SHA256SUMS.sig')) { continue }
+        if ($relative -ceq 'SHA256SUMS' -or $relative -ceq 'SHA256SUMS.sig') { continue }
         if (-not $expected.ContainsKey($relative)) { throw "the package holds $relative, which SHA256SUMS does not list; do not install this package." }
     }
     foreach ($file in $expected.Keys) {

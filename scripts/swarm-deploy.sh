@@ -54,6 +54,11 @@ done
 [[ -n "${NODES}" ]] || die "give the cluster's node list with --nodes nodes.txt (the line scripts/swarm-node.sh printed on each node)."
 [[ -r "${NODES}" ]] || die "--nodes ${NODES} cannot be read."
 [[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."
+# Root reads these: regular files of root's or of the engineer who ran sudo, never through a link. The
+# node list is read once, here, and used from memory.
+check_site_file "${NODES}" "${SUDO_UID:-0}"
+NODE_LIST="$(dd if="${NODES}" iflag=nofollow,nonblock status=none)" || die "--nodes ${NODES} was replaced while it was read; run this again."
+[[ -z "${TOKEN_FILE}" ]] || check_site_file "${TOKEN_FILE}" "${SUDO_UID:-0}"
 IMAGES=("chexnet-api-${VARIANT}:${VERSION}" "chexnet-nginx:${VERSION}")
 
 check_swarm() {
@@ -65,7 +70,7 @@ check_swarm() {
   done
   # Every node that may run an API task must be in the node list, or that task can never be licensed.
   while IFS= read -r node; do
-    awk -v n="${node,,}" 'tolower($1) == n { found = 1 } END { exit !found }' "${NODES}" \
+    awk -v n="${node,,}" 'tolower($1) == n { found = 1 } END { exit !found }' <<< "${NODE_LIST}" \
       || die "node ${node} is in the swarm but not in ${NODES}; add the line scripts/swarm-node.sh printed on it."
   done < <(docker node ls --format '{{.Hostname}}')
 }
@@ -83,24 +88,47 @@ check_nodes() {
     [[ -z "${seen[${name,,}]:-}" || "${seen[${name,,}]}" == "${uuid,,}" ]] \
       || die "${NODES} lists node ${name} twice with different product_uuids; keep the line scripts/swarm-node.sh printed last."
     seen[${name,,}]="${uuid,,}"
-  done < "${NODES}"
+  done <<< "${NODE_LIST}"
+}
+
+# What root will read in an existing install folder, checked before anything there changes: .env whole,
+# and the certificate (nginx's uid writes certs/), revocation list and folders as plain files of their owners.
+check_site() {
+  local name
+  for name in certs license swarm; do
+    [[ ! -L "${DIR}/${name}" ]] || die "${DIR}/${name} is a link, which is refused; make it a folder of its own."
+  done
+  [[ ! -e "${DIR}/.env" && ! -L "${DIR}/.env" ]] || check_site_env
+  for name in certs/server.crt certs/server.key; do
+    [[ ! -e "${DIR}/${name}" && ! -L "${DIR}/${name}" ]] || check_site_file "${DIR}/${name}" "${NGINX_UID}"
+  done
+  [[ ! -e "${DIR}/license/revocations.jwt" && ! -L "${DIR}/license/revocations.jwt" ]] || check_site_file "${DIR}/license/revocations.jwt"
 }
 
 # No certificate in DIR/certs: nginx's own entrypoint makes the self-signed one for TLS_HOSTNAME, as on
 # a single server, once; every nginx task then serves it (put your own server.crt/server.key there instead).
+# The stack's config and secret are root's private copies in DIR/swarm: nothing nginx's uid swaps into
+# certs/ afterwards is read.
 certificate() {
-  [[ -s "${DIR}/certs/server.crt" && -s "${DIR}/certs/server.key" ]] && return 0
-  log "no certificate in ${DIR}/certs: nginx makes a self-signed one"
-  chown -R "${NGINX_UID}:${NGINX_UID}" "${DIR}/certs"
-  docker run --rm --network none --cap-drop ALL -v "${DIR}/certs:/etc/nginx/certs" \
-    -e TLS_HOSTNAME="$(env_value TLS_HOSTNAME)" -e NGINX_API_TASKS=tasks.api "${IMAGES[1]}" true
+  local name
+  if ! [[ -s "${DIR}/certs/server.crt" && -s "${DIR}/certs/server.key" ]]; then
+    log "no certificate in ${DIR}/certs: nginx makes a self-signed one"
+    chown -R "${NGINX_UID}:${NGINX_UID}" "${DIR}/certs"
+    docker run --rm --network none --cap-drop ALL -v "${DIR}/certs:/etc/nginx/certs" \
+      -e TLS_HOSTNAME="$(env_value TLS_HOSTNAME)" -e NGINX_API_TASKS=tasks.api "${IMAGES[1]}" true
+  fi
+  for name in server.crt server.key; do
+    copy_site_file "${DIR}/certs/${name}" "${DIR}/swarm/${name}" "${NGINX_UID}"
+  done
 }
 
 configure() {
-  local key
+  local key file
   log "configuring ${DIR}"
   mkdir -p "${DIR}"/{license/keys,certs,swarm}
-  install -m 644 "${PACKAGE}"/docker-stack{,.gpu,.ports}.yml "${PACKAGE}"/.env.example "${DIR}/"
+  for file in docker-stack.yml docker-stack.gpu.yml docker-stack.ports.yml .env.example; do
+    copy_listed "${PACKAGE}" "${file}" "${DIR}/${file}" 644
+  done
   write_site_env
   # What the stack's configs are made of: the licence keys this signed package lists (one key ring
   # file: '# kid <kid>' before each key), the node list, the revocation list if the site has one.
@@ -108,13 +136,13 @@ configure() {
   : > "${DIR}/swarm/license-keys.pem"
   while IFS= read -r key; do
     [[ "${key}" == license/keys/*.pem ]] || continue
-    install -m 644 "${PACKAGE}/${key}" "${DIR}/license/keys/"
+    copy_listed "${PACKAGE}" "${key}" "${DIR}/license/keys/${key##*/}" 644
     printf '# kid %s\n' "$(basename "${key}" .pem)" >> "${DIR}/swarm/license-keys.pem"
-    cat "${PACKAGE}/${key}" >> "${DIR}/swarm/license-keys.pem"
+    cat "${DIR}/license/keys/${key##*/}" >> "${DIR}/swarm/license-keys.pem"
   done < <(listed_files "${PACKAGE}")
-  grep -v '^[[:space:]]*\(#\|$\)' "${NODES}" | awk '!seen[tolower($1)]++' > "${DIR}/swarm/product_uuids"
-  if [[ -f "${DIR}/license/revocations.jwt" ]]; then
-    cp "${DIR}/license/revocations.jwt" "${DIR}/swarm/revocations.jwt"
+  grep -v '^[[:space:]]*\(#\|$\)' <<< "${NODE_LIST}" | awk '!seen[tolower($1)]++' > "${DIR}/swarm/product_uuids"
+  if [[ -e "${DIR}/license/revocations.jwt" || -L "${DIR}/license/revocations.jwt" ]]; then
+    copy_site_file "${DIR}/license/revocations.jwt" "${DIR}/swarm/revocations.jwt"
   else
     echo "# no revocation list on this site" > "${DIR}/swarm/revocations.jwt"  # Swarm refuses an empty config
   fi
@@ -135,14 +163,16 @@ stop_single_server() {
 # What the stack files take from the environment: the settings of .env they name (docker stack deploy
 # reads no .env itself), and the content hashes the stack names its configs by.
 export_settings() {
-  local key
+  local key value
   # shellcheck disable=SC2016  # grep looks for the literal '${NAME' the stack files hold
   while IFS= read -r key; do
-    export "${key}=$(env_value "${key}")"
+    value="$(env_value "${key}")"
+    check_env_value "${key}" "${value}"  # whole, again: this is what Swarm takes
+    export "${key}=${value}"
   done < <(grep -ho '\${[A-Z][A-Z0-9_]*' "${DIR}"/docker-stack*.yml | cut -c3- | sort -u)
   sha() { sha256sum "${DIR}/$1" | cut -c1-12; }
   LICENSE_KEYS_SHA="$(sha swarm/license-keys.pem)"; PRODUCT_UUIDS_SHA="$(sha swarm/product_uuids)"
-  REVOCATIONS_SHA="$(sha swarm/revocations.jwt)"; TLS_CERTIFICATE_SHA="$(sha certs/server.crt)"; TLS_KEY_SHA="$(sha certs/server.key)"
+  REVOCATIONS_SHA="$(sha swarm/revocations.jwt)"; TLS_CERTIFICATE_SHA="$(sha swarm/server.crt)"; TLS_KEY_SHA="$(sha swarm/server.key)"
   export LICENSE_KEYS_SHA PRODUCT_UUIDS_SHA REVOCATIONS_SHA TLS_CERTIFICATE_SHA TLS_KEY_SHA
 }
 
@@ -183,14 +213,16 @@ smoke() {
     return
   fi
   log "smoke prediction through nginx"
-  docker run --rm -i --network "${STACK}_front" --read-only --cap-drop ALL "${IMAGES[0]}" \
-    python -m chexnet.api.smoke --url https://nginx:8443 < "${TOKEN_FILE}"
+  dd if="${TOKEN_FILE}" iflag=nofollow,nonblock status=none \
+    | docker run --rm -i --network "${STACK}_front" --read-only --cap-drop ALL "${IMAGES[0]}" \
+        python -m chexnet.api.smoke --url https://nginx:8443
 }
 
 vendor_cert "${PACKAGE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
 verify_package "${PACKAGE}" "${VENDOR_CERT}"
 check_nodes
 check_swarm
+check_site
 previous=""
 if docker service inspect "${STACK}_api" >/dev/null 2>&1; then
   previous="$(running_version "${STACK}_api")"

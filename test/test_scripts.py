@@ -79,8 +79,8 @@ def test_compose_template_is_valid(tmp_path, compose, gpu):
 
 # --- offline package trust, on a small package with no images (no Docker needed) -------------------
 
-def _run(*command, cwd=None):
-    return subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd)
+def _run(*command, cwd=None, env=None, timeout=60):
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,8 @@ def small_package(tmp_path, vendor_keys):
     return package
 
 
-def _load(package, *args):
-    return _run("bash", package / "scripts/load-images.sh", *args, package)
+def _load(package, *args, env=None):
+    return _run("bash", package / "scripts/load-images.sh", *args, package, env=env)
 
 
 def test_genuine_package_verifies_with_the_out_of_band_key_or_fingerprint(small_package, vendor_keys):
@@ -202,7 +202,7 @@ def _stack_config(tmp_path, env_overrides: dict, hashes: bool = True, gpu: bool 
     """`docker stack config` (the Docker CLI alone, no daemon) of the stack files as swarm-deploy.sh deploys them."""
     for name in ("docker-stack.yml", "docker-stack.gpu.yml", "docker-stack.ports.yml"):
         shutil.copy(ROOT / "deployment_template" / name, tmp_path / name)
-    for name in ("swarm/license-keys.pem", "swarm/product_uuids", "swarm/revocations.jwt", "certs/server.crt", "certs/server.key"):
+    for name in ("swarm/license-keys.pem", "swarm/product_uuids", "swarm/revocations.jwt", "swarm/server.crt", "swarm/server.key"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHEXNET_", "API_", "NGINX_"))}
@@ -307,3 +307,402 @@ def test_swarm_node_without_an_identity_says_so_before_loading(swarm_package, ve
     result = _run("bash", swarm_package / "scripts/swarm-node.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
                   "--uuid-file", tmp_path / "absent")
     assert "exposes no SMBIOS UUID" in result.stderr and result.returncode != 0 and result.stdout == ""
+
+
+# --- hostile names, values and links: each as the attack, with a Docker CLI that only records ---------
+
+FAKE_DOCKER = r"""#!/usr/bin/env bash
+# A stand-in for the Docker CLI: records each call (one line) and answers as a healthy swarm manager and
+# a healthy compose project would. 'stack deploy' also keeps what Swarm would have been handed.
+printf '%s\n' "$*" >> "${FAKE_DOCKER_DIR}/calls"
+case "$*" in
+  "info --format {{.Swarm.LocalNodeState}}/{{.Swarm.ControlAvailable}}") echo active/true ;;
+  "info --format {{.Name}}"|"node ls --format {{.Hostname}}") echo vm ;;
+  "stack deploy "*) cp -r swarm "${FAKE_DOCKER_DIR}/deployed"; env > "${FAKE_DOCKER_DIR}/deployed.env" ;;
+  "service inspect --format {{if .UpdateStatus}}"*) echo completed ;;
+  "service inspect --format {{.Spec.TaskTemplate.ContainerSpec.Image}} chexnet_api") echo chexnet-api-cpu:0.0.1 ;;
+  "service inspect --format {{.Spec.TaskTemplate.ContainerSpec.Image}} chexnet_nginx") echo chexnet-nginx:0.0.1 ;;
+  "service inspect "*) exit 1 ;;
+  "service ls "*) printf 'chexnet_api 2/2\nchexnet_nginx 1/1\n' ;;
+  compose*" ps -q"*) echo c0ffee ;;
+  "inspect -f "*) echo running/0/healthy ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_docker(tmp_path):
+    """(environment with the fake docker first on PATH, the folder where its calls are recorded)."""
+    folder = tmp_path / "fake-docker"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin/docker").write_text(FAKE_DOCKER)
+    (folder / "bin/docker").chmod(0o755)
+    (folder / "calls").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHEXNET_", "NGINX_", "TLS_", "SUDO_"))}
+    env.update(PATH=f"{folder / 'bin'}:{os.environ['PATH']}", FAKE_DOCKER_DIR=str(folder))
+    return env, folder
+
+
+def _calls(folder: Path) -> str:
+    return (folder / "calls").read_text()
+
+
+def _sign_sums(package: Path, keys: Path, sums: bytes) -> None:
+    """SHA256SUMS exactly as given, signed with KEYS: the vendor's own signature over a hostile list."""
+    (package / "SHA256SUMS").write_bytes(sums)
+    result = _run("openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
+                  "-sign", keys / "package_signing.key", "-out", package / "SHA256SUMS.sig", package / "SHA256SUMS")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def image_package(small_package, vendor_keys):
+    """The small package with an image archive listed, so that a verified package is one docker loads."""
+    (small_package / "images").mkdir()
+    (small_package / "images/chexnet-0.0.1-cpu.tar.gz").write_bytes(b"not really an image")
+    _sign(small_package, vendor_keys)
+    return small_package
+
+
+def test_a_genuine_package_is_loaded_by_the_fake_docker(image_package, vendor_keys, fake_docker):
+    env, folder = fake_docker
+    result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"load -i {image_package}/images/chexnet-0.0.1-cpu.tar.gz" in _calls(folder)
+
+
+def _plant(package: Path, kind: str, name: str) -> None:
+    path = package / name
+    if kind == "file":
+        path.write_text("#!/bin/sh\necho pwned\n")
+    elif kind == "symlink":
+        path.symlink_to("/etc/passwd")
+    elif kind == "fifo":
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind, name", [
+    ("file", "x\n"),                          # sorts first: the empty first line that turned the checks off
+    ("file", "\nevil.sh"),
+    ("file", "images/x\n"),
+    ("file", "images/evil\n.tar.gz"),
+    ("file", "scripts/a\tb.sh"),
+    ("file", "scripts/evil\r"),
+    ("file", "license/keys/evil key.pem"),
+    ("file", "scripts/\u00e9vil.sh"),
+    ("symlink", "link\n"),
+    ("symlink", "\nlink"),
+    ("fifo", "scripts/fifo"),
+    ("fifo", "fifo\n"),
+], ids=repr)
+def test_an_unlisted_entry_with_any_name_is_refused_before_anything_is_loaded(image_package, vendor_keys, fake_docker, kind, name):
+    env, folder = fake_docker
+    _plant(image_package, kind, name)
+    result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env=env)
+    error = _one_error(result)
+    assert "do not install this package" in error and "package verified" not in result.stderr, result.stderr
+    assert "not a plain file" in error or "a character other than letters, digits" in error
+    assert "load" not in _calls(folder)
+
+
+def _sums_of(package: Path) -> list[str]:
+    return (package / "SHA256SUMS").read_text().splitlines()
+
+
+@pytest.mark.parametrize("forge, message", [
+    (lambda lines: "".join(f"{line}\r\n" for line in lines), "is not '<sha256>  <relative path>'"),
+    (lambda lines: "\ufeff" + "".join(f"{line}\n" for line in lines), "is not '<sha256>  <relative path>'"),
+    (lambda lines: "".join(f"{line}\n" for line in lines) + "\n", "is not '<sha256>  <relative path>'"),
+    (lambda lines: "".join(f"{line}\n" for line in lines + lines[:1]), "more than once"),
+    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + lines[0][66:].upper()]), "more than once"),
+    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "./" + lines[0][66:]]), "is not '<sha256>  <relative path>'"),
+    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license//x.pem"]), "is not '<sha256>  <relative path>'"),
+    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license/./x.pem"]), "is not '<sha256>  <relative path>'"),
+    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license/"]), "is not '<sha256>  <relative path>'"),
+    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "a\tb"]), "is not '<sha256>  <relative path>'"),
+    (lambda lines: "", "is not '<sha256>  <relative path>'"),
+], ids=["crlf", "bom", "empty-line", "duplicate", "duplicate-by-case", "dot", "double-slash", "dot-part", "trailing-slash", "tab", "empty"])
+def test_a_signed_list_with_odd_lines_is_refused(image_package, vendor_keys, fake_docker, forge, message):
+    env, folder = fake_docker
+    _sign_sums(image_package, vendor_keys, forge(_sums_of(image_package)).encode())
+    result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env=env)
+    assert message in _one_error(result)
+    assert "load" not in _calls(folder)
+
+
+# nginx's entrypoint under dash, as in the image, with nginx and openssl that only record.
+FAKE_NGINX = '#!/bin/sh\nprintf "%s\\n" "$*" >> "${FAKE_NGINX_LOG}"\n'
+FAKE_OPENSSL = '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -keyout|-out) echo made > "$2" ;; esac; shift; done\n'
+
+
+@pytest.fixture
+def entrypoint(tmp_path):
+    dash = shutil.which("dash")
+    if dash is None:
+        pytest.skip("dash is not installed (apt-get install dash): the nginx image runs its entrypoint with it")
+    folder = tmp_path / "nginx"
+    (folder / "bin").mkdir(parents=True)
+    (folder / "certs").mkdir()
+    for name, text in (("nginx", FAKE_NGINX), ("openssl", FAKE_OPENSSL)):
+        (folder / "bin" / name).write_text(text)
+        (folder / "bin" / name).chmod(0o755)
+
+    def run(**values):
+        env = {"PATH": f"{folder / 'bin'}:/usr/bin:/bin", "FAKE_NGINX_LOG": str(folder / "log"),
+               "CHEXNET_NGINX_CERTS": str(folder / "certs"), "CHEXNET_NGINX_GENERATED": str(folder / "generated"), **values}
+        return _run(dash, ROOT / "nginx/entrypoint.sh", "nginx", "-g", "daemon off;", env=env)
+    return run, folder
+
+
+def test_nginx_entrypoint_renders_valid_settings(entrypoint):
+    run, folder = entrypoint
+    result = run(TLS_HOSTNAME="chexnet.hospital.local", PUBLIC_HTTPS_PORT="8443", NGINX_RATE_LIMIT="600r/m", NGINX_API_TASKS="tasks.api")
+    assert result.returncode == 0, result.stderr
+    generated = folder / "generated"
+    assert (generated / "redirect.conf").read_text() == "return 301 https://chexnet.hospital.local:8443$request_uri;\n"
+    assert "rate=600r/m;" in (generated / "http.conf").read_text()
+    assert "set $chexnet_api_tasks tasks.api;" in (generated / "proxy.conf").read_text()
+    assert (folder / "log").read_text() == "-e stderr -t -q\n-g daemon off;\n"
+
+
+INJECTED = "\nlocation /k { alias /etc/nginx/certs/server.key; }"
+
+
+@pytest.mark.parametrize("name, value", [
+    ("TLS_HOSTNAME", "chexnet.local" + INJECTED),
+    ("TLS_HOSTNAME", "chexnet.local\\n" + INJECTED[1:]),  # dash's echo made this '\n' a line break
+    ("TLS_HOSTNAME", "chexnet.local;"),
+    ("TLS_HOSTNAME", "-chexnet.local"),
+    ("TLS_HOSTNAME", "a" * 254),
+    ("NGINX_RATE_LIMIT", "20r/s" + INJECTED),
+    ("NGINX_RATE_LIMIT", "20r/s\\n" + INJECTED[1:] + " 20r/s"),
+    ("NGINX_RATE_LIMIT", "20r/s;" + INJECTED[1:] + "#r/s"),
+    ("NGINX_RATE_LIMIT", "020r/s"),
+    ("NGINX_RATE_LIMIT", "1234567r/s"),
+    ("NGINX_API_TASKS", "tasks.api" + INJECTED),
+    ("NGINX_API_TASKS", "tasks.api;"),
+    ("NGINX_RATE_BURST", "40" + INJECTED),
+    ("NGINX_RATE_BURST", "1234567"),
+    ("NGINX_CONN_LIMIT", "0"),
+    ("CHEXNET_MAX_UPLOAD_MB", "64\n"),
+    ("CHEXNET_MAX_UPLOAD_MB", "2048"),
+    ("PUBLIC_HTTPS_PORT", "443" + INJECTED),
+    ("PUBLIC_HTTPS_PORT", "65536"),
+    ("PUBLIC_HTTPS_PORT", "0443"),
+], ids=repr)
+def test_nginx_entrypoint_refuses_a_value_that_is_not_valid_whole_and_renders_nothing(entrypoint, name, value):
+    run, folder = entrypoint
+    result = run(**{name: value})
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert name.removeprefix("PUBLIC_") in result.stderr
+    assert not (folder / "generated").exists() and not (folder / "log").exists()
+    assert list((folder / "certs").iterdir()) == []
+
+
+@pytest.mark.parametrize("name, value", [
+    ("TLS_HOSTNAME", "chexnet.local" + INJECTED),
+    ("TLS_HOSTNAME", "chexnet.local$(id)"),
+    ("TLS_HOSTNAME", "chexnet.local`id`"),
+    ("TLS_HOSTNAME", '"chexnet.local"'),
+    ("CHEXNET_MODELS", "cxr10\nEVIL=1"),
+    ("CHEXNET_MODELS", "cxr10$HOME"),
+    ("CHEXNET_MODELS", "cxr10`id`"),
+    ("CHEXNET_MODELS", "cxr10'"),
+    ("CHEXNET_MODELS", "cxr10 # a comment"),
+    ("CHEXNET_REVOCATION_LIST", "/etc/chexnet/license/revocations.jwt\\"),
+    ("HTTPS_PORT", "443\r"),
+    ("HTTPS_PORT", "443:8443"),
+    ("BIND_ADDRESS", "0.0.0.0:22"),
+    ("NGINX_RATE_LIMIT", "20r/s\n"),
+    ("API_REPLICAS", "100"),
+    ("CHEXNET_VARIANT", "cpu\n"),
+    ("COMPOSE_PROFILES", "dicom,"),
+], ids=repr)
+def test_lib_refuses_an_env_value_that_is_not_valid_whole(tmp_path, name, value):
+    script = 'source "$1"; DIR="$2"; check_env_value "$3" "$4"; echo accepted'
+    result = _run("bash", "-c", script, "bash", ROOT / "scripts/lib.sh", tmp_path, name, value)
+    assert name in _one_error(result) and "accepted" not in result.stdout
+
+
+def test_lib_accepts_the_example_env_and_plain_values(tmp_path):
+    shutil.copy(ROOT / "deployment_template/.env.example", tmp_path / ".env")
+    with open(tmp_path / ".env", "a") as env:
+        env.write("CHEXNET_DICOM_DESTINATION=PACS@10.0.0.5:104\nAPI_MEM_LIMIT=4096m\nCOMPOSE_PROFILES=dicom\n"
+                  "CHEXNET_MODELS=cxr10,cxr14\n   \n  # indented comment\nCHEXNET_REVOCATION_LIST=/etc/chexnet/license/revocations.jwt")
+    result = _run("bash", "-c", 'source "$1"; DIR="$2"; check_site_env; set_env TLS_HOSTNAME x.example; echo accepted',
+                  "bash", ROOT / "scripts/lib.sh", tmp_path)
+    assert result.returncode == 0 and result.stdout == "accepted\n", result.stderr
+    assert "TLS_HOSTNAME=x.example\n" in (tmp_path / ".env").read_text()
+
+
+# --- the Swarm deploy and the installer against a hostile install folder ---------------------------
+
+NODE_LINE = "vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\n"
+SECRET = "root:$6$the-shadow-file-s-secret:19000:0:99999:7:::\n"
+
+
+@pytest.fixture
+def swarm_site(swarm_package, vendor_keys, tmp_path, fake_docker):
+    """A swarm package with its stack files, an install folder with its own certificate, a node list,
+    and a runner of swarm-deploy.sh with the fake docker."""
+    for name in ("docker-stack.yml", "docker-stack.gpu.yml", "docker-stack.ports.yml"):
+        shutil.copy(ROOT / "deployment_template" / name, swarm_package / name)
+    _sign(swarm_package, vendor_keys)
+    site = tmp_path / "site"
+    (site / "certs").mkdir(parents=True)
+    (site / "certs/server.crt").write_text("the site's certificate\n")
+    (site / "certs/server.key").write_text("the site's key\n")
+    (tmp_path / "nodes.txt").write_text(NODE_LINE)
+    env, folder = fake_docker
+
+    def deploy(*args):
+        return _run("bash", swarm_package / "scripts/swarm-deploy.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
+                    "--nodes", tmp_path / "nodes.txt", "--dir", site, *args, env=env)
+    return deploy, site, folder
+
+
+def test_swarm_deploy_hands_swarm_root_s_copies_of_the_site_files(swarm_site):
+    deploy, site, folder = swarm_site
+    result = deploy()
+    assert result.returncode == 0, result.stderr
+    assert "stack deploy --resolve-image never" in _calls(folder)
+    deployed = folder / "deployed"
+    assert (deployed / "server.key").read_text() == "the site's key\n"
+    assert (deployed / "server.crt").read_text() == "the site's certificate\n"
+    assert (deployed / "product_uuids").read_text() == NODE_LINE
+    assert "# kid 0011223344556677\nlicence key\n" == (deployed / "license-keys.pem").read_text()
+    assert (site / "swarm/server.key").stat().st_mode & 0o077 == 0
+    assert "\nTLS_KEY_SHA=" in (folder / "deployed.env").read_text()
+
+
+def _never_read(site: Path, folder: Path, planted: Path | None = None) -> None:
+    """Nothing reached Swarm, and the secret is in no file of the install folder (but the one planted)."""
+    assert "stack deploy" not in _calls(folder) and "config create" not in _calls(folder) and "secret create" not in _calls(folder)
+    for path in site.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path != planted:
+            assert "shadow-file" not in path.read_text(errors="replace"), path
+
+
+@pytest.mark.parametrize("name", ["certs/server.key", "certs/server.crt", "license/revocations.jwt"])
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "hardlink"])
+def test_swarm_deploy_refuses_a_site_file_that_is_not_a_plain_file_of_its_own(swarm_site, tmp_path, name, kind):
+    deploy, site, folder = swarm_site
+    shadow = tmp_path / "shadow"  # stands for /etc/shadow
+    shadow.write_text(SECRET)
+    path = site / name
+    path.parent.mkdir(exist_ok=True)
+    path.unlink(missing_ok=True)
+    if kind == "symlink":
+        path.symlink_to(shadow)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.link(shadow, path)
+    error = _one_error(deploy())
+    assert str(path) in error and ("not a regular file" in error or "hard links" in error)
+    _never_read(site, folder, planted=path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
+def test_swarm_deploy_refuses_a_certificate_of_another_uid(swarm_site):
+    deploy, site, folder = swarm_site
+    os.chown(site / "certs/server.key", 4242, 4242)
+    error = _one_error(deploy())
+    assert f"{site}/certs/server.key belongs to uid 4242" in error
+    _never_read(site, folder)
+    os.chown(site / "certs/server.key", 10002, 10002)  # nginx's own: accepted
+    assert deploy().returncode == 0
+
+
+@pytest.mark.parametrize("option", ["--nodes", "--token-file"])
+def test_swarm_deploy_refuses_a_linked_node_list_or_token(swarm_site, tmp_path, option):
+    deploy, site, folder = swarm_site
+    (tmp_path / "shadow").write_text(SECRET)
+    (tmp_path / "link").symlink_to(tmp_path / "shadow")
+    error = _one_error(deploy(option, tmp_path / "link"))
+    assert f"{tmp_path}/link is not a regular file" in error
+    assert _calls(folder) == "" and not site.joinpath("swarm").exists()
+
+
+BAD_ENV_LINES = [
+    ("TLS_HOSTNAME", 'TLS_HOSTNAME="chexnet.local\\nlocation /k { alias /etc/nginx/certs/server.key; }"\n'),
+    ("TLS_HOSTNAME", 'TLS_HOSTNAME="chexnet.local\nlocation /k { alias /etc/nginx/certs/server.key; }"\n'),
+    ("NGINX_RATE_LIMIT", "NGINX_RATE_LIMIT=20r/s$(touch /tmp/chexnet-pwned)\n"),
+    ("CHEXNET_MODELS", "CHEXNET_MODELS=cxr10`touch /tmp/chexnet-pwned`\n"),
+    ("HTTPS_PORT", "HTTPS_PORT='443'\n"),
+    ("API_MEM_LIMIT", "API_MEM_LIMIT=3g\r\n"),
+    ("line 2", "location /k { alias /etc/nginx/certs/server.key; }\n"),
+]
+
+
+@pytest.mark.parametrize("name, line", BAD_ENV_LINES, ids=repr)
+def test_swarm_deploy_refuses_an_env_value_that_is_not_valid_whole(swarm_site, name, line):
+    deploy, site, folder = swarm_site
+    (site / ".env").write_text("CHEXNET_VERSION=0.0.1\n" + line)
+    error = _one_error(deploy())
+    assert name in error and ".env" in error
+    _never_read(site, folder)
+    assert not (site / "swarm").exists()
+
+
+def test_swarm_deploy_refuses_a_linked_env(swarm_site, tmp_path):
+    deploy, site, folder = swarm_site
+    (tmp_path / "shadow").write_text(SECRET)
+    (site / ".env").symlink_to(tmp_path / "shadow")
+    assert f"{site}/.env is not a regular file" in _one_error(deploy())
+    _never_read(site, folder)
+
+
+@pytest.fixture
+def install_site(small_package, vendor_keys, tmp_path, fake_docker):
+    """The small package as an installer package, and a runner of its install.sh with the fake docker."""
+    shutil.copy(ROOT / "deployment_template/install.sh", small_package / "install.sh")
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml"):
+        shutil.copy(ROOT / "deployment_template" / name, small_package / name)
+    for name in ("preflight.sh", "product-uuid.sh"):
+        shutil.copy(ROOT / "scripts" / name, small_package / "scripts" / name)
+    (small_package / "VERSION").write_text("0.0.1\n")
+    (small_package / "VARIANT").write_text("cpu\n")
+    _sign(small_package, vendor_keys)
+    (tmp_path / "uuid").write_text(NODE_LINE.split()[1] + "\n")
+    site = tmp_path / "site"
+    env, folder = fake_docker
+
+    def install(*args):
+        return _run("bash", small_package / "install.sh", "--vendor-key", vendor_keys / "vendor_package.crt", "--dir", site,
+                    "--uuid-file", tmp_path / "uuid", "--skip-preflight", "--timeout", "5", *args, env=env)
+    return install, site, folder
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
+def test_install_with_the_fake_docker_configures_and_starts(install_site, tmp_path):
+    install, site, folder = install_site
+    (tmp_path / "token.txt").write_text("token\n")
+    result = install("--token-file", tmp_path / "token.txt", "--dicom-destination", "PACS@10.0.0.5:104", "--dicom-allowed-aes", "MOD1")
+    assert result.returncode == 0, result.stderr
+    assert "up -d --remove-orphans" in _calls(folder)
+    assert (site / "license/keys/0011223344556677.pem").read_text() == "licence key\n"
+    token = site / "license/dicom-node.token"
+    assert token.read_text() == "token\n" and token.stat().st_uid == 10001 and token.stat().st_mode & 0o077 == 0
+    assert "COMPOSE_PROFILES=dicom\n" in (site / ".env").read_text()
+
+
+@pytest.mark.parametrize("name, line", BAD_ENV_LINES, ids=repr)
+def test_install_refuses_an_env_value_that_is_not_valid_whole_before_anything_changes(install_site, name, line):
+    install, site, folder = install_site
+    site.mkdir()
+    (site / ".env").write_text("CHEXNET_VERSION=0.0.1\n" + line)
+    error = _one_error(install())
+    assert name in error and ".env" in error
+    assert _calls(folder) == "compose version\n"  # nothing loaded, nothing started
+    assert sorted(p.name for p in site.iterdir()) == [".env"]
+
+
+def test_install_refuses_a_linked_token_file(install_site, tmp_path):
+    install, site, folder = install_site
+    (tmp_path / "shadow").write_text(SECRET)
+    (tmp_path / "token.txt").symlink_to(tmp_path / "shadow")
+    error = _one_error(install("--token-file", tmp_path / "token.txt"))
+    assert f"{tmp_path}/token.txt is not a regular file" in error
+    assert not site.exists() and "load" not in _calls(folder)
