@@ -188,10 +188,11 @@ def test_a_flood_of_idle_connections_does_not_lock_out_a_modality(site, dicom_di
             pass
         s.close()
     # At most 4 from one address are admitted at a time; the idle ones free their slot after the 2 s ARTIM timer.
-    assert node.metric('chexnet_dicom_connections_refused_total{limit="per_peer"}') >= 100
+    refused = node.metric('chexnet_dicom_connections_refused_total{limit="per_peer"}')
+    assert refused >= 100
     log = node.log.read_text()
     assert "Traceback" not in log and "can't start new thread" not in log
-    assert log.count("refused a connection") <= 3, "a flood logs once per interval, not once per connection"
+    assert log.count("refused a connection") < refused / 10, "a flood logs once per interval, not per connection"
 
 
 @pytest.mark.parametrize("site", [{"CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2"}], indirect=True)
