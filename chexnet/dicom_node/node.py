@@ -2,6 +2,7 @@
 (:mod:`chexnet.dicom_node.sender`), each on its own thread around one :class:`Spool`."""
 
 import hashlib
+import ipaddress
 import logging
 import threading
 import time
@@ -16,13 +17,17 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
 from chexnet.api.observability import AuditLog, Metrics
 from chexnet.api.service import Service
 from chexnet.api.settings import Settings
-from chexnet.dicom_node.listener import BoundedServer, ReceivedFiles, bound_pdus
+from chexnet.dicom_node.listener import BoundedServer
+from chexnet.dicom_node.pdus import PduGuard
 from chexnet.dicom_node.peers import shown
+from chexnet.dicom_node.receiving import ReceivedFiles
 from chexnet.dicom_node.sender import Sender
 from chexnet.dicom_node.settings import NodeSettings
 from chexnet.dicom_node.spool import QUEUES, Spool
@@ -38,7 +43,7 @@ log = logging.getLogger("chexnet.dicom_node")
 STORAGE_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
                    DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage)
 # C-STORE and C-ECHO statuses (PS3.4 B.2.3, PS3.7 C)
-SUCCESS, PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED = 0x0000, 0x0110, 0x0124
+SUCCESS, PROCESSING_FAILURE, SOP_CLASS_NOT_SUPPORTED, REFUSED_NOT_AUTHORIZED = 0x0000, 0x0110, 0x0122, 0x0124
 OUT_OF_RESOURCES, DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
 _REFUSALS = {  # why a received data set was not kept → (status, the ErrorComment the sender reads)
     "too_large": (OUT_OF_RESOURCES, "Instance larger than this node accepts"),
@@ -71,6 +76,9 @@ class NodeMetrics:
         self.send_failures = Counter("chexnet_dicom_send_failures_total", "Failed attempts to send results", registry=r)
         self.refused = Counter("chexnet_dicom_results_refused_total", "Result objects the destination refused for good",
                                ["status"], registry=r)
+        self.thread_failures = Counter("chexnet_dicom_thread_failures_total",
+                                       "Threads ended by an error (a connection's reader on a malformed PDU)",
+                                       registry=r)
         self.io_errors = Counter("chexnet_dicom_io_errors_total", "I/O errors the worker or sender survived",
                                  ["thread"], registry=r)
         depth = Gauge("chexnet_dicom_queue_depth", "Files waiting in the spool", ["queue"], registry=r)
@@ -93,6 +101,7 @@ class DicomNode:
         self._outgoing = threading.Event()
         self.sender = Sender(node, self.spool, self.node_metrics, self.audit, self._stop, self._prune)
         self._moved = {queue: time.monotonic() for queue in ("incoming", "outgoing")}
+        self._thread_failure_logged = 0.0
         self._prune_lock = threading.Lock()
         self._server: BoundedServer | None = None
         self._threads: list[threading.Thread] = []
@@ -101,6 +110,7 @@ class DicomNode:
     def start(self) -> None:
         self.service.start()
         self.received.install()
+        threading.excepthook = self._thread_failed
         self._prune()
         ae = AE(ae_title=self.node.ae_title)
         ae.require_calling_aet = [*self.node.allowed_aes, self.node.ae_title]  # itself: the healthcheck's C-ECHO
@@ -112,7 +122,9 @@ class DicomNode:
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, DECODABLE_SYNTAXES)
-        handlers = [(evt.EVT_CONN_OPEN, bound_pdus(self.node.associate_timeout_s)),
+        handlers = [(evt.EVT_CONN_OPEN, PduGuard.on_open(self.node.associate_timeout_s)),
+                    (evt.EVT_CONN_CLOSE, lambda event: self.received.drop(lambda reader: reader is event.assoc.dul)),
+                    (evt.EVT_ESTABLISHED, self._on_established),
                     (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
         self._server = ae.make_server(
             (self.node.bind, self.node.port), evt_handlers=handlers, server_class=BoundedServer,
@@ -121,7 +133,8 @@ class DicomNode:
         self._start_thread("dicom-listener", self._server.serve_forever)
         if self.node.metrics_port:
             start_http_server(self.node.metrics_port, registry=self.metrics.registry)
-        self._start_thread("dicom-worker", self._drain, "incoming", self._work, self._predict_waiting)
+        self._start_thread("dicom-worker", self._drain, "incoming", self._work, self._predict_waiting,
+                           self.received.sweep)
         self._start_thread("dicom-sender", self._drain, "outgoing", self._outgoing, self.sender.send_waiting)
         log.info("DICOM node listening", extra={"fields": {
             "ae_title": self.node.ae_title, "bind": self.node.bind, "port": self.node.port,
@@ -159,14 +172,41 @@ class DicomNode:
                 return f"{queue}/ has not moved for {self.node.stall_s} s"
         return None
 
+    def _thread_failed(self, failure: threading.ExceptHookArgs) -> None:
+        """A thread ended by an exception (pynetdicom's reader on a malformed PDU, say): its connection is
+        closed and its received files dropped (its association then ends too), and one JSON line per
+        interval replaces a traceback per thread."""
+        self.node_metrics.thread_failures.inc()
+        if isinstance(failure.thread, DULServiceProvider) and failure.thread.socket is not None:
+            failure.thread.socket.close()
+            self.received.drop(lambda reader: reader is failure.thread)
+        now = time.monotonic()
+        if now - self._thread_failure_logged >= 10.0:
+            self._thread_failure_logged = now
+            log.error("a connection's thread ended with an error", extra={"fields": {
+                "thread": shown(getattr(failure.thread, "name", "")), "error": failure.exc_type.__name__}})
+
+    # --- listener -------------------------------------------------------------------------------
+    def _on_established(self, event) -> None:
+        """The node's own title is the healthcheck's, which runs on this machine (over loopback, or to the
+        bound address): from elsewhere it is somebody borrowing it to hold an association."""
+        assoc = event.assoc
+        address = assoc.requestor.address
+        if assoc.requestor.ae_title == self.node.ae_title and not (
+                ipaddress.ip_address(address).is_loopback or address == self.node.bind):
+            log.warning("aborted an association: the node's own AE title from another machine",
+                        extra={"fields": {"peer": shown(assoc.requestor.address)}})
+            assoc.abort()
+
     def _on_echo(self, event) -> Dataset | int:
+        if not isinstance(event.request, C_ECHO):  # a C-STORE naming the Verification class
+            return SOP_CLASS_NOT_SUPPORTED
         problem = self.stalled()
         if problem is None:
             return SUCCESS
         log.error("unhealthy: %s", problem)
         return _status(PROCESSING_FAILURE, problem)
 
-    # --- listener -------------------------------------------------------------------------------
     def _on_store(self, event) -> Dataset | int:
         path = Path(event.dataset_path)
         reason = self.received.refusal(path)
@@ -177,6 +217,7 @@ class DicomNode:
         if reason is None:
             try:
                 self.spool.accept(path)
+                self.received.kept(path)
             except OSError as exc:
                 log.error("cannot spool a received instance", extra={"fields": {"error": exc.strerror}})
                 reason = "spool_error"
@@ -211,11 +252,13 @@ class DicomNode:
             return read_header(read(), self.service.limits)
 
     # --- worker ---------------------------------------------------------------------------------
-    def _drain(self, queue: str, wake: threading.Event, handle) -> None:
-        """Hand what waits in the spool folder to ``handle``, oldest first; sleep until woken when empty.
-        Nothing ends this loop but stop(): an error is logged, counted and retried after a pause."""
+    def _drain(self, queue: str, wake: threading.Event, handle, chore=lambda: None) -> None:
+        """Hand what waits in the spool folder to ``handle``, oldest first; sleep until woken when empty;
+        ``chore`` runs on every round. Nothing ends this loop but stop(): an error is logged, counted and
+        retried after a pause."""
         while not self._stop.is_set():
             try:
+                chore()
                 waiting = self.spool.files(queue)
                 if waiting:
                     handle(waiting)

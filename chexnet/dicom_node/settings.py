@@ -37,8 +37,8 @@ class NodeSettings:
     retry_max_s: float = 300.0  # the longest pause between two attempts to send
     metrics_port: int = 9102  # Prometheus text on http://<container>:9102/metrics; 0: off
     bind: str = "0.0.0.0"  # the address the listener binds (in a container: all; the host port decides)
-    max_associations: int = 8  # open connections in all, associated or not
-    max_per_peer: int = 4  # open connections from one peer address
+    max_associations: int = 32  # open connections in all, associated or not
+    max_per_peer: int = 4  # open connections from one peer address (a PACS router may use a few)
     associate_timeout_s: int = 5  # to associate after connecting (ARTIM timer), and to send any one PDU
     network_timeout_s: int = 60  # an associated peer that sends nothing for this long is dropped
     min_free_mb: int = 1024  # C-STORE answers "out of resources" while the spool's disk has less free
