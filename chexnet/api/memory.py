@@ -34,7 +34,9 @@ ENGINE_CALL_MIB = 13
 # pixel data holds two copies of the upload. Colour (3-sample) DICOMs are not covered: their luminance
 # step makes a float copy of every sample (27 B/px for JPEG baseline), a decoder fault to fix in
 # chexnet/imaging/dicom.py rather than to budget (test_memory_budget.py keeps it as an expected failure).
-DECODE_BYTES_PER_PIXEL = 6
+# The same deflated 9 MP file measured 6.1 to 7.3 B/px from one fresh interpreter to the next (the
+# allocator's state varies), so the figure is 8, not the lowest reading.
+DECODE_BYTES_PER_PIXEL = 8
 UPLOAD_COPIES = 5  # the upload itself and up to four copies of what it carries
 # A request past its decode keeps its 8-bit display image (up to 1 B/px) for the heatmaps, plus the
 # heatmaps, the response body and form parsing: ~15 MiB per waitress thread with heatmaps=all across
