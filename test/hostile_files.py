@@ -67,6 +67,14 @@ def deflate_bomb(inflated_mib: int = 512) -> bytes:
     return b"".join(out)
 
 
+def element_bomb(count: int = 5_000_000) -> bytes:
+    """Deflated Explicit VR Little Endian: ``count`` private 10-byte elements (about 100 KiB on the wire), each
+    within every byte limit, that a reader walking them all spends seconds on."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return _meta(DeflatedExplicitVRLittleEndian) + deflater.compress(b"\x09\x00\x00\x10US\x02\x00\x00\x00" * count) \
+        + deflater.flush()
+
+
 def _encapsulated(codestream: bytes, syntax: str, rows: int, cols: int, bits: int) -> bytes:
     ds = _image_module(rows, cols, bits)
     ds.PixelData = encapsulate([codestream])

@@ -29,6 +29,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config
 
 import dicom_raw_peer as raw
+import hostile_files
 from dicom_tools import storescu
 from test_dicom_node import CHEST, site  # noqa: F401 - the fixture
 from waiting import wait_until
@@ -213,9 +214,16 @@ def test_a_pdu_too_long_or_trickling_in_is_not_waited_for(site):
         contexts = [(2 * i + 1, raw.CR, [f"1.2.3.{n}" for n in range(600)]) for i in range(128)]
         s.sendall(raw.associate_rq("MODALITY", contexts=contexts))
         assert raw.read_pdu(s) == (None, b""), "an A-ASSOCIATE-RQ of megabytes is not parsed"
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:  # a PDU of no known type, then
+        s.sendall(b"\x09\x00" + bytes(4) + b"\x04\x00" + (700 * MIB).to_bytes(4, "big"))  # a P-DATA "of 700 MiB"
+        assert raw.send_until_closed(s, bytes(MIB), 300 * MIB) < 300 * MIB, "the node must not read on"
+    with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:  # unknown PDUs, as fast as it goes
+        assert raw.send_until_closed(s, (b"\x09\x00" + bytes(4)) * 10000, 600 * MIB) < 600 * MIB
     assert node.status("VmHWM") - before < 100 * 1024
     wait_until(lambda: node.echo() == 0, 60, "the node to answer once the closed connections' threads end")
-    assert node.log.read_text().count("a PDU longer than the node reads") == 2
+    log = node.log.read_text()
+    assert log.count("a PDU longer than the node reads") >= 2 and log.count("a PDU of an unknown type") >= 2
+    assert len(log.splitlines()) < 100, "a peer cannot make the node log a line per PDU it sends"
 
 
 @pytest.mark.parametrize("message", ["endless command", "data set of a C-ECHO", "data set without a command"])
@@ -371,5 +379,8 @@ def test_a_wrong_called_title_and_a_data_set_of_another_class_are_refused(site, 
                         dataset_class=DigitalXRayImageStorageForPresentation)
     status = send_file(node.port, disguised)
     assert status is not None and status.Status == 0xA900
+    (tmp_path / "elements.dcm").write_bytes(hostile_files.element_bomb())
+    status = send_file(node.port, tmp_path / "elements.dcm")
+    assert status is not None and status.Status == 0xC000, "ten million tiny elements are not walked"
     assert node.files("incoming") == [] and node.metric("chexnet_dicom_received_total") == 0
     assert node.metric('chexnet_dicom_store_refused_total{reason="class_mismatch"}') == 1

@@ -7,9 +7,9 @@ every data set that is not a C-STORE's (a C-STORE's streams to a capped file, :m
 :class:`PduGuard` wraps the reads of each new connection (EVT_CONN_OPEN) and ends the connection, as if
 it had closed mid-PDU, when:
 
-* a PDU announces more than :data:`MAX_ASSOCIATE_RQ_BYTES` (an A-ASSOCIATE-RQ: 128 presentation
-  contexts of a few transfer syntaxes each are about 40 KiB) or :data:`MAX_PDU_BYTES` (any other; the
-  node advertises 16 KiB PDUs);
+* a PDU is of no known type, or announces more than :data:`MAX_ASSOCIATE_RQ_BYTES` (an A-ASSOCIATE-RQ:
+  128 presentation contexts of a few transfer syntaxes each are about 40 KiB) or :data:`MAX_PDU_BYTES`
+  (any other; the node advertises 16 KiB PDUs);
 * a PDU has not arrived ``deadline_s`` after its first byte;
 * one message's command set passes :data:`MAX_COMMAND_BYTES`, or a data set held in memory (anything but
   a C-STORE's) passes :data:`MAX_MEMORY_DATA_SET_BYTES`.
@@ -29,6 +29,7 @@ MAX_PDU_BYTES = 1 << 20
 MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE-RQ command set is about 200 bytes
 MAX_MEMORY_DATA_SET_BYTES = 1 << 20
 _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
+_PDU_TYPES = range(0x01, 0x08)  # A-ASSOCIATE-RQ/AC/RJ, P-DATA-TF, A-RELEASE-RQ/RP, A-ABORT
 _C_STORE_RQ = 0x0001
 
 
@@ -47,7 +48,8 @@ class PduGuard:
     def __init__(self, event, deadline_s: float):
         self._event, self._deadline_s = event, deadline_s
         self._socket = event.assoc.dul.socket
-        self._header_next, self._pdu_type = True, 0
+        self._body_length: int | None = None  # None: a header is due
+        self._pdu_type = 0
         self._command, self._command_done, self._store, self._in_memory = bytearray(), False, False, 0
         self._socket.recv = self.recv
 
@@ -57,16 +59,25 @@ class PduGuard:
         return lambda event: cls(event, deadline_s)
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """pynetdicom reads a PDU as its 6-byte header, then its body."""
-        header, self._header_next = self._header_next, not self._header_next
-        if not header:
-            limit = MAX_ASSOCIATE_RQ_BYTES if self._pdu_type == _A_ASSOCIATE_RQ else MAX_PDU_BYTES
-            if nr_bytes > limit:
-                return self._close("a PDU longer than the node reads", nr_bytes)
+        """pynetdicom reads a PDU as its 6-byte header, then a body of the length that header gives; the
+        header is checked here, and any other read is refused, so the two cannot fall out of step."""
+        if self._body_length is None:
+            if nr_bytes != 6:
+                return self._close("a read that is not a PDU header", nr_bytes)
+            data = self._read(6)
+            if len(data) == 6:
+                kind, _, length = struct.unpack(">BBI", data)
+                if kind not in _PDU_TYPES:
+                    return self._close("a PDU of an unknown type", kind)
+                if length > (MAX_ASSOCIATE_RQ_BYTES if kind == _A_ASSOCIATE_RQ else MAX_PDU_BYTES):
+                    return self._close("a PDU longer than the node reads", length)
+                self._pdu_type, self._body_length = kind, length
+            return data
+        expected, self._body_length = self._body_length, None
+        if nr_bytes != expected:
+            return self._close("a read that is not the PDU's body", nr_bytes)
         data = self._read(nr_bytes)
-        if header and data:
-            self._pdu_type = data[0]
-        elif not header and self._pdu_type == _P_DATA_TF and not self._follow(data):
+        if self._pdu_type == _P_DATA_TF and not self._follow(data):
             return self._close("a DIMSE message larger than the node holds in memory", len(self._command))
         return data
 

@@ -25,7 +25,9 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.pixels import get_decoder
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -81,6 +83,8 @@ _READ = [
     "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence",
     "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape", *_PIXEL_KEYWORDS, *SOURCE_KEYWORDS,
 ]
+_READ_TAGS = [Tag(keyword) for keyword in _READ]
+MAX_ELEMENTS = 20_000  # top-level elements of one data set
 _PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 # Anything a codec plugin or pydicom's own parser raises on hostile bytes.
@@ -171,7 +175,7 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
         data = _inflate(data[body:], limits)  # a bare Explicit VR Little Endian dataset from here on
     # force=True admits ACR-NEMA files and DICOM written without the 128-byte preamble; parse failures
     # (here or at a later, lazy element access) become CorruptImage in decode_dicom.
-    ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=_READ)
+    ds = read_partial(io.BytesIO(data), stop_when=_ElementBudget(), force=True, specific_tags=_READ_TAGS)
     if len(ds) == 0:
         raise UnsupportedMediaType("The file looked like DICOM but holds no DICOM elements.")
     if syntax == DeflatedExplicitVRLittleEndian or "TransferSyntaxUID" not in ds.file_meta:
@@ -186,6 +190,22 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
                                         "knows; re-export it uncompressed or as JPEG 2000 / JPEG lossless.")
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
+
+
+class _ElementBudget:
+    """pydicom's ``stop_when``, called for every top-level element it walks (read or skipped): a data set
+    of more than MAX_ELEMENTS is refused, since millions of tiny elements (a 100 KiB deflated file can
+    hold ten million) cost seconds of CPU to walk although every byte is within the limits."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, tag, vr, length) -> bool:
+        self.seen += 1
+        if self.seen > MAX_ELEMENTS:
+            raise InvalidImage(f"The DICOM data set has more than {MAX_ELEMENTS:,} elements, where a radiograph "
+                               "has a few hundred; export it again from the PACS.")
+        return False
 
 
 def _file_meta_syntax(data: bytes) -> tuple[str | None, int]:
