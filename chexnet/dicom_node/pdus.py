@@ -12,7 +12,9 @@ it had closed mid-PDU, when:
   (any other; the node advertises 16 KiB PDUs);
 * a PDU has not arrived ``deadline_s`` after its first byte;
 * one message's command set passes :data:`MAX_COMMAND_BYTES`, or a data set held in memory (anything but
-  a C-STORE's) passes :data:`MAX_MEMORY_DATA_SET_BYTES`.
+  a C-STORE's) passes :data:`MAX_MEMORY_DATA_SET_BYTES`;
+* more than :data:`MAX_UNANSWERED` messages wait in pynetdicom's queue for an answer (each answer the node
+  sends is counted on the way out).
 
 A conforming peer never comes near any of these.
 """
@@ -31,14 +33,16 @@ MAX_MEMORY_DATA_SET_BYTES = 1 << 20
 _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
 _PDU_TYPES = range(0x01, 0x08)  # A-ASSOCIATE-RQ/AC/RJ, P-DATA-TF, A-RELEASE-RQ/RP, A-ABORT
 _C_STORE_RQ = 0x0001
+_COMMAND_FIELD, _DATA_SET_TYPE, _NO_DATA_SET = 0x0100, 0x0800, 0x0101
+MAX_UNANSWERED = 8  # messages received and not yet answered (a peer may have 1 outstanding unless negotiated)
 
 
-def command_field(command: bytes) -> int | None:
-    """(0000,0100) CommandField of a command set (always Implicit VR Little Endian), or None."""
+def command_value(command: bytes, element: int) -> int | None:
+    """A US element (0000,element) of a command set (always Implicit VR Little Endian), or None."""
     pos = 0
     while pos + 8 <= len(command):
-        group, element, length = struct.unpack_from("<HHI", command, pos)
-        if (group, element) == (0x0000, 0x0100) and length == 2 and pos + 10 <= len(command):
+        group, found, length = struct.unpack_from("<HHI", command, pos)
+        if (group, found) == (0x0000, element) and length == 2 and pos + 10 <= len(command):
             return struct.unpack_from("<H", command, pos + 8)[0]
         pos += 8 + length
     return None
@@ -51,7 +55,9 @@ class PduGuard:
         self._body_length: int | None = None  # None: a header is due
         self._pdu_type = 0
         self._command, self._command_done, self._store, self._in_memory = bytearray(), False, False, 0
-        self._socket.recv = self.recv
+        self._unanswered = 0
+        self._send = self._socket.send
+        self._socket.recv, self._socket.send = self.recv, self.send
 
     @classmethod
     def on_open(cls, deadline_s: float):
@@ -78,7 +84,8 @@ class PduGuard:
             return self._close("a read that is not the PDU's body", nr_bytes)
         data = self._read(nr_bytes)
         if self._pdu_type == _P_DATA_TF and not self._follow(data):
-            return self._close("a DIMSE message larger than the node holds in memory", len(self._command))
+            return self._close("a DIMSE message larger than the node holds in memory, or too many unanswered",
+                               len(self._command))
         return data
 
     def _read(self, nr_bytes: int) -> bytearray:
@@ -110,7 +117,10 @@ class PduGuard:
                 if len(self._command) > MAX_COMMAND_BYTES:
                     return False
                 if last:
-                    self._command_done, self._store = True, command_field(self._command) == _C_STORE_RQ
+                    self._command_done = True
+                    self._store = command_value(self._command, _COMMAND_FIELD) == _C_STORE_RQ
+                    if command_value(self._command, _DATA_SET_TYPE) == _NO_DATA_SET:
+                        self._unanswered += 1
             else:  # a data set fragment: a C-STORE's goes to a capped file, any other stays in memory
                 if not (self._command_done and self._store):
                     self._in_memory += fragment_bytes
@@ -118,8 +128,19 @@ class PduGuard:
                         return False
                 if last:
                     self._command, self._command_done, self._in_memory = bytearray(), False, 0
+                    self._unanswered += 1
             pos += 4 + length
-        return True
+        return self._unanswered <= MAX_UNANSWERED
+
+    def send(self, pdu: bytes) -> bool:
+        """What the node sends: each DIMSE answer (a P-DATA-TF whose command ends) answers one message."""
+        if pdu[:1] == bytes([_P_DATA_TF]):
+            pos = 6
+            while pos + 6 <= len(pdu):
+                if pdu[pos + 5] & 3 == 3:  # the last fragment of a command
+                    self._unanswered = max(0, self._unanswered - 1)
+                pos += 4 + struct.unpack_from(">I", pdu, pos)[0]
+        return self._send(pdu)
 
     def _close(self, why: str, size: int) -> bytearray:
         log.warning(f"closed a connection: {why}", extra={"fields": {
