@@ -75,6 +75,15 @@ def element_bomb(count: int = 5_000_000) -> bytes:
         + deflater.flush()
 
 
+def sequence_bomb(items: int = 1_000_000) -> bytes:
+    """Deflated Explicit VR Little Endian: a VOI LUT Sequence of ``items`` tiny items (about 30 KiB on the
+    wire), which a reader parsing the sequence spends tens of seconds on."""
+    item = b"\xfe\xff\x00\xe0" + struct.pack("<I", 8) + b"\x09\x00\x00\x10US\x02\x00\x00\x00"
+    sequence = b"\x28\x00\x10\x30SQ\x00\x00" + struct.pack("<I", 0xFFFFFFFF) + item * items + b"\xfe\xff\xdd\xe0" + bytes(4)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return _meta(DeflatedExplicitVRLittleEndian) + deflater.compress(sequence) + deflater.flush()
+
+
 def _encapsulated(codestream: bytes, syntax: str, rows: int, cols: int, bits: int) -> bytes:
     ds = _image_module(rows, cols, bits)
     ds.PixelData = encapsulate([codestream])

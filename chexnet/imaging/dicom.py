@@ -85,6 +85,9 @@ _READ = [
 ]
 _READ_TAGS = [Tag(keyword) for keyword in _READ]
 MAX_ELEMENTS = 20_000  # top-level elements of one data set
+MAX_ITEMS = 10_000  # sequence items (and encapsulated fragments) of one data set
+MAX_SEQUENCE_BYTES = 8 << 20  # one sequence of defined length (a 16-bit LUT of 65,536 entries is 128 KiB)
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) in little endian
 _PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 # Anything a codec plugin or pydicom's own parser raises on hostile bytes.
@@ -175,6 +178,9 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
         data = _inflate(data[body:], limits)  # a bare Explicit VR Little Endian dataset from here on
     # force=True admits ACR-NEMA files and DICOM written without the 128-byte preamble; parse failures
     # (here or at a later, lazy element access) become CorruptImage in decode_dicom.
+    if data.count(_ITEM_TAG) > MAX_ITEMS:  # a fast byte count; pydicom parses every item of the LUT sequences
+        raise InvalidImage(f"The DICOM data set has more than {MAX_ITEMS:,} sequence items, where a radiograph "
+                           "has a few; export it again from the PACS.")
     ds = read_partial(io.BytesIO(data), stop_when=_ElementBudget(), force=True, specific_tags=_READ_TAGS)
     if len(ds) == 0:
         raise UnsupportedMediaType("The file looked like DICOM but holds no DICOM elements.")
@@ -195,7 +201,9 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
 class _ElementBudget:
     """pydicom's ``stop_when``, called for every top-level element it walks (read or skipped): a data set
     of more than MAX_ELEMENTS is refused, since millions of tiny elements (a 100 KiB deflated file can
-    hold ten million) cost seconds of CPU to walk although every byte is within the limits."""
+    hold ten million) cost seconds of CPU to walk although every byte is within the limits; so is a
+    sequence of defined length beyond MAX_SEQUENCE_BYTES (the items inside are walked too). Items are
+    bounded by a byte count in :func:`_read`."""
 
     def __init__(self):
         self.seen = 0
@@ -205,6 +213,9 @@ class _ElementBudget:
         if self.seen > MAX_ELEMENTS:
             raise InvalidImage(f"The DICOM data set has more than {MAX_ELEMENTS:,} elements, where a radiograph "
                                "has a few hundred; export it again from the PACS.")
+        if vr == "SQ" and MAX_SEQUENCE_BYTES < length != 0xFFFFFFFF:
+            raise InvalidImage(f"A sequence of the DICOM data set is larger than {MAX_SEQUENCE_BYTES >> 20} MiB; "
+                               "export it again from the PACS.")
         return False
 
 
