@@ -84,6 +84,16 @@ def sequence_bomb(items: int = 1_000_000) -> bytes:
     return _meta(DeflatedExplicitVRLittleEndian) + deflater.compress(sequence) + deflater.flush()
 
 
+def nested_element_bomb(count: int = 1_000_000) -> bytes:
+    """Deflated Explicit VR Little Endian: a VOI LUT Sequence of one item holding ``count`` empty elements
+    (about 1.5 MiB on the wire); pydicom parses items without the top level's stop_when."""
+    elements = b"".join(struct.pack("<HH", 0x0009, 0x1000 + i % 0xEFFF) + b"LO\x00\x00" for i in range(count))
+    sequence = (b"\x28\x00\x10\x30SQ\x00\x00" + struct.pack("<I", 0xFFFFFFFF) + b"\xfe\xff\x00\xe0"
+                + struct.pack("<I", 0xFFFFFFFF) + elements + b"\xfe\xff\x0d\xe0" + bytes(4) + b"\xfe\xff\xdd\xe0" + bytes(4))
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return _meta(DeflatedExplicitVRLittleEndian) + deflater.compress(sequence) + deflater.flush()
+
+
 def _encapsulated(codestream: bytes, syntax: str, rows: int, cols: int, bits: int) -> bytes:
     ds = _image_module(rows, cols, bits)
     ds.PixelData = encapsulate([codestream])

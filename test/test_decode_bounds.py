@@ -54,6 +54,8 @@ def test_malformed_header_is_a_typed_4xx(name):
     ("deflated, 509 KiB inflating to 512 MiB", lambda: hostile_files.deflate_bomb(512), PayloadTooLarge),
     ("deflated, 5 million tiny elements", lambda: hostile_files.element_bomb(), InvalidImage),
     ("deflated, a VOI LUT sequence of a million items", lambda: hostile_files.sequence_bomb(), InvalidImage),
+    ("deflated, a million elements inside one sequence item", lambda: hostile_files.nested_element_bomb(),
+     InvalidImage),
     ("JPEG 2000 codestream 20000x20000 in a 48x48 header", lambda: hostile_files.codestream_bomb("j2k"), InvalidImage),
     ("JPEG codestream 20000x20000 in a 48x48 header", lambda: hostile_files.codestream_bomb("jpeg"), InvalidImage),
     ("36 MP 16-bit PNG", lambda: hostile_files.png16(6000, 6000), None),

@@ -13,15 +13,19 @@ it had closed mid-PDU, when:
 * a PDU has not arrived ``deadline_s`` after its first byte;
 * one message's command set passes :data:`MAX_COMMAND_BYTES`, or a data set held in memory (anything but
   a C-STORE's) passes :data:`MAX_MEMORY_DATA_SET_BYTES`;
+* a P-DATA-TF carries more than :data:`MAX_VALUES_PER_PDU` presentation data values;
 * more than :data:`MAX_UNANSWERED` messages wait in pynetdicom's queue for an answer (each answer the node
   sends is counted on the way out).
 
 A conforming peer never comes near any of these.
 """
 
+import io
 import logging
 import struct
 import time
+
+from pynetdicom.dsutils import decode
 
 from chexnet.dicom_node.peers import shown
 
@@ -32,20 +36,19 @@ MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE-RQ command set is about 200 bytes
 MAX_MEMORY_DATA_SET_BYTES = 1 << 20
 _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
 _PDU_TYPES = range(0x01, 0x08)  # A-ASSOCIATE-RQ/AC/RJ, P-DATA-TF, A-RELEASE-RQ/RP, A-ABORT
-_C_STORE_RQ = 0x0001
-_COMMAND_FIELD, _DATA_SET_TYPE, _NO_DATA_SET = 0x0100, 0x0800, 0x0101
+_C_STORE_RQ, _NO_DATA_SET = 0x0001, 0x0101
+MAX_VALUES_PER_PDU = 256  # presentation data values in one P-DATA-TF (pynetdicom makes objects of each)
 MAX_UNANSWERED = 8  # messages received and not yet answered (a peer may have 1 outstanding unless negotiated)
 
 
-def command_value(command: bytes, element: int) -> int | None:
-    """A US element (0000,element) of a command set (always Implicit VR Little Endian), or None."""
-    pos = 0
-    while pos + 8 <= len(command):
-        group, found, length = struct.unpack_from("<HHI", command, pos)
-        if (group, found) == (0x0000, element) and length == 2 and pos + 10 <= len(command):
-            return struct.unpack_from("<H", command, pos + 8)[0]
-        pos += 8 + length
-    return None
+def _command(encoded: bytes) -> tuple[int | None, bool]:
+    """(CommandField, whether a data set follows) as pynetdicom itself will read the command set (its own
+    decoder, so a repeated or odd element means the same to both); (None, True) when it cannot be read."""
+    try:
+        command = decode(io.BytesIO(encoded), True, True)
+        return int(command.CommandField), int(command.CommandDataSetType) != _NO_DATA_SET
+    except Exception:  # noqa: BLE001 - whatever pynetdicom's decoder raises, the data set is not a store's
+        return None, True
 
 
 class PduGuard:
@@ -54,8 +57,7 @@ class PduGuard:
         self._socket = event.assoc.dul.socket
         self._body_length: int | None = None  # None: a header is due
         self._pdu_type = 0
-        self._command, self._command_done, self._store, self._in_memory = bytearray(), False, False, 0
-        self._unanswered = 0
+        self._command, self._store_open, self._in_memory, self._unanswered = bytearray(), False, 0, 0
         self._send = self._socket.send
         self._socket.recv, self._socket.send = self.recv, self.send
 
@@ -105,29 +107,31 @@ class PduGuard:
         return data
 
     def _follow(self, pdu: bytes) -> bool:
-        """Account for the presentation data values of a P-DATA-TF; False when a bound is passed."""
-        pos = 0
+        """Account for the presentation data values of a P-DATA-TF; False when a bound is passed. A data set
+        fragment goes to a capped file only while a C-STORE's data set is open; any other is held in memory
+        by pynetdicom (a data set after a command that announced none included), so it is counted."""
+        pos, values = 0, 0
         while pos + 6 <= len(pdu):
             length, control = struct.unpack_from(">I", pdu, pos)[0], pdu[pos + 5]
-            fragment_bytes, last = max(0, length - 2), bool(control & 2)
+            fragment_bytes, last, values = max(0, length - 2), bool(control & 2), values + 1
+            if values > MAX_VALUES_PER_PDU:
+                return False
             if control & 1:  # a command fragment
-                if self._command_done:  # the previous message is over: a new one begins
-                    self._command, self._command_done, self._in_memory = bytearray(), False, 0
                 self._command += pdu[pos + 6:pos + 4 + length]
                 if len(self._command) > MAX_COMMAND_BYTES:
                     return False
                 if last:
-                    self._command_done = True
-                    self._store = command_value(self._command, _COMMAND_FIELD) == _C_STORE_RQ
-                    if command_value(self._command, _DATA_SET_TYPE) == _NO_DATA_SET:
-                        self._unanswered += 1
-            else:  # a data set fragment: a C-STORE's goes to a capped file, any other stays in memory
-                if not (self._command_done and self._store):
+                    field, data_follows = _command(bytes(self._command))
+                    self._command, self._in_memory = bytearray(), 0
+                    self._store_open = data_follows and field == _C_STORE_RQ
+                    self._unanswered += not data_follows
+            else:  # a data set fragment
+                if not self._store_open:
                     self._in_memory += fragment_bytes
                     if self._in_memory > MAX_MEMORY_DATA_SET_BYTES:
                         return False
                 if last:
-                    self._command, self._command_done, self._in_memory = bytearray(), False, 0
+                    self._store_open, self._in_memory = False, 0
                     self._unanswered += 1
             pos += 4 + length
         return self._unanswered <= MAX_UNANSWERED

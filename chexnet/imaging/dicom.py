@@ -20,11 +20,13 @@ import re
 import struct
 import warnings
 import zlib
+from contextvars import ContextVar
 
 import numpy as np
 import pydicom
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom import filereader
 from pydicom.filereader import read_partial
 from pydicom.pixels import get_decoder
 from pydicom.tag import Tag
@@ -86,8 +88,7 @@ _READ = [
 _READ_TAGS = [Tag(keyword) for keyword in _READ]
 MAX_ELEMENTS = 20_000  # top-level elements of one data set
 MAX_ITEMS = 10_000  # sequence items (and encapsulated fragments) of one data set
-MAX_SEQUENCE_BYTES = 8 << 20  # one sequence of defined length (a 16-bit LUT of 65,536 entries is 128 KiB)
-_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) in little endian
+_ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")  # (FFFE,E000) little and big endian
 _PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 # Anything a codec plugin or pydicom's own parser raises on hostile bytes.
@@ -178,10 +179,15 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
         data = _inflate(data[body:], limits)  # a bare Explicit VR Little Endian dataset from here on
     # force=True admits ACR-NEMA files and DICOM written without the 128-byte preamble; parse failures
     # (here or at a later, lazy element access) become CorruptImage in decode_dicom.
-    if data.count(_ITEM_TAG) > MAX_ITEMS:  # a fast byte count; pydicom parses every item of the LUT sequences
+    if sum(data.count(tag) for tag in _ITEM_TAGS) > MAX_ITEMS:  # a fast byte count, either byte order
         raise InvalidImage(f"The DICOM data set has more than {MAX_ITEMS:,} sequence items, where a radiograph "
                            "has a few; export it again from the PACS.")
-    ds = read_partial(io.BytesIO(data), stop_when=_ElementBudget(), force=True, specific_tags=_READ_TAGS)
+    budget = _ElementBudget()
+    token = _BUDGET.set(budget)
+    try:
+        ds = read_partial(io.BytesIO(data), stop_when=budget, force=True, specific_tags=_READ_TAGS)
+    finally:
+        _BUDGET.reset(token)
     if len(ds) == 0:
         raise UnsupportedMediaType("The file looked like DICOM but holds no DICOM elements.")
     if syntax == DeflatedExplicitVRLittleEndian or "TransferSyntaxUID" not in ds.file_meta:
@@ -199,24 +205,40 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
 
 
 class _ElementBudget:
-    """pydicom's ``stop_when``, called for every top-level element it walks (read or skipped): a data set
-    of more than MAX_ELEMENTS is refused, since millions of tiny elements (a 100 KiB deflated file can
-    hold ten million) cost seconds of CPU to walk although every byte is within the limits; so is a
-    sequence of defined length beyond MAX_SEQUENCE_BYTES (the items inside are walked too). Items are
-    bounded by a byte count in :func:`_read`."""
+    """What one read may walk: millions of tiny elements (a 100 KiB deflated file can hold ten million, at
+    the top level or inside one sequence item) cost seconds of CPU and gigabytes of objects although every
+    byte is within the limits, so more than MAX_ELEMENTS are refused. Called as pydicom's ``stop_when`` for
+    every top-level element it walks (read or skipped), and by :func:`_counted` for every element it
+    parses at any depth (pydicom passes no ``stop_when`` into sequence items). Items are bounded by a byte
+    count in :func:`_read`."""
 
     def __init__(self):
         self.seen = 0
 
-    def __call__(self, tag, vr, length) -> bool:
+    def __call__(self, tag=None, vr=None, length=None) -> bool:
         self.seen += 1
         if self.seen > MAX_ELEMENTS:
             raise InvalidImage(f"The DICOM data set has more than {MAX_ELEMENTS:,} elements, where a radiograph "
                                "has a few hundred; export it again from the PACS.")
-        if vr == "SQ" and MAX_SEQUENCE_BYTES < length != 0xFFFFFFFF:
-            raise InvalidImage(f"A sequence of the DICOM data set is larger than {MAX_SEQUENCE_BYTES >> 20} MiB; "
-                               "export it again from the PACS.")
         return False
+
+
+_BUDGET: ContextVar[_ElementBudget | None] = ContextVar("chexnet_element_budget", default=None)
+
+
+def _counted(generator):
+    """pydicom's element generator, charging each element it yields to the budget of the read in progress."""
+    def counted(*args, **kwargs):
+        budget = _BUDGET.get()
+        for element in generator(*args, **kwargs):
+            if budget is not None:
+                budget()
+            yield element
+    return counted
+
+
+# read_dataset looks the generator up at each call, for the top level and for every sequence item.
+filereader.data_element_generator = _counted(filereader.data_element_generator)
 
 
 def _file_meta_syntax(data: bytes) -> tuple[str | None, int]:
