@@ -1,7 +1,7 @@
 """Where a C-STORE data set is written while it arrives (DESIGN.md "DICOM results and the DICOM node", the
 node's bounds): pynetdicom streams it into ``spool/receiving/`` (never into memory) through a
-:class:`CappedFile` that stops writing at the instance cap, and writes nothing when free disk under the
-spool is below the floor; the C-STORE handler then answers a failure status.
+:class:`CappedFile` that stops writing at the instance cap, or when free disk under the spool falls below
+the floor; the C-STORE handler then answers a failure status.
 
 Each file belongs to the connection that opened it (the connection's reader thread). A file its
 connection no longer needs is deleted: when the same connection starts its next message (a conforming
@@ -19,26 +19,36 @@ from pynetdicom import _config, dimse_messages
 
 
 class CappedFile:
-    """What pynetdicom writes a received data set to: writes stop at ``cap`` bytes (the file is emptied,
-    so the disk is given back at once) and the refusal is recorded for the C-STORE handler."""
+    """What pynetdicom writes a received data set to: writes stop at ``cap`` bytes, or when the disk has
+    fallen below its floor (checked every DISK_CHECK_BYTES written, so many connections writing at once
+    cannot run it past the floor); the file is then emptied, so the disk is given back at once, and the
+    refusal is recorded for the C-STORE handler."""
 
-    def __init__(self, file, cap: int, refusal: str | None):
-        self._file, self._cap, self._written = file, cap, 0
+    DISK_CHECK_BYTES = 4 << 20
+
+    def __init__(self, file, cap: int, disk_full):
+        self._file, self._cap, self._written, self._disk_full = file, cap, 0, disk_full
         self.name = file.name
         self.file = file.file
-        self.refusal = refusal
-        if refusal:
-            self._file.truncate(0)
+        self.refusal: str | None = None
+        if disk_full():
+            self._refuse("disk_full")
+
+    def _refuse(self, reason: str) -> None:
+        self.refusal = reason
+        self._file.truncate(0)
 
     def write(self, data: bytes) -> int:
         if self.refusal:
             return len(data)
-        self._written += len(data)
+        before, self._written = self._written, self._written + len(data)
         if self._written > self._cap:
-            self.refusal = "too_large"
-            self._file.truncate(0)
-            return len(data)
-        return self._file.write(data)
+            self._refuse("too_large")
+        elif before // self.DISK_CHECK_BYTES != self._written // self.DISK_CHECK_BYTES and self._disk_full():
+            self._refuse("disk_full")
+        else:
+            self._file.write(data)
+        return len(data)
 
     def close(self) -> None:
         self._file.close()
@@ -62,8 +72,8 @@ class ReceivedFiles:
         """Called by pynetdicom, on the connection's reader thread, when a C-STORE data set begins."""
         reader = threading.current_thread()
         self.drop(lambda owner: owner is reader)
-        refusal = "disk_full" if self.free_bytes() < self.min_free_bytes else None
-        file = CappedFile(tempfile.NamedTemporaryFile(dir=self.folder, **kwargs), self.cap_bytes, refusal)
+        file = CappedFile(tempfile.NamedTemporaryFile(dir=self.folder, **kwargs), self.cap_bytes,
+                          lambda: self.free_bytes() < self.min_free_bytes)
         with self._lock:
             self._files[file.name] = (reader, file)
         return file
