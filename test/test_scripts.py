@@ -95,10 +95,7 @@ def vendor_keys(tmp_path_factory):
 def _sign(package: Path, keys: Path) -> None:
     files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.sig"))
     sums = "".join(f"{hashlib.sha256((package / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
-    (package / "SHA256SUMS").write_text(sums)
-    result = _run("openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
-                  "-sign", keys / "package_signing.key", "-out", package / "SHA256SUMS.sig", package / "SHA256SUMS")
-    assert result.returncode == 0, result.stderr
+    _sign_sums(package, keys, sums.encode())
 
 
 @pytest.fixture
