@@ -1,6 +1,7 @@
 """A DICOM peer that writes its PDUs byte by byte (PS3.8 section 9.3), so a test can send what no DICOM
 library would: oversized or endless messages, stores of the wrong class, unfinished data sets."""
 
+import shutil
 import socket
 import struct
 import subprocess
@@ -112,6 +113,8 @@ def status_of(p_data_body: bytes) -> int | None:
 
 def local_address() -> str | None:
     """An IPv4 address of this machine other than loopback (a peer "from elsewhere"), or None."""
+    if shutil.which("ip") is None:
+        return None
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
                          check=False).stdout.split()
     return next((word.split("/")[0] for previous, word in zip(out, out[1:]) if previous == "inet"), None)

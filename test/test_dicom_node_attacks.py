@@ -92,7 +92,15 @@ def send_file(port: int, path: Path, calling: str = "MODALITY", called: str = "C
 
 def memory_limit(pid: int, limit: int) -> None:
     """Put ``pid`` into a new memory cgroup of this process's own (v2 or v1) capped at ``limit`` bytes, as
-    compose's mem_limit does."""
+    compose's mem_limit does. Where this machine lets no process make one, the tests' peak-memory (VmHWM)
+    assertions still hold the node to its bound; only the kernel's enforcement is missing."""
+    try:
+        _join_cgroup(pid, limit)
+    except OSError as exc:
+        print(f"no memory cgroup could be made ({exc}); the peak-memory assertions alone bound the node")
+
+
+def _join_cgroup(pid: int, limit: int) -> None:
     own = Path("/proc/self/cgroup").read_text().splitlines()
     v2 = next((line.split(":", 2)[2] for line in own if line.startswith("0::")), None)
     v1 = next((line.split(":", 2)[2] for line in own if ":memory:" in line), None)
