@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# Install (or upgrade) CheXNet from this unpacked offline package. Reads as a table of contents:
-#   verify the package with the vendor's key (no impact) → pre-flight (no impact) → load images →
-#   configure (never overwrites .env; writes only the options given) → up → wait until healthy →
-#   smoke prediction (with --token-file). An upgrade that does not turn healthy is rolled back.
+# Install (or upgrade) CheXNet from the offline package. Reads as a table of contents:
+#   verify the tarball with the vendor's key, in a private copy that is all it uses from then on (no
+#   impact) → refuse an older package than the one installed → pre-flight (no impact) → load images →
+#   configure (never overwrites .env; writes only the options given) → up → wait until every container
+#   runs the new version, healthy → smoke prediction (with --token-file). An upgrade (or a reinstall)
+#   that fails at any step after configuring starts is rolled back, and the installer exits 1.
 #
 # Usage: sudo ./install.sh (--vendor-key vendor_package.crt | --vendor-fingerprint HEX)
-#            [--dir /opt/chexnet] [--token-file FILE] [--hostname NAME] [--bind ADDRESS]
+#            [--package chexnet-offline-<version>-<variant>.tar.gz (default: the one beside this folder)]
+#            [--allow-downgrade] [--dir /opt/chexnet] [--token-file FILE] [--hostname NAME] [--bind ADDRESS]
 #            [--https-port 443] [--http-port 80] [--uuid-file /sys/class/dmi/id/product_uuid]
 #            [--dicom-destination AE@host:port --dicom-allowed-aes AE,... [--dicom-ae-title CHEXNET]
 #             [--dicom-port 11112] [--dicom-bind ADDRESS]]   (the optional DICOM node; needs --token-file)
 #            [--skip-preflight] [--timeout 600]
 set -eEuo pipefail
-PACKAGE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The unpacked folder: only these two files of it are used (sourced here); everything else comes from the
+# verified private copy (PACKAGE, below). What that leaves open: DESIGN.md "Offline package trust".
+UNPACKED="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../scripts/lib.sh
-source "${PACKAGE}/scripts/lib.sh"
+source "${UNPACKED}/scripts/lib.sh"
 # shellcheck source=../scripts/package-trust.sh
-source "${PACKAGE}/scripts/package-trust.sh"
+source "${UNPACKED}/scripts/package-trust.sh"
 trap_errors
 
 DIR=/opt/chexnet
-VARIANT="$(cat "${PACKAGE}/VARIANT")"
-VERSION="$(cat "${PACKAGE}/VERSION")"
+PACKAGE_FILE=""
+WANTED_VARIANT=""
+ALLOW_DOWNGRADE=0
 TOKEN_FILE=""
 UUID_FILE=/sys/class/dmi/id/product_uuid
 VENDOR_KEY=""
@@ -31,6 +37,8 @@ declare -A SETTINGS=()  # .env keys the engineer set on the command line
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
+    --package) PACKAGE_FILE="$2"; shift 2 ;;
+    --allow-downgrade) ALLOW_DOWNGRADE=1; shift ;;
     --vendor-key) VENDOR_KEY="$2"; shift 2 ;;
     --vendor-fingerprint) VENDOR_FINGERPRINT="$2"; shift 2 ;;
     --token-file) TOKEN_FILE="$2"; shift 2 ;;
@@ -55,12 +63,11 @@ while [[ $# -gt 0 ]]; do
                   SETTINGS[DICOM_PORT]="$2"; shift 2 ;;
     --dicom-bind) [[ "$2" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || die "--dicom-bind must be an IPv4 address of this server (0.0.0.0 for all)."
                   SETTINGS[DICOM_BIND_ADDRESS]="$2"; shift 2 ;;
-    --variant) [[ "$2" == "${VARIANT}" ]] || die "this is the ${VARIANT} package; use the chexnet-offline-*-$2 package for --variant $2."
-               shift 2 ;;
+    --variant) WANTED_VARIANT="$2"; shift 2 ;;
     --skip-preflight) PREFLIGHT=0; shift ;;
     --timeout) [[ "$2" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds."
                TIMEOUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -91,7 +98,7 @@ preflight() {
   if dicom_enabled; then ports+=",$(setting DICOM_PORT 11112)"; fi
   # A running stack of ours holds its own ports: that is an upgrade, not a conflict.
   if installed && [[ -n "$(compose ps -q 2>/dev/null)" ]]; then ports=""; fi
-  "${PACKAGE}/scripts/preflight.sh" --variant "${VARIANT}" --dir "${DIR}" --uuid-file "${UUID_FILE}" --ports "${ports}"
+  bash "${PACKAGE}/scripts/preflight.sh" --variant "${VARIANT}" --dir "${DIR}" --uuid-file "${UUID_FILE}" --ports "${ports}"
 }
 
 # What an upgrade may change, kept so that a failed upgrade can put it back.
@@ -120,7 +127,7 @@ configure() {
   done < <(listed_files "${PACKAGE}")
   write_site_env
   # The container cannot read the root-only SMBIOS file; the value is copied, read-only to it.
-  "${PACKAGE}/scripts/product-uuid.sh" "${UUID_FILE}" > "${DIR}/product_uuid"
+  bash "${PACKAGE}/scripts/product-uuid.sh" "${UUID_FILE}" > "${DIR}/product_uuid"
   chmod 644 "${DIR}/product_uuid"
   # The containers run unprivileged: the API writes the audit log, nginx its self-signed certificate.
   chown -R "${API_UID}:${API_UID}" "${DIR}/audit" "${DIR}/dicom-spool"
@@ -160,13 +167,36 @@ wait_healthy() {
   return 1
 }
 
+# Every container of the stack runs VERSION's image: running, and healthy where it has a health check.
+runs_version() {
+  local version="$1" service id state expected
+  for service in api nginx $(dicom_enabled && echo dicom-node); do
+    expected="chexnet-api-${VARIANT}:${version}"
+    [[ "${service}" != nginx ]] || expected="chexnet-nginx:${version}"
+    id="$(compose ps -q "${service}")"
+    state="$(docker inspect -f '{{.Config.Image}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "${id:-none}" 2>/dev/null)" || state="absent"
+    [[ "${state}" == "${expected} running healthy" || "${state}" == "${expected} running none" ]] || {
+      warn "${service} is not ${expected}, running and healthy (it is: ${state})"
+      return 1
+    }
+  done
+}
+
 up_and_wait() {
   log "starting CheXNet ${1}"
-  compose up -d --remove-orphans
+  compose up -d --remove-orphans || { warn "docker compose up -d failed for ${1} (its message is above)"; return 1; }
   wait_healthy api || return 1
   if dicom_enabled; then
     wait_healthy dicom-node || return 1
   fi
+  runs_version "$1"
+}
+
+# What follows the snapshot, run in a subshell with errexit on: any failing command there fails the whole
+# (an 'if' or '||' around it would switch errexit off inside, and a failure would pass as done).
+configure_and_start() {
+  configure
+  up_and_wait "${VERSION}" || exit 1
 }
 
 smoke() {
@@ -178,29 +208,41 @@ smoke() {
   dd if="${TOKEN_FILE}" iflag=nofollow,nonblock status=none | compose exec -T api python -m chexnet.api.smoke --url https://nginx:8443
 }
 
-vendor_cert "${PACKAGE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
-verify_package "${PACKAGE}" "${VENDOR_CERT}"
+trap remove_staging EXIT
+stage_package "${UNPACKED}" "${PACKAGE_FILE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
+PACKAGE="${STAGED}"
+VARIANT="$(package_value VARIANT '^(cpu|gpu)$')"
+VERSION="$(package_value VERSION '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$')"
+[[ -z "${WANTED_VARIANT}" || "${WANTED_VARIANT}" == "${VARIANT}" ]] \
+  || die "this is the ${VARIANT} package; use the chexnet-offline-*-${WANTED_VARIANT} package for --variant ${WANTED_VARIANT}."
 # An existing .env is checked whole before any of its values is used (pre-flight reads the ports).
 [[ ! -e "${DIR}/.env" && ! -L "${DIR}/.env" ]] || check_site_env
+check_not_older "${DIR}" "${ALLOW_DOWNGRADE}"
 preflight
 load_images "${PACKAGE}"
-previous=""
 if installed; then
   previous="$(env_value CHEXNET_VERSION)"
   snapshot
-fi
-configure
-if [[ -n "${previous}" && "${previous}" != "${VERSION}" ]]; then
-  log "upgrade ${previous} → ${VERSION}"
-  if ! up_and_wait "${VERSION}"; then
-    warn "version ${VERSION} did not turn healthy; rolling back to ${previous}"
+  trap - ERR
+  set +e
+  (set -e; trap_errors; configure_and_start)
+  status=$?
+  set -e
+  trap_errors
+  if (( status != 0 )); then
+    warn "version ${VERSION} did not start as it should; rolling back to ${previous}"
     restore_snapshot
+    VARIANT="$(env_value CHEXNET_VARIANT)"
     up_and_wait "${previous}" || die "rollback to ${previous} did not turn healthy either; see 'docker logs'."
+    [[ "${previous}" != "${VERSION}" ]] || die "installing ${VERSION} again with these options failed; the previous configuration was put back and runs again."
     die "upgrade to ${VERSION} failed and was rolled back to ${previous}."
   fi
+  [[ "${previous}" == "${VERSION}" ]] || log "upgraded ${previous} → ${VERSION}"
 else
+  configure
   up_and_wait "${VERSION}" || die "the API did not turn healthy; see the log lines above and ${DIR}/.env."
 fi
+record_installed "${DIR}"
 smoke
 port="$(setting HTTPS_PORT 443)"
 [[ "${port}" != 443 ]] || port=""

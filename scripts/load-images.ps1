@@ -1,16 +1,20 @@
-# Verify the unpacked offline package against the vendor's key given out of band (signature over
-# SHA256SUMS, no unlisted file, every checksum), then docker load the images it lists; step for step
-# with load-images.sh. Windows PowerShell 5.1 and PowerShell 7; nothing beyond what Windows ships.
-# Usage: .\scripts\load-images.ps1 (-VendorKey vendor_package.crt | -VendorFingerprint HEX) [-Package DIR]
+# Verify the offline package's tarball against the vendor's key given out of band (in a private copy: the
+# tarball's signature, then the signature over SHA256SUMS, no unlisted file, every checksum), then docker
+# load the images it lists; step for step with load-images.sh. install.ps1 does this itself.
+# Windows PowerShell 5.1 and PowerShell 7, as Administrator; nothing beyond what Windows ships.
+# Usage: .\scripts\load-images.ps1 (-VendorKey vendor_package.crt | -VendorFingerprint HEX)
+#            [-Package chexnet-offline-<version>-<variant>.tar.gz (default: the one beside this package)]
 [CmdletBinding()]
 param(
     [string]$VendorKey,
     [string]$VendorFingerprint,
-    [string]$Package = (Split-Path -Parent $PSScriptRoot)
+    [string]$Package
 )
 $ErrorActionPreference = 'Stop'
 . (Join-Path $PSScriptRoot 'package-trust.ps1')
-$Package = (Resolve-Path -LiteralPath $Package).Path
-$cert = Resolve-VendorCertificate $Package $VendorKey $VendorFingerprint
-Test-Package $Package $cert
-Import-PackageImages $Package
+try {
+    Initialize-PackageStaging (Split-Path -Parent $PSScriptRoot) $Package $VendorKey $VendorFingerprint
+    Import-PackageImages $script:Staged
+} finally {
+    Remove-PackageStaging
+}

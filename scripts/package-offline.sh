@@ -2,11 +2,16 @@
 # Pack what a field engineer carries: dist/chexnet-offline-<version>-<variant>.tar.gz holding the
 # docker-saved images, the deployment template, the scripts, the docs, the licence public key, the
 # package-signing certificate, SHA256SUMS and the vendor's signature over it; and beside it
-# <tarball>.sig, the vendor's signature over the whole tarball. Signatures are RSA-PSS/SHA-256 with
-# the package-signing key (python -m licensing package-keygen). The contents are the explicit list below.
+# <tarball>.sig, the vendor's signature over the whole tarball, and vendor_package.crt (for a site that
+# was sent only its fingerprint). Signatures are RSA-PSS/SHA-256 with the package-signing key (python -m
+# licensing package-keygen). The contents are the explicit list below, owned by root (0:0), not writable
+# by group or others, and a signed SEQUENCE: installers refuse a package older than the one installed.
 # Usage: package-offline.sh --signing-key package_signing.key --license-key vendor_public.pem
 #                           [--signing-cert vendor_package.crt] [--variant cpu|gpu] [--version V]
+#                           [--sequence N]
 #        --version packs images tagged V (default: the project version).
+#        --sequence: a whole number greater than every earlier package's (default: the time now, in
+#        seconds since 1970, which grows from build to build).
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib.sh
@@ -20,6 +25,7 @@ SIGNING_KEY=""
 SIGNING_CERT=""
 LICENSE_KEY=""
 VERSION="$(project_version "${ROOT}")"
+SEQUENCE="$(date -u +%s)"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --variant) VARIANT="$2"; shift 2 ;;
@@ -27,6 +33,7 @@ while [[ $# -gt 0 ]]; do
     --signing-cert) SIGNING_CERT="$2"; shift 2 ;;
     --license-key) LICENSE_KEY="$2"; shift 2 ;;
     --version) VERSION="$2"; shift 2 ;;
+    --sequence) SEQUENCE="$2"; shift 2 ;;
     *) die "unknown option $1 (see the usage at the top of $0)" ;;
   esac
 done
@@ -36,7 +43,8 @@ done
 SIGNING_CERT="${SIGNING_CERT:-$(dirname "${SIGNING_KEY}")/vendor_package.crt}"
 [[ -f "${SIGNING_CERT}" ]] || die "--signing-cert ${SIGNING_CERT} does not exist (package-keygen writes it beside the key)."
 [[ -f "${LICENSE_KEY}" ]] || die "--license-key must name the vendor's Ed25519 licence public key (vendor_public.pem)."
-[[ "${VERSION}" =~ ^[0-9A-Za-z][0-9A-Za-z._-]*$ ]] || die "--version must be a plain version string."
+[[ "${VERSION}" =~ ^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$ ]] || die "--version must be a plain version string."
+[[ "${SEQUENCE}" =~ ^[1-9][0-9]{0,18}$ ]] || die "--sequence must be a whole number from 1 up, greater than every earlier package's."
 
 NAME="chexnet-offline-${VERSION}-${VARIANT}"
 STAGE="${ROOT}/dist/${NAME}"
@@ -59,6 +67,7 @@ KID="$(openssl pkey -pubin -in "${LICENSE_KEY}" -outform DER | tail -c 32 | sha2
 openssl pkey -pubin -in "${LICENSE_KEY}" -out "${STAGE}/license/keys/${KID}.pem"
 echo "${VERSION}" > "${STAGE}/VERSION"
 echo "${VARIANT}" > "${STAGE}/VARIANT"
+echo "${SEQUENCE}" > "${STAGE}/SEQUENCE"
 
 log "docker save ${IMAGES[*]} (compressing)"
 docker save "${IMAGES[@]}" | pigz -6 > "${STAGE}/images/chexnet-${VERSION}-${VARIANT}.tar.gz"
@@ -69,9 +78,11 @@ openssl dgst "${PSS_OPTS[@]}" -sign "${SIGNING_KEY}" -out "${STAGE}/SHA256SUMS.s
 verify_signature "${SIGNING_CERT}" "${STAGE}/SHA256SUMS" "${STAGE}/SHA256SUMS.sig" \
   || die "--signing-cert does not belong to --signing-key."
 
-tar -C "${ROOT}/dist" -cf - "${NAME}" | pigz -1 > "${ROOT}/dist/${NAME}.tar.gz"
+# Root's, whoever packs it: unpacked as root, no build account owns the scripts root runs.
+tar -C "${ROOT}/dist" --owner=0 --group=0 --numeric-owner --mode=go-w --sort=name -cf - "${NAME}" | pigz -1 > "${ROOT}/dist/${NAME}.tar.gz"
 rm -rf "${STAGE}"
 openssl dgst "${PSS_OPTS[@]}" -sign "${SIGNING_KEY}" -out "${ROOT}/dist/${NAME}.tar.gz.sig" "${ROOT}/dist/${NAME}.tar.gz"
 rm -f "${ROOT}/dist/${NAME}.tar.gz.sha256"
-log "wrote dist/${NAME}.tar.gz ($(du -h "${ROOT}/dist/${NAME}.tar.gz" | cut -f1)) and its signature ${NAME}.tar.gz.sig"
+[[ "${SIGNING_CERT}" -ef "${ROOT}/dist/vendor_package.crt" ]] || install -m 644 "${SIGNING_CERT}" "${ROOT}/dist/vendor_package.crt"
+log "wrote dist/${NAME}.tar.gz ($(du -h "${ROOT}/dist/${NAME}.tar.gz" | cut -f1), sequence ${SEQUENCE}), its signature ${NAME}.tar.gz.sig and vendor_package.crt"
 log "ship to the site, out of band: $(basename "${SIGNING_CERT}") (fingerprint $(cert_fingerprint "${SIGNING_CERT}"))"

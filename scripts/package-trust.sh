@@ -4,9 +4,12 @@
 # (vendor_package.crt) or its sha256 fingerprint reaches the site out of band, with the licence token.
 # Signatures are RSA-PSS over SHA-256 (salt 32), which openssl and .NET Framework both verify.
 
-# Set by vendor_cert for the scripts that source this file.
+# Set by stage_package for the scripts that source this file: the vendor's certificate and the package, both
+# root's private copies in STAGING (a 0700 folder of the user running the script, removed by remove_staging).
 # shellcheck disable=SC2034
 VENDOR_CERT=""
+STAGED=""
+STAGING=""
 PSS_OPTS=(-sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32)
 NO_KEY_SENTENCE="no vendor key given: pass --vendor-key vendor_package.crt or --vendor-fingerprint HEX, which the vendor sends with your licence token (never trust a key from inside the package)."
 
@@ -22,28 +25,122 @@ verify_signature() {
   openssl dgst "${PSS_OPTS[@]}" -verify <(printf '%s\n' "${pubkey}") -signature "$3" "$2" >/dev/null 2>&1
 }
 
-# vendor_cert PACKAGE KEY_FILE FINGERPRINT: sets VENDOR_CERT to the certificate to verify with, or dies.
+# private_copy FILE COPY MAX_BYTES: COPY (mode 600) holds FILE as it was read once, without following a
+# link or waiting on a FIFO; exit status 1 when FILE is not a regular file, cannot be read or is larger.
+private_copy() {
+  [[ -f "$1" && ! -L "$1" ]] || return 1
+  (umask 077 && dd if="$1" of="$2" iflag=nofollow,nonblock status=none 2>/dev/null) || return 1
+  (( $(stat -c %s -- "$2") <= $3 ))
+}
+
+# vendor_cert PACKAGE KEY_FILE FINGERPRINT: sets VENDOR_CERT to STAGING's copy of the certificate to verify
+# with (--vendor-key, or the package's own certificate when it has the --vendor-fingerprint), or dies.
 vendor_cert() {
   local package="$1" key="$2" wanted="$3" actual
-  if [[ -n "${key}" ]]; then
-    [[ -f "${key}" ]] || die "--vendor-key ${key} does not exist; use the vendor_package.crt the vendor sent with your token."
-    openssl x509 -in "${key}" -noout 2>/dev/null || die "--vendor-key ${key} is not the vendor's certificate (vendor_package.crt, PEM)."
-    actual="$(cert_fingerprint "${key}")"
-    if [[ -n "${wanted}" ]]; then
-      wanted="$(printf '%s' "${wanted}" | tr -d ': ' | tr 'A-F' 'a-f')"
-      [[ "${actual}" == "${wanted}" ]] || die "--vendor-key ${key} does not have the fingerprint given with --vendor-fingerprint; ask the vendor which is right."
-    fi
-    VENDOR_CERT="${key}"
-  elif [[ -n "${wanted}" ]]; then
+  VENDOR_CERT="${STAGING}/vendor_package.crt"
+  if [[ -n "${wanted}" ]]; then
     wanted="$(printf '%s' "${wanted}" | tr -d ': ' | tr 'A-F' 'a-f')"
     [[ "${wanted}" =~ ^[0-9a-f]{64}$ ]] || die "--vendor-fingerprint must be the 64 hex digits printed on the delivery note."
-    [[ -f "${package}/vendor_package.crt" ]] || die "the package holds no vendor_package.crt to compare with the fingerprint; pass --vendor-key instead."
-    actual="$(cert_fingerprint "${package}/vendor_package.crt")"
+  fi
+  if [[ -n "${key}" ]]; then
+    private_copy "${key}" "${VENDOR_CERT}" 65536 || die "--vendor-key ${key} is not a readable file; use the vendor_package.crt the vendor sent with your token."
+    openssl x509 -in "${VENDOR_CERT}" -noout 2>/dev/null || die "--vendor-key ${key} is not the vendor's certificate (vendor_package.crt, PEM)."
+    actual="$(cert_fingerprint "${VENDOR_CERT}")"
+    [[ -z "${wanted}" || "${actual}" == "${wanted}" ]] || die "--vendor-key ${key} does not have the fingerprint given with --vendor-fingerprint; ask the vendor which is right."
+  elif [[ -n "${wanted}" ]]; then
+    private_copy "${package}/vendor_package.crt" "${VENDOR_CERT}" 65536 \
+      || die "the package holds no vendor_package.crt to compare with the fingerprint; pass --vendor-key instead."
+    actual="$(cert_fingerprint "${VENDOR_CERT}")"
     [[ "${actual}" == "${wanted}" ]] || die "the package's signing certificate does not match the fingerprint from the vendor; do not install this package."
-    VENDOR_CERT="${package}/vendor_package.crt"
   else
     die "${NO_KEY_SENTENCE}"
   fi
+}
+
+# stage_package PACKAGE TARBALL KEY_FILE FINGERPRINT: the tarball the vendor sent (TARBALL, or the
+# <PACKAGE>.tar.gz beside the unpacked folder PACKAGE) and its .sig are copied into STAGING, a new 0700
+# folder of the user running this (root); the signature is checked over that copy, which is then unpacked
+# there and checked again (verify_package). Sets STAGED to that folder: from then on the caller reads only
+# STAGED, never the unpacked folder, which its owner may change at any time. Nothing changes on the host
+# but STAGING if this dies. What it protects against, and what not: DESIGN.md "Offline package trust".
+stage_package() {
+  local package="$1" tarball="$2" key="$3" fingerprint="$4" name need free top
+  name="$(basename "${package}")"
+  tarball="${tarball:-$(dirname "${package}")/${name}.tar.gz}"
+  [[ -f "${tarball}" && -f "${tarball}.sig" ]] \
+    || die "the installer verifies the tarball the vendor sent before it uses anything from it: keep ${name}.tar.gz and its .sig beside the unpacked folder, or name it with --package FILE."
+  STAGING="$(mktemp -d "${CHEXNET_STAGING_DIR:-/var/tmp}/chexnet-package.XXXXXX")" \
+    || die "cannot make a private folder in ${CHEXNET_STAGING_DIR:-/var/tmp} to verify the package in."
+  # The tarball's copy and what it unpacks to, with room to spare.
+  need=$(( $(stat -L -c %s -- "${tarball}") * 2 / 1048576 + 64 ))
+  free=$(( $(df -Pk -- "${STAGING}" | awk 'NR == 2 { print $4 }') / 1024 ))
+  (( free >= need )) || die "${STAGING%/*} has ${free} MiB free; verifying the package needs ${need} MiB there (twice the tarball); free some space."
+  vendor_cert "${package}" "${key}" "${fingerprint}"
+  if ! private_copy "${tarball}.sig" "${STAGING}/package.tar.gz.sig" 65536 \
+     || ! private_copy "${tarball}" "${STAGING}/package.tar.gz" $(( need * 1048576 )); then
+    die "${tarball} or its .sig cannot be read as a plain file; copy them from the delivery medium again."
+  fi
+  verify_signature "${VENDOR_CERT}" "${STAGING}/package.tar.gz" "${STAGING}/package.tar.gz.sig" \
+    || die "the vendor signature over ${tarball} does not verify with the vendor's certificate; do not install this package."
+  log "tarball verified: vendor signature OK over ${tarball##*/} (certificate fingerprint $(cert_fingerprint "${VENDOR_CERT}"))"
+  mkdir -m 700 "${STAGING}/unpacked"
+  tar -xzf "${STAGING}/package.tar.gz" -C "${STAGING}/unpacked" --no-same-owner --no-same-permissions \
+    || die "the signed tarball ${tarball} cannot be unpacked; copy it from the delivery medium again."
+  rm -f -- "${STAGING}/package.tar.gz"
+  top="$(cd "${STAGING}/unpacked" && find . -mindepth 1 -maxdepth 1 -printf '%P\n')"
+  [[ "${top}" =~ ^chexnet-offline-[0-9A-Za-z._-]+$ && -d "${STAGING}/unpacked/${top}" ]] \
+    || die "the signed tarball ${tarball} does not hold one chexnet-offline-* folder; ask the vendor."
+  STAGED="${STAGING}/unpacked/${top}"
+  verify_package "${STAGED}" "${VENDOR_CERT}"
+}
+
+# remove_staging: what stage_package made goes (an EXIT trap calls it).
+remove_staging() {
+  [[ -z "${STAGING}" ]] || rm -rf -- "${STAGING}"
+}
+
+# package_value FILE PATTERN: the one line of STAGED/FILE, if it matches PATTERN; else dies.
+package_value() {
+  local value
+  value="$(cat "${STAGED}/$1")"
+  [[ "${value}" =~ $2 ]] || die "the package's $1 is not valid; ask the vendor."
+  printf '%s\n' "${value}"
+}
+
+# --- downgrades: every package carries SEQUENCE (signed, increasing from build to build) ----------------
+# The site keeps the sequence and version of the package it last installed in DIR/.package-sequence.
+
+# check_not_older DIR ALLOW: dies before anything changes when STAGED is older than the package installed
+# in DIR (a lower sequence; for a site installed before sequences, a lower version), unless ALLOW is 1.
+check_not_older() {
+  local dir="$1" allow="$2" record="$1/.package-sequence" sequence version old_sequence="" old_version=""
+  sequence="$(package_value SEQUENCE '^[1-9][0-9]{0,18}$')"
+  version="$(package_value VERSION '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$')"
+  if [[ -e "${record}" || -L "${record}" ]]; then
+    check_site_file "${record}"
+    read -r old_sequence old_version < "${record}" || true
+    [[ "${old_sequence}" =~ ^[1-9][0-9]{0,18}$ ]] || die "${record} is damaged; remove it only if you know which version runs here."
+    (( sequence >= old_sequence )) && return 0
+  elif [[ -f "${dir}/.env" ]]; then
+    old_version="$(env_value CHEXNET_VERSION)"
+    [[ -n "${old_version}" && "$(printf '%s\n%s\n' "${old_version}" "${version}" | sort -V | head -n 1)" == "${old_version}" ]] && return 0
+    [[ -n "${old_version}" ]] || return 0
+    old_sequence="unknown"
+  else
+    return 0
+  fi
+  if [[ "${allow}" == 1 ]]; then
+    warn "installing version ${version} (sequence ${sequence}) over the newer ${old_version} (sequence ${old_sequence}): --allow-downgrade"
+    return 0
+  fi
+  die "this package (version ${version}, sequence ${sequence}) is older than the one installed in ${dir} (version ${old_version}, sequence ${old_sequence}); pass --allow-downgrade only if the vendor told you to install an older version."
+}
+
+# record_installed DIR: DIR/.package-sequence names STAGED's sequence and version (after a good install).
+record_installed() {
+  printf '%s %s\n' "$(package_value SEQUENCE '^[1-9][0-9]{0,18}$')" "$(package_value VERSION '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$')" > "$1/.package-sequence.tmp"
+  chmod 644 "$1/.package-sequence.tmp"
+  mv -f -- "$1/.package-sequence.tmp" "$1/.package-sequence"
 }
 
 # The characters a path in the package may hold, the same set a SHA256SUMS line allows: no space, no

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Deploy (or upgrade) CheXNet as the Swarm stack 'chexnet', from a swarm manager. Reads as a table of
-# contents: verify the package with the vendor's key → check the swarm, the node list and that the
+# contents: verify the tarball with the vendor's key, in a private copy that is all it uses from then on
+# → refuse an older package than the one deployed → check the swarm, the node list and that the
 # images are loaded here (scripts/swarm-node.sh on every node first) → configure the folder (keeps .env)
 # → remove a single-server install's api and nginx in the same folder → docker stack deploy → wait until every task of
 # the new version is healthy, or until Swarm has rolled an update back (then exit 1) → smoke prediction.
 #
 # Usage: sudo scripts/swarm-deploy.sh (--vendor-key vendor_package.crt | --vendor-fingerprint HEX)
 #            --nodes nodes.txt [--token-file FILE] [--dir /opt/chexnet] [--replicas 2]
+#            [--package chexnet-offline-<version>-<variant>.tar.gz] [--allow-downgrade]
 #            [--hostname NAME] [--https-port 443] [--http-port 80] [--no-publish] [--timeout 900]
 #   nodes.txt: the line scripts/swarm-node.sh printed on each node, '<node hostname> <product_uuid>'.
 set -eEuo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PACKAGE="$(cd "${HERE}/.." && pwd)"
 # shellcheck source=lib.sh
 source "${HERE}/lib.sh"
 # shellcheck source=package-trust.sh
@@ -20,8 +21,8 @@ trap_errors
 
 STACK=chexnet
 DIR=/opt/chexnet
-VARIANT="$(cat "${PACKAGE}/VARIANT")"
-VERSION="$(cat "${PACKAGE}/VERSION")"
+PACKAGE_FILE=""
+ALLOW_DOWNGRADE=0
 VENDOR_KEY=""
 VENDOR_FINGERPRINT=""
 NODES=""
@@ -34,6 +35,8 @@ while [[ $# -gt 0 ]]; do
     --vendor-key) VENDOR_KEY="$2"; shift 2 ;;
     --vendor-fingerprint) VENDOR_FINGERPRINT="$2"; shift 2 ;;
     --nodes) NODES="$2"; shift 2 ;;
+    --package) PACKAGE_FILE="$2"; shift 2 ;;
+    --allow-downgrade) ALLOW_DOWNGRADE=1; shift ;;
     --token-file) TOKEN_FILE="$2"; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --replicas) [[ "$2" =~ ^[1-9][0-9]?$ ]] || die "--replicas must be a number of API tasks from 1 to 99."
@@ -47,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     --no-publish) PUBLISH=0; shift ;;
     --timeout) [[ "$2" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds."
                TIMEOUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
@@ -59,7 +62,6 @@ done
 check_site_file "${NODES}" "${SUDO_UID:-0}"
 NODE_LIST="$(dd if="${NODES}" iflag=nofollow,nonblock status=none)" || die "--nodes ${NODES} was replaced while it was read; run this again."
 [[ -z "${TOKEN_FILE}" ]] || check_site_file "${TOKEN_FILE}" "${SUDO_UID:-0}"
-IMAGES=("chexnet-api-${VARIANT}:${VERSION}" "chexnet-nginx:${VERSION}")
 
 check_swarm() {
   local state node
@@ -218,11 +220,16 @@ smoke() {
         python -m chexnet.api.smoke --url https://nginx:8443
 }
 
-vendor_cert "${PACKAGE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
-verify_package "${PACKAGE}" "${VENDOR_CERT}"
+trap remove_staging EXIT
+stage_package "$(cd "${HERE}/.." && pwd)" "${PACKAGE_FILE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
+PACKAGE="${STAGED}"
+VARIANT="$(package_value VARIANT '^(cpu|gpu)$')"
+VERSION="$(package_value VERSION '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$')"
+IMAGES=("chexnet-api-${VARIANT}:${VERSION}" "chexnet-nginx:${VERSION}")
 check_nodes
 check_swarm
 check_site
+check_not_older "${DIR}" "${ALLOW_DOWNGRADE}"
 previous=""
 if docker service inspect "${STACK}_api" >/dev/null 2>&1; then
   previous="$(running_version "${STACK}_api")"
@@ -249,6 +256,7 @@ for service in api nginx; do
   die "version ${VERSION} did not turn healthy: Swarm rolled the stack back to ${previous}, which is serving (${DIR}/.env says ${previous} again)."
 done
 prune_configs
+record_installed "${DIR}"
 smoke
 port="$(env_value HTTPS_PORT)"
 [[ "${port:-443}" != 443 ]] || port=""

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,9 +94,27 @@ def vendor_keys(tmp_path_factory):
 
 
 def _sign(package: Path, keys: Path) -> None:
+    """SHA256SUMS of PACKAGE's files signed with KEYS, then the tarball packed and signed with KEYS."""
     files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.sig"))
     sums = "".join(f"{hashlib.sha256((package / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
     _sign_sums(package, keys, sums.encode())
+
+
+def _pack(package: Path, keys: Path) -> Path:
+    """<PACKAGE>.tar.gz beside the folder, as package-offline.sh packs it (root's, no group/other write), and
+    its .sig made with KEYS: what the engineer carries. The folder stays, as the guide's unpacking leaves it."""
+    tarball = package.parent / f"{package.name}.tar.gz"
+    packed = _run("tar", "-C", package.parent, "--owner=0", "--group=0", "--numeric-owner", "--mode=go-w", "--sort=name",
+                  "-czf", tarball, package.name)
+    assert packed.returncode == 0, packed.stderr
+    _openssl_sign(keys, tarball)
+    return tarball
+
+
+def _openssl_sign(keys: Path, file: Path) -> None:
+    signed = _run("openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
+                  "-sign", keys / "package_signing.key", "-out", f"{file}.sig", file)
+    assert signed.returncode == 0, signed.stderr
 
 
 @pytest.fixture
@@ -107,13 +126,14 @@ def small_package(tmp_path, vendor_keys):
         shutil.copy(ROOT / "scripts" / name, package / "scripts" / name)
     (package / "license/keys/0011223344556677.pem").write_text("licence key\n")
     (package / ".env.example").write_text("CHEXNET_VERSION=0.0.1\n")  # a listed name that starts with a dot
+    (package / "SEQUENCE").write_text("100\n")
     shutil.copy(vendor_keys / "vendor_package.crt", package / "vendor_package.crt")
     _sign(package, vendor_keys)
     return package
 
 
 def _load(package, *args, env=None):
-    return _run("bash", package / "scripts/load-images.sh", *args, package, env=env)
+    return _run("bash", package / "scripts/load-images.sh", *args, env=env)
 
 
 def test_genuine_package_verifies_with_the_out_of_band_key_or_fingerprint(small_package, vendor_keys):
@@ -126,14 +146,18 @@ def test_genuine_package_verifies_with_the_out_of_band_key_or_fingerprint(small_
 
 @pytest.mark.parametrize("forgery, key_kind, message", [
     ("none", "none", "no vendor key given"),
-    ("resigned", "key", "does not verify"),
+    ("resigned", "key", "does not verify with the vendor's certificate"),
     ("resigned", "fingerprint", "does not match the fingerprint"),
+    ("tarball-swapped", "key", "does not verify with the vendor's certificate"),
+    ("no-tarball", "key", "keep chexnet-offline-0.0.1-cpu.tar.gz and its .sig beside the unpacked folder"),
+    ("tarball-link", "key", "cannot be read as a plain file"),
     ("unlisted", "key", "which SHA256SUMS does not list"),
     ("altered", "key", "damaged or missing"),
     ("symlink", "key", "not a plain file"),
     ("path", "key", "not '<sha256>  <relative path>'"),
 ])
 def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, tmp_path, forgery, key_kind, message):
+    tarball = small_package.parent / f"{small_package.name}.tar.gz"
     if forgery in ("resigned", "path"):
         attacker = tmp_path / "attacker"
         assert _run(sys.executable, "-m", "licensing", "package-keygen", "--out", attacker, cwd=ROOT).returncode == 0
@@ -141,24 +165,38 @@ def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, t
         shutil.copy(attacker / "vendor_package.crt", small_package / "vendor_package.crt")
         _sign(small_package, attacker)
         if forgery == "path":
-            with open(small_package / "SHA256SUMS", "a") as f:
-                f.write(f"{'0' * 64}  ../../etc/passwd\n")
-            signed = _run("openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
-                              "-sign", attacker / "package_signing.key", "-out", small_package / "SHA256SUMS.sig", small_package / "SHA256SUMS")
-            assert signed.returncode == 0
+            _sign_sums(small_package, attacker, (small_package / "SHA256SUMS").read_bytes() + f"{'0' * 64}  ../../etc/passwd\n".encode())
             key_kind = "attacker"
-    elif forgery == "unlisted":
-        (small_package / "license/keys/8899aabbccddeeff.pem").write_text("extra key\n")
-    elif forgery == "altered":
-        (small_package / "license/keys/0011223344556677.pem").write_text("changed\n")
-    elif forgery == "symlink":
-        (small_package / "scripts/link").symlink_to("/etc/passwd")
+    elif forgery == "tarball-swapped":  # the vendor's .sig kept beside another tarball
+        signature = Path(f"{tarball}.sig").read_bytes()
+        (small_package / "license/keys/0011223344556677.pem").write_text("the attacker's licence key\n")
+        assert _run("tar", "-C", small_package.parent, "-czf", tarball, small_package.name).returncode == 0
+        Path(f"{tarball}.sig").write_bytes(signature)
+    elif forgery == "no-tarball":
+        tarball.unlink()
+    elif forgery == "tarball-link":
+        tarball.rename(tmp_path / "elsewhere.tar.gz")
+        tarball.symlink_to(tmp_path / "elsewhere.tar.gz")
+    else:  # a tarball the vendor's key signed, holding a package that does not match its own list
+        if forgery == "unlisted":
+            (small_package / "license/keys/8899aabbccddeeff.pem").write_text("extra key\n")
+        elif forgery == "altered":
+            (small_package / "license/keys/0011223344556677.pem").write_text("changed\n")
+        elif forgery == "symlink":
+            (small_package / "scripts/link").symlink_to("/etc/passwd")
+        _pack(small_package, vendor_keys)
     fingerprint = hashlib.sha256(_run_bytes("openssl", "x509", "-in", vendor_keys / "vendor_package.crt", "-outform", "DER")).hexdigest()
     args = {"none": [], "key": ["--vendor-key", vendor_keys / "vendor_package.crt"], "fingerprint": ["--vendor-fingerprint", fingerprint],
             "attacker": ["--vendor-key", tmp_path / "attacker/vendor_package.crt"]}[key_kind]
     result = _load(small_package, *args)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode != 0 and len(errors) == 1 and message in errors[0], result.stderr
+    assert not _staging_left()
+
+
+def _staging_left() -> list[Path]:
+    """Private copies the scripts left in /var/tmp (each removes its own on exit, refused or not)."""
+    return sorted(Path("/var/tmp").glob("chexnet-package.*"))
 
 
 def _run_bytes(*command):
@@ -173,7 +211,7 @@ def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
     found = blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")
     assert len(found) == 5
     assert "openssl dgst" in found[0] and "-verify" in found[0] and ".tar.gz.sig" in found[0]
-    assert found[1].startswith("tar -xzf") and "cd chexnet-offline-<version>-cpu" in found[1]
+    assert found[1].startswith("tar --no-same-owner --no-same-permissions -xzf") and "cd chexnet-offline-<version>-cpu" in found[1]
     assert "scripts/product-uuid.sh" in found[2]
     assert "./install.sh" in found[3] and "--vendor-key" in found[3] and "--token-file" in found[3]
     assert ".env.example" in found[4] and "/opt/chexnet/.env" in found[4]
@@ -291,13 +329,23 @@ def test_swarm_deploy_refuses_bad_options_in_one_sentence(swarm_package, tmp_pat
     assert message in _one_error(result)
 
 
-def test_swarm_scripts_refuse_a_forged_package(swarm_package, vendor_keys, tmp_path):
-    (swarm_package / "scripts/swarm-deploy.sh").write_text("#!/bin/sh\necho pwned\n")
+def test_swarm_scripts_refuse_a_forged_package_before_running_anything_of_it(swarm_package, vendor_keys, tmp_path):
+    """A tarball altered after signing: refused before the package's product-uuid.sh runs (with no identity
+    here, running it first would have said so instead), and before either script reads the node list."""
+    (swarm_package / "scripts/product-uuid.sh").write_text("#!/bin/sh\ntouch \"$0.ran\"\n")
+    tarball = swarm_package.parent / f"{swarm_package.name}.tar.gz"
+    signature = Path(f"{tarball}.sig").read_bytes()
+    assert _run("tar", "-C", swarm_package.parent, "-czf", tarball, swarm_package.name).returncode == 0
+    Path(f"{tarball}.sig").write_bytes(signature)
     (tmp_path / "nodes.txt").write_text("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
-    (tmp_path / "uuid").write_text("4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
-    result = _run("bash", swarm_package / "scripts/swarm-node.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
-                  "--uuid-file", tmp_path / "uuid")
-    assert "damaged or missing" in _one_error(result) and result.stdout == ""
+    node = _run("bash", swarm_package / "scripts/swarm-node.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
+                "--uuid-file", tmp_path / "absent")
+    assert "does not verify" in _one_error(node) and node.stdout == ""
+    deploy = _run("bash", swarm_package / "scripts/swarm-deploy.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
+                  "--nodes", tmp_path / "nodes.txt", "--dir", tmp_path / "site")
+    assert "does not verify" in _one_error(deploy)
+    assert not (swarm_package / "scripts/product-uuid.sh.ran").exists() and not (tmp_path / "site").exists()
+    assert not _staging_left()
 
 
 def test_swarm_node_without_an_identity_says_so_before_loading(swarm_package, vendor_keys, tmp_path):
@@ -310,18 +358,35 @@ def test_swarm_node_without_an_identity_says_so_before_loading(swarm_package, ve
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 # A stand-in for the Docker CLI: records each call (one line) and answers as a healthy swarm manager and
-# a healthy compose project would. 'stack deploy' also keeps what Swarm would have been handed.
+# a healthy compose project would. 'stack deploy' also keeps what Swarm would have been handed; 'load'
+# records the sha256 of the archive it was handed and the mode and owner of the folder that holds the
+# installer's private copy (after running FAKE_DOCKER_ON_LOAD: what a local user does meanwhile);
+# 'compose up' starts the version .env names, unless FAKE_DOCKER_UP_FAILS names it (compose fails) or
+# FAKE_DOCKER_UP_IGNORED does (the old containers keep running); 'inspect' answers with what runs.
 printf '%s\n' "$*" >> "${FAKE_DOCKER_DIR}/calls"
+running="$(cat "${FAKE_DOCKER_DIR}/running" 2>/dev/null || echo none)"
 case "$*" in
   "info --format {{.Swarm.LocalNodeState}}/{{.Swarm.ControlAvailable}}") echo active/true ;;
   "info --format {{.Name}}"|"node ls --format {{.Hostname}}") echo vm ;;
+  "load -i "*)
+    [[ -z "${FAKE_DOCKER_ON_LOAD:-}" ]] || bash -c "${FAKE_DOCKER_ON_LOAD}"
+    staging="$(printf '%s\n' "$3" | sed -n 's|^\(/var/tmp/chexnet-package\.[^/]*\)/.*|\1|p')"
+    echo "$(sha256sum < "$3" | cut -c1-64) $(stat -c '%a %u' "${staging:-/nonexistent}" 2>&1)" >> "${FAKE_DOCKER_DIR}/loaded" ;;
+  "save "*) printf 'image bytes' ;;
   "stack deploy "*) cp -r swarm "${FAKE_DOCKER_DIR}/deployed"; env > "${FAKE_DOCKER_DIR}/deployed.env" ;;
   "service inspect --format {{if .UpdateStatus}}"*) echo completed ;;
   "service inspect --format {{.Spec.TaskTemplate.ContainerSpec.Image}} chexnet_api") echo chexnet-api-cpu:0.0.1 ;;
   "service inspect --format {{.Spec.TaskTemplate.ContainerSpec.Image}} chexnet_nginx") echo chexnet-nginx:0.0.1 ;;
   "service inspect "*) exit 1 ;;
   "service ls "*) printf 'chexnet_api 2/2\nchexnet_nginx 1/1\n' ;;
+  compose*" up -d"*)
+    version="$(sed -n 's/^CHEXNET_VERSION=//p' .env | tail -n 1)"
+    [[ ",${FAKE_DOCKER_UP_FAILS:-}," != *",${version},"* ]] || exit 1
+    [[ ",${FAKE_DOCKER_UP_IGNORED:-}," == *",${version},"* ]] || echo "${version}" > "${FAKE_DOCKER_DIR}/running" ;;
+  compose*" ps -q "*) echo "c0ffee-${*: -1}" ;;
   compose*" ps -q"*) echo c0ffee ;;
+  "inspect -f {{.Config.Image}} "*"c0ffee-nginx") echo "chexnet-nginx:${running} running none" ;;
+  "inspect -f {{.Config.Image}} "*) echo "chexnet-api-cpu:${running} running healthy" ;;
   "inspect -f "*) echo running/0/healthy ;;
 esac
 exit 0
@@ -346,11 +411,11 @@ def _calls(folder: Path) -> str:
 
 
 def _sign_sums(package: Path, keys: Path, sums: bytes) -> None:
-    """SHA256SUMS exactly as given, signed with KEYS: the vendor's own signature over a hostile list."""
+    """SHA256SUMS exactly as given, signed with KEYS, in a tarball signed with KEYS: the vendor's own
+    signatures over a hostile list."""
     (package / "SHA256SUMS").write_bytes(sums)
-    result = _run("openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
-                  "-sign", keys / "package_signing.key", "-out", package / "SHA256SUMS.sig", package / "SHA256SUMS")
-    assert result.returncode == 0, result.stderr
+    _openssl_sign(keys, package / "SHA256SUMS")
+    _pack(package, keys)
 
 
 @pytest.fixture
@@ -366,7 +431,27 @@ def test_a_genuine_package_is_loaded_by_the_fake_docker(image_package, vendor_ke
     env, folder = fake_docker
     result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env=env)
     assert result.returncode == 0, result.stderr
-    assert f"load -i {image_package}/images/chexnet-0.0.1-cpu.tar.gz" in _calls(folder)
+    genuine = hashlib.sha256((image_package / "images/chexnet-0.0.1-cpu.tar.gz").read_bytes()).hexdigest()
+    assert _loaded(folder) == [f"{genuine} 700 0"]  # root's private copy, not the unpacked folder
+    assert not _staging_left()
+
+
+def _loaded(folder: Path) -> list[str]:
+    """What the fake docker loaded: '<sha256> <mode> <uid>' of each archive and the folder of its copy."""
+    loaded = folder / "loaded"
+    return loaded.read_text().splitlines() if loaded.exists() else []
+
+
+def test_files_swapped_in_the_unpacked_folder_while_images_load_are_never_used(image_package, vendor_keys, fake_docker):
+    """The unpacked folder is the engineer's: whoever can write it swaps the images (and any other file)
+    at any time, here while docker load runs. Only the verified private copy is ever read."""
+    env, folder = fake_docker
+    genuine = hashlib.sha256((image_package / "images/chexnet-0.0.1-cpu.tar.gz").read_bytes()).hexdigest()
+    (image_package / "images/chexnet-0.0.1-cpu.tar.gz").write_bytes(b"swapped before the run")
+    swap = f"printf 'swapped during the load' > {image_package}/images/chexnet-0.0.1-cpu.tar.gz"
+    result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env={**env, "FAKE_DOCKER_ON_LOAD": swap})
+    assert result.returncode == 0, result.stderr
+    assert _loaded(folder) == [f"{genuine} 700 0"]
 
 
 def _plant(package: Path, kind: str, name: str) -> None:
@@ -396,6 +481,7 @@ def _plant(package: Path, kind: str, name: str) -> None:
 def test_an_unlisted_entry_with_any_name_is_refused_before_anything_is_loaded(image_package, vendor_keys, fake_docker, kind, name):
     env, folder = fake_docker
     _plant(image_package, kind, name)
+    _pack(image_package, vendor_keys)  # in a tarball the vendor's key signed: the package's own checks must catch it
     result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env=env)
     error = _one_error(result)
     assert "do not install this package" in error and "package verified" not in result.stderr, result.stderr
@@ -651,24 +737,32 @@ def test_swarm_deploy_refuses_a_linked_env(swarm_site, tmp_path):
     _never_read(site, folder)
 
 
+def _make_installer(package: Path, version: str, sequence: int, keys: Path) -> Path:
+    """PACKAGE (a folder with the small package's files) made an installer package of VERSION and SEQUENCE,
+    with its signed tarball beside it: what the engineer unpacked and carries."""
+    shutil.copy(ROOT / "deployment_template/install.sh", package / "install.sh")
+    for name in ("docker-compose.yml", "docker-compose.gpu.yml"):
+        shutil.copy(ROOT / "deployment_template" / name, package / name)
+    for name in ("lib.sh", "package-trust.sh", "preflight.sh", "product-uuid.sh"):
+        shutil.copy(ROOT / "scripts" / name, package / "scripts" / name)
+    (package / "VERSION").write_text(f"{version}\n")
+    (package / "VARIANT").write_text("cpu\n")
+    (package / "SEQUENCE").write_text(f"{sequence}\n")
+    _sign(package, keys)
+    return package
+
+
 @pytest.fixture
 def install_site(small_package, vendor_keys, tmp_path, fake_docker):
     """The small package as an installer package, and a runner of its install.sh with the fake docker."""
-    shutil.copy(ROOT / "deployment_template/install.sh", small_package / "install.sh")
-    for name in ("docker-compose.yml", "docker-compose.gpu.yml"):
-        shutil.copy(ROOT / "deployment_template" / name, small_package / name)
-    for name in ("preflight.sh", "product-uuid.sh"):
-        shutil.copy(ROOT / "scripts" / name, small_package / "scripts" / name)
-    (small_package / "VERSION").write_text("0.0.1\n")
-    (small_package / "VARIANT").write_text("cpu\n")
-    _sign(small_package, vendor_keys)
+    _make_installer(small_package, "0.0.1", 100, vendor_keys)
     (tmp_path / "uuid").write_text(NODE_LINE.split()[1] + "\n")
     site = tmp_path / "site"
     env, folder = fake_docker
 
-    def install(*args):
-        return _run("bash", small_package / "install.sh", "--vendor-key", vendor_keys / "vendor_package.crt", "--dir", site,
-                    "--uuid-file", tmp_path / "uuid", "--skip-preflight", "--timeout", "5", *args, env=env)
+    def install(*args, package=small_package, extra_env=None):
+        return _run("bash", package / "install.sh", "--vendor-key", vendor_keys / "vendor_package.crt", "--dir", site,
+                    "--uuid-file", tmp_path / "uuid", "--skip-preflight", "--timeout", "5", *args, env={**env, **(extra_env or {})})
     return install, site, folder
 
 
@@ -703,3 +797,125 @@ def test_install_refuses_a_linked_token_file(install_site, tmp_path):
     error = _one_error(install("--token-file", tmp_path / "token.txt"))
     assert f"{tmp_path}/token.txt is not a regular file" in error
     assert not site.exists() and "load" not in _calls(folder)
+
+
+# --- upgrades: only the verified copy is used, nothing older goes in, a failed upgrade is a failure ---
+
+@pytest.fixture
+def release(tmp_path, vendor_keys):
+    """release(version, sequence): an installer package of that version and sequence, in a carry folder of its own."""
+    def make(version: str, sequence: int) -> Path:
+        package = tmp_path / f"carry-{version}-{sequence}" / f"chexnet-offline-{version}-cpu"
+        if package.exists():
+            return package
+        (package / "scripts").mkdir(parents=True)
+        (package / "license/keys").mkdir(parents=True)
+        (package / "images").mkdir()
+        (package / f"images/chexnet-{version}-cpu.tar.gz").write_bytes(f"images of {version}".encode())
+        (package / "license/keys/0011223344556677.pem").write_text(f"licence key of {version}, sequence {sequence}\n")
+        shutil.copy(ROOT / "deployment_template/.env.example", package / ".env.example")
+        shutil.copy(vendor_keys / "vendor_package.crt", package / "vendor_package.crt")
+        return _make_installer(package, version, sequence, vendor_keys)
+    return make
+
+
+def _site_state(site: Path) -> dict:
+    return {"version": re.search(r"^CHEXNET_VERSION=(.*)$", (site / ".env").read_text(), re.M).group(1),
+            "recorded": (site / ".package-sequence").read_text(),
+            "key": (site / "license/keys/0011223344556677.pem").read_text()}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
+def test_an_older_package_is_refused_before_anything_changes_unless_allowed(install_site, release):
+    install, site, folder = install_site
+    assert install(package=release("0.0.2", 200)).returncode == 0
+    installed = _site_state(site)
+    assert installed == {"version": "0.0.2", "recorded": "200 0.0.2\n", "key": "licence key of 0.0.2, sequence 200\n"}
+    # An older version, and an older build under the same version string: both downgrades.
+    for version, sequence in (("0.0.1", 100), ("0.0.2", 150)):
+        calls = _calls(folder)
+        error = _one_error(install(package=release(version, sequence)))
+        assert f"this package (version {version}, sequence {sequence}) is older than the one installed in {site} (version 0.0.2, sequence 200)" in error
+        assert "--allow-downgrade" in error
+        assert _calls(folder)[len(calls):] == "compose version\n" and _site_state(site) == installed  # nothing loaded, nothing changed
+    assert install(package=release("0.0.2", 200)).returncode == 0  # the same package again: a reinstall
+    allowed = install("--allow-downgrade", package=release("0.0.1", 100))
+    assert allowed.returncode == 0 and "--allow-downgrade" in allowed.stderr, allowed.stderr
+    assert _site_state(site) == {"version": "0.0.1", "recorded": "100 0.0.1\n", "key": "licence key of 0.0.1, sequence 100\n"}
+
+
+def test_a_site_installed_before_sequences_refuses_an_older_version(install_site, release):
+    install, site, folder = install_site
+    site.mkdir()
+    (site / ".env").write_text("CHEXNET_VERSION=0.0.10\n")
+    error = _one_error(install(package=release("0.0.9", 900)))
+    assert "version 0.0.9, sequence 900) is older than the one installed" in error and "(version 0.0.10, sequence unknown)" in error
+    assert "load" not in _calls(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
+@pytest.mark.parametrize("fault, says", [
+    ("FAKE_DOCKER_UP_FAILS", "docker compose up -d failed for 0.0.2"),  # the old containers keep running
+    ("FAKE_DOCKER_UP_IGNORED", "api is not chexnet-api-cpu:0.0.2, running and healthy (it is: chexnet-api-cpu:0.0.1 running healthy)"),
+])
+def test_an_upgrade_that_did_not_happen_is_rolled_back_and_fails(install_site, release, fault, says):
+    install, site, folder = install_site
+    assert install(package=release("0.0.1", 100)).returncode == 0
+    before = _site_state(site)
+    result = install(package=release("0.0.2", 200), extra_env={fault: "0.0.2"})
+    assert result.returncode != 0 and says in result.stderr, result.stderr
+    assert _one_error(result) == "error: upgrade to 0.0.2 failed and was rolled back to 0.0.1."
+    assert "is running in" not in result.stderr
+    assert (folder / "running").read_text() == "0.0.1\n" and _site_state(site) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
+def test_install_uses_only_the_verified_copy_while_the_unpacked_folder_changes(install_site, release):
+    """Whoever can write the unpacked folder rewrites the compose file, the licence key, .env.example and
+    pre-flight while docker load runs (minutes on site): the site gets the signed files all the same."""
+    install, site, folder = install_site
+    package = release("0.0.1", 100)
+    genuine = {name: (package / name).read_bytes() for name in ("docker-compose.yml", "license/keys/0011223344556677.pem", ".env.example")}
+    swap = "; ".join(f"printf 'services: {{}}\\n' > {package / name}" for name in genuine) + f"; printf 'touch {package}/pwned' > {package}/scripts/product-uuid.sh"
+    result = install(package=package, extra_env={"FAKE_DOCKER_ON_LOAD": swap})
+    assert result.returncode == 0, result.stderr
+    assert {name: (site / name).read_bytes() for name in genuine} == genuine
+    assert not (package / "pwned").exists() and not _staging_left()
+
+
+def test_package_offline_packs_root_s_files_with_a_sequence_that_the_installer_reads(tmp_path, vendor_keys, fake_docker):
+    """The vendor's packer on a copy of the tree (it writes dist/ beside its scripts), with a docker that only
+    saves a few bytes: what it packs is root's (0:0), never group- or other-writable, and carries SEQUENCE."""
+    env, folder = fake_docker
+    tree = tmp_path / "tree"
+    for name in ("scripts", "deployment_template"):
+        shutil.copytree(ROOT / name, tree / name)
+    for name in ("README.md", "BENCHMARKS.md", "pyproject.toml"):
+        shutil.copy(ROOT / name, tree / name)
+    (tree / "deployment_template/install.sh").chmod(0o777)  # a careless build checkout: packed without group/other write
+    (tmp_path / "licence.pem").write_bytes(_run_bytes("openssl", "genpkey", "-algorithm", "ed25519"))
+    public = _run("openssl", "pkey", "-in", tmp_path / "licence.pem", "-pubout", "-out", tmp_path / "vendor_public.pem")
+    assert public.returncode == 0, public.stderr
+
+    def pack(*args):
+        return _run("bash", tree / "scripts/package-offline.sh", "--signing-key", vendor_keys / "package_signing.key",
+                    "--license-key", tmp_path / "vendor_public.pem", "--version", "0.0.3", *args, env=env)
+    assert "--sequence must be a whole number" in _one_error(pack("--sequence", "0x10"))
+    result = pack("--sequence", "300")
+    assert result.returncode == 0, result.stderr
+    tarball = tree / "dist/chexnet-offline-0.0.3-cpu.tar.gz"
+    members = _run("tar", "-tvzf", tarball, "--numeric-owner").stdout.splitlines()
+    assert members and all(line.split()[1] == "0/0" for line in members), members
+    assert all(line[5] != "w" and line[8] != "w" for line in members), members
+    assert (tree / "dist/vendor_package.crt").read_bytes() == (vendor_keys / "vendor_package.crt").read_bytes()
+    unpacked = tmp_path / "carry"
+    unpacked.mkdir()
+    shutil.copy(tarball, unpacked)
+    shutil.copy(f"{tarball}.sig", unpacked)
+    assert _run("tar", "-C", unpacked, "--no-same-owner", "--no-same-permissions", "-xzf", tarball).returncode == 0
+    assert (unpacked / "chexnet-offline-0.0.3-cpu/SEQUENCE").read_text() == "300\n"
+    loaded = _run("bash", unpacked / "chexnet-offline-0.0.3-cpu/scripts/load-images.sh", "--vendor-key", tree / "dist/vendor_package.crt", env=env)
+    assert loaded.returncode == 0 and "tarball verified" in loaded.stderr, loaded.stderr
+    archive = unpacked / "chexnet-offline-0.0.3-cpu/images/chexnet-0.0.3-cpu.tar.gz"
+    assert _run_bytes("pigz", "-dc", archive) == b"image bytes"
+    assert _loaded(folder) == [f"{hashlib.sha256(archive.read_bytes()).hexdigest()} 700 0"]
