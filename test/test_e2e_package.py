@@ -1,8 +1,11 @@
 """Forged and damaged offline packages (marker e2e; test/e2e.sh runs it after packing).
 
-Each forgery is refused by install.sh (and load-images.sh) before `docker load` runs, with one
-sentence, and nothing on the host changes: no install folder, no new image. Needs Docker, openssl and
-CHEXNET_E2E_TARBALL (the packed tarball), CHEXNET_E2E_VENDOR (the folder holding vendor_package.crt,
+The installers read the tarball beside the unpacked folder, so each forgery is a tarball: one packed again
+and signed with an attacker's key, one packed again under the vendor's own signature, one cut short; and
+tarballs the vendor's key did sign whose contents do not match their own SHA256SUMS (a build mistake).
+Each is refused by install.sh (and load-images.sh) before `docker load` runs, with one sentence, and
+nothing on the host changes: no install folder, no new image, no private copy left. Needs Docker, openssl
+and CHEXNET_E2E_TARBALL (the packed tarball), CHEXNET_E2E_VENDOR (the folder holding vendor_package.crt,
 package_signing.key and vendor_public.pem that signed it).
 """
 
@@ -48,11 +51,30 @@ def genuine(tarball, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def package(genuine, tmp_path) -> Path:
-    """A copy of the genuine package to forge (hard links: a file to change is replaced, never written in place)."""
+def package(genuine, tarball, tmp_path) -> Path:
+    """A copy of the genuine unpacked package to forge (hard links: a file to change is replaced, never
+    written in place), with the genuine tarball and its signature beside it, as the guide leaves them."""
     copy = tmp_path / genuine.name
     subprocess.run(["cp", "-al", str(genuine), str(copy)], check=True)
+    for name in (tarball.name, f"{tarball.name}.sig"):
+        try:
+            os.link(tarball.parent / name, tmp_path / name)
+        except OSError:  # another file system
+            shutil.copy(tarball.parent / name, tmp_path / name)
     return copy
+
+
+def repack(package: Path, signing_dir: Path | None) -> None:
+    """The tarball beside PACKAGE packed again from it; signed with SIGNING_DIR's key, or (None) keeping the
+    vendor's signature of the genuine one."""
+    tarball = package.parent / f"{package.name}.tar.gz"
+    tarball.unlink()
+    subprocess.run(f"tar -C {package.parent} --owner=0 --group=0 --numeric-owner -cf - {package.name} | pigz -1 > {tarball}",
+                   shell=True, check=True)
+    if signing_dir is not None:
+        replace(Path(f"{tarball}.sig"), b"")
+        subprocess.run(["openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
+                        "-sign", str(signing_dir / "package_signing.key"), "-out", f"{tarball}.sig", str(tarball)], check=True)
 
 
 def replace(path: Path, data: bytes) -> None:
@@ -77,6 +99,7 @@ def refused(package: Path, tmp_path: Path, *key_args: str, script: str = "instal
     assert "docker load" not in result.stderr, result.stderr
     assert not site.exists(), "the installer created the install folder before refusing"
     assert images() == before, "an image was loaded or removed"
+    assert not list(Path("/var/tmp").glob("chexnet-package.*")), "a private copy was left behind"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr  # one sentence, not a trace
     return errors[0]
@@ -107,6 +130,7 @@ def test_resigned_package_with_a_swapped_licence_key_is_refused(package, tmp_pat
     replace(key, (attacker / "vendor_public.pem").read_bytes())
     replace(package / "vendor_package.crt", (attacker / "vendor_package.crt").read_bytes())
     resign(package, attacker)
+    repack(package, attacker)
     assert "does not verify" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
     fingerprint = subprocess.run(["openssl", "x509", "-in", str(vendor / "vendor_package.crt"), "-noout", "-fingerprint", "-sha256"],
                                  check=True, capture_output=True, text=True).stdout.split("=", 1)[1].strip()
@@ -119,6 +143,9 @@ def test_unlisted_image_is_refused(package, tmp_path, vendor):
     subprocess.run(f"tar -cf - --files-from /dev/null | docker import - {FORGED_IMAGE} >/dev/null && "
                    f"docker save {FORGED_IMAGE} | gzip > {package / 'images/extra.tar.gz'} && docker rmi {FORGED_IMAGE} >/dev/null",
                    shell=True, check=True)
+    repack(package, None)
+    assert "does not verify" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
+    repack(package, vendor)  # the vendor's own build, with an image its list does not name
     message = refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
     assert "images/extra.tar.gz" in message and "does not list" in message
     assert subprocess.run(["docker", "image", "inspect", FORGED_IMAGE], capture_output=True).returncode != 0
@@ -126,18 +153,21 @@ def test_unlisted_image_is_refused(package, tmp_path, vendor):
 
 def test_unlisted_licence_key_is_refused(package, tmp_path, vendor, attacker):
     shutil.copy(attacker / "vendor_public.pem", package / "license/keys/0123456789abcdef.pem")
+    repack(package, vendor)
     message = refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
     assert "license/keys/0123456789abcdef.pem" in message and "does not list" in message
 
 
 def test_symlink_in_the_package_is_refused(package, tmp_path, vendor):
     (package / "docs/passwd").symlink_to("/etc/passwd")
+    repack(package, vendor)
     assert "not a plain file" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
 
 
 def test_altered_listed_file_is_refused(package, tmp_path, vendor):
     compose = package / "docker-compose.yml"
     replace(compose, compose.read_bytes().replace(b"read_only: true", b"read_only: false"))
+    repack(package, vendor)
     assert "damaged or missing" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
 
 
@@ -163,8 +193,8 @@ def test_truncated_tarball_fails_the_guides_check_and_the_installer(tarball, ven
     verify, unpack = [as_run(b, version, "", None) for b in blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")[:2]]
     check = subprocess.run(["bash", "-c", verify], cwd=carry, capture_output=True, text=True)
     assert check.returncode != 0 and "Verified OK" not in check.stdout
-    # An engineer who unpacks it anyway gets a partial folder, which the installer refuses.
+    # An engineer who unpacks it anyway gets a partial folder, whose installer checks the tarball beside it.
     assert subprocess.run(["bash", "-c", unpack.splitlines()[0]], cwd=carry, capture_output=True).returncode != 0
     (partial,) = [p for p in carry.iterdir() if p.is_dir()]
     if (partial / "install.sh").exists():
-        assert refused(partial, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
+        assert "does not verify" in refused(partial, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
