@@ -13,7 +13,7 @@ param(
 $ErrorActionPreference = 'Stop'
 . (Join-Path $PSScriptRoot 'package-trust.ps1')
 try {
-    Initialize-PackageStaging (Split-Path -Parent $PSScriptRoot) $Package $VendorKey $VendorFingerprint
+    Initialize-PackageStaging ([System.IO.Path]::GetDirectoryName($PSScriptRoot)) $Package $VendorKey $VendorFingerprint
     Import-PackageImages $script:Staged
 } finally {
     Remove-PackageStaging

@@ -21,8 +21,9 @@ $script:AdminsSid = New-Object System.Security.Principal.SecurityIdentifier 'S-1
 $script:SystemSid = New-Object System.Security.Principal.SecurityIdentifier 'S-1-5-18'
 
 # A security descriptor with Administrators and SYSTEM (and Sid with Rights, if given) alone, inheritance
-# from above removed; a folder's entries are inherited by what it holds.
-function New-PrivateSecurity([bool]$Folder, [string]$Sid = '', [string]$Rights = '') {
+# from above removed; a folder's entries are inherited by what it holds (Sid's only if SidInherits). It starts
+# from .NET's empty access list (no one), not from a null one (everyone).
+function New-PrivateSecurity([bool]$Folder, [string]$Sid = '', [string]$Rights = '', [bool]$SidInherits = $true) {
     if ($Folder) {
         $security = New-Object System.Security.AccessControl.DirectorySecurity
         $inherit = [System.Security.AccessControl.InheritanceFlags]'ContainerInherit, ObjectInherit'
@@ -31,10 +32,13 @@ function New-PrivateSecurity([bool]$Folder, [string]$Sid = '', [string]$Rights =
         $inherit = [System.Security.AccessControl.InheritanceFlags]::None
     }
     $security.SetAccessRuleProtection($true, $false)
-    $grants = @(@($script:AdminsSid, 'FullControl'), @($script:SystemSid, 'FullControl'))
-    if ($Sid) { $grants += , @((New-Object System.Security.Principal.SecurityIdentifier $Sid), $Rights) }
-    foreach ($grant in $grants) {
-        $security.AddAccessRule((New-Object System.Security.AccessControl.FileSystemAccessRule -ArgumentList $grant[0], $grant[1], $inherit, 'None', 'Allow'))
+    foreach ($sid in $script:AdminsSid, $script:SystemSid) {
+        $security.AddAccessRule((New-Object System.Security.AccessControl.FileSystemAccessRule -ArgumentList $sid, 'FullControl', $inherit, 'None', 'Allow'))
+    }
+    if ($Sid) {
+        if (-not $SidInherits) { $inherit = [System.Security.AccessControl.InheritanceFlags]::None }
+        $grantee = New-Object System.Security.Principal.SecurityIdentifier $Sid
+        $security.AddAccessRule((New-Object System.Security.AccessControl.FileSystemAccessRule -ArgumentList $grantee, $Rights, $inherit, 'None', 'Allow'))
     }
     $security.SetOwner($script:AdminsSid)
     return $security
@@ -50,9 +54,20 @@ function Set-ItemSecurity([string]$Path, $Security) {
 }
 
 # Path (a file or folder that exists) becomes Administrators' and SYSTEM's alone, plus Sid with Rights if given.
-function Set-PrivateAccess([string]$Path, [string]$Sid = '', [string]$Rights = '') {
+function Set-PrivateAccess([string]$Path, [string]$Sid = '', [string]$Rights = '', [bool]$SidInherits = $true) {
     $folder = (Get-Item -LiteralPath $Path -Force).PSIsContainer
-    Set-ItemSecurity $Path (New-PrivateSecurity $folder $Sid $Rights)
+    Set-ItemSecurity $Path (New-PrivateSecurity $folder $Sid $Rights $SidInherits)
+}
+
+# Path (a file or folder that exists) keeps no access entry of its own: it has those its folder hands down,
+# and Administrators as owner (an owner may always rewrite the entries). Inheritance is switched back on.
+function Reset-ItemAccess([string]$Path) {
+    $folder = (Get-Item -LiteralPath $Path -Force).PSIsContainer
+    if ($folder) { $security = New-Object System.Security.AccessControl.DirectorySecurity }
+    else { $security = New-Object System.Security.AccessControl.FileSecurity }
+    $security.SetAccessRuleProtection($false, $false)
+    $security.SetOwner($script:AdminsSid)
+    Set-ItemSecurity $Path $security
 }
 
 # A new folder Path, created with the private descriptor already on it (no moment in which it inherits
@@ -204,8 +219,8 @@ function New-PackageStaging {
 # this throws. As stage_package; what it protects against, and what not: DESIGN.md "Offline package trust".
 function Initialize-PackageStaging([string]$Package, [string]$Tarball, [string]$VendorKey, [string]$VendorFingerprint) {
     $Package = (Get-FullPath $Package).TrimEnd('\', '/')
-    $name = Split-Path -Leaf $Package
-    if (-not $Tarball) { $Tarball = Join-Path (Split-Path -Parent $Package) "$name.tar.gz" }
+    $name = [System.IO.Path]::GetFileName($Package)
+    if (-not $Tarball) { $Tarball = Join-Path ([System.IO.Path]::GetDirectoryName($Package)) "$name.tar.gz" }
     $Tarball = Get-FullPath $Tarball
     if (-not (Test-Path -LiteralPath $Tarball -PathType Leaf) -or -not (Test-Path -LiteralPath "$Tarball.sig" -PathType Leaf)) {
         throw "the installer verifies the tarball the vendor sent before it uses anything from it: keep $name.tar.gz and its .sig beside the unpacked folder, or name it with -Package FILE."
@@ -214,7 +229,7 @@ function Initialize-PackageStaging([string]$Package, [string]$Tarball, [string]$
     # The tarball's copy and what it unpacks to, with room to spare.
     $need = [long][math]::Floor((Get-Item -LiteralPath $Tarball -Force).Length / 1048576) * 2 + 64
     $free = [long][math]::Floor((New-Object System.IO.DriveInfo ([System.IO.Path]::GetPathRoot($script:Staging))).AvailableFreeSpace / 1048576)
-    if ($free -lt $need) { throw "$(Split-Path -Parent $script:Staging) has $free MiB free; verifying the package needs $need MiB there (twice the tarball); free some space." }
+    if ($free -lt $need) { throw "$([System.IO.Path]::GetDirectoryName($script:Staging)) has $free MiB free; verifying the package needs $need MiB there (twice the tarball); free some space." }
     Resolve-VendorCertificate $Package $VendorKey $VendorFingerprint
     $copy = Join-Path $script:Staging 'package.tar.gz'
     if (-not (Copy-PrivateFile "$Tarball.sig" "$copy.sig" 65536) -or -not (Copy-PrivateFile $Tarball $copy ($need * 1048576))) {
@@ -223,7 +238,7 @@ function Initialize-PackageStaging([string]$Package, [string]$Tarball, [string]$
     if (-not (Test-VendorSignature $script:VendorCert $copy "$copy.sig")) {
         throw "the vendor signature over $Tarball does not verify with the vendor's certificate; do not install this package."
     }
-    Write-Host "==> tarball verified: vendor signature OK over $(Split-Path -Leaf $Tarball) (certificate fingerprint $(Get-CertFingerprint $script:VendorCert))"
+    Write-Host "==> tarball verified: vendor signature OK over $([System.IO.Path]::GetFileName($Tarball)) (certificate fingerprint $(Get-CertFingerprint $script:VendorCert))"
     $unpacked = Join-Path $script:Staging 'unpacked'
     New-PrivateFolder $unpacked
     # Windows' own tar (Windows 10 1803 and later), by its full path: no other tar.exe on PATH is run.
@@ -243,18 +258,20 @@ function Initialize-PackageStaging([string]$Package, [string]$Tarball, [string]$
 # PowerShell 5.1 may follow one); read-only files are made writable first, without following a link either.
 function Remove-PackageStaging {
     if (-not $script:Staging -or -not (Test-Entry $script:Staging)) { return }
-    foreach ($item in @(Get-TreeItem $script:Staging)) {
-        if (($item.Attributes -band [System.IO.FileAttributes]::ReadOnly) -and -not ($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint)) {
-            $item.Attributes = $item.Attributes -band -bnot [System.IO.FileAttributes]::ReadOnly
+    try {
+        foreach ($item in @(Get-TreeItem $script:Staging)) {
+            if (($item.Attributes -band [System.IO.FileAttributes]::ReadOnly) -and -not ($item.Attributes -band [System.IO.FileAttributes]::ReparsePoint)) {
+                $item.Attributes = $item.Attributes -band -bnot [System.IO.FileAttributes]::ReadOnly
+            }
         }
-    }
-    [System.IO.Directory]::Delete($script:Staging, $true)
-    $script:Staging = ''
+        [System.IO.Directory]::Delete($script:Staging, $true)
+        $script:Staging = ''
+    } catch { Write-Warning "$script:Staging could not be removed ($($_.Exception.Message)); remove it by hand." }
 }
 
 # The one line of Staged\File, if it matches Pattern; else throws. As package_value.
 function Get-PackageValue([string]$File, [string]$Pattern) {
-    $value = $script:Latin1.GetString([System.IO.File]::ReadAllBytes((Join-Path $script:Staged $File))).TrimEnd([char]10)
+    $value = $script:Latin1.GetString([System.IO.File]::ReadAllBytes((Join-Path $script:Staged $File))).TrimEnd([char[]]@([char]10))
     if ($value -cnotmatch $Pattern) { throw "the package's $File is not valid; ask the vendor." }
     return $value
 }
@@ -375,13 +392,14 @@ $script:BadSumsLine = "SHA256SUMS holds a line that is not '<sha256>  <relative 
 # a BOM and split on a lone CR. Lines end with LF; the last one may lack it, as grep and sed read it.
 function Read-SumsLines([string]$Package) {
     $text = $script:Latin1.GetString([System.IO.File]::ReadAllBytes((Join-Path $Package 'SHA256SUMS')))
-    if ($text.EndsWith("`n")) { $text = $text.Substring(0, $text.Length - 1) }
-    return , $text.Split([char]10)
+    # Ordinal: with ICU, a culture's comparison does not find the LF of a CR LF.
+    if ($text.EndsWith("`n", [System.StringComparison]::Ordinal)) { $text = $text.Substring(0, $text.Length - 1) }
+    $text.Split([char]10)
 }
 
 # The paths SHA256SUMS lists, with '/' separators (after Test-Package: each is portable). As listed_files.
 function Get-ListedFiles([string]$Package) {
-    foreach ($line in (Read-SumsLines $Package)) { if ($line -cmatch '^[0-9a-f]{64}  ') { $line.Substring(66) } }
+    foreach ($line in @(Read-SumsLines $Package)) { if ($line -cmatch '^[0-9a-f]{64}  ') { $line.Substring(66) } }
 }
 
 # Each line is '<64 hex>  <portable relative path>', nothing else (no CR, BOM, NUL, '.' or '..' part), and
@@ -389,7 +407,7 @@ function Get-ListedFiles([string]$Package) {
 # As check_sums_lines.
 function Test-SumsLines([string]$Package) {
     if ((Get-Item -LiteralPath (Join-Path $Package 'SHA256SUMS') -Force).Length -eq 0) { throw $script:BadSumsLine }
-    $lines = Read-SumsLines $Package
+    $lines = @(Read-SumsLines $Package)
     foreach ($line in $lines) {
         if ($line -cnotmatch $script:SumsLine -or $line -cmatch '(  |/)\.\.?(/|\z)') { throw $script:BadSumsLine }
     }
@@ -434,14 +452,14 @@ function Test-Package([string]$Package, [string]$CertPath) {
     Test-SumsLines $root
     # The files present less the files listed, compared exactly (case included, as on Linux): any one left is refused.
     $listed = New-Object 'System.Collections.Generic.HashSet[string]' ([System.StringComparer]::Ordinal)
-    foreach ($file in (Get-ListedFiles $root)) { [void]$listed.Add($file) }
+    foreach ($file in @(Get-ListedFiles $root)) { [void]$listed.Add($file) }
     foreach ($item in @(Get-TreeItem $root)) {
         if ($item.PSIsContainer) { continue }
         $relative = $item.FullName.Substring($root.Length + 1) -replace '\\', '/'
         if ($relative -ceq 'SHA256SUMS' -or $relative -ceq 'SHA256SUMS.sig') { continue }
         if (-not $listed.Contains($relative)) { throw "the package holds $(Format-Name $relative), which SHA256SUMS does not list; do not install this package." }
     }
-    foreach ($line in (Read-SumsLines $root)) {
+    foreach ($line in @(Read-SumsLines $root)) {
         $path = Join-Path $root $line.Substring(66)
         if (-not (Test-Path -LiteralPath $path -PathType Leaf) -or
             (Get-FileHash -LiteralPath $path -Algorithm SHA256).Hash.ToLowerInvariant() -cne $line.Substring(0, 64)) {
@@ -455,7 +473,7 @@ function Test-Package([string]$Package, [string]$CertPath) {
 # that was verified. As copy_listed.
 function Copy-ListedFile([string]$Package, [string]$File, [string]$Dest) {
     $wanted = ''
-    foreach ($line in (Read-SumsLines $Package)) {
+    foreach ($line in @(Read-SumsLines $Package)) {
         if ($line.Length -gt 66 -and $line.Substring(66) -ceq $File) { $wanted = $line.Substring(0, 64); break }
     }
     [System.IO.File]::Delete($Dest)
@@ -468,7 +486,7 @@ function Copy-ListedFile([string]$Package, [string]$File, [string]$Dest) {
 
 # docker load the image archives SHA256SUMS lists (after Test-Package). As load_images.
 function Import-PackageImages([string]$Package) {
-    foreach ($archive in (Get-ListedFiles $Package)) {
+    foreach ($archive in @(Get-ListedFiles $Package)) {
         if ($archive -cnotlike 'images/*.tar.gz') { continue }
         Write-Host "==> docker load $archive"
         & docker load -i (Join-Path $Package $archive) | Out-Host

@@ -1,5 +1,6 @@
-# Pre-flight, no impact yet: checks this Windows host before anything is loaded or started.
-# Windows PowerShell 5.1 and PowerShell 7.
+# Pre-flight, no impact yet: checks this Windows host before anything is loaded or started; step for step
+# with preflight.sh where Windows has the same thing to check. Windows PowerShell 5.1 and PowerShell 7.
+# Usage: .\scripts\preflight.ps1 [-Variant cpu|gpu] [-Dir C:\chexnet] [-Ports 80,443]
 [CmdletBinding()]
 param(
     [ValidateSet('cpu', 'gpu')][string]$Variant = 'cpu',
@@ -8,12 +9,18 @@ param(
 )
 $ErrorActionPreference = 'Stop'
 $versions = @{}
-Get-Content (Join-Path $PSScriptRoot 'versions.env') | Where-Object { $_ -match '^[A-Z_]+=' } | ForEach-Object {
+Get-Content -LiteralPath (Join-Path $PSScriptRoot 'versions.env') | Where-Object { $_ -match '^[A-Z_]+=' } | ForEach-Object {
     $name, $value = $_ -split '=', 2; $versions[$name] = $value
 }
 $failed = $false
 function Ok([string]$m) { Write-Host "  ok    $m" }
 function Bad([string]$m) { Write-Host "  FAIL  $m" -ForegroundColor Red; $script:failed = $true }
+# A native command's output, its error stream dropped; $LASTEXITCODE is its exit status. Windows PowerShell 5.1
+# makes a redirected error stream of a native command a terminating error under 'Stop': not here.
+function Invoke-Quiet([string]$Command, [string[]]$Arguments) {
+    $ErrorActionPreference = 'Continue'
+    & $Command @Arguments 2>$null
+}
 
 Write-Host '==> pre-flight checks (nothing is changed)'
 # ProductType 1 is a workstation; 2 and 3 are Windows Server, where Docker Desktop is not supported.
@@ -21,16 +28,17 @@ $os = Get-CimInstance Win32_OperatingSystem
 if ($os.ProductType -ne 1) {
     Bad "$($os.Caption) is Windows Server, which Docker Desktop does not support: run the Linux package in a Linux VM (Hyper-V) on this server instead (see the field guide, 'Windows Server')"
 } else { Ok "$($os.Caption) (build $($os.BuildNumber))" }
-$dockerVersion = (& docker version --format '{{.Server.Version}}' 2>$null)
+$dockerVersion = (Invoke-Quiet docker @('version', '--format', '{{.Server.Version}}'))
 if ($LASTEXITCODE -ne 0 -or -not $dockerVersion) { Bad 'Docker Desktop is not running (sign in, start it and wait for "Engine running"; set it to start at sign-in)' }
 elseif ([version]($dockerVersion -replace '[-+].*$', '') -ge [version]$versions.MIN_DOCKER_VERSION) { Ok "Docker $dockerVersion" }
 else { Bad "Docker $dockerVersion is older than $($versions.MIN_DOCKER_VERSION)" }
 
-$composeVersion = (& docker compose version --short 2>$null)
+$composeVersion = (Invoke-Quiet docker @('compose', 'version', '--short'))
 if ($LASTEXITCODE -ne 0 -or -not $composeVersion) { Bad "'docker compose' is not available (update Docker Desktop)" }
 else { Ok "Compose $composeVersion" }
 
-$drive = (Split-Path -Qualifier $Dir).TrimEnd(':')
+# The drive that will hold Dir (Dir itself may not exist yet: nothing is created here).
+$drive = [System.IO.Path]::GetPathRoot($ExecutionContext.SessionState.Path.GetUnresolvedProviderPathFromPSPath($Dir)).TrimEnd('\').TrimEnd(':')
 $freeGb = [int]((Get-PSDrive -Name $drive).Free / 1GB)
 if ($freeGb -ge [int]$versions.MIN_DISK_GB) { Ok "$freeGb GB free on ${drive}:" } else { Bad "only $freeGb GB free on ${drive}:; $($versions.MIN_DISK_GB) GB needed" }
 
@@ -47,7 +55,8 @@ try { $uuid = & (Join-Path $PSScriptRoot 'product-uuid.ps1'); Ok "product_uuid $
 catch { Bad "cannot read the product UUID: $($_.Exception.Message)" }
 
 if ($Variant -eq 'gpu') {
-    $driver = (& nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>$null | Select-Object -First 1)
+    # Quoted: unquoted, PowerShell reads 'csv,noheader' as an array and hands nvidia-smi two arguments.
+    $driver = (Invoke-Quiet nvidia-smi @('--query-gpu=driver_version', '--format=csv,noheader') | Select-Object -First 1)
     if ($LASTEXITCODE -ne 0 -or -not $driver) { Bad "nvidia-smi found no GPU; install the NVIDIA driver (>= $($versions.MIN_NVIDIA_DRIVER_WINDOWS)) or use the cpu package" }
     elseif ([version]$driver -ge [version]$versions.MIN_NVIDIA_DRIVER_WINDOWS) { Ok "NVIDIA driver $driver" }
     else { Bad "NVIDIA driver $driver is older than $($versions.MIN_NVIDIA_DRIVER_WINDOWS) (NVIDIA's minimum for CUDA 12.8 Update 1 on Windows)" }

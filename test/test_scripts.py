@@ -194,9 +194,13 @@ def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, t
     assert not _staging_left()
 
 
-def _staging_left() -> list[Path]:
-    """Private copies the scripts left in /var/tmp (each removes its own on exit, refused or not)."""
-    return sorted(Path("/var/tmp").glob("chexnet-package.*"))
+def _staging_left() -> set[Path]:
+    """Private copies the scripts left in /var/tmp (each removes its own on exit, refused or not), but
+    those that were there before these tests began."""
+    return set(Path("/var/tmp").glob("chexnet-package.*")) - STAGING_BEFORE
+
+
+STAGING_BEFORE = set(Path("/var/tmp").glob("chexnet-package.*"))
 
 
 def _run_bytes(*command):
@@ -657,6 +661,18 @@ def test_swarm_deploy_hands_swarm_root_s_copies_of_the_site_files(swarm_site):
     assert "# kid 0011223344556677\nlicence key\n" == (deployed / "license-keys.pem").read_text()
     assert (site / "swarm/server.key").stat().st_mode & 0o077 == 0
     assert "\nTLS_KEY_SHA=" in (folder / "deployed.env").read_text()
+    assert (site / ".package-sequence").read_text() == "100 0.0.1\n"
+
+
+def test_swarm_deploy_refuses_an_older_package_than_the_one_deployed(swarm_site):
+    deploy, site, folder = swarm_site
+    (site / ".package-sequence").write_text("200 0.0.2\n")
+    error = _one_error(deploy())
+    assert "this package (version 0.0.1, sequence 100) is older than the one installed" in error and "--allow-downgrade" in error
+    assert "stack deploy" not in _calls(folder)
+    allowed = deploy("--allow-downgrade")
+    assert allowed.returncode == 0, allowed.stderr
+    assert (site / ".package-sequence").read_text() == "100 0.0.1\n"
 
 
 def _never_read(site: Path, folder: Path, planted: Path | None = None) -> None:
