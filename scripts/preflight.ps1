@@ -39,10 +39,10 @@ else { Ok "Compose $composeVersion" }
 
 # The drive that will hold Dir (Dir itself may not exist yet: nothing is created here).
 $drive = [System.IO.Path]::GetPathRoot($ExecutionContext.SessionState.Path.GetUnresolvedProviderPathFromPSPath($Dir)).TrimEnd('\').TrimEnd(':')
-$freeGb = [int]((Get-PSDrive -Name $drive).Free / 1GB)
+$freeGb = [long][math]::Floor((Get-PSDrive -Name $drive).Free / 1GB)  # whole GB, rounded down as preflight.sh
 if ($freeGb -ge [int]$versions.MIN_DISK_GB) { Ok "$freeGb GB free on ${drive}:" } else { Bad "only $freeGb GB free on ${drive}:; $($versions.MIN_DISK_GB) GB needed" }
 
-$ramGb = [int]((Get-CimInstance Win32_ComputerSystem).TotalPhysicalMemory / 1GB)
+$ramGb = [long][math]::Floor((Get-CimInstance Win32_ComputerSystem).TotalPhysicalMemory / 1GB)
 if ($ramGb -ge [int]$versions.MIN_RAM_GB) { Ok "$ramGb GB RAM" } else { Bad "$ramGb GB RAM; $($versions.MIN_RAM_GB) GB needed" }
 
 foreach ($port in $Ports) {
