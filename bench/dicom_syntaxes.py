@@ -99,7 +99,7 @@ def main() -> int:
         for label, size in (("before", None), ("after", reduced)):
             predictor.decode_size = size
             results[label] = (median(timed(lambda: predictor.predict(lambda: data), args.repeat)),
-                              np.array([f["probability"] for f in predictor.predict(lambda: data).findings]))
+                              np.array([f.probability for f in predictor.predict(lambda: data).findings]))
         reference.setdefault(group, results)
         base = reference[group]
         delta = np.abs(results["after"][1] - results["before"][1]).max()

@@ -1,4 +1,4 @@
-"""The figures behind the start-up memory check (chexnet/api/memory.py), measured.
+"""The figures behind the start-up memory check (chexnet/service/memory.py), measured.
 
 1. One decode per kind of file: each file decoded in a fresh subprocess (codecs loaded by a first
    decode), the peak resident set (VmHWM, reset through /proc/self/clear_refs) above the start, in
@@ -130,7 +130,7 @@ def base_rows(models_dir: Path, port: int) -> list[str]:
 def worst_row(models_dir: Path, port: int) -> str:
     """Defaults (40 MP, 64 MiB, the derived layout): JPEG 2000 noise at the pixel limit in the decode slots
     while 40 MP PNGs fill the other threads, twice over."""
-    from chexnet.api import Settings
+    from chexnet.service import Settings
 
     side = 6324  # 39.99 MP
     noise = np.random.default_rng(1).integers(0, 4096, (side, side), dtype=np.uint16)
@@ -173,7 +173,7 @@ def main() -> int:
     worst = worst_row(args.models_dir, args.port + 10)
     body = "\n".join([
         f"## Memory model of the start-up check (`bench/memory_model.py`, {dt.date.today().isoformat()})",
-        f"Machine: {machine()}. The figures in `chexnet/api/memory.py` come from these tables, rounded up.",
+        f"Machine: {machine()}. The figures in `chexnet/service/memory.py` come from these tables, rounded up.",
         "", f"One decode at {args.side}x{args.side}, peak above the upload already held:", "",
         "| file | upload MiB | peak MiB | bytes per pixel |", "| --- | --- | --- | --- |", *decode,
         "", "The runtime and bundles (1 engine worker, 8 threads, 8 clients, heatmaps=all):", "",

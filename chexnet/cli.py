@@ -82,9 +82,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from chexnet.api import Settings, SettingsError, create_app
-    from chexnet.api.memory import WAITRESS_CONNECTIONS
-    from chexnet.api.observability import configure_logging
+    from chexnet.api import create_app
+    from chexnet.service import Settings, SettingsError, configure_logging
+    from chexnet.service.memory import WAITRESS_CONNECTIONS
 
     env = dict(os.environ)
     env.update({k: str(v) for k, v in (("CHEXNET_HOST", args.host), ("CHEXNET_PORT", args.port)) if v is not None})
@@ -107,10 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dicom_node(args: argparse.Namespace) -> int:
-    from chexnet.api import Settings, SettingsError
-    from chexnet.api.observability import configure_logging
-    from chexnet.api.settings import DICOM_NODE
     from chexnet.dicom_node.settings import NodeSettings
+    from chexnet.service import DICOM_NODE, Settings, SettingsError, configure_logging
 
     try:
         settings, node_settings = Settings.from_env(workload=DICOM_NODE), NodeSettings.from_env()
@@ -136,7 +134,8 @@ def _dicom_node(args: argparse.Namespace) -> int:
 def _heatmaps(prediction, source: Path, out_dir: Path | None) -> list[dict]:
     """Overlay files in out_dir (their paths in the JSON), or base64 in the JSON line without one."""
     listed = []
-    for code, overlay in prediction.heatmaps:
+    for heatmap in prediction.heatmaps:
+        code, overlay = heatmap.label.code, heatmap.rendered
         item = {"code": code, "mime": overlay.mime, "width": overlay.width, "height": overlay.height}
         if out_dir:
             target = out_dir / f"{source.stem}.{code}.{'jpg' if overlay.mime == 'image/jpeg' else 'png'}"

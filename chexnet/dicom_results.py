@@ -14,8 +14,6 @@ instances). The REST API and the DICOM node call :func:`result_objects`.
 """
 
 import io
-import logging
-import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -41,9 +39,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
 from chexnet.errors import InvalidImage
-from chexnet.imaging.dicom import RedactQuoted
-from chexnet.labels import Label
-from chexnet.predictor import Prediction
+from chexnet.predictor import Finding, Prediction
 
 MANUFACTURER = "CheXNet on-premise"
 SR_SERIES_NUMBER = 9901
@@ -53,11 +49,6 @@ SCHEME = "99CHEXNET"  # a private coding scheme ("99" prefix) for the model's ow
 THRESHOLD = CodedConcept("threshold", SCHEME, "Decision threshold")
 UNITLESS = CodedConcept("1", "UCUM", "no units")
 CHEST_RADIOGRAPH = CodedConcept("399208008", "SCT", "Plain chest X-ray")
-# highdicom's warnings quote the patient's name: never to stderr or the log with its value; its INFO
-# lines (one per copied module, naming the source instance) are noise in the service's log.
-warnings.filterwarnings("ignore", module=r"highdicom(\.|$)")
-logging.getLogger("highdicom").addFilter(RedactQuoted())
-logging.getLogger("highdicom").setLevel(logging.WARNING)
 # Type 2 attributes of the Patient and General Study modules: present in every result, empty when the
 # source lacks them.
 _TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS", "StudyDate": "DA",
@@ -138,31 +129,31 @@ def _uid(settings: ResultSettings, prediction: Prediction, *role: str) -> str:
     again (a retry, the node's restart after a crash) yields the same instance, not a duplicate."""
     m = prediction.model
     return generate_uid(prefix=settings.uid_root, entropy_srcs=[
-        str(prediction.source.SOPInstanceUID), m["id"], m["version"], m["precision"], *role])
+        str(prediction.source.SOPInstanceUID), m.id, m.version, m.precision, *role])
 
 
 def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
     m = prediction.model
-    parameters = [f"engine={m['engine']}", f"device={m['device']}", f"precision={m['precision']}",
-                  f"demo={'true' if m['demo'] else 'false'}"]
-    if m["demo"]:
+    parameters = [f"engine={m.engine}", f"device={m.device}", f"precision={m.precision}",
+                  f"demo={'true' if m.demo else 'false'}"]
+    if m.demo:
         parameters.append(f"{NOT_FOR_DIAGNOSIS}: untrained demo weights")
-    return AlgorithmIdentification(name=f"CheXNet {m['id']}", version=m["version"], parameters=parameters,
+    return AlgorithmIdentification(name=f"CheXNet {m.id}", version=m.version, parameters=parameters,
                                    manufacturer=MANUFACTURER)
 
 
-def _group(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset, label: Label, finding: dict,
+def _group(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset, finding: Finding,
            algorithm: AlgorithmIdentification) -> MeasurementsAndQualitativeEvaluations:
-    presence = codes.SCT.Present if finding["positive"] else codes.SCT.Absent
-    concept = CodedConcept(label.code, SCHEME, label.name.en)
+    presence = codes.SCT.Present if finding.positive else codes.SCT.Absent
+    concept = CodedConcept(finding.code, SCHEME, finding.label.name.en)
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=_uid(settings, prediction, "tracking", label.code),
-                                               identifier=label.code),
+        tracking_identifier=TrackingIdentifier(uid=_uid(settings, prediction, "tracking", finding.code),
+                                               identifier=finding.code),
         finding_type=concept,
         algorithm_id=algorithm,
         measurements=[
-            Measurement(name=codes.DCM.Probability, value=finding["probability"], unit=UNITLESS),
-            Measurement(name=THRESHOLD, value=finding["threshold"], unit=UNITLESS),
+            Measurement(name=codes.DCM.Probability, value=finding.probability, unit=UNITLESS),
+            Measurement(name=THRESHOLD, value=finding.label.threshold, unit=UNITLESS),
         ],
         # the class itself, present or absent at its threshold
         qualitative_evaluations=[QualitativeEvaluation(concept, presence)],
@@ -172,22 +163,20 @@ def _group(settings: ResultSettings, prediction: Prediction, source: pydicom.Dat
 
 def _series_description(prediction: Prediction, what: str) -> str:
     m = prediction.model
-    text = f"CheXNet {m['id']} {m['version']} {what}"
-    return f"{text} {NOT_FOR_DIAGNOSIS}" if m["demo"] else text
+    text = f"CheXNet {m.id} {m.version} {what}"
+    return f"{text} {NOT_FOR_DIAGNOSIS}" if m.demo else text
 
 
-def structured_report(settings: ResultSettings, prediction: Prediction, labels: list[Label],
-                      source: pydicom.Dataset) -> ComprehensiveSR:
+def structured_report(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset) -> ComprehensiveSR:
     m = prediction.model
     device = DeviceObserverIdentifyingAttributes(
-        uid=generate_uid(prefix=settings.uid_root, entropy_srcs=[settings.station_name, m["id"], m["version"]]),
+        uid=generate_uid(prefix=settings.uid_root, entropy_srcs=[settings.station_name, m.id, m.version]),
         name=settings.station_name, manufacturer_name=MANUFACTURER,
-        model_name=f"{m['id']} {m['version']}")
+        model_name=f"{m.id} {m.version}")
     context = ObservationContext(observer_device_context=ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     algorithm = _algorithm(prediction)
-    groups = [_group(settings, prediction, source, label, finding, algorithm)
-              for label, finding in zip(labels, prediction.findings)]
+    groups = [_group(settings, prediction, source, finding, algorithm) for finding in prediction.findings]
     report = MeasurementReport(observation_context=context, procedure_reported=CHEST_RADIOGRAPH,
                                imaging_measurements=groups)
     sr = ComprehensiveSR(
@@ -222,14 +211,13 @@ def _orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
     return None
 
 
-def secondary_captures(settings: ResultSettings, prediction: Prediction, labels: list[Label],
-                       source: pydicom.Dataset) -> list[hd.sc.SCImage]:
-    names = {label.code: label.name.en for label in labels}
+def secondary_captures(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset) -> list[hd.sc.SCImage]:
     series_uid = _uid(settings, prediction, "sc-series")
     orientation = _orientation(source)
     captures = []
-    for number, (code, overlay) in enumerate(prediction.heatmaps, start=1):
-        rgb = _burn_in(overlay.rgb, NOT_FOR_DIAGNOSIS) if prediction.model["demo"] else overlay.rgb
+    for number, heatmap in enumerate(prediction.heatmaps, start=1):
+        code, overlay = heatmap.label.code, heatmap.rendered
+        rgb = _burn_in(overlay.rgb, NOT_FOR_DIAGNOSIS) if prediction.model.demo else overlay.rgb
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source, pixel_array=np.ascontiguousarray(rgb), photometric_interpretation="RGB",
             bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=series_uid,
@@ -241,10 +229,10 @@ def secondary_captures(settings: ResultSettings, prediction: Prediction, labels:
         # General Series Laterality is type 2C; the source's value when it is one, else present and empty.
         sc.Laterality = source.Laterality if str(source.get("Laterality") or "") in ("R", "L") else None
         sc.ImageType = ["DERIVED", "SECONDARY"]
-        sc.BurnedInAnnotation = "YES" if prediction.model["demo"] else "NO"
-        sc.DerivationDescription = (f"Class activation map for {names[code]} from {prediction.model['id']} "
-                                    f"{prediction.model['version']}"
-                                    + (f"; {NOT_FOR_DIAGNOSIS}" if prediction.model["demo"] else ""))[:1024]
+        sc.BurnedInAnnotation = "YES" if prediction.model.demo else "NO"
+        sc.DerivationDescription = (f"Class activation map for {heatmap.label.name.en} from {prediction.model.id} "
+                                    f"{prediction.model.version}"
+                                    + (f"; {NOT_FOR_DIAGNOSIS}" if prediction.model.demo else ""))[:1024]
         reference = pydicom.Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -253,14 +241,13 @@ def secondary_captures(settings: ResultSettings, prediction: Prediction, labels:
     return captures
 
 
-def result_objects(settings: ResultSettings, prediction: Prediction, labels: list[Label]) -> list[pydicom.Dataset]:
+def result_objects(settings: ResultSettings, prediction: Prediction) -> list[pydicom.Dataset]:
     """The SR, then one secondary capture per heatmap of the prediction."""
     if prediction.source is None:
         raise ValueError("DICOM results need a DICOM source (checked where the options are read)")
     source = _checked_source(prediction.source)
     try:
-        return [structured_report(settings, prediction, labels, source),
-                *secondary_captures(settings, prediction, labels, source)]
+        return [structured_report(settings, prediction, source), *secondary_captures(settings, prediction, source)]
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         # highdicom validates what it copies: a malformed patient or study attribute in the source, or a
         # SOP class it has no module table for (KeyError).

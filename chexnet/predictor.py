@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -21,10 +21,11 @@ from chexnet import heatmap
 from chexnet.bundle import Bundle
 from chexnet.bundle.manifest import DEMO_NOTICE
 from chexnet.eligibility import warnings_for
-from chexnet.engines import Engine
+from chexnet.engines import Engine, EngineOutput
 from chexnet.errors import InvalidOption
 from chexnet.imaging import DecodedImage, DecodeLimits, DecodeSize, decode_image, preprocess
 from chexnet.imaging.gate import DecodeGate
+from chexnet.labels import Label
 from chexnet.options import HEATMAP_MODES, PredictOptions
 
 
@@ -58,12 +59,52 @@ class Forwarded:
     inference_ms: float
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model answered, on what: the identity every result carries (REST, DICOM, audit)."""
+
+    id: str
+    version: str
+    demo: bool
+    engine: str
+    device: str
+    precision: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One label's result: the label (code, names, threshold), its probability and whether it is positive."""
+
+    label: Label
+    probability: float
+    positive: bool
+
+    @property
+    def code(self) -> str:
+        return self.label.code
+
+    def as_dict(self) -> dict:
+        return {"code": self.label.code, "name": self.label.name.en, "name_zh": self.label.name.zh,
+                "probability": self.probability, "threshold": self.label.threshold, "positive": self.positive}
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """The class activation map of one finding, rendered for a transport."""
+
+    label: Label
+    rendered: heatmap.RenderedHeatmap
+
+
 @dataclass
 class Prediction:
-    model: dict
+    model: ModelInfo
     image: dict
-    findings: list[dict]
-    heatmaps: list[tuple[str, heatmap.RenderedHeatmap]]
+    findings: list[Finding]
+    heatmaps: list[Heatmap]
     timing_ms: dict
     input_sha256: str
     warnings: list[str]  # chexnet.eligibility codes
@@ -72,9 +113,9 @@ class Prediction:
     def summary(self) -> dict:
         """Everything but the heatmap bytes and the source header, as JSON-ready data (each transport
         adds those its own way)."""
-        body = {"model": self.model, "image": self.image, "findings": self.findings,
+        body = {"model": self.model.as_dict(), "image": self.image, "findings": [f.as_dict() for f in self.findings],
                 "warnings": self.warnings, "timing_ms": self.timing_ms}
-        if self.model["demo"]:
+        if self.model.demo:
             body["notice"] = DEMO_NOTICE
         return body
 
@@ -82,29 +123,45 @@ class Prediction:
 Observer = Callable[[Prediction, Caller], None]
 
 
+ForwardOne = Callable[[np.ndarray], Forwarded]
+
+
+def batch_forward(engine: Engine) -> Callable[[Sequence[np.ndarray]], tuple[EngineOutput, float]]:
+    """One engine call for a whole batch of preprocessed images: returns (EngineOutput, milliseconds)."""
+    def forward(tensors: Sequence[np.ndarray]):
+        start = time.perf_counter()
+        output = engine.infer(np.stack(tensors).astype(np.float32, copy=False))
+        return output, _ms(start)
+    return forward
+
+
+def direct_forward(engine: Engine) -> ForwardOne:
+    """Each image's forward step as its own engine call (the CLI; the service batches instead)."""
+    forward = batch_forward(engine)
+
+    def forward_one(tensor: np.ndarray) -> Forwarded:
+        output, ms = forward([tensor])
+        return Forwarded(output.probabilities[0], output.cams[0], ms)
+    return forward_one
+
+
 class Predictor:
-    """One bundle on one engine. Holds no per-request state; safe to share between threads."""
+    """One bundle on one engine, its forward step and its observers, all given at construction. Holds no
+    per-request state; safe to share between threads."""
 
     def __init__(self, bundle: Bundle, engine: Engine, limits: DecodeLimits = DecodeLimits(),
-                 gate: DecodeGate | None = None):
+                 gate: DecodeGate | None = None, forward_one: ForwardOne | None = None,
+                 observers: Sequence[Observer] = ()):
         self.bundle = bundle
         self.engine = engine
         self.limits = limits
         self.gate = gate
-        self.observers: list[Observer] = []
-        self._forward_one: Callable[[np.ndarray], Forwarded] = self._direct
+        self.forward_one = forward_one or direct_forward(engine)
+        self.observers = tuple(observers)
         m = bundle.manifest
         # Decode no larger than the model input and the heatmap overlay need (imaging.reduced).
         self.decode_size = DecodeSize(m.input_size, heatmap.DEFAULT_LONG_SIDE)
-        self.model_info = {"id": m.id, "version": m.version, "demo": m.demo,
-                           "engine": engine.name, "device": engine.device, "precision": engine.precision}
-
-    def use_forward(self, forward_one: Callable[[np.ndarray], Forwarded]) -> None:
-        """Route each image's forward step elsewhere (the service's micro-batcher)."""
-        self._forward_one = forward_one
-
-    def warmup(self) -> None:
-        self.engine.warmup(self.bundle.manifest.input_size)
+        self.model_info = ModelInfo(m.id, m.version, m.demo, engine.name, engine.device, engine.precision)
 
     def predict(self, read: Callable[[], bytes], options: PredictOptions = PredictOptions(),
                 caller: Caller = Caller()) -> Prediction:
@@ -115,7 +172,7 @@ class Predictor:
         if options.output == "dicom" and prepared.image.source is None:
             raise InvalidOption(f"output=dicom needs a DICOM input and this file is {prepared.image.format.upper()}; "
                                 "send the DICOM from the PACS, or ask for JSON.")
-        row = self._forward_one(prepared.tensor)
+        row = self.forward_one(prepared.tensor)
         heatmap_format = None if options.output == "dicom" else options.heatmap_format
         prediction = self._report(prepared, row, selected, heatmap_format)
         for observe in self.observers:
@@ -132,30 +189,14 @@ class Predictor:
         return PreparedImage(image, tensor, hashlib.sha256(data).hexdigest(),
                              {"decode": decode_ms, "preprocess": _ms(start)})
 
-    def forward(self, tensors: Sequence[np.ndarray]):
-        """One engine call for the whole batch; returns (EngineOutput, milliseconds)."""
-        start = time.perf_counter()
-        output = self.engine.infer(np.stack(tensors).astype(np.float32, copy=False))
-        return output, _ms(start)
-
-    def _direct(self, tensor: np.ndarray) -> Forwarded:
-        output, ms = self.forward([tensor])
-        return Forwarded(output.probabilities[0], output.cams[0], ms)
-
     def _report(self, prepared: PreparedImage, row: Forwarded, selected: Callable[[np.ndarray], list[int]],
                 heatmap_format: str | None) -> Prediction:
         labels = self.bundle.manifest.labels
-        findings = [
-            {"code": label.code, "name": label.name.en, "name_zh": label.name.zh,
-             "probability": round(float(p), 6), "threshold": label.threshold,
-             "positive": bool(p >= label.threshold)}
-            for label, p in zip(labels, row.probabilities)
-        ]
+        findings = [Finding(label, round(float(p), 6), bool(p >= label.threshold))
+                    for label, p in zip(labels, row.probabilities, strict=True)]
         start = time.perf_counter()
-        rendered = [
-            (labels[i].code, heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format))
-            for i in selected(row.probabilities)
-        ]
+        rendered = [Heatmap(labels[i], heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format))
+                    for i in selected(row.probabilities)]
         timing = dict(prepared.timing_ms, inference=row.inference_ms, heatmap=_ms(start))
         timing["total"] = round(sum(timing.values()), 2)
         image = {"format": prepared.image.format, "width": prepared.image.width,

@@ -10,7 +10,8 @@ import waitress
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from chexnet.api import Settings, create_app
+from chexnet.api import create_app
+from chexnet.service import Settings
 from licensing_helpers import HOST_UUID, claims_for, sign
 
 

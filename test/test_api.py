@@ -14,7 +14,8 @@ from PIL import Image
 
 from api_helpers import LiveServer, make_env, ready_app
 from chexnet.api import healthcheck
-from chexnet.api import Settings, SettingsError, create_app
+from chexnet.api import create_app
+from chexnet.service import Settings, SettingsError
 from chexnet.api.openapi import openapi_document
 from chexnet.options import PredictOptions
 from conftest import png_bytes
@@ -133,7 +134,7 @@ def test_same_probabilities_as_the_cli_path(client, env, nih_sample, onnx_predic
     data = nih_sample[2].read_bytes()
     api = predict(client, env, data, heatmaps="none").get_json()["findings"]
     direct = onnx_predictor.predict(lambda: data, PredictOptions(heatmaps="none")).findings
-    assert [f["probability"] for f in api] == [f["probability"] for f in direct]
+    assert [f["probability"] for f in api] == [f.probability for f in direct]
 
 
 def test_cxrnet_compatibility(client, env, nih_sample):

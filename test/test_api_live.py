@@ -21,7 +21,7 @@ def server(app):
 
 def test_sixteen_concurrent_clients_each_get_their_own_result(server, env, nih_dir, onnx_predictor):
     images = sorted(nih_dir.glob("*.png"))[:16]
-    expected = {p.name: [f["probability"] for f in onnx_predictor.predict(p.read_bytes, PredictOptions(heatmaps="none")).findings]
+    expected = {p.name: [f.probability for f in onnx_predictor.predict(p.read_bytes, PredictOptions(heatmaps="none")).findings]
                 for p in images}
     token = env.token()
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from chexnet.api import Settings
+from chexnet.service import Settings
 from chexnet.cpu import available_cores, engine_layout
 
 

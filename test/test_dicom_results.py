@@ -15,7 +15,7 @@ import pytest
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, generate_uid
 
 from api_helpers import make_env, ready_app
-from chexnet.api import SettingsError
+from chexnet.service import SettingsError
 from conftest import png_bytes
 from dicom_factory import make_dicom
 from test_api import assert_error, predict

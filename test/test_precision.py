@@ -47,7 +47,7 @@ def _all_real_images(nih_dir, dicom_dir):
 
 def test_openvino_fp32_matches_onnxruntime_on_the_real_images(nih_dir, dicom_dir, demo_bundle, onnx_predictor):
     openvino = Predictor(demo_bundle, create_engine(demo_bundle, "openvino", concurrency=2))
-    assert openvino.model_info["engine"] == "openvino" and openvino.model_info["precision"] == "fp32"
+    assert openvino.model_info.engine == "openvino" and openvino.model_info.precision == "fp32"
     for path in _all_real_images(nih_dir, dicom_dir):
         x = onnx_predictor.prepare(path.read_bytes()).tensor[None]
         ours, reference = openvino.engine.infer(x), onnx_predictor.engine.infer(x)
@@ -69,7 +69,7 @@ def test_build_records_each_variant_measured_against_fp32(variant_bundle, calibr
 @pytest.mark.parametrize("precision", PRECISIONS_HERE)
 def test_served_variant_stays_within_its_recorded_bound(variant_bundle, calibration, onnx_predictor, precision):
     served = Predictor(variant_bundle, create_engine(variant_bundle, "openvino", precision=precision, concurrency=2))
-    assert served.model_info["precision"] == precision
+    assert served.model_info.precision == precision
     reference = Predictor(variant_bundle, create_engine(variant_bundle, "onnxruntime"))
     deltas = []
     for path in sorted(calibration.glob("*.png")):

@@ -1,6 +1,6 @@
 """The REST API service: Flask app factory, settings, micro-batching, observability."""
 
 from chexnet.api.app import create_app
-from chexnet.api.settings import Settings, SettingsError
+from chexnet.service import Settings, SettingsError
 
 __all__ = ["create_app", "Settings", "SettingsError"]

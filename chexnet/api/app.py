@@ -6,9 +6,9 @@ import time
 from flask import Flask, g, request
 
 from chexnet.api import errors, routes
-from chexnet.api.observability import REQUEST_ID_HEADER, AuditLog, Metrics, request_id_from_headers
-from chexnet.api.service import Service
-from chexnet.api.settings import Settings
+from chexnet.api.observability import REQUEST_ID_HEADER, request_id_from_headers
+from chexnet.service import AuditLog, Metrics, Service, Settings
+from chexnet.service.observability import request_id
 from licensing import flask_auth
 
 access_log = logging.getLogger("chexnet.access")
@@ -38,6 +38,7 @@ def _register_request_hooks(app: Flask, metrics: Metrics, settings: Settings) ->
     @app.before_request
     def begin():
         g.request_id = request_id_from_headers()
+        g.request_id_token = request_id.set(g.request_id)  # for the service's log lines of this request
         g.started = time.perf_counter()
         g.upload_limit_mb = settings.max_upload_mb
 
@@ -54,6 +55,11 @@ def _register_request_hooks(app: Flask, metrics: Metrics, settings: Settings) ->
             "error_code": code or None, "ms": round(elapsed * 1000, 1),
             "sub": g.license.sub if g.get("license") else None}})
         return response
+
+    @app.teardown_request
+    def forget(_exc):
+        if "request_id_token" in g:
+            request_id.reset(g.request_id_token)
 
 
 def _error_code(response) -> str:

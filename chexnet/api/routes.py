@@ -6,7 +6,7 @@ from werkzeug.exceptions import NotFound
 
 from chexnet.api.openapi import openapi_document
 from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
-from chexnet.api.service import Service
+from chexnet.service import Service
 from chexnet.dicom_results import encode
 from chexnet.errors import InvalidImage, InvalidOption, NotReady
 from chexnet.options import PredictOptions
@@ -104,14 +104,14 @@ def predict():
 def cxrnet_predict():
     """The source project's front-end contract: probabilities, one Grad-CAM JPEG, category names."""
     prediction = _predict(PredictOptions.parse(_option("model"), "top", "jpeg"))
-    labels = service().models[prediction.model["id"]].predictor.bundle.manifest.labels
-    return jsonify(cxrnet_body(prediction, [label.name.zh or label.name.en for label in labels], g.request_id))
+    categories = [f.label.name.zh or f.label.name.en for f in prediction.findings]
+    return jsonify(cxrnet_body(prediction, categories, g.request_id))
 
 
 @api.get("/openapi.json")
 def openapi():
     """The document, with the enums of what this server has loaded (model ids, label codes)."""
-    loaded = {} if service().loading else {m: l.predictor.bundle.manifest.codes for m, l in service().models.items()}
+    loaded = {} if service().loading else {m: loaded.codes for m, loaded in service().models.items()}
     return jsonify(openapi_document(loaded))
 
 

@@ -9,7 +9,7 @@ import sys
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from chexnet.api.settings import SettingsError
+from chexnet.service import SettingsError
 from chexnet.dicom_node.settings import NodeSettings
 
 

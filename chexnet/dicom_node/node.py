@@ -21,9 +21,7 @@ from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
-from chexnet.api.observability import AuditLog, Metrics
-from chexnet.api.service import Service
-from chexnet.api.settings import Settings
+from chexnet.service import AuditLog, Metrics, Service, Settings
 from chexnet.dicom_node.listener import BoundedServer
 from chexnet.dicom_node.pdus import PduGuard
 from chexnet.dicom_node.peers import shown

@@ -1,5 +1,5 @@
 """The DICOM node's own CHEXNET_DICOM_* settings (the model and licence settings are those of
-``serve``, :class:`chexnet.api.settings.Settings`). A bad value stops start-up with one sentence."""
+``serve``, :class:`chexnet.service.Settings`). A bad value stops start-up with one sentence."""
 
 import ipaddress
 import os
@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from chexnet.api.settings import SettingsError
+from chexnet.service import SettingsError
 from chexnet.options import HEATMAP_MODES
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash, at most 16

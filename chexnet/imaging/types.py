@@ -11,7 +11,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # 40 megapixels: above the largest detector in routine use (43x43 cm at 100 µm is 18.5 MP),
 # small enough that a decoded 16-bit frame stays far below a gigabyte.
 DEFAULT_MAX_PIXELS = 40_000_000
-# The settings that set these limits (chexnet.api.settings): every 413 names the limit it hit and its
+# The settings that set these limits (chexnet.service.settings): every 413 names the limit it hit and its
 # setting, so whoever runs the service knows what to raise and whoever sends the file what to shrink.
 UPLOAD_SETTING = "CHEXNET_MAX_UPLOAD_MB"
 PIXELS_SETTING = "CHEXNET_MAX_PIXELS"

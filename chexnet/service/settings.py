@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from chexnet.api.memory import MemoryEstimate, estimate, gib
+from chexnet.service.memory import MemoryEstimate, estimate, gib
 from chexnet.cpu import CGROUP_MEMORY_LIMITS, MemoryLimit, available_cores, available_memory, engine_layout
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
@@ -43,7 +43,7 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class Workload:
-    """What a process runs at once, for the memory check (chexnet.api.memory)."""
+    """What a process runs at once, for the memory check (chexnet.service.memory)."""
 
     predictions: int | None = None  # predictions in progress at once; None: one per waitress thread
     shared_decode_slots: bool = False  # others use the decode slots too, not only the predictions

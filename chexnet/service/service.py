@@ -1,6 +1,7 @@
-"""What the API serves: the loaded models (each a Predictor whose forward step is a MicroBatcher,
-observed by the metrics and the audit log) and the licence verifier. Loading runs in the background
-so /health answers at once and /ready tells the truth."""
+"""What every transport serves (the REST API and the DICOM node alike): the loaded models and the
+licence verifier. Each model's pipeline is assembled once, when it loads: engine → micro-batcher →
+predictor, with the metrics and the audit log as its observers. Loading runs in the background so
+/health answers at once and /ready tells the truth."""
 
 import logging
 import threading
@@ -9,19 +10,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chexnet.api.observability import AuditLog, Metrics
-from chexnet.api.settings import Settings
 import pydicom
 
 from chexnet.batching import MicroBatcher
-from chexnet.bundle import load_bundle
+from chexnet.bundle import Bundle, load_bundle
 from chexnet.dicom_results import ResultSettings, result_objects
 from chexnet.engines import create_engine
 from chexnet.errors import ChexnetError, ModelNotFound, NotReady
 from chexnet.imaging import DecodeLimits
 from chexnet.imaging.gate import DecodeGate
 from chexnet.options import PredictOptions
-from chexnet.predictor import Caller, Prediction, Predictor
+from chexnet.predictor import Caller, Prediction, Predictor, batch_forward
+from chexnet.service.observability import AuditLog, Metrics
+from chexnet.service.settings import Settings
 from licensing.errors import LicenseError
 from licensing.host import read_host_uuid
 from licensing.keys import TrustedKeys
@@ -31,15 +32,23 @@ from licensing.tokens import Claims, TokenVerifier
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
     predictor: Predictor
     batcher: MicroBatcher
 
     @property
+    def id(self) -> str:
+        return self.predictor.bundle.id
+
+    @property
+    def codes(self) -> list[str]:
+        return self.predictor.bundle.manifest.codes
+
+    @property
     def info(self) -> dict:
         m = self.predictor.bundle.manifest
-        return {**self.predictor.model_info, "input_size": m.input_size, "description": m.description,
+        return {**self.predictor.model_info.as_dict(), "input_size": m.input_size, "description": m.description,
                 "variants": {p: v.model_dump(include={"max_delta", "flips", "decisions", "images"})
                              for p, v in m.variants.items()},
                 "labels": [{"code": l.code, "name": l.name.model_dump(), "threshold": l.threshold} for l in m.labels]}
@@ -103,28 +112,33 @@ class Service:
 
     def _load_models(self) -> None:
         s = self.settings
-        workers, threads = self.layout.engine_workers, self.layout.engine_threads
         for path in self._bundle_dirs():
             try:
-                bundle = load_bundle(path)
-                engine = create_engine(bundle, s.engine, s.device, s.precision, threads, workers)
-                predictor = Predictor(bundle, engine, self.limits, self.gate)
-                predictor.warmup()
+                loaded = self._assemble(load_bundle(path))
             except ChexnetError as exc:
                 self.problems.append(exc.message)
                 continue
-            batcher = MicroBatcher(predictor.forward, bundle.id, s.max_batch, s.batch_wait_ms, s.queue_size,
-                                   self.metrics, workers)
-            predictor.use_forward(lambda tensor, batcher=batcher: batcher.run(tensor, s.request_timeout_s))
-            predictor.observers += [self._observe_stages, self._audit]
-            self.models[bundle.id] = LoadedModel(predictor, batcher)
-            log.info("model ready", extra={"fields": {**predictor.model_info}})
+            self.models[loaded.id] = loaded
+            log.info("model ready", extra={"fields": loaded.predictor.model_info.as_dict()})
         if not self.models and not self.problems:
             self.problems.append(f"No model bundle found in {s.models_dir} (CHEXNET_MODELS_DIR).")
         wanted = s.default_model or next(iter(self.models), None)
         if wanted is not None and wanted not in self.models:
             self.problems.append(f"CHEXNET_DEFAULT_MODEL '{wanted}' is not among the loaded models.")
         self.default_model = wanted
+
+    def _assemble(self, bundle: Bundle) -> LoadedModel:
+        """One model's pipeline, whole: its engine (warmed up), a micro-batcher around the engine's batch
+        forward, and the predictor whose forward step is that batcher, observed by the metrics and audit log."""
+        s, layout = self.settings, self.layout
+        engine = create_engine(bundle, s.engine, s.device, s.precision, layout.engine_threads, layout.engine_workers)
+        engine.warmup(bundle.manifest.input_size)
+        batcher = MicroBatcher(batch_forward(engine), bundle.id, s.max_batch, s.batch_wait_ms, s.queue_size,
+                               self.metrics, layout.engine_workers)
+        predictor = Predictor(bundle, engine, self.limits, self.gate,
+                              forward_one=lambda tensor: batcher.run(tensor, s.request_timeout_s),
+                              observers=(self._observe_stages, self._audit))
+        return LoadedModel(predictor, batcher)
 
     # --- serving ---------------------------------------------------------------------------
     def readiness(self) -> list[str]:
@@ -154,25 +168,24 @@ class Service:
                 request_id: str | None) -> Prediction:
         """The one entry for every transport: the model the options name, licensed by the claims."""
         loaded = self.model(options.model)
-        claims.require_feature(loaded.predictor.bundle.id)
+        claims.require_feature(loaded.id)
         return loaded.predictor.predict(read, options, Caller(request_id, claims.sub, claims.customer))
 
     def dicom_results(self, prediction: Prediction) -> list[pydicom.Dataset]:
         """The SR and heatmap secondary captures of a prediction made with output=dicom."""
-        labels = self.models[prediction.model["id"]].predictor.bundle.manifest.labels
-        return result_objects(self.result_settings, prediction, labels)
+        return result_objects(self.result_settings, prediction)
 
     # --- observers of every prediction ---------------------------------------------------------
     def _observe_stages(self, prediction: Prediction, caller: Caller) -> None:
         for stage, ms in prediction.timing_ms.items():
             if stage != "total":
-                self.metrics.stage.labels(prediction.model["id"], stage).observe(ms / 1000.0)
+                self.metrics.stage.labels(prediction.model.id, stage).observe(ms / 1000.0)
 
     def _audit(self, prediction: Prediction, caller: Caller) -> None:
         self.audit.write({
             "request_id": caller.request_id, "sub": caller.sub, "customer": caller.customer,
-            "model": {k: prediction.model[k] for k in ("id", "version", "demo")},
+            "model": {"id": prediction.model.id, "version": prediction.model.version, "demo": prediction.model.demo},
             "input_sha256": prediction.input_sha256, "image": prediction.image,
-            "findings": [{k: f[k] for k in ("code", "probability", "positive")} for f in prediction.findings],
+            "findings": [{"code": f.code, "probability": f.probability, "positive": f.positive} for f in prediction.findings],
             "warnings": prediction.warnings,
         })
