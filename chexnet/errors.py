@@ -1,8 +1,29 @@
-"""The error protocol of the whole product (``chexnet`` and ``licensing``): every error carries a
-stable ``code`` (the REST API's error code), the HTTP status an API answers with, one sentence a
-person can act on, and the response headers it calls for (``Retry-After``). Callers catch
-:class:`ServiceError` once; the API turns it into JSON in one place, and the OpenAPI document lists
-the codes of these classes rather than a hand-typed list."""
+"""The error protocol of the product: every error carries a stable ``code`` (the REST API's error code),
+the HTTP ``status`` an API answers with, one ``message`` a person can act on, and the response ``headers``
+it calls for (``Retry-After``). :class:`ServiceError` is the base of ``chexnet``'s errors; ``licensing``,
+which imports nothing from ``chexnet``, has its own base with the same protocol
+(``licensing.errors.LicensingError``). Callers catch a base once; the API turns both into the same JSON
+in one place, and the OpenAPI document lists the codes of an explicit table of these classes rather than
+a hand-typed list."""
+
+from typing import Protocol
+
+
+class ErrorProtocol(Protocol):
+    """What an API needs of an error to answer with it: :class:`ServiceError` and
+    ``licensing.errors.LicensingError`` both have it."""
+
+    code: str
+    status: int
+    message: str
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+
+def error_body(err: ErrorProtocol, request_id: str | None = None) -> dict:
+    """The JSON error body of the REST API."""
+    return {"error": {"code": err.code, "message": err.message, "request_id": request_id}}
 
 
 class ServiceError(Exception):
@@ -21,15 +42,7 @@ class ServiceError(Exception):
         return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}
 
     def body(self, request_id: str | None = None) -> dict:
-        return {"error": {"code": self.code, "message": self.message, "request_id": request_id}}
-
-
-def error_classes(root: type[ServiceError] = ServiceError) -> list[type[ServiceError]]:
-    """Every error class defined so far (import the modules that define them first)."""
-    found = [root]
-    for sub in root.__subclasses__():
-        found.extend(error_classes(sub))
-    return found
+        return error_body(self, request_id)
 
 
 class ChexnetError(ServiceError):

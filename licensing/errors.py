@@ -1,10 +1,27 @@
-"""Licence errors, in the product's one error protocol (:class:`chexnet.errors.ServiceError`);
-callers catch :class:`LicenseError` once."""
+"""Licence errors. ``licensing`` stands alone (it imports nothing from ``chexnet``), so it has its own
+base, :class:`LicensingError`, with the product's error protocol, the one ``chexnet.errors.ServiceError``
+has: a stable ``code``, the HTTP ``status`` an API answers with, one ``message`` a person can act on and
+the response ``headers`` it calls for. An API maps both bases to the same JSON error body; callers of the
+token checks catch :class:`LicenseError` once."""
 
-from chexnet.errors import ServiceError
+
+class LicensingError(Exception):
+    """Base of every ``licensing`` failure: a code, an HTTP status, one actionable sentence and its headers."""
+
+    code = "internal_error"
+    status = 500
+    retry_after_s: int | None = None
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}
 
 
-class LicenseError(ServiceError):
+class LicenseError(LicensingError):
     """Base: a licence failure with a code, an HTTP status, one actionable sentence and the response
     headers it calls for. No header ever carries client-supplied text."""
 

@@ -1,7 +1,8 @@
 """One JSON error shape for every failure (DESIGN.md): API clients never see HTML or a traceback.
 
-Every failure becomes a :class:`chexnet.errors.ServiceError` (werkzeug's HTTP errors are mapped to the
-classes below) and one handler writes it with :func:`error_response`.
+Every failure becomes an error of the product's protocol (:class:`chexnet.errors.ErrorProtocol`): a
+:class:`chexnet.errors.ServiceError`, a :class:`licensing.errors.LicensingError`, or one of the classes
+below that werkzeug's HTTP errors are mapped to; one handler writes both bases with :func:`error_response`.
 """
 
 import logging
@@ -9,8 +10,9 @@ import logging
 from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
-from chexnet.errors import PayloadTooLarge, ServiceError
+from chexnet.errors import ErrorProtocol, PayloadTooLarge, ServiceError, error_body
 from chexnet.imaging.types import UPLOAD_SETTING
+from licensing.errors import LicensingError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,12 @@ class MethodNotAllowed(ServiceError):
         return {"Allow": ", ".join(self.allowed)} if self.allowed else {}
 
 
-def error_response(err: ServiceError) -> Response:
-    response = jsonify(err.body(g.get("request_id")))
+# The bases of the errors the API answers with, each in the same JSON (error_response).
+ERROR_BASES: tuple[type[Exception], ...] = (ServiceError, LicensingError)
+
+
+def error_response(err: ErrorProtocol) -> Response:
+    response = jsonify(error_body(err, g.get("request_id")))
     response.status_code = err.status
     response.headers.update(err.headers)
     return response
@@ -74,6 +80,7 @@ def _unexpected(err: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(ServiceError, error_response)
+    for base in ERROR_BASES:
+        app.register_error_handler(base, error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -1,16 +1,27 @@
 """The OpenAPI 3.1 document of the REST API. Tests validate real responses against these schemas, and
-schemathesis tests the served API against it. Error codes come from the error classes
-(:func:`chexnet.errors.error_classes`), engines from the engine table, option enums from the options
-module, and model ids and label codes from the models the server has loaded."""
+schemathesis tests the served API against it. Error codes come from the table of error classes the API
+answers with (:data:`API_ERRORS`), engines from the engine table, option enums from the options module,
+and model ids and label codes from the models the server has loaded."""
 
-import licensing.errors  # noqa: F401  (defines the licence error classes)
-from chexnet import __version__
-from chexnet.api import errors as _api_errors  # noqa: F401  (defines the HTTP error classes)
+from chexnet import __version__, errors
+from chexnet.api import errors as api_errors
 from chexnet.eligibility import WARNINGS
 from chexnet.engines import DEVICES, ENGINES, PRECISIONS
-from chexnet.errors import error_classes
+from chexnet.errors import ErrorProtocol
 from chexnet.heatmap import FORMATS
 from chexnet.options import HEATMAP_MODES, OUTPUTS
+from licensing import errors as licence_errors
+
+# Every error class the API answers with (a new one is added here; a test checks none is missing).
+API_ERRORS: tuple[type[ErrorProtocol], ...] = (
+    errors.ServiceError, errors.InvalidImage, errors.UnsupportedMediaType, errors.PayloadTooLarge,
+    errors.InvalidOption, errors.ModelNotFound, errors.BundleError, errors.EngineUnavailable, errors.Overloaded,
+    errors.NotReady,
+    api_errors.BadRequest, api_errors.NotFound, api_errors.MethodNotAllowed,
+    licence_errors.TokenMissing, licence_errors.TokenInvalid, licence_errors.TokenExpired,
+    licence_errors.TokenRevoked, licence_errors.WrongHost, licence_errors.ModelNotLicensed,
+    licence_errors.LicenseConfigError, licence_errors.LicenseNotReady,
+)
 
 # Statuses nginx answers by itself in front of the service (nginx/errors.conf), with their codes.
 NGINX_ERRORS = {400: ["bad_request"], 404: ["not_found"], 405: ["method_not_allowed"], 413: ["payload_too_large"],
@@ -20,7 +31,7 @@ NGINX_ERRORS = {400: ["bad_request"], 404: ["not_found"], 405: ["method_not_allo
 
 def error_codes_by_status() -> dict[int, list[str]]:
     found: dict[int, set[str]] = {}
-    for cls in error_classes():
+    for cls in API_ERRORS:
         found.setdefault(cls.status, set()).add(cls.code)
     for status, codes in NGINX_ERRORS.items():
         found.setdefault(status, set()).update(codes)

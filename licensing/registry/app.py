@@ -1,6 +1,8 @@
 """Flask app: staff sign in, register servers, issue, list, search and revoke tokens, download the
-signed revocation list. HTML pages and a JSON API (under /api) share one session and CSRF token.
-The private key never leaves the process: no route returns it."""
+signed revocation list. Three blueprints, ``auth`` (sign in and out), ``pages`` (HTML) and ``api`` (JSON
+under /api), share one session and CSRF token; every refusal is a :class:`RegistryError` that one handler
+answers as JSON under /api and as a page elsewhere. The private key never leaves the process: no route
+returns it."""
 
 import functools
 import re
@@ -8,12 +10,14 @@ import secrets
 import sqlite3
 
 import jwt
-from flask import Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
+from flask import (Blueprint, Flask, abort, current_app, flash, g, jsonify, redirect, render_template, request,
+                   session, url_for)
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from werkzeug.exceptions import HTTPException
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from licensing.host import normalise
+from licensing.registry.errors import CsrfFailed, HttpError, InputError, LoginRequired, RegistryError
 from licensing.registry.settings import RegistrySettings, SettingsError
 from licensing.registry.store import MAX_ACTOR, MAX_TEXT, Store, StoreError, bounded
 from licensing.registry.throttle import SignInThrottle
@@ -24,9 +28,9 @@ MAX_DAYS = 3660
 MAX_FEATURES = 32
 FEATURE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-
-class InputError(Exception):
-    pass
+auth = Blueprint("auth", __name__)
+pages = Blueprint("pages", __name__)
+api = Blueprint("api", __name__, url_prefix="/api")
 
 
 def create_app(settings: RegistrySettings) -> Flask:
@@ -46,9 +50,8 @@ def create_app(settings: RegistrySettings) -> Flask:
         "dummy_hash": generate_password_hash(secrets.token_hex(16), method=settings.hash_method()),
     }
     _register_errors(app)
-    _register_auth(app)
-    _register_pages(app)
-    _register_api(app)
+    for blueprint in (auth, pages, api):
+        app.register_blueprint(blueprint)
     return app
 
 
@@ -69,34 +72,25 @@ def login_required(view):
         user = _signed_in_user()
         if user is None:
             session.clear()
-            if request.path.startswith("/api/"):
-                return jsonify(error={"code": "login_required", "message": "Sign in first (POST /login)."}), 401
-            return redirect(url_for("login", next=request.path))
+            raise LoginRequired("Sign in first (POST /login).")
         g.user = user
         return view(*args, **kwargs)
 
     return wrapper
 
 
+def error_response(err: RegistryError):
+    """The one answer to a refusal: its protocol as JSON under /api (unknown /api paths too), else its page."""
+    if request.path.startswith("/api/"):
+        return jsonify(error={"code": err.code, "message": err.message}), err.status, err.headers
+    return err.page()
+
+
 def _register_errors(app: Flask) -> None:
-    @app.errorhandler(CSRFError)
-    def csrf_error(err):
-        if request.path.startswith("/api/"):
-            return jsonify(error={"code": "csrf_failed", "message": f"{err.description} Send X-CSRFToken from GET /api/csrf."}), 400
-        return render_template("message.html", title="Form expired", message=err.description), 400
-
-    @app.errorhandler(InputError)
-    def input_error(err):
-        if request.path.startswith("/api/"):
-            return jsonify(error={"code": "invalid_input", "message": str(err)}), 422
-        flash(str(err), "error")
-        return redirect(url_for("index"))
-
-    @app.errorhandler(HTTPException)
-    def http_error(err):
-        if request.path.startswith("/api/"):
-            return jsonify(error={"code": err.name.lower().replace(" ", "_"), "message": err.description}), err.code
-        return render_template("message.html", title=err.name, message=err.description), err.code
+    # App-wide, not per blueprint: unknown paths and methods (404, 405) match no blueprint.
+    app.register_error_handler(RegistryError, error_response)
+    app.register_error_handler(CSRFError, lambda err: error_response(CsrfFailed(err.description)))
+    app.register_error_handler(HTTPException, lambda err: error_response(HttpError(err)))
 
 
 def _page_after_sign_in(target: str) -> str:
@@ -105,42 +99,42 @@ def _page_after_sign_in(target: str) -> str:
     try:
         endpoint, values = current_app.create_url_adapter(request).match(target, method="GET")
     except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect
-        return url_for("index")
+        return url_for("pages.index")
     return url_for(endpoint, **values)
 
 
-def _register_auth(app: Flask) -> None:
-    @app.route("/login", methods=["GET", "POST"])
-    def login():
-        if request.method == "GET":
-            return render_template("login.html")
-        ctx, address = _ctx(), request.remote_addr or "?"
-        user, password = bounded(request.form.get("username", ""), MAX_ACTOR), request.form.get("password", "")[:1024]
-        wait = ctx["throttle"].retry_after(user, address)
-        if wait:
-            ctx["store"].audit(user or "?", "login.throttled", {"remote": address})
-            flash(f"Too many failed sign-ins for this user or from this address; try again in {wait // 60 + 1} minutes.", "error")
-            return render_template("login.html"), 429, {"Retry-After": str(wait)}
-        stored = ctx["settings"].users.get(user)
-        valid = check_password_hash(stored or ctx["dummy_hash"], password) and stored is not None
-        if not valid:
-            ctx["throttle"].failed(user, address)
-            ctx["store"].audit(user or "?", "login.failed", {"remote": address})
-            flash("Unknown user or wrong password.", "error")
-            return render_template("login.html"), 401
-        ctx["throttle"].succeeded(user)
-        session.clear()
-        session["sid"] = ctx["store"].create_session(user)  # server-side: sign-out ends it for every copy of the cookie
-        ctx["store"].audit(user, "login", {"remote": address})
-        return redirect(_page_after_sign_in(request.args.get("next", "")))
+@auth.route("/login", methods=["GET", "POST"])
+def login():
+    if request.method == "GET":
+        return render_template("login.html")
+    ctx, address = _ctx(), request.remote_addr or "?"
+    user, password = bounded(request.form.get("username", ""), MAX_ACTOR), request.form.get("password", "")[:1024]
+    wait = ctx["throttle"].retry_after(user, address)
+    if wait:
+        ctx["store"].audit(user or "?", "login.throttled", {"remote": address})
+        flash(f"Too many failed sign-ins for this user or from this address; try again in {wait // 60 + 1} minutes.", "error")
+        return render_template("login.html"), 429, {"Retry-After": str(wait)}
+    stored = ctx["settings"].users.get(user)
+    valid = check_password_hash(stored or ctx["dummy_hash"], password) and stored is not None
+    if not valid:
+        ctx["throttle"].failed(user, address)
+        ctx["store"].audit(user or "?", "login.failed", {"remote": address})
+        flash("Unknown user or wrong password.", "error")
+        return render_template("login.html"), 401
+    ctx["throttle"].succeeded(user)
+    session.clear()
+    session["sid"] = ctx["store"].create_session(user)  # server-side: sign-out ends it for every copy of the cookie
+    ctx["store"].audit(user, "login", {"remote": address})
+    return redirect(_page_after_sign_in(request.args.get("next", "")))
 
-    @app.post("/logout")
-    @login_required
-    def logout():
-        _ctx()["store"].audit(g.user, "logout", {})
-        _ctx()["store"].end_session(session["sid"])
-        session.clear()
-        return redirect(url_for("login"))
+
+@auth.post("/logout")
+@login_required
+def logout():
+    _ctx()["store"].audit(g.user, "logout", {})
+    _ctx()["store"].end_session(session["sid"])
+    session.clear()
+    return redirect(url_for("auth.login"))
 
 
 def _text(form, name: str) -> str:
@@ -214,94 +208,104 @@ def _revocation_list() -> str:
     return sign_revocation_list(_ctx()["key"], store.revoked_jtis(), [], kid=_ctx()["settings"].kid) + "\n"
 
 
-def _register_pages(app: Flask) -> None:
-    @app.get("/")
-    @login_required
-    def index():
-        store, query = _ctx()["store"], request.args.get("q", "").strip()[:MAX_TEXT]
-        return render_template("index.html", servers=store.servers(), tokens=store.tokens(query), query=query)
-
-    @app.post("/servers")
-    @login_required
-    def register_server():
-        customer, site, product_uuid = _server_form(request.form)
-        try:
-            _ctx()["store"].add_server(g.user, customer, site, product_uuid)
-        except sqlite3.IntegrityError as exc:  # one server per product_uuid
-            raise InputError(f"Server {product_uuid} is already registered.") from exc
-        flash(f"Registered {customer} / {site}.", "ok")
-        return redirect(url_for("index"))
-
-    @app.post("/tokens")
-    @login_required
-    def issue():
-        claims, token = _issue(request.form)
-        # The only time the token is shown: the registry keeps its sha256, never the token.
-        return render_template("issued.html", claims=claims, token=token), 200, {"Cache-Control": "no-store"}
-
-    @app.post("/tokens/<jti>/revoke")
-    @login_required
-    def revoke(jti):
-        _revoke(jti)
-        flash(f"Revoked {jti}. Download the revocation list and install it on the server.", "ok")
-        return redirect(url_for("index"))
-
-    @app.get("/revocations.jwt")
-    @login_required
-    def revocations():
-        return _revocation_list(), 200, {"Content-Type": "application/jwt",
-                                         "Content-Disposition": "attachment; filename=revocations.jwt"}
-
-    @app.get("/audit")
-    @login_required
-    def audit():
-        return render_template("audit.html", rows=_ctx()["store"].audit_trail())
+@pages.get("/")
+@login_required
+def index():
+    store, query = _ctx()["store"], request.args.get("q", "").strip()[:MAX_TEXT]
+    return render_template("index.html", servers=store.servers(), tokens=store.tokens(query), query=query)
 
 
-def _register_api(app: Flask) -> None:
-    @app.get("/api/csrf")
-    @login_required
-    def csrf():
-        return jsonify(csrf_token=generate_csrf())
+@pages.post("/servers")
+@login_required
+def register_server():
+    customer, site, product_uuid = _server_form(request.form)
+    try:
+        _ctx()["store"].add_server(g.user, customer, site, product_uuid)
+    except sqlite3.IntegrityError as exc:  # one server per product_uuid
+        raise InputError(f"Server {product_uuid} is already registered.") from exc
+    flash(f"Registered {customer} / {site}.", "ok")
+    return redirect(url_for("pages.index"))
 
-    @app.get("/api/servers")
-    @login_required
-    def api_servers():
-        return jsonify(servers=_ctx()["store"].servers())
 
-    @app.post("/api/servers")
-    @login_required
-    def api_register_server():
-        customer, site, product_uuid = _server_form(request.get_json(silent=True) or {})
-        try:
-            server_id = _ctx()["store"].add_server(g.user, customer, site, product_uuid)
-        except sqlite3.IntegrityError as exc:
-            raise InputError(f"Server {product_uuid} is already registered.") from exc
-        return jsonify(id=server_id, customer=customer, site=site, product_uuid=product_uuid), 201
+@pages.post("/tokens")
+@login_required
+def issue():
+    claims, token = _issue(request.form)
+    # The only time the token is shown: the registry keeps its sha256, never the token.
+    return render_template("issued.html", claims=claims, token=token), 200, {"Cache-Control": "no-store"}
 
-    @app.get("/api/tokens")
-    @login_required
-    def api_tokens():
-        return jsonify(tokens=_ctx()["store"].tokens(request.args.get("q", "").strip()[:MAX_TEXT]))
 
-    @app.post("/api/tokens")
-    @login_required
-    def api_issue():
-        claims, token = _issue(request.get_json(silent=True) or {})
-        return jsonify(token=token, claims=claims), 201, {"Cache-Control": "no-store"}
+@pages.post("/tokens/<jti>/revoke")
+@login_required
+def revoke(jti):
+    _revoke(jti)
+    flash(f"Revoked {jti}. Download the revocation list and install it on the server.", "ok")
+    return redirect(url_for("pages.index"))
 
-    @app.post("/api/tokens/<jti>/revoke")
-    @login_required
-    def api_revoke(jti):
-        _revoke(jti)
-        return jsonify(jti=jti, revoked=True)
 
-    @app.get("/api/revocations")
-    @login_required
-    def api_revocations():
-        return jsonify(revocation_list=_revocation_list().strip())
+@pages.get("/revocations.jwt")
+@login_required
+def revocations():
+    return _revocation_list(), 200, {"Content-Type": "application/jwt",
+                                     "Content-Disposition": "attachment; filename=revocations.jwt"}
 
-    @app.get("/api/audit")
-    @login_required
-    def api_audit():
-        return jsonify(audit=_ctx()["store"].audit_trail())
+
+@pages.get("/audit")
+@login_required
+def audit():
+    return render_template("audit.html", rows=_ctx()["store"].audit_trail())
+
+
+@api.get("/csrf")
+@login_required
+def csrf():
+    return jsonify(csrf_token=generate_csrf())
+
+
+@api.get("/servers")
+@login_required
+def api_servers():
+    return jsonify(servers=_ctx()["store"].servers())
+
+
+@api.post("/servers")
+@login_required
+def api_register_server():
+    customer, site, product_uuid = _server_form(request.get_json(silent=True) or {})
+    try:
+        server_id = _ctx()["store"].add_server(g.user, customer, site, product_uuid)
+    except sqlite3.IntegrityError as exc:
+        raise InputError(f"Server {product_uuid} is already registered.") from exc
+    return jsonify(id=server_id, customer=customer, site=site, product_uuid=product_uuid), 201
+
+
+@api.get("/tokens")
+@login_required
+def api_tokens():
+    return jsonify(tokens=_ctx()["store"].tokens(request.args.get("q", "").strip()[:MAX_TEXT]))
+
+
+@api.post("/tokens")
+@login_required
+def api_issue():
+    claims, token = _issue(request.get_json(silent=True) or {})
+    return jsonify(token=token, claims=claims), 201, {"Cache-Control": "no-store"}
+
+
+@api.post("/tokens/<jti>/revoke")
+@login_required
+def api_revoke(jti):
+    _revoke(jti)
+    return jsonify(jti=jti, revoked=True)
+
+
+@api.get("/revocations")
+@login_required
+def api_revocations():
+    return jsonify(revocation_list=_revocation_list().strip())
+
+
+@api.get("/audit")
+@login_required
+def api_audit():
+    return jsonify(audit=_ctx()["store"].audit_trail())
