@@ -10,6 +10,7 @@ import jwt
 from licensing.errors import LicenseError
 from licensing.host import DEFAULT_UUID_FILE, read_host_uuid
 from licensing.keys import TrustedKeys, generate, load_private_key
+from licensing.tokens import DEFAULT_LEEWAY_S
 
 
 def _keygen(args) -> int:
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--product-uuid", help="the server to check against (default: this host's)")
     p.add_argument("--product-uuid-file", default=DEFAULT_UUID_FILE)
     p.add_argument("--revocation-list")
-    p.add_argument("--leeway", type=float, default=120, help="clock drift allowed, seconds")
+    p.add_argument("--leeway", type=float, default=DEFAULT_LEEWAY_S, help="clock drift allowed, seconds")
     p.add_argument("token")
     p.set_defaults(func=_verify)
 

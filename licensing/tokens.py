@@ -28,6 +28,11 @@ REQUIRED_CLAIMS = ("iss", "aud", "sub", "customer", "product_uuid", "features", 
 MAX_TOKEN_LENGTH = 4096
 HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII: nothing a client sends is echoed, but bound it
 DEFAULT_LEEWAY_S = 120
+# A token's exp and nbf are stretched by the leeway, so the leeway is how long an expired licence keeps
+# working. It is there for clock drift between the vendor's clock and this host's, which NTP keeps under a
+# second and an unsynchronised hardware clock under a minute a month; five minutes is Kerberos's
+# maximum clock skew (RFC 4120), a long-standing bound for the same problem. More is not drift.
+MAX_LEEWAY_S = 300
 MAX_CLUSTER_NODES = 64
 
 

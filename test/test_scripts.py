@@ -930,8 +930,44 @@ def test_package_offline_packs_root_s_files_with_a_sequence_that_the_installer_r
     shutil.copy(f"{tarball}.sig", unpacked)
     assert _run("tar", "-C", unpacked, "--no-same-owner", "--no-same-permissions", "-xzf", tarball).returncode == 0
     assert (unpacked / "chexnet-offline-0.0.3-cpu/SEQUENCE").read_text() == "300\n"
+    # The licence key's file name is its kid, derived by openssl in the packer as licensing derives it.
+    from licensing.keys import key_id, load_public_key
+    kid = key_id(load_public_key(tmp_path / "vendor_public.pem"))
+    assert [p.name for p in (unpacked / "chexnet-offline-0.0.3-cpu/license/keys").iterdir()] == [f"{kid}.pem"]
     loaded = _run("bash", unpacked / "chexnet-offline-0.0.3-cpu/scripts/load-images.sh", "--vendor-key", tree / "dist/vendor_package.crt", env=env)
     assert loaded.returncode == 0 and "tarball verified" in loaded.stderr, loaded.stderr
     archive = unpacked / "chexnet-offline-0.0.3-cpu/images/chexnet-0.0.3-cpu.tar.gz"
     assert _run_bytes("pigz", "-dc", archive) == b"image bytes"
     assert _loaded(folder) == [f"{hashlib.sha256(archive.read_bytes()).hexdigest()} 700 0"]
+
+
+# --- one rule, one default: the installers' copies of the service's rules are pinned to them ------------
+
+def _defined(path: str, pattern: str) -> list[str]:
+    """Each value PATTERN's group captures in the file at PATH (relative to the repository)."""
+    return re.findall(pattern, (ROOT / path).read_text(), re.M)
+
+
+def test_the_installers_rules_and_defaults_are_the_services():
+    from chexnet.dicom_node.settings import AE_TITLE, DICOM_PORT
+    from licensing.host import DEFAULT_UUID_FILE
+    from licensing.tokens import DEFAULT_LEEWAY_S
+
+    # The AE-title rule: each DICOM option of both installers, and the node's own reading of .env.
+    ae = re.escape(AE_TITLE.pattern)
+    assert len(_defined("deployment_template/install.sh", rf"\^{ae}[@(,$]")) == 3
+    assert len(_defined("deployment_template/install.ps1", rf"'\^{ae}[@(,\\]")) == 3
+    # The DICOM port: the node's default, the container port compose publishes, the host port's defaults.
+    assert _defined("deployment_template/docker-compose.yml", r'CHEXNET_DICOM_PORT: "(\d+)"') == [str(DICOM_PORT)]
+    assert _defined("deployment_template/docker-compose.yml", r"\$\{DICOM_PORT:-(\d+)\}:(\d+)") == [(str(DICOM_PORT),) * 2]
+    assert _defined("deployment_template/.env.example", r"^DICOM_PORT=(\d+)$") == [str(DICOM_PORT)]
+    assert _defined("deployment_template/install.sh", r"setting DICOM_PORT (\d+)") == [str(DICOM_PORT)]
+    assert _defined("deployment_template/install.ps1", r"Get-Setting 'DICOM_PORT' '(\d+)'") == [str(DICOM_PORT)]
+    # Where the host's identity is read.
+    for path in ("deployment_template/install.sh", "scripts/preflight.sh", "scripts/swarm-node.sh", "scripts/dev-up.sh"):
+        assert _defined(path, r"^UUID_FILE=(\S+)$") == [DEFAULT_UUID_FILE], path
+    assert _defined("scripts/product-uuid.sh", r'file="\$\{1:-([^}]+)\}"') == [DEFAULT_UUID_FILE]
+    # The licence clock leeway.
+    assert _defined("deployment_template/.env.example", r"^CHEXNET_LICENSE_LEEWAY_S=(\d+)$") == [str(DEFAULT_LEEWAY_S)]
+    for path in ("deployment_template/docker-compose.yml", "deployment_template/docker-stack.yml"):
+        assert set(_defined(path, r"\$\{CHEXNET_LICENSE_LEEWAY_S:-(\d+)\}")) == {str(DEFAULT_LEEWAY_S)}, path

@@ -14,14 +14,13 @@ from chexnet.cpu import CGROUP_MEMORY_LIMITS, MemoryLimit, available_cores, avai
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from licensing.environment import Environment
+from licensing.host import DEFAULT_UUID_FILE
+from licensing.tokens import DEFAULT_LEEWAY_S, MAX_LEEWAY_S
 
 
 _UID_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
-# A token's exp and nbf are stretched by the leeway, so the leeway is how long an expired licence keeps
-# working. It is there for clock drift between the vendor's clock and this host's, which NTP keeps under a
-# second and an unsynchronised hardware clock under a minute a month; five minutes is Kerberos's
-# maximum clock skew (RFC 4120), a long-standing bound for the same problem. More is not drift.
-MAX_LICENSE_LEEWAY_S = 300
+MAX_LICENSE_LEEWAY_S = MAX_LEEWAY_S
 
 
 @dataclass(frozen=True)
@@ -64,11 +63,11 @@ class Settings:
     default_model: str | None = None
     engine: str = DEFAULT_ENGINE  # each image declares its own (CHEXNET_ENGINE in its Dockerfile)
     device: str = "auto"
-    product_uuid_file: str = "/sys/class/dmi/id/product_uuid"
+    product_uuid_file: str = DEFAULT_UUID_FILE
     node_name: str = ""  # in a cluster: this node's hostname, whose line of product_uuid_file is read
     revocation_list: str | None = None
     revocation_state: str | None = None  # None: revocation-state.json beside the audit log
-    license_leeway_s: int = 120
+    license_leeway_s: int = DEFAULT_LEEWAY_S
     max_upload_mb: int = DEFAULT_MAX_BYTES // 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
     audit_log: str = "logs/audit.jsonl"
@@ -92,42 +91,25 @@ class Settings:
                  memory_limit_files: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> "Settings":
         """The settings, checked against the memory this process is given (read from
         memory_limit_files, chexnet.cpu.available_memory): see :meth:`fitted`."""
-        def get(name: str, default=None):
-            value = env.get(f"CHEXNET_{name}")
-            return default if value is None or value.strip() == "" else value.strip()
-
-        def bounded(name: str, low, high, parse=int):
-            default = getattr(cls, name.lower())
-            raw = get(name, str(default))
-            try:
-                value = parse(raw)
-            except ValueError:
-                kind = "a whole number" if parse is int else "a number"
-                raise SettingsError(f"CHEXNET_{name} must be {kind}, not '{raw}'.") from None
-            if not low <= value <= high:
-                raise SettingsError(f"CHEXNET_{name} must be between {low} and {high}, not {value}.")
-            return value
+        env_ = Environment(env, "CHEXNET_", SettingsError)
+        get = env_.text
 
         def integer(name: str, low: int, high: int) -> int:
-            return bounded(name, low, high, int)
+            return env_.integer(name, getattr(cls, name.lower()), low, high)
 
         def number(name: str, low: float, high: float) -> float:
-            return bounded(name, low, high, float)
+            return env_.number(name, getattr(cls, name.lower()), low, high)
 
         def choice(name: str, allowed) -> str:
-            value = get(name, getattr(cls, name.lower()))
-            if value not in allowed:
-                raise SettingsError(f"CHEXNET_{name} must be one of {', '.join(allowed)}, not '{value}'.")
-            return value
+            return env_.choice(name, getattr(cls, name.lower()), allowed)
 
-        license_keys = get("LICENSE_KEYS")
-        if not license_keys:
-            raise SettingsError("CHEXNET_LICENSE_KEYS must name the vendor public key file or a directory of <kid>.pem files.")
+        license_keys = env_.required("LICENSE_KEYS", "must name the vendor public key file or a directory of <kid>.pem files.")
         models_dir = get("MODELS_DIR", cls.models_dir)
+        assert models_dir is not None
         if not Path(models_dir).is_dir():
             raise SettingsError(f"CHEXNET_MODELS_DIR '{models_dir}' is not a directory of model bundles.")
         models = tuple(m.strip() for m in (get("MODELS", "") or "").split(",") if m.strip())
-        uid_root = get("DICOM_UID_ROOT", cls.dicom_uid_root).rstrip(".") + "."
+        uid_root = (get("DICOM_UID_ROOT", cls.dicom_uid_root) or "").rstrip(".") + "."
         if not _UID_ROOT.match(uid_root) or len(uid_root) > 40:
             raise SettingsError(f"CHEXNET_DICOM_UID_ROOT must be a UID root of digits and dots (at most 40 "
                                 f"characters, e.g. 1.2.826.0.1.3680043.8.498), not '{uid_root[:64]}'.")
@@ -135,7 +117,7 @@ class Settings:
             license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
             engine=choice("ENGINE", tuple(ENGINES)), device=choice("DEVICE", DEVICES),
             product_uuid_file=get("PRODUCT_UUID_FILE", cls.product_uuid_file),
-            node_name=get("NODE_NAME", cls.node_name).strip(),
+            node_name=get("NODE_NAME", cls.node_name) or "",
             revocation_list=get("REVOCATION_LIST"), revocation_state=get("REVOCATION_STATE"),
             license_leeway_s=integer("LICENSE_LEEWAY_S", 0, MAX_LICENSE_LEEWAY_S),
             max_upload_mb=integer("MAX_UPLOAD_MB", 1, 1024),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from werkzeug.security import DEFAULT_PBKDF2_ITERATIONS
 
+from licensing.environment import Environment
 from licensing.errors import LicenseError
 from licensing.keys import load_private_key
 
@@ -115,28 +116,18 @@ def _users(env) -> tuple[str, dict[str, str]]:
 
 
 def from_env(env=os.environ) -> RegistrySettings:
-    key = env.get("LICENSING_PRIVATE_KEY")
-    if not key:
-        raise SettingsError("LICENSING_PRIVATE_KEY must name the vendor's Ed25519 private key file.")
-    def number(name: str, default: str, low: float, high: float) -> float:
-        try:
-            value = float(env.get(name, default))
-        except ValueError:
-            raise SettingsError(f"{name} must be a number.") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{name} must be between {low:g} and {high:g}.")
-        return value
-
-    port = int(number("LICENSING_PORT", "8090", 1, 65535))
+    read = Environment(env, "LICENSING_", SettingsError)
+    key = read.required("PRIVATE_KEY", "must name the vendor's Ed25519 private key file.")
     users_variable, users = _users(env)
     settings = RegistrySettings(
         private_key_path=key, users=users, users_variable=users_variable,
-        db_path=env.get("LICENSING_DB", "registry.sqlite3"),
-        secret_key=env.get("LICENSING_SECRET_KEY") or secrets.token_hex(32),
-        host=env.get("LICENSING_HOST", "127.0.0.1"), port=port, kid=env.get("LICENSING_KID") or None,
-        session_cookie_secure=env.get("LICENSING_INSECURE_COOKIES", "") != "1",
-        session_idle_s=60 * number("LICENSING_SESSION_IDLE_MIN", "30", 1, 24 * 60),
-        session_max_s=3600 * number("LICENSING_SESSION_MAX_HOURS", "12", 1, 24 * 7),
+        db_path=read.text("DB", "registry.sqlite3") or "registry.sqlite3",
+        secret_key=read.text("SECRET_KEY") or secrets.token_hex(32),
+        host=read.text("HOST", "127.0.0.1") or "127.0.0.1", port=read.integer("PORT", 8090, 1, 65535),
+        kid=read.text("KID"),
+        session_cookie_secure=read.text("INSECURE_COOKIES", "") != "1",
+        session_idle_s=60 * read.number("SESSION_IDLE_MIN", 30, 1, 24 * 60),
+        session_max_s=3600 * read.number("SESSION_MAX_HOURS", 12, 1, 24 * 7),
     )
     settings.signing_key()  # refuse to start with a key others can read
     return settings
