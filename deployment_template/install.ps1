@@ -119,13 +119,13 @@ function Test-EnvValue([string]$Name, [string]$Value) {
     $plain = $Value.Length -le 1024
     foreach ($c in $Value.ToCharArray()) { if ($EnvValueChars.IndexOf($c) -lt 0) { $plain = $false } }
     if (-not $plain) {
-        throw "$Name in $envFile may hold only letters, digits and . _ , : @ / + = - (no quotes, '`$', backquotes, spaces or line breaks, at most 1024 characters); write the value plainly."
+        throw "$Name in $Dir\.env may hold only letters, digits and . _ , : @ / + = - (no quotes, '`$', backquotes, spaces or line breaks, at most 1024 characters); write the value plainly."
     }
     if ($Value.Length -eq 0) { return }
     foreach ($entry in $EnvRules) {
         if ($entry.Names -cnotcontains $Name) { continue }
         if ($entry.Range) { $good = Test-InRange $Value $entry.Range[0] $entry.Range[1] } else { $good = $Value -cmatch $entry.Pattern }
-        if (-not $good) { throw "$Name in $envFile must be $($entry.Rule)." }
+        if (-not $good) { throw "$Name in $Dir\.env must be $($entry.Rule)." }
     }
 }
 
@@ -212,8 +212,8 @@ function Get-Setting([string]$Name, [string]$Default) {
 
 # docker compose with the site's compose files, in Dir; throws when it fails. -Quiet: its output is handed
 # back and its error stream dropped (Windows PowerShell 5.1 makes a redirected error stream of a native
-# command a terminating error under 'Stop', so that is switched off here).
-function Invoke-Compose([string[]]$Arguments, [switch]$Quiet) {
+# command a terminating error under 'Stop', so that is switched off here). -InputText: what it reads.
+function Invoke-Compose([string[]]$Arguments, [switch]$Quiet, [string]$InputText) {
     $files = @('-f', 'docker-compose.yml')
     if ((Get-EnvValue 'CHEXNET_VARIANT') -ceq 'gpu') { $files += @('-f', 'docker-compose.gpu.yml') }
     Push-Location -LiteralPath $Dir
@@ -221,6 +221,8 @@ function Invoke-Compose([string[]]$Arguments, [switch]$Quiet) {
         if ($Quiet) {
             $ErrorActionPreference = 'Continue'
             & docker compose @files @Arguments 2>$null
+        } elseif ($InputText) {
+            $InputText | & docker compose @files @Arguments | Out-Host
         } else {
             & docker compose @files @Arguments | Out-Host
         }
@@ -412,11 +414,8 @@ function Invoke-Smoke {
     if (-not $TokenFile) { Write-Warning 'no -TokenFile: skipped the smoke prediction (install the PACS token and rerun, or run the QA script).'; return }
     Write-Host '==> smoke prediction through nginx'
     $token = [System.IO.File]::ReadAllText((Get-Item -LiteralPath $TokenFile -Force).FullName)
-    Push-Location -LiteralPath $Dir
-    try {
-        $token | & docker compose exec -T api python -m chexnet.api.smoke --url https://nginx:8443 | Out-Host
-        if ($LASTEXITCODE -ne 0) { throw 'the smoke prediction failed (see above).' }
-    } finally { Pop-Location }
+    try { Invoke-Compose @('exec', '-T', 'api', 'python', '-m', 'chexnet.api.smoke', '--url', 'https://nginx:8443') -InputText $token }
+    catch { throw 'the smoke prediction failed (see above).' }
 }
 
 try {
@@ -457,7 +456,7 @@ try {
         if ($previous -cne $version) { Write-Host "==> upgraded $previous -> $version" }
     } else {
         Set-Configuration
-        if (-not (Start-Version $version)) { throw "the API did not turn healthy; see the log lines above and $envFile." }
+        if (-not (Start-Version $version)) { throw "the API did not turn healthy; see the log lines above and $Dir\.env." }
     }
     Save-InstalledSequence $Dir
 

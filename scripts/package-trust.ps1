@@ -32,8 +32,8 @@ function New-PrivateSecurity([bool]$Folder, [string]$Sid = '', [string]$Rights =
         $inherit = [System.Security.AccessControl.InheritanceFlags]::None
     }
     $security.SetAccessRuleProtection($true, $false)
-    foreach ($sid in $script:AdminsSid, $script:SystemSid) {
-        $security.AddAccessRule((New-Object System.Security.AccessControl.FileSystemAccessRule -ArgumentList $sid, 'FullControl', $inherit, 'None', 'Allow'))
+    foreach ($builtin in $script:AdminsSid, $script:SystemSid) {
+        $security.AddAccessRule((New-Object System.Security.AccessControl.FileSystemAccessRule -ArgumentList $builtin, 'FullControl', $inherit, 'None', 'Allow'))
     }
     if ($Sid) {
         if (-not $SidInherits) { $inherit = [System.Security.AccessControl.InheritanceFlags]::None }

@@ -33,21 +33,24 @@ if ($LASTEXITCODE -ne 0 -or -not $dockerVersion) { Bad 'Docker Desktop is not ru
 elseif ([version]($dockerVersion -replace '[-+].*$', '') -ge [version]$versions.MIN_DOCKER_VERSION) { Ok "Docker $dockerVersion" }
 else { Bad "Docker $dockerVersion is older than $($versions.MIN_DOCKER_VERSION)" }
 
-$composeVersion = (Invoke-Quiet docker @('compose', 'version', '--short'))
+# Docker Desktop carries Compose v2 ('docker compose'); v1 ('docker-compose') is not used on Windows.
+$composeVersion = "$(Invoke-Quiet docker @('compose', 'version', '--short'))" -replace '^v', ''
 if ($LASTEXITCODE -ne 0 -or -not $composeVersion) { Bad "'docker compose' is not available (update Docker Desktop)" }
-else { Ok "Compose $composeVersion" }
+elseif ([version]($composeVersion -replace '[-+].*$', '') -ge [version]$versions.MIN_COMPOSE_V2_VERSION) { Ok "Compose $composeVersion (docker compose)" }
+else { Bad "Compose $composeVersion is older than $($versions.MIN_COMPOSE_V2_VERSION)" }
 
 # The drive that will hold Dir (Dir itself may not exist yet: nothing is created here).
 $drive = [System.IO.Path]::GetPathRoot($ExecutionContext.SessionState.Path.GetUnresolvedProviderPathFromPSPath($Dir)).TrimEnd('\').TrimEnd(':')
 $freeGb = [long][math]::Floor((Get-PSDrive -Name $drive).Free / 1GB)  # whole GB, rounded down as preflight.sh
-if ($freeGb -ge [int]$versions.MIN_DISK_GB) { Ok "$freeGb GB free on ${drive}:" } else { Bad "only $freeGb GB free on ${drive}:; $($versions.MIN_DISK_GB) GB needed" }
+if ($freeGb -ge [int]$versions.MIN_DISK_GB) { Ok "$freeGb GB free in $Dir" } else { Bad "only $freeGb GB free in $Dir; $($versions.MIN_DISK_GB) GB needed" }
 
 $ramGb = [long][math]::Floor((Get-CimInstance Win32_ComputerSystem).TotalPhysicalMemory / 1GB)
 if ($ramGb -ge [int]$versions.MIN_RAM_GB) { Ok "$ramGb GB RAM" } else { Bad "$ramGb GB RAM; $($versions.MIN_RAM_GB) GB needed" }
 
 foreach ($port in $Ports) {
     if (Get-NetTCPConnection -State Listen -LocalPort $port -ErrorAction SilentlyContinue) {
-        Bad "port $port is in use (IIS? stop it or set HTTPS_PORT/HTTP_PORT in .env)"
+        # On Windows that is often IIS (the field guide says so).
+        Bad "port $port is already in use (stop that service or set HTTPS_PORT/HTTP_PORT in .env)"
     } else { Ok "port $port free" }
 }
 
@@ -56,10 +59,10 @@ catch { Bad "cannot read the product UUID: $($_.Exception.Message)" }
 
 if ($Variant -eq 'gpu') {
     # Quoted: unquoted, PowerShell reads 'csv,noheader' as an array and hands nvidia-smi two arguments.
-    $driver = (Invoke-Quiet nvidia-smi @('--query-gpu=driver_version', '--format=csv,noheader') | Select-Object -First 1)
+    $driver = "$(@(Invoke-Quiet nvidia-smi @('--query-gpu=driver_version', '--format=csv,noheader'))[0])".Trim()
     if ($LASTEXITCODE -ne 0 -or -not $driver) { Bad "nvidia-smi found no GPU; install the NVIDIA driver (>= $($versions.MIN_NVIDIA_DRIVER_WINDOWS)) or use the cpu package" }
     elseif ([version]$driver -ge [version]$versions.MIN_NVIDIA_DRIVER_WINDOWS) { Ok "NVIDIA driver $driver" }
-    else { Bad "NVIDIA driver $driver is older than $($versions.MIN_NVIDIA_DRIVER_WINDOWS) (NVIDIA's minimum for CUDA 12.8 Update 1 on Windows)" }
+    else { Bad "NVIDIA driver $driver is older than $($versions.MIN_NVIDIA_DRIVER_WINDOWS)" }
 }
 
 if ($failed) { throw 'pre-flight found problems (above); nothing was changed.' }
