@@ -271,7 +271,9 @@ function Remove-PackageStaging {
 
 # The one line of Staged\File, if it matches Pattern; else throws. As package_value.
 function Get-PackageValue([string]$File, [string]$Pattern) {
-    $value = $script:Latin1.GetString([System.IO.File]::ReadAllBytes((Join-Path $script:Staged $File))).TrimEnd([char[]]@([char]10))
+    $path = Join-Path $script:Staged $File
+    $value = ''
+    if (Test-Path -LiteralPath $path -PathType Leaf) { $value = $script:Latin1.GetString([System.IO.File]::ReadAllBytes($path)).TrimEnd([char[]]@([char]10)) }
     if ($value -cnotmatch $Pattern) { throw "the package's $File is not valid; ask the vendor." }
     return $value
 }
@@ -377,7 +379,8 @@ function Save-InstalledSequence([string]$Dir) {
     $record = Join-Path $Dir '.package-sequence'
     [System.IO.File]::WriteAllText("$record.tmp", $text, (New-Object System.Text.UTF8Encoding $false))
     # In one step, as mv -f: File.Replace where a record exists, File.Move where none does.
-    if ([System.IO.File]::Exists($record)) { [System.IO.File]::Replace("$record.tmp", $record, $null) }
+    # [NullString]: PowerShell hands a .NET string parameter '' for $null, and '' is no 'no backup'.
+    if ([System.IO.File]::Exists($record)) { [System.IO.File]::Replace("$record.tmp", $record, [NullString]::Value) }
     else { [System.IO.File]::Move("$record.tmp", $record) }
 }
 
