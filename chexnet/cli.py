@@ -13,6 +13,7 @@ from chexnet.bundle.manifest import DEFAULT_MAX_DELTA, VARIANT_PRECISIONS
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES
 from chexnet.errors import ServiceError
 from chexnet.heatmap import FORMATS
+from chexnet.runtime import configure
 
 
 def _variants(args: argparse.Namespace):
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure()  # pydicom and highdicom as the product needs them, before any command reads DICOM
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

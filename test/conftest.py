@@ -6,6 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import chexnet
+
+chexnet.configure()  # as every entry point does (test_import_side_effects: importing alone changes nothing)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 NIH = SHARED_DATA / "nih"

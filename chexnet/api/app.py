@@ -7,6 +7,7 @@ from flask import Flask, g, request
 
 from chexnet.api import errors, routes
 from chexnet.api.observability import REQUEST_ID_HEADER, request_id_from_headers
+from chexnet.runtime import configure
 from chexnet.service import AuditLog, Metrics, Service, Settings
 from chexnet.service.observability import request_id
 from licensing import flask_auth
@@ -17,6 +18,7 @@ MULTIPART_OVERHEAD = 1 << 20
 
 
 def create_app(settings: Settings, *, start: bool = True) -> Flask:
+    configure()  # an application made here reads DICOM however it is served (idempotent)
     app = Flask(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD, JSON_SORT_KEYS=False)
     app.json.ensure_ascii = False

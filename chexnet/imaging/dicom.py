@@ -14,11 +14,8 @@ inverted → min-max to 0..255, applied a block at a time (:mod:`chexnet.imaging
 """
 
 import io
-import logging
 import math
-import re
 import struct
-import warnings
 import zlib
 from contextvars import ContextVar
 
@@ -28,7 +25,6 @@ from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offs
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom import filereader
 from pydicom.filereader import read_partial
-from pydicom.pixels import get_decoder
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
@@ -97,28 +93,10 @@ _DECODER_FAILURES = (RuntimeError, ValueError, AttributeError, TypeError, KeyErr
                      BytesLengthException)
 
 
-class RedactQuoted(logging.Filter):
-    """pydicom's warnings quote element values; the JSON log keeps the warning, not the value."""
-
-    _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self._QUOTED.sub("'…'", record.getMessage()), None
-        return True
-
-
-logging.getLogger("pydicom").addFilter(RedactQuoted())
-# The same warnings again through the warnings module would reach stderr with their values.
-warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
-# pydicom logs a full traceback for every codec plugin that fails before it raises; the failure
-# reaches the caller as one typed error instead, so those log records are noise (and tracebacks).
-logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
-get_decoder(JPEGExtended12Bit).add_plugin("chexnet-imagecodecs", ("chexnet.imaging.jpeg12", "_decode_frame"))
-# GDCM decodes only what nothing else here does (JPEG lossless): on inconsistent headers it can abort
-# the whole process (an uncaught C++ exception), so it never sees the syntaxes others decode.
-for _syntax in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000):
-    if "gdcm" in get_decoder(_syntax).available_plugins:
-        get_decoder(_syntax).remove_plugin("gdcm")
+class NotConfigured(Exception):
+    """DICOM is read only in a process where :func:`chexnet.configure` has put the element budget (and the
+    codec set-up) in place; an entry point that forgot it is refused, never served without the bound. Not
+    one of the decoder's failures, so it is never mistaken for a corrupt file."""
 
 
 def decode_dicom(data: bytes, limits: DecodeLimits, size: DecodeSize | None = None) -> DecodedImage:
@@ -174,6 +152,9 @@ def _source(ds: pydicom.Dataset) -> pydicom.Dataset:
 
 # --- reading ---------------------------------------------------------------------------------
 def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
+    if filereader.data_element_generator is not _installed:
+        raise NotConfigured("chexnet.configure() has not been called in this process (or pydicom's element "
+                            "generator was replaced since): DICOM is read only with the element budget in place.")
     syntax, body = _file_meta_syntax(data)
     if syntax == DeflatedExplicitVRLittleEndian:
         data = _inflate(data[body:], limits)  # a bare Explicit VR Little Endian dataset from here on
@@ -237,8 +218,17 @@ def _counted(generator):
     return counted
 
 
-# read_dataset looks the generator up at each call, for the top level and for every sequence item.
-filereader.data_element_generator = _counted(filereader.data_element_generator)
+_installed = None  # the counting generator install_element_budget() put in place
+
+
+def install_element_budget() -> None:
+    """Route pydicom's element generator through :func:`_counted` (by :func:`chexnet.configure`, never on
+    import); read_dataset looks the generator up at each call, for the top level and for every sequence
+    item. Idempotent: the generator is wrapped once."""
+    global _installed
+    if filereader.data_element_generator is not _installed:
+        _installed = _counted(filereader.data_element_generator)
+        filereader.data_element_generator = _installed
 
 
 def _file_meta_syntax(data: bytes) -> tuple[str | None, int]:

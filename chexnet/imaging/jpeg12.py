@@ -2,7 +2,7 @@
 
 Of the permissively licensed codecs pydicom knows, none decodes 12-bit JPEG Extended (Pillow and
 GDCM refuse it); imagecodecs' libjpeg-turbo (BSD-3-Clause / IJG) does. Registered in
-:mod:`chexnet.imaging.dicom` after pydicom's own plugins, so it is tried when they decline.
+:func:`chexnet.configure` after pydicom's own plugins, so it is tried when they decline.
 """
 
 import importlib.util
