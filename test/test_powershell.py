@@ -195,10 +195,8 @@ def _bash_constants(text: str) -> dict[str, str]:
 def _bash_sentences(text: str, constants: dict[str, str]) -> list[str]:
     """What die, warn and bad say (and product-uuid.sh's error lines), in order."""
     found = []
-    for m in re.finditer(r"(?m)(?<![\w-])(?:die|warn|bad|echo \"error:)\s*(?=[\"']|[^\"'])", text):
-        start = m.end() if not m.group(0).startswith("echo") else m.start() + len("echo ")
-        if text[start] not in "\"'":
-            continue
+    for m in re.finditer(r"(?<![\w-])(?:(?:die|warn|bad)\s+(?=[\"'])|echo (?=\"error: ))", text):
+        start = m.end()
         raw = re.match(r"\"\$\{?([A-Z_]+)\}?\"", text[start:])
         sentence = constants[raw.group(1)] if raw and raw.group(1) in constants else _bash_string(text, start)
         found.append(sentence.removeprefix("error: "))
@@ -442,11 +440,8 @@ BASH_ONLY_FUNCTIONS = {
     "copy_site_file": "the token is copied once by Copy-PrivateFile, then given its own ACL",
     "configure_and_start": "install.ps1 runs Set-Configuration and Start-Version in one try block",
 }
-# Calls a bash function makes that its PowerShell twin leaves to another place, and why.
-CALLED_ELSEWHERE = {
-    "configure": {"Assert-SiteFile"},  # copy_site_file checks the token: install.ps1 checks it as it reads -TokenFile
-    "check_not_older": {"Get-EnvValue"},  # PowerShell reads .env only where it needs CHEXNET_VERSION: the same call
-}
+# Calls a bash function makes that its PowerShell twin leaves to another place: name -> {twin call} (none now).
+CALLED_ELSEWHERE: dict[str, set[str]] = {}
 # Twins whose sentences come in another order for a reason (the order of their checks is pinned by a test).
 UNORDERED = {
     "check_entries": "PowerShell lists the folder before it checks the names (bash checks them as find hands them over)",
@@ -557,9 +552,7 @@ def test_twin_functions_check_in_the_same_order(name):
     if name == "<main>":
         body = main
         tree, source = trees["deployment_template/install.ps1"]
-        node = tree.root_node
-        ps_sentences = [s for s in _ps_sentences(node, source, ps_constants)
-                        if s in _ps_sentences_outside_functions(tree, source, ps_constants)]
+        ps_sentences = _ps_sentences_outside_functions(tree, source, ps_constants)
         ps_calls = _ps_calls_outside_functions(tree, source)
     else:
         body = bash[name]
