@@ -38,7 +38,9 @@ $ErrorActionPreference = 'Stop'
 # The unpacked folder: only this script and package-trust.ps1 of it are used; everything else comes from the
 # verified private copy ($staged, below). What that leaves open: DESIGN.md "Offline package trust".
 $unpacked = $PSScriptRoot
-. (Join-Path $unpacked 'scripts\package-trust.ps1')
+# Dot-sourced from its text: '.' and '&' with a path read '[1]' in a folder name as a wildcard under Windows
+# PowerShell 5.1 (PowerShell issue 4726), and could load another folder's file.
+. ([scriptblock]::Create([System.IO.File]::ReadAllText((Join-Path $unpacked 'scripts\package-trust.ps1'))))
 $Dir = (Get-FullPath $Dir).TrimEnd('\', '/')
 $envFile = Join-Path $Dir '.env'
 
@@ -246,6 +248,7 @@ function Invoke-Preflight {
         try { $running = "$(Invoke-Compose @('ps', '-q') -Quiet)" } catch { $running = '' }
         if ($running.Trim()) { $ports = @() }
     }
+    # Run by path: the staged path is ProgramData's and a checked chexnet-offline-* name, no wildcard in it.
     & (Join-Path $staged 'scripts\preflight.ps1') -Variant $packageVariant -Dir $Dir -Ports $ports
 }
 

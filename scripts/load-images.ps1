@@ -11,7 +11,8 @@ param(
     [string]$Package
 )
 $ErrorActionPreference = 'Stop'
-. (Join-Path $PSScriptRoot 'package-trust.ps1')
+# Dot-sourced from its text: '.' with a path reads '[1]' in a folder name as a wildcard (see install.ps1).
+. ([scriptblock]::Create([System.IO.File]::ReadAllText((Join-Path $PSScriptRoot 'package-trust.ps1'))))
 try {
     Initialize-PackageStaging ([System.IO.Path]::GetDirectoryName($PSScriptRoot)) $Package $VendorKey $VendorFingerprint
     Import-PackageImages $script:Staged

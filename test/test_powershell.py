@@ -828,6 +828,18 @@ def test_paths_are_taken_literally(path):
 
 
 @pytest.mark.parametrize("path", _ps1_files())
+def test_scripts_are_dot_sourced_from_their_text(path):
+    """'. PATH' reads '[1]' in the unpacked folder's name as a wildcard under Windows PowerShell 5.1 (PowerShell
+    issue 4726) and can load another folder's file: a script is dot-sourced from the text read at its path."""
+    tree, source = _tree(path)
+    for command in _nodes(tree.root_node, "command"):
+        operator = next((c for c in command.children if c.type == "command_invokation_operator"), None)
+        if operator is not None and _text(operator, source) == ".":
+            assert _text(command, source).startswith(". ([scriptblock]::Create([System.IO.File]::ReadAllText("), \
+                f"{path}:{command.start_point[0] + 1}: {_text(command, source)}"
+
+
+@pytest.mark.parametrize("path", _ps1_files())
 def test_folders_are_listed_with_hidden_files(path):
     for name, text, _, _ in _commands(path):
         if name == "Get-ChildItem":
