@@ -25,6 +25,7 @@ from pydicom.uid import JPEG2000, RLELossless
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, timed, write_section  # noqa: E402
 
+import chexnet
 from chexnet.bundle import load_bundle  # noqa: E402
 from chexnet.engines import create_engine  # noqa: E402
 from chexnet.predictor import Predictor  # noqa: E402
@@ -84,6 +85,7 @@ def inputs(samples: Path) -> list[tuple[str, str, bytes]]:
 
 
 def main() -> int:
+    chexnet.configure()  # the product's codecs, decode bounds and log redaction, as its entry points set them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--samples", type=Path, default=Path("../shared/data/dicom"))

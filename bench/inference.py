@@ -17,6 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, timed, write_section  # noqa: E402
 
+import chexnet
 from chexnet.bundle import load_bundle  # noqa: E402
 from chexnet.bundle.build import write_demo_bundle  # noqa: E402
 from chexnet.engines import create_engine  # noqa: E402
@@ -108,6 +109,7 @@ def _cuda_engines(bundle):
 
 
 def main() -> int:
+    chexnet.configure()  # the product's codecs, decode bounds and log redaction, as its entry points set them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", default="../shared/data/nih", type=Path, help="folder of 1024² PNGs")
     parser.add_argument("--models-dir", default="models", type=Path)

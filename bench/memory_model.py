@@ -39,6 +39,7 @@ from http_load import serving  # noqa: E402
 CHILD = r"""
 import re, sys
 from pathlib import Path
+import chexnet
 from chexnet.imaging import DecodeLimits, decode_image
 def held(key): return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
 data = Path(sys.argv[1]).read_bytes()
@@ -162,6 +163,7 @@ def worst_row(models_dir: Path, port: int) -> str:
 
 
 def main() -> int:
+    chexnet.configure()  # the product's codecs, decode bounds and log redaction, as its entry points set them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--side", type=int, default=4000, help="image side for the per-decode rows (default 16 MP)")
