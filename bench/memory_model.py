@@ -40,6 +40,7 @@ CHILD = r"""
 import re, sys
 from pathlib import Path
 import chexnet
+chexnet.configure()  # the product's codecs, decode bounds and log redaction, as its entry points set them
 from chexnet.imaging import DecodeLimits, decode_image
 def held(key): return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
 data = Path(sys.argv[1]).read_bytes()
@@ -163,7 +164,6 @@ def worst_row(models_dir: Path, port: int) -> str:
 
 
 def main() -> int:
-    chexnet.configure()  # the product's codecs, decode bounds and log redaction, as its entry points set them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--side", type=int, default=4000, help="image side for the per-decode rows (default 16 MP)")
