@@ -8,7 +8,8 @@
 #      "DICOM node" section with Orthanc (Debian, in a container) as the PACS and storescu as the modality
 #   5. the guide's "custom .env" path → upgrade to a second version → a broken third version rolled back;
 #      5b. the guide's "Regional centre": a single-node swarm stack, a crashed task and both upgrades under load
-#   6. the GPU image on the CPU;            always: tear everything down
+#   6. the GPU image on the CPU, and what a GPU host needs of it (arch list, libraries, driver label);
+#      always: tear everything down
 # Needs Docker running, root, dcmtk, dicom3tools and ../shared/data. Ports on 127.0.0.1: 18443 (HTTPS),
 # 18080 (HTTP), 11112 (the DICOM node), 14242 and 18042 (Orthanc's DICOM and REST).
 set -eEuo pipefail
@@ -270,4 +271,15 @@ out="$(docker run --rm -v "${SAMPLES}:/data:ro" "chexnet-api-gpu:${VERSION}" \
   python -m chexnet predict --bundle /opt/chexnet/models/cxr10 --engine torch --device auto --json /data/nih/00000075_000.png)"
 echo "${out}" | cut -c1-240
 echo "${out}" | "${PYTHON}" -c 'import json,sys; r=json.loads(sys.stdin.readline()); assert r["model"]["engine"]=="torch" and r["model"]["device"]=="cpu" and len(r["findings"])==10, r'
+# What a GPU host needs of the image, checked without one (issue 22): torch built for sm_75 (RTX 2080 Ti) and
+# sm_90 (H100/H200); every library its CUDA libraries need (ldd), and those cuDNN, cuBLAS, NVRTC and torch open
+# by name at first use, resolve inside the image (test/gpu_image_check.py; the 'ok ldd' lines left out here).
+docker run --rm -v "${ROOT}/test/gpu_image_check.py:/check.py:ro" "chexnet-api-gpu:${VERSION}" python /check.py \
+  | grep -v '^ok    ldd ' >&2
+# The driver the image's labels ask for is the one scripts/versions.env names (preflight reads the same file).
+labels="$(docker image inspect "chexnet-api-gpu:${VERSION}" \
+  -f '{{index .Config.Labels "com.nvidia.driver.minimum"}} {{index .Config.Labels "com.nvidia.driver.minimum.windows"}}')"
+expected="$(set +u; source "${ROOT}/scripts/versions.env"; echo "${MIN_NVIDIA_DRIVER} ${MIN_NVIDIA_DRIVER_WINDOWS}")"
+[[ "${labels}" == "${expected}" ]] || die "the GPU image's minimum-driver labels are '${labels}', scripts/versions.env says '${expected}'"
+log "GPU image: driver labels ${labels} (Linux, Windows), as scripts/versions.env"
 log "end to end: all passed"
