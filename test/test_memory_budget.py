@@ -212,7 +212,7 @@ def held_by_one_decode(name: str) -> tuple[float, int]:
 def test_the_per_decode_estimate_covers_what_the_decoder_holds(name):
     # In a fresh interpreter: the resident peak is the process's, and in a long test run other threads
     # (servers, loaders of earlier tests) and a fragmented heap would add to it.
-    code = f"import test_memory_budget as t; print(*t.held_by_one_decode({name!r}))"
+    code = f"import chexnet, test_memory_budget as t; chexnet.configure(); print(*t.held_by_one_decode({name!r}))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])})
     assert run.returncode == 0, run.stderr[-2000:]
