@@ -708,7 +708,7 @@ def test_env_values_get_the_same_verdict_from_both_twins(tmp_path):
                             capture_output=True, text=True, check=False)
     outputs = result.stdout.split("\0")[:-1]
     assert len(outputs) == len(ENV_VALUES), result.stderr
-    for (name, value), output in zip(ENV_VALUES, outputs):
+    for (name, value), output in zip(ENV_VALUES, outputs, strict=True):
         output = output.strip()
         bash = "ok" if output == "ok" else "chars" if "may hold only" in output else output.split(" must be ")[-1].rstrip(".")
         assert _ps_env_verdict(name, value) == bash, (name, value, output)
