@@ -450,6 +450,8 @@ try {
         if (-not $started) {
             Write-Warning "version $version did not start as it should; rolling back to $previous"
             Restore-Snapshot
+            # What runs now is what the restored .env says, not what this command line asked for.
+            $settings.Clear()
             $back = $false
             try { $back = Start-Version $previous } catch { Write-Warning "$($_.Exception.Message)" }
             if (-not $back) { throw "rollback to $previous did not turn healthy either; see 'docker logs'." }

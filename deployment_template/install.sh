@@ -232,6 +232,8 @@ if installed; then
   if (( status != 0 )); then
     warn "version ${VERSION} did not start as it should; rolling back to ${previous}"
     restore_snapshot
+    # What runs now is what the restored .env says, not what this command line asked for.
+    SETTINGS=()
     VARIANT="$(env_value CHEXNET_VARIANT)"
     up_and_wait "${previous}" || die "rollback to ${previous} did not turn healthy either; see 'docker logs'."
     [[ "${previous}" != "${VERSION}" ]] || die "installing ${VERSION} again with these options failed; the previous configuration was put back and runs again."

@@ -386,7 +386,12 @@ case "$*" in
   compose*" up -d"*)
     version="$(sed -n 's/^CHEXNET_VERSION=//p' .env | tail -n 1)"
     [[ ",${FAKE_DOCKER_UP_FAILS:-}," != *",${version},"* ]] || exit 1
-    [[ ",${FAKE_DOCKER_UP_IGNORED:-}," == *",${version},"* ]] || echo "${version}" > "${FAKE_DOCKER_DIR}/running" ;;
+    [[ ",${FAKE_DOCKER_UP_IGNORED:-}," == *",${version},"* ]] || {
+      echo "${version}" > "${FAKE_DOCKER_DIR}/running"
+      sed -n 's/^COMPOSE_PROFILES=//p' .env | tail -n 1 > "${FAKE_DOCKER_DIR}/profiles"
+    } ;;
+  compose*" ps -q dicom-node")  # only where the running .env's profiles start it
+    [[ ",$(cat "${FAKE_DOCKER_DIR}/profiles" 2>/dev/null)," != *,dicom,* ]] || echo c0ffee-dicom-node ;;
   compose*" ps -q "*) echo "c0ffee-${*: -1}" ;;
   compose*" ps -q"*) echo c0ffee ;;
   "inspect -f {{.Config.Image}} "*"c0ffee-nginx") echo "chexnet-nginx:${running} running none" ;;
@@ -883,6 +888,19 @@ def test_an_upgrade_that_did_not_happen_is_rolled_back_and_fails(install_site, r
     assert _one_error(result) == "error: upgrade to 0.0.2 failed and was rolled back to 0.0.1."
     assert "is running in" not in result.stderr
     assert (folder / "running").read_text() == "0.0.1\n" and _site_state(site) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
+def test_a_failed_upgrade_that_added_the_dicom_node_rolls_back_to_the_site_without_it(install_site, release, tmp_path):
+    """The rollback starts what the restored .env says: the previous version without the DICOM node the
+    failed command line asked for (waiting for that node would fail the rollback itself)."""
+    install, site, folder = install_site
+    assert install(package=release("0.0.1", 100)).returncode == 0
+    (tmp_path / "token.txt").write_text("token\n")
+    result = install("--token-file", tmp_path / "token.txt", "--dicom-destination", "PACS@10.0.0.5:104", "--dicom-allowed-aes", "MOD1",
+                     package=release("0.0.2", 200), extra_env={"FAKE_DOCKER_UP_FAILS": "0.0.2"})
+    assert _one_error(result) == "error: upgrade to 0.0.2 failed and was rolled back to 0.0.1.", result.stderr
+    assert "\nCOMPOSE_PROFILES=\n" in (site / ".env").read_text() and (folder / "running").read_text() == "0.0.1\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
