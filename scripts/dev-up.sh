@@ -33,7 +33,8 @@ VERSION="$(project_version "${ROOT}")"
 log "unpacking the offline package"
 UNPACKED="${ROOT}/build/dev-unpacked"
 rm -rf "${UNPACKED}" && mkdir -p "${UNPACKED}" "${SITE}"
-tar -C "${UNPACKED}" -xzf "${ROOT}/dist/chexnet-offline-${VERSION}-cpu.tar.gz"
+TARBALL="${ROOT}/dist/chexnet-offline-${VERSION}-cpu.tar.gz"
+tar -C "${UNPACKED}" --no-same-owner --no-same-permissions -xzf "${TARBALL}"
 
 # This machine's identity; a VM without SMBIOS gets a development UUID of its own, kept in the site.
 UUID_FILE=/sys/class/dmi/id/product_uuid
@@ -47,7 +48,8 @@ TOKEN="${SITE}/dev-token"
   --customer "Development" --subject "dev-$(whoami)" --days 30 --features cxr10,cxr25,chestxray14 > "${TOKEN}"
 chmod 600 "${TOKEN}"
 
-"${UNPACKED}/chexnet-offline-${VERSION}-cpu/install.sh" --dir "${SITE}" --vendor-key "${KEYS}/vendor_package.crt" \
+# The installer verifies the tarball itself (kept in dist/, not beside the unpacked folder: --package).
+"${UNPACKED}/chexnet-offline-${VERSION}-cpu/install.sh" --package "${TARBALL}" --dir "${SITE}" --vendor-key "${KEYS}/vendor_package.crt" \
   --uuid-file "${UUID_FILE}" --token-file "${TOKEN}" --bind 127.0.0.1 --https-port "${HTTPS_PORT}" --http-port "${HTTP_PORT}" \
   --hostname localhost
 port="$(sed -n 's/^HTTPS_PORT=//p' "${SITE}/.env")"
