@@ -78,9 +78,15 @@ SCHEMAS = {
         **_MODEL_REF["properties"], "input_size": {"type": "integer"}, "licensed": {"type": "boolean"},
         "description": {"type": "string"}, "labels": {"type": "array", "items": _LABEL},
         "variants": {"type": "object", "description": "Validated reduced-precision variants (CHEXNET_PRECISION) "
-                     "and how far each moved probabilities from fp32 on the calibration images at build time.",
-                     "additionalProperties": _obj({"max_delta": _NUMBER01, "flips": {"type": "integer"},
-                                                   "decisions": {"type": "integer"}, "images": {"type": "integer"}})}})}}),
+                     "and how far each moved probabilities from fp32 on the calibration images: bf16 and int8 "
+                     "when the bundle was built (measured: build, on that CPU), fp16 on this service's GPU when it "
+                     "started, listed only when it is served (measured: start-up).",
+                     "additionalProperties": _obj({"max_delta": _NUMBER01, "max_delta_bound": _NUMBER01,
+                                                   "flips": {"type": "integer"}, "decisions": {"type": "integer"},
+                                                   "images": {"type": "integer"},
+                                                   "measured": {"enum": ["build", "start-up"]},
+                                                   "device": {"type": "string"}},
+                                                  ["max_delta", "flips", "decisions", "images", "measured"])}})}}),
     "License": _obj({"customer": {"type": "string"}, "subject": {"type": "string"},
                      "features": {"type": "array", "items": {"type": "string"}},
                      "expires_at": {"type": "string", "format": "date-time"},

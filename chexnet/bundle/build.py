@@ -1,8 +1,9 @@
 """Write bundles: ``bundle demo`` (seeded random weights) and ``bundle build`` (customer checkpoint).
 
 Nothing reaches ``--out`` until the ONNX export agrees with PyTorch and every requested bf16/int8
-variant is within its bound (chexnet.bundle.variants): the bundle is assembled in a temporary sibling
-directory, checked, then renamed into place.
+variant is within its bound (chexnet.bundle.variants; fp16 keeps its calibration inputs, for the service
+to measure at start-up): the bundle is assembled in a temporary sibling directory, checked, then renamed
+into place.
 """
 
 import datetime as dt
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from chexnet.bundle.manifest import MANIFEST, MODEL_ONNX, WEIGHTS_PT, FileEntry, Label, Manifest, sha256_file
-from chexnet.bundle.variants import VariantRequest, build_variants
+from chexnet.bundle.variants import BuiltVariants, VariantRequest, build_variants
 from chexnet.errors import BundleError
 from chexnet.labels import load_labels
 from chexnet.model import CheXNet
@@ -58,15 +59,15 @@ def write_bundle(out: str | Path, state: dict, labels: list[Label], *, bundle_id
         torch.save(model.state_dict(), staging / WEIGHTS_PT)
         export_onnx(model, staging / MODEL_ONNX, input_size)
         check_parity(model, staging / MODEL_ONNX, input_size)
-        files, validated = [WEIGHTS_PT, MODEL_ONNX], {}
+        files, built = [WEIGHTS_PT, MODEL_ONNX], BuiltVariants({}, {}, [])
         if variants and variants.precisions:
-            validated, written = build_variants(staging, labels, input_size, Manifest.model_fields["mean"].default,
-                                                Manifest.model_fields["std"].default, variants)
-            files += written
+            built = build_variants(staging, labels, input_size, Manifest.model_fields["mean"].default,
+                                   Manifest.model_fields["std"].default, variants)
+            files += built.files
         manifest = Manifest(
             id=bundle_id, version=version, input_size=input_size, labels=labels, demo=demo,
             created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            description=description, variants=validated,
+            description=description, variants=built.variants, startup_variants=built.startup_variants,
             files={name: FileEntry(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size)
                    for name in files},
         )

@@ -14,9 +14,12 @@ MANIFEST = "manifest.json"
 WEIGHTS_PT = "weights.pt"
 MODEL_ONNX = "model.onnx"
 MODEL_INT8 = "model-int8.xml"  # OpenVINO IR of the NNCF-quantized graph, with its weights in model-int8.bin
+CALIBRATION_INPUTS = "calibration.npz"  # the calibration images as the model sees them, for start-up checks
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-VARIANT_PRECISIONS = ("bf16", "int8")
+BUILD_VARIANTS = ("bf16", "int8")  # OpenVINO graphs, measured against fp32 when the bundle is built
+STARTUP_VARIANTS = ("fp16",)  # hardware-dependent: measured by the service on its own device at start-up
+VARIANT_PRECISIONS = BUILD_VARIANTS + STARTUP_VARIANTS  # what 'bundle build --precision' accepts
 DEFAULT_MAX_DELTA = 0.01  # the largest probability difference from fp32 a variant may have unless told
 DEMO_NOTICE = "Demo model with untrained weights: its output is not a diagnosis."
 
@@ -53,6 +56,19 @@ class Variant(_Strict):
     cpu: str  # the CPU the build measured on
 
 
+class StartupVariant(_Strict):
+    """A precision whose error depends on the hardware it runs on (fp16 autocast: the site's GPU and its
+    kernels), so the bundle carries what to measure it on instead of a measurement: the calibration images as
+    the model sees them (``inputs``: uint8 [N, S, S], each the display image resized to the input size) and
+    the bound. The service measures it against fp32 on its own device at start-up and serves it only within
+    the bound (chexnet.engines.startup_check)."""
+
+    engine: Literal["torch"] = "torch"
+    inputs: str = CALIBRATION_INPUTS
+    images: int = Field(ge=1)
+    max_delta_bound: float = Field(gt=0)
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -67,7 +83,8 @@ class Manifest(_Strict):
     demo: bool
     created: str
     description: str = ""
-    variants: dict[Literal[VARIANT_PRECISIONS], Variant] = {}
+    variants: dict[Literal[BUILD_VARIANTS], Variant] = {}
+    startup_variants: dict[Literal[STARTUP_VARIANTS], StartupVariant] = {}
 
     @field_validator("input_size")
     @classmethod
@@ -98,6 +115,9 @@ class Manifest(_Strict):
             missing = [name for name in needed if name not in self.files]
             if missing:
                 raise ValueError(f"the {precision} variant's {', '.join(missing)} must be listed in files")
+        for precision, startup in self.startup_variants.items():
+            if startup.inputs not in self.files:
+                raise ValueError(f"the {precision} variant's {startup.inputs} must be listed in files")
         return self
 
     @property

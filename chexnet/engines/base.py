@@ -21,6 +21,8 @@ class Engine(ABC):
     name: str
     device: str
     precision: str
+    # a precision measured on this device when the engine was made (chexnet.engines.startup_check), else None
+    measurement = None
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> EngineOutput:

@@ -48,9 +48,13 @@ class LoadedModel:
     @property
     def info(self) -> dict:
         m = self.predictor.bundle.manifest
+        variants = {p: {**v.model_dump(include={"max_delta", "max_delta_bound", "flips", "decisions", "images"}),
+                        "measured": "build", "device": v.cpu} for p, v in m.variants.items()}
+        measured = self.predictor.engine.measurement  # fp16: measured on this device at start-up
+        if measured is not None:
+            variants[measured.precision] = measured.as_dict()
         return {**self.predictor.model_info.as_dict(), "input_size": m.input_size, "description": m.description,
-                "variants": {p: v.model_dump(include={"max_delta", "flips", "decisions", "images"})
-                             for p, v in m.variants.items()},
+                "variants": variants,
                 "labels": [{"code": l.code, "name": l.name.model_dump(), "threshold": l.threshold} for l in m.labels]}
 
 
@@ -129,7 +133,10 @@ class Service:
 
     def _assemble(self, bundle: Bundle) -> LoadedModel:
         """One model's pipeline, whole: its engine (warmed up), a micro-batcher around the engine's batch
-        forward, and the predictor whose forward step is that batcher, observed by the metrics and audit log."""
+        forward, and the predictor whose forward step is that batcher, observed by the metrics and audit log.
+        An engine in a precision that depends on this device (fp16 on the GPU) measures it against fp32 on the
+        bundle's calibration images as it is made, and refuses beyond the bundle's bound: the model then does
+        not load and /ready gives the engine's sentence (chexnet.engines.startup_check)."""
         s, layout = self.settings, self.layout
         engine = create_engine(bundle, s.engine, s.device, s.precision, layout.engine_threads, layout.engine_workers)
         engine.warmup(bundle.manifest.input_size)
