@@ -44,7 +44,7 @@ SIGNING_CERT="${SIGNING_CERT:-$(dirname "${SIGNING_KEY}")/vendor_package.crt}"
 [[ -f "${SIGNING_CERT}" ]] || die "--signing-cert ${SIGNING_CERT} does not exist (package-keygen writes it beside the key)."
 [[ -f "${LICENSE_KEY}" ]] || die "--license-key must name the vendor's Ed25519 licence public key (vendor_public.pem)."
 [[ "${VERSION}" =~ ^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$ ]] || die "--version must be a plain version string."
-[[ "${SEQUENCE}" =~ ^[1-9][0-9]{0,18}$ ]] || die "--sequence must be a whole number from 1 up, greater than every earlier package's."
+[[ "${SEQUENCE}" =~ ^[1-9][0-9]{0,17}$ ]] || die "--sequence must be a whole number from 1 up (at most 18 digits), greater than every earlier package's."
 
 NAME="chexnet-offline-${VERSION}-${VARIANT}"
 STAGE="${ROOT}/dist/${NAME}"

@@ -280,7 +280,7 @@ function Get-PackageValue([string]$File, [string]$Pattern) {
 
 # --- downgrades: every package carries SEQUENCE (signed, increasing from build to build) ----------------
 # The site keeps the sequence and version of the package it last installed in Dir\.package-sequence.
-$script:SequencePattern = '^[1-9][0-9]{0,18}\z'
+$script:SequencePattern = '^[1-9][0-9]{0,17}\z'
 $script:VersionPattern = '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}\z'
 
 # <0, 0 or >0 as A sorts before, with or after B in 'sort -V' (GNU filevercmp, then byte order on a tie).

@@ -10,6 +10,7 @@
 VENDOR_CERT=""
 STAGED=""
 STAGING=""
+STAGING_ROOT=/var/tmp  # on disk (not a tmpfs), where root's private copies are made
 PSS_OPTS=(-sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32)
 NO_KEY_SENTENCE="no vendor key given: pass --vendor-key vendor_package.crt or --vendor-fingerprint HEX, which the vendor sends with your licence token (never trust a key from inside the package)."
 
@@ -69,8 +70,7 @@ stage_package() {
   tarball="${tarball:-$(dirname "${package}")/${name}.tar.gz}"
   [[ -f "${tarball}" && -f "${tarball}.sig" ]] \
     || die "the installer verifies the tarball the vendor sent before it uses anything from it: keep ${name}.tar.gz and its .sig beside the unpacked folder, or name it with --package FILE."
-  STAGING="$(mktemp -d "${CHEXNET_STAGING_DIR:-/var/tmp}/chexnet-package.XXXXXX")" \
-    || die "cannot make a private folder in ${CHEXNET_STAGING_DIR:-/var/tmp} to verify the package in."
+  STAGING="$(mktemp -d "${STAGING_ROOT}/chexnet-package.XXXXXX")" || die "cannot make a private folder in ${STAGING_ROOT} to verify the package in."
   # The tarball's copy and what it unpacks to, with room to spare.
   need=$(( $(stat -L -c %s -- "${tarball}") * 2 / 1048576 + 64 ))
   free=$(( $(df -Pk -- "${STAGING}" | awk 'NR == 2 { print $4 }') / 1024 ))
@@ -107,19 +107,20 @@ package_value() {
   printf '%s\n' "${value}"
 }
 
-# --- downgrades: every package carries SEQUENCE (signed, increasing from build to build) ----------------
+# --- downgrades: every package carries SEQUENCE (signed, increasing from build to build; at most 18 digits,
+# so that bash compares it as a number) ---------------------------------------------------------------------
 # The site keeps the sequence and version of the package it last installed in DIR/.package-sequence.
 
 # check_not_older DIR ALLOW: dies before anything changes when STAGED is older than the package installed
 # in DIR (a lower sequence; for a site installed before sequences, a lower version), unless ALLOW is 1.
 check_not_older() {
   local dir="$1" allow="$2" record="$1/.package-sequence" sequence version old_sequence="" old_version=""
-  sequence="$(package_value SEQUENCE '^[1-9][0-9]{0,18}$')"
+  sequence="$(package_value SEQUENCE '^[1-9][0-9]{0,17}$')"
   version="$(package_value VERSION '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$')"
   if [[ -e "${record}" || -L "${record}" ]]; then
     check_site_file "${record}"
     read -r old_sequence old_version < "${record}" || true
-    [[ "${old_sequence}" =~ ^[1-9][0-9]{0,18}$ ]] || die "${record} is damaged; remove it only if you know which version runs here."
+    [[ "${old_sequence}" =~ ^[1-9][0-9]{0,17}$ ]] || die "${record} is damaged; remove it only if you know which version runs here."
     (( sequence >= old_sequence )) && return 0
   elif [[ -f "${dir}/.env" ]]; then
     old_version="$(env_value CHEXNET_VERSION)"
@@ -138,7 +139,7 @@ check_not_older() {
 
 # record_installed DIR: DIR/.package-sequence names STAGED's sequence and version (after a good install).
 record_installed() {
-  printf '%s %s\n' "$(package_value SEQUENCE '^[1-9][0-9]{0,18}$')" "$(package_value VERSION '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$')" > "$1/.package-sequence.tmp"
+  printf '%s %s\n' "$(package_value SEQUENCE '^[1-9][0-9]{0,17}$')" "$(package_value VERSION '^[0-9A-Za-z][0-9A-Za-z._+-]{0,63}$')" > "$1/.package-sequence.tmp"
   chmod 644 "$1/.package-sequence.tmp"
   mv -f -- "$1/.package-sequence.tmp" "$1/.package-sequence"
 }
