@@ -2,9 +2,10 @@
 
     predictor.predict(read, options, caller) → Prediction
 
-read → decode → preprocess (inside a decode slot, so decoding memory is bounded) → forward (a direct
-engine call, or the micro-batcher when the service installs one) → findings and heatmaps → observers
-(the service's metrics and audit log). Formatting for a transport lives with the transport.
+prepare (read → decode → preprocess, inside a decode slot, so decoding memory is bounded) → forward (the
+step given at construction: a direct engine call, or the service's micro-batcher) → report (findings and
+heatmaps) → observers (the service's metrics and audit log). Formatting for a transport lives with the
+transport.
 """
 
 import hashlib
@@ -14,7 +15,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
 import pydicom
 
 from chexnet import heatmap
@@ -174,7 +174,7 @@ class Predictor:
                                 "send the DICOM from the PACS, or ask for JSON.")
         row = self.forward_one(prepared.tensor)
         heatmap_format = None if options.output == "dicom" else options.heatmap_format
-        prediction = self._report(prepared, row, selected, heatmap_format)
+        prediction = self.report(prepared, row, selected, heatmap_format)
         for observe in self.observers:
             observe(prediction, caller)
         return prediction
@@ -189,7 +189,7 @@ class Predictor:
         return PreparedImage(image, tensor, hashlib.sha256(data).hexdigest(),
                              {"decode": decode_ms, "preprocess": _ms(start)})
 
-    def _report(self, prepared: PreparedImage, row: Forwarded, selected: Callable[[np.ndarray], list[int]],
+    def report(self, prepared: PreparedImage, row: Forwarded, selected: Callable[[np.ndarray], list[int]],
                 heatmap_format: str | None) -> Prediction:
         labels = self.bundle.manifest.labels
         findings = [Finding(label, round(float(p), 6), bool(p >= label.threshold))
