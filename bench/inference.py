@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median, timed, write_section  # noqa: E402
-
 import chexnet
 from chexnet.bundle import load_bundle  # noqa: E402
 from chexnet.bundle.build import write_demo_bundle  # noqa: E402
@@ -26,6 +24,7 @@ from chexnet.heatmap import render  # noqa: E402
 from chexnet.imaging import decode_image, preprocess  # noqa: E402
 from chexnet.options import PredictOptions  # noqa: E402
 from chexnet.predictor import Predictor  # noqa: E402
+from common import machine, median, timed, write_section  # noqa: E402
 
 
 def bundle_for(size: int, models_dir: Path, scratch: Path):
@@ -70,7 +69,7 @@ def throughput_rows(bundle, images: list[bytes], repeat: int) -> list[str]:
         engine = create_engine(bundle, engine_name, "cpu")
         for batch in (1, 8):
             x = np.stack([tensors[i % len(tensors)] for i in range(batch)])
-            ms = median(timed(lambda: engine.infer(x), max(3, repeat // batch)))
+            ms = median(timed(lambda engine=engine, x=x: engine.infer(x), max(3, repeat // batch)))
             rows.append(f"| {engine_name} | {m.input_size} | {batch} | {ms:.1f} | {1000 * batch / ms:.1f} |")
     return rows
 
@@ -85,7 +84,7 @@ def variant_rows(bundle, samples: list[bytes], repeat: int) -> list[str]:
     rows = []
     for name, engine in _engines(bundle):
         probabilities = np.concatenate([engine.infer(x[i:i + 1]).probabilities for i in range(len(x))])
-        ms = median(timed(lambda: engine.infer(x[:1]), repeat))
+        ms = median(timed(lambda engine=engine: engine.infer(x[:1]), repeat))
         flips = int(((probabilities >= 0.5) != (reference >= 0.5)).sum())
         rows.append(f"| {name} | {ms:.1f} | {np.abs(probabilities - reference).max():.2e} | {flips} |")
     return rows

@@ -117,7 +117,7 @@ def base_rows(models_dir: Path, port: int) -> list[str]:
             with serving(models_dir, port, extra, ",".join(bundles)) as (url, token, server):
                 ready = status_mib(server.pid, "VmRSS")
 
-                def send(i: int) -> int:
+                def send(i: int, models: list[str] = models) -> int:
                     return requests.post(f"{url}/api/v1/predict?heatmaps=all&model={models[i % len(models)]}", data=png,
                                          headers={"Authorization": f"Bearer {token}"}, timeout=300).status_code
 

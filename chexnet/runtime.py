@@ -70,8 +70,14 @@ def _quiet(library: str) -> None:
 
 def _codecs() -> None:
     from pydicom.pixels import get_decoder
-    from pydicom.uid import (JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless,
-                             JPEGLSNearLossless)
+    from pydicom.uid import (
+        JPEG2000,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+    )
 
     twelve = get_decoder(JPEGExtended12Bit)
     if JPEG12_PLUGIN not in twelve.available_plugins:  # jpeg12 imports imagecodecs: added available or not at all

@@ -6,7 +6,6 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-
 UNDECODABLE_SYNTAX = b"1.2.840.10008.1.2.4.94"  # JPIP Referenced: pixels live on a JPIP server
 
 

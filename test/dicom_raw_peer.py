@@ -1,6 +1,7 @@
 """A DICOM peer that writes its PDUs byte by byte (PS3.8 section 9.3), so a test can send what no DICOM
 library would: oversized or endless messages, stores of the wrong class, unfinished data sets."""
 
+import itertools
 import shutil
 import socket
 import struct
@@ -117,4 +118,4 @@ def local_address() -> str | None:
         return None
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
                          check=False).stdout.split()
-    return next((word.split("/")[0] for previous, word in zip(out, out[1:]) if previous == "inet"), None)
+    return next((word.split("/")[0] for previous, word in itertools.pairwise(out) if previous == "inet"), None)

@@ -11,18 +11,17 @@ import jsonschema
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import LiveServer, make_env, ready_app
-from chexnet.api import healthcheck
-from chexnet.api import create_app
-from chexnet.service import Settings, SettingsError
+from chexnet.api import create_app, healthcheck
 from chexnet.api.openapi import openapi_document
 from chexnet.options import PredictOptions
+from chexnet.service import Settings, SettingsError
 from conftest import png_bytes
 from dicom_factory import make_dicom, undecodable
-from licensing.revocation import sign_revocation_list, verify_revocation_list
 from licensing.keys import TrustedKeys
-from prometheus_client.parser import text_string_to_metric_families
+from licensing.revocation import sign_revocation_list, verify_revocation_list
 from licensing_helpers import HOST_UUID, OTHER_UUID, claims_for, sign
 from test_decode import png_bomb
 

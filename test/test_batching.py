@@ -1,12 +1,13 @@
 """Micro-batching, deterministically: a fake forward pass that waits for the test."""
 
 import threading
+
 import numpy as np
 import pytest
 
 from chexnet.batching import MicroBatcher
-from chexnet.errors import Overloaded
 from chexnet.engines.base import EngineOutput
+from chexnet.errors import Overloaded
 
 
 class GatedPredictor:

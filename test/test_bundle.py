@@ -154,7 +154,7 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
 def test_thresholds_file(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps({"mass": 0.3}))
     labels = apply_thresholds(load_labels("cxr10"), str(tmp_path / "t.json"))
-    assert {l.code: l.threshold for l in labels}["mass"] == 0.3
+    assert {label.code: label.threshold for label in labels}["mass"] == 0.3
     (tmp_path / "bad.json").write_text(json.dumps({"no_such_code": 0.3}))
     with pytest.raises(BundleError, match="no_such_code"):
         apply_thresholds(load_labels("cxr10"), str(tmp_path / "bad.json"))

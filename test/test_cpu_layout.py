@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from chexnet.service import Settings
 from chexnet.cpu import available_cores, engine_layout
+from chexnet.service import Settings
 
 
 @pytest.mark.parametrize("cores,layout", [(1, (1, 1)), (2, (2, 1)), (4, (2, 2)), (8, (2, 4)), (16, (4, 4)),

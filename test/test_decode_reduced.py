@@ -119,4 +119,4 @@ def test_the_service_reports_source_size_and_predicts_the_j2k_like_the_uncompres
     j2k = onnx_predictor.predict((dicom_dir / "RG1_J2KR.dcm").read_bytes)
     plain = onnx_predictor.predict((dicom_dir / "RG1_UNCR.dcm").read_bytes)
     assert j2k.image == plain.image == {"format": "dicom", "width": 1841, "height": 1955}
-    assert max(abs(a.probability - b.probability) for a, b in zip(j2k.findings, plain.findings)) <= DELTA
+    assert max(abs(a.probability - b.probability) for a, b in zip(j2k.findings, plain.findings, strict=True)) <= DELTA

@@ -92,7 +92,7 @@ def test_results_reach_the_pacs_in_the_source_study_through_a_crash_of_the_node(
 
     for name in CHEST:
         source = pydicom.dcmread(samples / name, stop_before_pixels=True)
-        results = wait_until(lambda: (r := results_for(orthanc, source)) and len(r) == 2 and r, 300,
+        results = wait_until(lambda source=source: (r := results_for(orthanc, source)) and len(r) == 2 and r, 300,
                            f"the SR and heatmap of {name} in Orthanc")
         for ds in results.values():
             assert dciodvfy_errors(ds, tmp_path) == [], f"{name}: {ds.SOPClassUID.name}"

@@ -57,7 +57,7 @@ def test_engines_agree_on_probabilities_and_cams(nih_sample, dicom_dir, demo_bun
     a, b = onnx_engine.infer(x), torch_engine.infer(x)
     assert a.probabilities.shape == (len(paths), 10) and a.cams.shape == (len(paths), 10, 7, 7)
     np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-4)
-    for cam_a, cam_b in zip(a.cams.reshape(-1, 7, 7), b.cams.reshape(-1, 7, 7)):
+    for cam_a, cam_b in zip(a.cams.reshape(-1, 7, 7), b.cams.reshape(-1, 7, 7), strict=True):
         np.testing.assert_allclose(normalise(cam_a), normalise(cam_b), atol=1e-4)
 
 
@@ -102,8 +102,8 @@ def test_concurrent_calls_each_get_their_own_result(nih_sample, demo_bundle, onn
         expected = [engine.infer(x[i:i + 1]).probabilities[0] for i in range(len(x))]
         order = list(range(len(x))) * 3
         with ThreadPoolExecutor(max_workers=6) as pool:
-            got = list(pool.map(lambda i: engine.infer(x[i:i + 1]).probabilities[0], order))
-        for i, probs in zip(order, got):
+            got = list(pool.map(lambda i, engine=engine: engine.infer(x[i:i + 1]).probabilities[0], order))
+        for i, probs in zip(order, got, strict=True):
             np.testing.assert_allclose(probs, expected[i], atol=1e-5)
 
 

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from licensing import revocation
+from licensing.cli import main as licensing_main
 from licensing.errors import LicenseConfigError
 from licensing.host import read_host_uuid, same_host, swap_endian
 from licensing.keys import TrustedKeys, generate, key_id, load_private_key
-from licensing.cli import main as licensing_main
-from licensing import revocation
 from licensing.revocation import RevocationWatcher, sign_revocation_list, verify_revocation_list
 from licensing.tokens import REQUIRED_CLAIMS, TokenVerifier, issue_token
 from licensing_helpers import HOST_UUID, OTHER_UUID, b64, claims_for, make_app, raw_jwt, sign, start_together

@@ -16,11 +16,11 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 import chexnet.service.settings as settings_module
-from chexnet.service.memory import MIB, estimate
-from chexnet.service.settings import DICOM_NODE, HTTP_API, MAX_LICENSE_LEEWAY_S, Settings, SettingsError
 from chexnet.cpu import available_memory
 from chexnet.imaging import DecodeLimits, decode_image
 from chexnet.imaging.gate import default_concurrency
+from chexnet.service.memory import MIB, estimate
+from chexnet.service.settings import DICOM_NODE, HTTP_API, MAX_LICENSE_LEEWAY_S, Settings, SettingsError
 from dicom_factory import make_dicom
 from test_decode_bounds import peak_mib_above_now
 

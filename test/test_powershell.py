@@ -21,6 +21,7 @@ import subprocess
 import pytest
 import tree_sitter
 import tree_sitter_powershell
+
 from conftest import ROOT
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))

@@ -52,7 +52,7 @@ def test_openvino_fp32_matches_onnxruntime_on_the_real_images(nih_dir, dicom_dir
         x = onnx_predictor.prepare(path.read_bytes()).tensor[None]
         ours, reference = openvino.engine.infer(x), onnx_predictor.engine.infer(x)
         np.testing.assert_allclose(ours.probabilities, reference.probabilities, atol=1e-4, err_msg=path.name)
-        for a, b in zip(ours.cams[0], reference.cams[0]):
+        for a, b in zip(ours.cams[0], reference.cams[0], strict=True):
             np.testing.assert_allclose(normalise(a), normalise(b), atol=1e-4, err_msg=path.name)
 
 

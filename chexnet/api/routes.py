@@ -6,11 +6,11 @@ from werkzeug.exceptions import NotFound
 
 from chexnet.api.openapi import openapi_document
 from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
-from chexnet.service import Service
 from chexnet.dicom_results import encode
 from chexnet.errors import InvalidImage, InvalidOption, NotReady
 from chexnet.options import PredictOptions
 from chexnet.predictor import Prediction
+from chexnet.service import Service
 from licensing.flask_auth import current_claims, token_required
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")

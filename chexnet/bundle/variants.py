@@ -22,8 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from chexnet.bundle.calibration import agreement, calibration_tensors, save_inputs
-from chexnet.bundle.manifest import (BUILD_VARIANTS, CALIBRATION_INPUTS, DEFAULT_MAX_DELTA, MODEL_INT8, MODEL_ONNX,
-                                     Label, StartupVariant, Variant)
+from chexnet.bundle.manifest import (
+    BUILD_VARIANTS,
+    CALIBRATION_INPUTS,
+    DEFAULT_MAX_DELTA,
+    MODEL_INT8,
+    MODEL_ONNX,
+    Label,
+    StartupVariant,
+    Variant,
+)
 from chexnet.errors import BundleError
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import sys
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from chexnet.service import SettingsError
 from chexnet.dicom_node.settings import NodeSettings
+from chexnet.service import SettingsError
 
 
 def main() -> int:

@@ -21,7 +21,6 @@ from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import Verification
 
-from chexnet.service import AuditLog, Metrics, Service, Settings
 from chexnet.dicom_node.listener import BoundedServer
 from chexnet.dicom_node.pdus import PduGuard
 from chexnet.dicom_node.peers import shown
@@ -34,6 +33,7 @@ from chexnet.eligibility import WARNINGS, warnings_for
 from chexnet.errors import PayloadTooLarge, ServiceError
 from chexnet.imaging.dicom import DECODABLE_SYNTAXES, read_header
 from chexnet.options import PredictOptions
+from chexnet.service import AuditLog, Metrics, Service, Settings
 from licensing.errors import LicenseError, LicenseNotReady
 
 log = logging.getLogger("chexnet.dicom_node")

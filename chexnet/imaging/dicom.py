@@ -21,19 +21,19 @@ from contextvars import ContextVar
 
 import numpy as np
 import pydicom
+from pydicom import filereader
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom import filereader
 from pydicom.filereader import read_partial
 from pydicom.tag import Tag
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000TransferSyntaxes,
-    JPEG2000,
     JPEG2000Lossless,
+    JPEG2000TransferSyntaxes,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLossless,

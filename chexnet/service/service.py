@@ -55,7 +55,8 @@ class LoadedModel:
             variants[measured.precision] = measured.as_dict()
         return {**self.predictor.model_info.as_dict(), "input_size": m.input_size, "description": m.description,
                 "variants": variants,
-                "labels": [{"code": l.code, "name": l.name.model_dump(), "threshold": l.threshold} for l in m.labels]}
+                "labels": [{"code": label.code, "name": label.name.model_dump(), "threshold": label.threshold}
+                           for label in m.labels]}
 
 
 class Service:

@@ -9,15 +9,14 @@ from pathlib import Path
 
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from chexnet.service.memory import MemoryEstimate, estimate, gib
 from chexnet.cpu import CGROUP_MEMORY_LIMITS, MemoryLimit, available_cores, available_memory, engine_layout
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from chexnet.service.memory import MemoryEstimate, estimate, gib
 from licensing.environment import Environment
 from licensing.host import DEFAULT_UUID_FILE
 from licensing.tokens import DEFAULT_LEEWAY_S, MAX_LEEWAY_S
-
 
 _UID_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
 MAX_LICENSE_LEEWAY_S = MAX_LEEWAY_S
