@@ -25,6 +25,7 @@ when the node starts (:meth:`chexnet.dicom_node.receiving.ReceivedFiles.install`
 dicom-node``), in the node's process only.
 """
 
+import importlib.util
 import logging
 import re
 import threading
@@ -80,7 +81,9 @@ def _codecs() -> None:
     )
 
     twelve = get_decoder(JPEGExtended12Bit)
-    if JPEG12_PLUGIN not in twelve.available_plugins:  # jpeg12 imports imagecodecs: added available or not at all
+    # jpeg12 imports imagecodecs: added available, or not at all where imagecodecs is not installed (a checkout
+    # without the dicom extra, the GPU check's machine), where pydicom's add_plugin would raise ImportError
+    if JPEG12_PLUGIN not in twelve.available_plugins and importlib.util.find_spec("imagecodecs") is not None:
         twelve.add_plugin(JPEG12_PLUGIN, ("chexnet.imaging.jpeg12", "_decode_frame"))
     for syntax in (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000):
         if "gdcm" in get_decoder(syntax).available_plugins:
