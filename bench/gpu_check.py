@@ -36,8 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
 import chexnet  # noqa: E402
 from chexnet.bundle import load_bundle  # noqa: E402
 from chexnet.bundle.build import write_demo_bundle  # noqa: E402

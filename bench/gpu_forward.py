@@ -21,7 +21,7 @@ def _outputs(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cam_delta(a: np.ndarray, b: np.ndarray) -> float:
-    return max(float(np.abs(normalise(p) - normalise(q)).max()) for i in range(len(a)) for p, q in zip(a[i], b[i]))
+    return max(float(np.abs(normalise(p) - normalise(q)).max()) for i in range(len(a)) for p, q in zip(a[i], b[i], strict=True))
 
 
 @torch.inference_mode()
