@@ -266,11 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", help="the CPU, two images, small matrix (make test)")
     parser.add_argument("--samples", type=Path, help="folder of 1024² PNGs (default: .gpu-samples, else ../shared/data/nih)")
     parser.add_argument("--budget-s", type=float, help="seconds for everything (default 420; --dry 90)")
-    parser.add_argument("--seconds", type=float, help="seconds per load row (default 6; --dry 1)")
+    parser.add_argument("--seconds", type=float, help="seconds per load row (default 5; --dry 1)")
     args = parser.parse_args(argv)
     plan = Plan(args.dry)
     samples_dir = args.samples or next((p for p in SAMPLES if p.is_dir()), SAMPLES[0])
-    check = Check(args.out, plan, args.budget_s or (90 if args.dry else 420), args.seconds or (1.0 if args.dry else 6))
+    check = Check(args.out, plan, args.budget_s or (90 if args.dry else 420), args.seconds or (1.0 if args.dry else 5))
     chexnet.configure()
     os.environ.setdefault("CHEXNET_LOG_LEVEL", "WARNING")
     import gpu_forward
