@@ -1,18 +1,24 @@
-"""A configured API for tests: demo bundle, vendor key, host identity, tokens, a live waitress server."""
+"""A configured API for tests: demo bundle, vendor key, host identity, tokens, a live waitress server; requests
+through Flask's test client and their answers checked against the OpenAPI document."""
 
+import io
 import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsonschema
 import waitress
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chexnet.api import create_app
+from chexnet.api.openapi import openapi_document
 from chexnet.service import Settings
 from licensing_helpers import HOST_UUID, claims_for, sign
+
+DOC = openapi_document()
 
 
 @dataclass
@@ -62,3 +68,25 @@ class LiveServer:
 
     def close(self):
         self.server.close()
+
+
+def conforms(response, path: str, method: str = "get"):
+    """Validate a real response body against the OpenAPI document's schema for its status."""
+    spec = DOC["paths"][path][method]["responses"][str(response.status_code)]
+    schema = spec["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator({**schema, "components": DOC["components"]}).validate(response.get_json())
+    return response.get_json()
+
+
+def assert_error(response, status, code, path="/api/v1/predict", method="post"):
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
+    body = conforms(response, path, method)
+    assert body["error"]["code"] == code
+    assert body["error"]["request_id"] == response.headers["X-Request-ID"]
+    assert body["error"]["message"].endswith((".", ")"))
+    return body
+
+
+def predict(client, env, data: bytes, query: str = "", headers=None, **form):
+    return client.post(f"/api/v1/predict{query}", headers=headers or env.auth(),
+                       data={"image": (io.BytesIO(data), "upload.bin"), **form}, content_type="multipart/form-data")

@@ -3,18 +3,12 @@ tests that need them skip with a reason when it is absent (CI always has it)."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import chexnet
+from sample_data import DICOM, NIH, RGBA_PNGS
 
 chexnet.configure()  # as every entry point does (test_import_side_effects: importing alone changes nothing)
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
-NIH = SHARED_DATA / "nih"
-DICOM = SHARED_DATA / "dicom"
-RGBA_PNGS = ("00000100_000.png", "00001369_000.png")
 
 
 def _require(path: Path) -> Path:
@@ -85,11 +79,16 @@ def app(env):
     return ready_app(env)
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    import io
+@pytest.fixture()
+def dicom_site(tmp_path, demo_bundle, request):
+    """The DICOM node's site: an API env, the node (not started; indirect parameters are extra settings) and
+    the destination PACS stand-in (not started); both stopped afterwards."""
+    from api_helpers import make_env
+    from dicom_node_helpers import Destination, Node, free_port
 
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
+    env = make_env(tmp_path, demo_bundle.path)
+    destination = Destination(free_port())
+    node = Node(env, tmp_path, destination.port, **getattr(request, "param", {}))
+    yield env, node, destination
+    node.stop()
+    destination.stop()

@@ -117,6 +117,17 @@ def codestream_bomb(kind: str, width: int = 20000, height: int = 20000) -> bytes
     return _encapsulated(bytes(stream), JPEGBaseline8Bit, 48, 48, 8)
 
 
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A tiny file whose header declares a huge 8-bit grayscale image."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
 def png16(width: int, height: int) -> bytes:
     """A smooth 16-bit grayscale PNG (compresses to almost nothing)."""
     row = (np.arange(width, dtype=np.uint32) * 65535 // max(1, width - 1)).astype(np.uint16)

@@ -13,46 +13,21 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_helpers import LiveServer, make_env, ready_app
+from api_helpers import LiveServer, assert_error, conforms, make_env, predict, ready_app
 from chexnet.api import create_app, healthcheck
-from chexnet.api.openapi import openapi_document
 from chexnet.options import PredictOptions
 from chexnet.service import Settings, SettingsError
-from conftest import png_bytes
 from dicom_factory import make_dicom, undecodable
+from hostile_files import png_bomb
+from image_helpers import png_bytes
 from licensing.keys import TrustedKeys
 from licensing.revocation import sign_revocation_list, verify_revocation_list
 from licensing_helpers import HOST_UUID, OTHER_UUID, claims_for, sign
-from test_decode import png_bomb
-
-DOC = openapi_document()
-
-
-def conforms(response, path: str, method: str = "get"):
-    """Validate a real response body against the OpenAPI document's schema for its status."""
-    spec = DOC["paths"][path][method]["responses"][str(response.status_code)]
-    schema = spec["content"]["application/json"]["schema"]
-    jsonschema.Draft202012Validator({**schema, "components": DOC["components"]}).validate(response.get_json())
-    return response.get_json()
-
-
-def assert_error(response, status, code, path="/api/v1/predict", method="post"):
-    assert response.status_code == status, response.get_data(as_text=True)[:300]
-    body = conforms(response, path, method)
-    assert body["error"]["code"] == code
-    assert body["error"]["request_id"] == response.headers["X-Request-ID"]
-    assert body["error"]["message"].endswith((".", ")"))
-    return body
 
 
 @pytest.fixture()
 def client(app):
     return app.test_client()
-
-
-def predict(client, env, data: bytes, query: str = "", headers=None, **form):
-    return client.post(f"/api/v1/predict{query}", headers=headers or env.auth(),
-                       data={"image": (io.BytesIO(data), "upload.bin"), **form}, content_type="multipart/form-data")
 
 
 def test_health_and_ready(client):

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from chexnet.cli import main
-from conftest import ROOT
 from dicom_factory import undecodable
+from sample_data import ROOT
 
 
 def run_cli(*args, cwd=ROOT):

@@ -1,8 +1,6 @@
 """Decoding: type sniffing, raster and DICOM display pipeline, limits and typed errors."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -17,21 +15,12 @@ from chexnet.errors import (
     UnsupportedTransferSyntax,
 )
 from chexnet.imaging import DecodeLimits, decode_image
-from conftest import RGBA_PNGS, png_bytes
 from dicom_factory import make_dicom
+from hostile_files import png_bomb
+from image_helpers import png_bytes
+from sample_data import RGBA_PNGS
 
 GRADIENT = np.tile(np.arange(256, dtype=np.uint8), (64, 1))  # spans 0..255
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
-    """A tiny file whose header declares a huge 8-bit grayscale image."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * (width + 1) * 4)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("data", [b"", b"hello, this is text", b"%PDF-1.7 not an image" * 10])

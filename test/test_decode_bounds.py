@@ -3,9 +3,7 @@ stays bounded while decoding, every transfer syntax that decoded before still de
 permissively licensed codecs), and at most CHEXNET_DECODE_CONCURRENCY decodes run at once."""
 
 import io
-import re
 import threading
-from pathlib import Path
 
 import gdcm
 import imagecodecs
@@ -22,23 +20,8 @@ from chexnet.imaging import DecodeLimits, decode_image
 from chexnet.imaging.display import to_display_u8
 from chexnet.imaging.gate import DecodeGate
 from dicom_factory import make_dicom
-
-SINGLE_REQUEST_BUDGET_MIB = 300  # the issue's bound for one request above idle
-
-
-def _status_mib(key: str) -> float:
-    return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
-
-
-def peak_mib_above_now(work) -> tuple[float, object]:
-    """Run work(); return how far the resident set peaked above where it started (Linux VmHWM)."""
-    Path("/proc/self/clear_refs").write_text("5")  # resets the peak to the current resident set
-    start = _status_mib("VmRSS")
-    try:
-        result = work()
-    except ServiceError as exc:
-        result = exc
-    return _status_mib("VmHWM") - start, result
+from dicom_tools import transcode
+from memory_helpers import SINGLE_REQUEST_BUDGET_MIB, peak_mib_above_now
 
 
 @pytest.mark.parametrize("name", sorted(hostile_files.malformed_headers()))
@@ -81,28 +64,6 @@ def test_a_deflated_dicom_within_the_limit_decodes_like_the_uncompressed_one(dic
         decode_image(buf.getvalue(), DecodeLimits(max_pixels=1_000_000))
 
 
-def _transcode(source: Path, out: Path, syntax: int, lossy_error: int = 0) -> bytes:
-    """Re-encode with GDCM, as a modality or PACS would have."""
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(source))
-    assert reader.Read()
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
-    change.SetInput(reader.GetImage())
-    if lossy_error:
-        codec = gdcm.JPEGLSCodec()
-        codec.SetLossless(False)
-        codec.SetLossyError(lossy_error)
-        change.SetUserCodec(codec)
-    assert change.Change()
-    writer = gdcm.ImageWriter()
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    writer.SetFileName(str(out))
-    assert writer.Write()
-    return out.read_bytes()
-
-
 _TS = gdcm.TransferSyntax
 
 
@@ -112,7 +73,7 @@ _TS = gdcm.TransferSyntax
 ], ids=["jpeg-lossless-p14", "jpeg-lossless-sv1", "jpeg-ls", "jpeg-ls-near", "j2k-lossless", "j2k", "rle"])
 def test_every_transfer_syntax_decodes_like_the_uncompressed_image(syntax, max_error, dicom_dir, tmp_path):
     source = dicom_dir / "RG1_UNCR.dcm"
-    encoded = _transcode(source, tmp_path / "out.dcm", syntax, lossy_error=2 if max_error else 0)
+    encoded = transcode(source, tmp_path / "out.dcm", syntax, lossy_error=2 if max_error else 0)
     assert pydicom.dcmread(io.BytesIO(encoded)).file_meta.TransferSyntaxUID != pydicom.dcmread(source).file_meta.TransferSyntaxUID
     got = decode_image(encoded).pixels.astype(int)
     assert np.abs(got - decode_image(source.read_bytes()).pixels).max() <= max_error

@@ -30,8 +30,8 @@ from pynetdicom import AE, _config
 
 import dicom_raw_peer as raw
 import hostile_files
+from dicom_node_helpers import CHEST
 from dicom_tools import storescu
-from test_dicom_node import CHEST, site  # noqa: F401 - the fixture
 from waiting import wait_until
 
 MIB = 2**20
@@ -127,8 +127,8 @@ def started_with_limit(node) -> int:
 
 
 # --- 1. nothing inflates outside the core's bounded reader; the poison guard ------------------------
-def test_a_deflate_bomb_is_refused_while_receiving_and_memory_stays_bounded(site, dicom_dir, tmp_path):
-    env, node, destination = site
+def test_a_deflate_bomb_is_refused_while_receiving_and_memory_stays_bounded(dicom_site, dicom_dir, tmp_path):
+    env, node, destination = dicom_site
     bomb = crafted(tmp_path / "bomb.dcm", 1024 * MIB, DeflatedExplicitVRLittleEndian)
     assert bomb.stat().st_size < 2 * MIB
     before = started_with_limit(node)
@@ -144,9 +144,9 @@ def test_a_deflate_bomb_is_refused_while_receiving_and_memory_stays_bounded(site
     assert node.metric('chexnet_dicom_store_refused_total{reason="too_large"}') == 1
 
 
-@pytest.mark.parametrize("site", [{"CHEXNET_DICOM_ASIDE_MAX_MB": "1"}], indirect=True)
-def test_files_a_crash_left_behind_are_set_aside_and_what_is_aside_stays_bounded(site, dicom_dir, tmp_path):
-    env, node, destination = site
+@pytest.mark.parametrize("dicom_site", [{"CHEXNET_DICOM_ASIDE_MAX_MB": "1"}], indirect=True)
+def test_files_a_crash_left_behind_are_set_aside_and_what_is_aside_stays_bounded(dicom_site, dicom_dir, tmp_path):
+    env, node, destination = dicom_site
     incoming, rejected = node.spool / "incoming", node.spool / "rejected"
     incoming.mkdir(parents=True)
     rejected.mkdir(parents=True)
@@ -175,10 +175,10 @@ def test_files_a_crash_left_behind_are_set_aside_and_what_is_aside_stays_bounded
 
 
 # --- 2. associations: capped overall and per peer address, idle peers dropped -----------------------
-@pytest.mark.parametrize("site", [{"CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2", "CHEXNET_DICOM_NETWORK_TIMEOUT_S": "5",
+@pytest.mark.parametrize("dicom_site", [{"CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2", "CHEXNET_DICOM_NETWORK_TIMEOUT_S": "5",
                                    "CHEXNET_DICOM_BIND": "127.0.0.1"}], indirect=True)
-def test_a_flood_of_idle_connections_does_not_lock_out_a_modality(site, dicom_dir):
-    env, node, destination = site
+def test_a_flood_of_idle_connections_does_not_lock_out_a_modality(dicom_site, dicom_dir):
+    env, node, destination = dicom_site
     node.start()
     destination.start()
     flood = []
@@ -205,9 +205,9 @@ def test_a_flood_of_idle_connections_does_not_lock_out_a_modality(site, dicom_di
     assert log.count("refused a connection") < refused / 10, "a flood logs once per interval, not per connection"
 
 
-@pytest.mark.parametrize("site", [{"CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2"}], indirect=True)
-def test_a_pdu_too_long_or_trickling_in_is_not_waited_for(site):
-    env, node, destination = site
+@pytest.mark.parametrize("dicom_site", [{"CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2"}], indirect=True)
+def test_a_pdu_too_long_or_trickling_in_is_not_waited_for(dicom_site):
+    env, node, destination = dicom_site
     before = started_with_limit(node)
     with socket.create_connection(("127.0.0.1", node.port), timeout=30) as s:
         s.sendall(b"\x01\x00" + (200).to_bytes(4, "big"))  # a 200-byte A-ASSOCIATE-RQ, one byte each 0.5 s
@@ -235,8 +235,8 @@ def test_a_pdu_too_long_or_trickling_in_is_not_waited_for(site):
 
 
 @pytest.mark.parametrize("message", ["endless command", "data set of a C-ECHO", "data set without a command"])
-def test_a_connection_cannot_make_the_node_hold_a_message_in_memory(site, message):
-    env, node, destination = site
+def test_a_connection_cannot_make_the_node_hold_a_message_in_memory(dicom_site, message):
+    env, node, destination = dicom_site
     before = started_with_limit(node)
     echo = raw.command(AffectedSOPClassUID=raw.VERIFICATION, CommandField=0x0030, MessageID=1,
                        CommandDataSetType=0x0000)
@@ -252,8 +252,8 @@ def test_a_connection_cannot_make_the_node_hold_a_message_in_memory(site, messag
     assert "a DIMSE message larger than the node holds in memory" in node.log.read_text()
 
 
-def test_data_sets_a_store_leaves_behind_do_not_stay_in_receiving(site):
-    env, node, destination = site
+def test_data_sets_a_store_leaves_behind_do_not_stay_in_receiving(dicom_site):
+    env, node, destination = dicom_site
     node.start()
     receiving = node.spool / "receiving"
     context = ((1, raw.CR, (raw.IMPLICIT_LE,)),)
@@ -275,9 +275,9 @@ def test_data_sets_a_store_leaves_behind_do_not_stay_in_receiving(site):
     assert node.files("incoming") == []
 
 
-@pytest.mark.parametrize("site", [{"CHEXNET_DICOM_NETWORK_TIMEOUT_S": "5"}], indirect=True)
-def test_malformed_command_sets_and_borrowed_titles_are_contained(site, dicom_dir):
-    env, node, destination = site
+@pytest.mark.parametrize("dicom_site", [{"CHEXNET_DICOM_NETWORK_TIMEOUT_S": "5"}], indirect=True)
+def test_malformed_command_sets_and_borrowed_titles_are_contained(dicom_site, dicom_dir):
+    env, node, destination = dicom_site
     node.start()
     destination.start()
     malformed = [  # command sets pynetdicom's reader or state machine fails on
@@ -312,9 +312,9 @@ def test_malformed_command_sets_and_borrowed_titles_are_contained(site, dicom_di
 
 
 # --- 3. size cap and disk floor ----------------------------------------------------------------------
-@pytest.mark.parametrize("site", [{"CHEXNET_MAX_UPLOAD_MB": "8"}], indirect=True)
-def test_an_instance_over_the_size_cap_is_refused_while_receiving_and_nothing_is_kept(site, tmp_path):
-    env, node, destination = site
+@pytest.mark.parametrize("dicom_site", [{"CHEXNET_MAX_UPLOAD_MB": "8"}], indirect=True)
+def test_an_instance_over_the_size_cap_is_refused_while_receiving_and_nothing_is_kept(dicom_site, tmp_path):
+    env, node, destination = dicom_site
     big = crafted(tmp_path / "big.dcm", 300 * MIB)
     before = started_with_limit(node)
     status = send_file(node.port, big)
@@ -323,9 +323,9 @@ def test_an_instance_over_the_size_cap_is_refused_while_receiving_and_nothing_is
     assert node.status("VmHWM") - before < 200 * 1024, "received data streams to disk, not memory"
 
 
-@pytest.mark.parametrize("site", [{"CHEXNET_DICOM_MIN_FREE_MB": "1000000"}], indirect=True)
-def test_below_the_disk_floor_a_store_is_answered_out_of_resources(site, dicom_dir):
-    env, node, destination = site
+@pytest.mark.parametrize("dicom_site", [{"CHEXNET_DICOM_MIN_FREE_MB": "1000000"}], indirect=True)
+def test_below_the_disk_floor_a_store_is_answered_out_of_resources(dicom_site, dicom_dir):
+    env, node, destination = dicom_site
     node.start()
     status = send_file(node.port, dicom_dir / CHEST[0])
     assert status is not None and status.Status == 0xA700 and "disk" in status.ErrorComment
@@ -333,9 +333,9 @@ def test_below_the_disk_floor_a_store_is_answered_out_of_resources(site, dicom_d
 
 
 # --- 4. I/O errors never end the worker; the healthcheck tells when the queue stops moving ----------
-@pytest.mark.parametrize("site", [{"CHEXNET_DICOM_STALL_S": "10"}], indirect=True)
-def test_the_worker_survives_io_errors_and_the_healthcheck_says_when_nothing_moves(site, dicom_dir):
-    env, node, destination = site
+@pytest.mark.parametrize("dicom_site", [{"CHEXNET_DICOM_STALL_S": "10"}], indirect=True)
+def test_the_worker_survives_io_errors_and_the_healthcheck_says_when_nothing_moves(dicom_site, dicom_dir):
+    env, node, destination = dicom_site
     node.start()
     destination.start()
     outgoing = node.spool / "outgoing"
@@ -355,8 +355,8 @@ def test_the_worker_survives_io_errors_and_the_healthcheck_says_when_nothing_mov
 
 
 # --- 5. one refused object does not block the others -------------------------------------------------
-def test_results_the_pacs_refuses_do_not_hold_back_the_others(site, dicom_dir, tmp_path):
-    env, node, destination = site
+def test_results_the_pacs_refuses_do_not_hold_back_the_others(dicom_site, dicom_dir, tmp_path):
+    env, node, destination = dicom_site
     destination.answers[ComprehensiveSRStorage] = 0xA700  # transient: out of resources
     node.start()
     destination.start()
@@ -378,8 +378,8 @@ def test_results_the_pacs_refuses_do_not_hold_back_the_others(site, dicom_dir, t
 
 
 # --- 6. identity: the called AE title, the SOP class the data set really has -------------------------
-def test_a_wrong_called_title_and_a_data_set_of_another_class_are_refused(site, dicom_dir, tmp_path):
-    env, node, destination = site
+def test_a_wrong_called_title_and_a_data_set_of_another_class_are_refused(dicom_site, dicom_dir, tmp_path):
+    env, node, destination = dicom_site
     node.start()
     wrong_title = storescu(node.port, "MODALITY", "SOMEONE", dicom_dir / CHEST[0])
     assert wrong_title.returncode != 0

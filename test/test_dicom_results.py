@@ -6,19 +6,17 @@ import email
 import email.policy
 import io
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, generate_uid
 
-from api_helpers import make_env, ready_app
+from api_helpers import assert_error, make_env, predict, ready_app
 from chexnet.service import SettingsError
-from conftest import png_bytes
 from dicom_factory import make_dicom
-from test_api import assert_error, predict
+from dicom_tools import dciodvfy_errors
+from image_helpers import png_bytes
 
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"'
 
@@ -38,15 +36,6 @@ def dicom_parts(response) -> list[pydicom.Dataset]:
     parts = list(message.iter_parts())
     assert parts and all(p.get_content_type() == "application/dicom" for p in parts)
     return [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in parts]
-
-
-def dciodvfy_errors(ds: pydicom.Dataset, tmp_path) -> list[str]:
-    tool = shutil.which("dciodvfy")
-    assert tool, "dciodvfy (Debian dicom3tools) is needed to validate DICOM results; .ci/run installs it"
-    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 def content_items(item):

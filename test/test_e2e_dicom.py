@@ -17,8 +17,7 @@ import pytest
 import requests
 from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
-from dicom_tools import storescu
-from test_dicom_results import dciodvfy_errors
+from dicom_tools import dciodvfy_errors, storescu
 from waiting import wait_until
 
 pytestmark = pytest.mark.e2e

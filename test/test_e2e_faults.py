@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from test_chexnet_docker import check_expired_token, check_predict_png, check_ready, context_from
+from qa_checks import check_expired_token, check_predict_png, check_ready, context_from
 from waiting import wait_until
 
 pytestmark = pytest.mark.e2e

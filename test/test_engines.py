@@ -13,8 +13,8 @@ from chexnet.engines.pytorch import load_model
 from chexnet.errors import EngineUnavailable
 from chexnet.heatmap import normalise
 from chexnet.imaging import decode_image, preprocess
-from conftest import png_bytes
 from dicom_factory import make_dicom
+from image_helpers import png_bytes
 
 
 def reference_tensor(path, manifest) -> torch.Tensor:

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 import hostile_files
-from conftest import ROOT
 from dicom_factory import make_dicom
+from sample_data import ROOT
 
 _PROBE = r'''
 import ast, importlib, json, logging, pkgutil, sys, warnings

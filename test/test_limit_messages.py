@@ -8,11 +8,9 @@ import pytest
 from PIL import Image
 
 import hostile_files
-from api_helpers import make_env, ready_app
-from conftest import png_bytes
+from api_helpers import assert_error, make_env, predict, ready_app
 from dicom_factory import make_dicom
-from test_api import assert_error, predict
-from test_decode import png_bomb
+from image_helpers import png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ CASES = {
     "file over the upload limit": (lambda: _noise_png(1250), ("the upload limit is 1 MiB", "(CHEXNET_MAX_UPLOAD_MB)")),
     "PNG over the pixel limit": (lambda: _png_header_only(1100, 1000),
                                  ("1100x1000", "the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)")),
-    "PNG decompression bomb": (png_bomb, ("the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)")),
+    "PNG decompression bomb": (hostile_files.png_bomb, ("the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)")),
     "DICOM over the pixel limit": (lambda: make_dicom(np.zeros((1001, 1000), np.uint8)),
                                    ("1000x1001", "the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)")),
     "deflated DICOM over the inflated-size limit": (

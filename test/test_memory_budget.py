@@ -22,7 +22,7 @@ from chexnet.imaging.gate import default_concurrency
 from chexnet.service.memory import MIB, estimate
 from chexnet.service.settings import DICOM_NODE, HTTP_API, MAX_LICENSE_LEEWAY_S, Settings, SettingsError
 from dicom_factory import make_dicom
-from test_decode_bounds import peak_mib_above_now
+from memory_helpers import peak_mib_above_now
 
 GIB = 2**30
 DEMO_BUNDLES = ("cxr10", "cxr25", "chestxray14")  # what the CPU image ships and compose loads by default

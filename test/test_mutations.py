@@ -25,8 +25,9 @@ from pydicom.uid import (
 
 from chexnet.errors import ServiceError
 from chexnet.imaging import decode_image
-from conftest import SHARED_DATA as SHARED
-from test_decode_bounds import SINGLE_REQUEST_BUDGET_MIB, _transcode, peak_mib_above_now
+from dicom_tools import transcode
+from memory_helpers import SINGLE_REQUEST_BUDGET_MIB, peak_mib_above_now
+from sample_data import SHARED_DATA as SHARED
 
 BASES = {  # small enough to decode many times; every codec family and the PNG path
     "jpeg": SHARED / "dicom" / "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm",
@@ -48,7 +49,7 @@ def base(name: str) -> bytes:
     if name not in _CACHE:
         if name == "lossless":
             with tempfile.TemporaryDirectory() as tmp:
-                _CACHE[name] = _transcode(BASES[name], Path(tmp) / "sv1.dcm", gdcm.TransferSyntax.JPEGLosslessProcess14_1)
+                _CACHE[name] = transcode(BASES[name], Path(tmp) / "sv1.dcm", gdcm.TransferSyntax.JPEGLosslessProcess14_1)
         else:
             _CACHE[name] = BASES[name].read_bytes()
     return _CACHE[name]

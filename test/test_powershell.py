@@ -22,7 +22,7 @@ import pytest
 import tree_sitter
 import tree_sitter_powershell
 
-from conftest import ROOT
+from sample_data import ROOT
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 TWINS = {  # name: (bash files, PowerShell files); the first of each is the script, the rest what it loads

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from sample_data import ROOT
 
 SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), ROOT / "deployment_template/install.sh", ROOT / "nginx/entrypoint.sh",
                   ROOT / "test/e2e.sh", ROOT / ".ci/run"])
