@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sample_data import ROOT
 
@@ -61,21 +62,23 @@ def test_compose_template_is_valid(tmp_path, compose, gpu):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHEXNET_")}
     result = subprocess.run([*compose, *files, "config"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    config = result.stdout
-    assert "restart: unless-stopped" in config
+    services = yaml.safe_load(result.stdout)["services"]
+    api, nginx = services["api"], services["nginx"]
+    assert api["restart"] == nginx["restart"] == "unless-stopped"
     if not (major == 1 and gpu):  # Compose v1 leaves pull_policy out of a merged config (it never pulls a local image anyway)
-        assert "pull_policy: never" in config
-    assert "8080" in config and "published" not in config.split("nginx:")[0].split("api:")[1], "the API must not be published"
-    assert ("chexnet-api-gpu:0.1.0" in config) is gpu and ("driver: nvidia" in config) is gpu
-    # Containment for both services, as the merged configuration says (v1 and v2 spell it differently).
-    for service in ("api", "nginx"):
-        block = config.split(f"  {service}:\n", 1)[1].split("\n  nginx:\n" if service == "api" else "\nvolumes:", 1)[0]
-        assert "read_only: true" in block, service
-        assert "no-new-privileges:true" in block, service
-        assert "- ALL" in block and "cap_drop" in block, service
-        assert "pids_limit: " in block and ("mem_limit: " in block), service
+        assert api["pull_policy"] == nginx["pull_policy"] == "never"
+    assert "8080" in api["expose"] and "ports" not in api, "the API must not be published"
+    assert (api["image"] == "chexnet-api-gpu:0.1.0") is gpu
+    devices = api.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    assert any(device.get("driver") == "nvidia" for device in devices) is gpu
+    # Containment for both services, as the merged configuration says (v1 and v2 spell sizes differently).
+    for name, service in (("api", api), ("nginx", nginx)):
+        assert service["read_only"] is True, name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert "ALL" in service["cap_drop"], name
+        assert service["pids_limit"] and service["mem_limit"], name
     if gpu:
-        assert "12g" in config or "12884901888" in config
+        assert str(api["mem_limit"]) in ("12g", "12884901888")
 
 
 # --- offline package trust, on a small package with no images (no Docker needed) -------------------
@@ -260,28 +263,40 @@ def _stack_config(tmp_path, env_overrides: dict, hashes: bool = True, gpu: bool 
 def test_stack_file_is_valid_and_keeps_the_contract(tmp_path):
     result = _stack_config(tmp_path, {"API_REPLICAS": "3"})
     assert result.returncode == 0, result.stderr
-    config = result.stdout
-    api, nginx = config.split("\n  nginx:\n")[0], config.split("\n  nginx:\n")[1].split("\nnetworks:")[0]
-    assert "replicas: 3" in api and "endpoint_mode: dnsrr" in api and "image: chexnet-api-cpu:0.1.0" in api
+    config = yaml.safe_load(result.stdout)
+    api, nginx = config["services"]["api"], config["services"]["nginx"]
+    assert api["deploy"]["replicas"] == 3 and api["deploy"]["endpoint_mode"] == "dnsrr"
+    assert api["image"] == "chexnet-api-cpu:0.1.0"
     for service in (api, nginx):  # start-first (api) and automatic rollback on failed health; contained
-        assert "failure_action: rollback" in service and "read_only: true" in service and "- ALL" in service
-        assert "bind" not in service, "a stack takes configs and secrets, not bind mounts"
-    assert "order: start-first" in api.split("rollback_config")[0]
-    assert "CHEXNET_NODE_NAME: '{{.Node.Hostname}}'" in api and "/etc/chexnet/product_uuids" in api
-    assert "mode: global" in nginx and "NGINX_API_TASKS: tasks.api" in nginx and "mode: host" in nginx
-    assert 'uid: "10002"' in nginx and "mode: 256" in nginx  # the TLS key: a secret only nginx's user reads (0400)
+        assert service["deploy"]["update_config"]["failure_action"] == "rollback"
+        assert service["read_only"] is True and "ALL" in service["cap_drop"]
+        assert all(volume["type"] != "bind" for volume in service["volumes"]), "a stack takes configs and secrets, not bind mounts"
+    assert api["deploy"]["update_config"]["order"] == "start-first"
+    assert api["environment"]["CHEXNET_NODE_NAME"] == "{{.Node.Hostname}}"
+    assert api["environment"]["CHEXNET_PRODUCT_UUID_FILE"] == "/etc/chexnet/product_uuids"
+    assert "/etc/chexnet/product_uuids" in [item["target"] for item in api["configs"]]
+    assert nginx["deploy"]["mode"] == "global" and nginx["environment"]["NGINX_API_TASKS"] == "tasks.api"
+    assert nginx["ports"] and all(port["mode"] == "host" for port in nginx["ports"])
+    (tls_key,) = [secret for secret in nginx["secrets"] if secret["source"] == "tls_key"]
+    assert tls_key["uid"] == "10002" and tls_key["mode"] == 0o400  # the TLS key: a secret only nginx's user reads
+    names = [item["name"] for kind in ("configs", "secrets") for item in config[kind].values()]
     for name in ("license_keys_license_keys12", "product_uuids_product_uuids12", "tls_key_tls_key12"):
-        assert f"name: chexnet_{name}" in config  # named by content: a changed file is a new config
+        assert f"chexnet_{name}" in names  # named by content: a changed file is a new config
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no Docker CLI")
 def test_gpu_stack_override_places_one_torch_task_per_gpu_on_labelled_nodes(tmp_path):
     result = _stack_config(tmp_path, {"CHEXNET_VARIANT": "gpu", "CHEXNET_ENGINE": "openvino"}, gpu=True)
     assert result.returncode == 0, result.stderr
-    api = result.stdout.split("\n  nginx:\n")[0]
-    assert "image: chexnet-api-gpu:0.1.0" in api and "CHEXNET_ENGINE: torch" in api and "CHEXNET_PRECISION: fp32" in api
-    assert "node.labels.chexnet.gpu == true" in api and "kind: NVIDIA-GPU" in api and "value: 1" in api
-    assert 'memory: "12884901888"' in api and "endpoint_mode: dnsrr" in api and "order: start-first" in api
+    api = yaml.safe_load(result.stdout)["services"]["api"]
+    deploy, environment = api["deploy"], api["environment"]
+    assert api["image"] == "chexnet-api-gpu:0.1.0"
+    assert environment["CHEXNET_ENGINE"] == "torch" and environment["CHEXNET_PRECISION"] == "fp32"
+    assert "node.labels.chexnet.gpu == true" in deploy["placement"]["constraints"]
+    assert [resource["discrete_resource_spec"] for resource in deploy["resources"]["reservations"]["generic_resources"]] \
+        == [{"kind": "NVIDIA-GPU", "value": 1}]
+    assert deploy["resources"]["limits"]["memory"] == "12884901888" and deploy["endpoint_mode"] == "dnsrr"
+    assert deploy["update_config"]["order"] == "start-first"
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no Docker CLI")
