@@ -81,7 +81,7 @@ def _checked_source(source: pydicom.Dataset) -> pydicom.Dataset:
         del complete.SpecificCharacterSet
     for keyword, vr in _TYPE2.items():
         if keyword not in complete:
-            complete.add_new(pydicom.datadict.tag_for_keyword(keyword), vr, None)
+            complete.add_new(keyword, vr, None)
     return complete
 
 
@@ -127,9 +127,10 @@ def _character_sets(source: pydicom.Dataset) -> list[str]:
 def _uid(settings: ResultSettings, prediction: Prediction, *role: str) -> str:
     """A UID derived from the source instance, the model and the object's role: the same request made
     again (a retry, the node's restart after a crash) yields the same instance, not a duplicate."""
-    m = prediction.model
+    m, source = prediction.model, prediction.source
+    assert source is not None  # result_objects makes results only for a DICOM source
     return generate_uid(prefix=settings.uid_root, entropy_srcs=[
-        str(prediction.source.SOPInstanceUID), m.id, m.version, m.precision, *role])
+        str(source.SOPInstanceUID), m.id, m.version, m.precision, *role])
 
 
 def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
@@ -225,9 +226,9 @@ def secondary_captures(settings: ResultSettings, prediction: Prediction, source:
             manufacturer=MANUFACTURER, patient_orientation=orientation or ("L", "F"),
             series_description=_series_description(prediction, "heatmaps"))
         if orientation is None:  # unknown in the source: type 2, so present and empty
-            sc.PatientOrientation = None
+            sc.PatientOrientation = None  # type: ignore[assignment]  # pydicom: an empty value
         # General Series Laterality is type 2C; the source's value when it is one, else present and empty.
-        sc.Laterality = source.Laterality if str(source.get("Laterality") or "") in ("R", "L") else None
+        sc.Laterality = source.Laterality if str(source.get("Laterality") or "") in ("R", "L") else None  # type: ignore[assignment]
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.BurnedInAnnotation = "YES" if prediction.model.demo else "NO"
         sc.DerivationDescription = (f"Class activation map for {heatmap.label.name.en} from {prediction.model.id} "

@@ -22,16 +22,17 @@ class PredictOptions:
     def parse(cls, model: str | None = None, heatmaps: str | None = None,
               heatmap_format: str | None = None, output: str | None = None) -> "PredictOptions":
         spec = (heatmaps or "").strip() or "top"  # empty: the default, as a browser form sends it
+        chosen: str | tuple[str, ...] = spec
         if spec not in HEATMAP_MODES:
             codes = tuple(c.strip() for c in spec.split(","))
             if not all(codes):
                 raise InvalidOption(f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or a comma list of "
                                     f"label codes, not {spec!r}.")
-            spec = codes
+            chosen = codes
         fmt = heatmap_format or "jpeg"
         if fmt not in HEATMAP_FORMATS:
             raise InvalidOption(f"heatmap_format must be one of {', '.join(HEATMAP_FORMATS)}, not {fmt!r}.")
         out = output or "json"
         if out not in OUTPUTS:
             raise InvalidOption(f"output must be one of {', '.join(OUTPUTS)}, not {out!r}.")
-        return cls(model=model or None, heatmaps=spec, heatmap_format=fmt, output=out)
+        return cls(model=model or None, heatmaps=chosen, heatmap_format=fmt, output=out)

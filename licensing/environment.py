@@ -10,6 +10,7 @@ finite decimals, and no value may hold a control character.
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import overload
 
 _WHOLE = re.compile(r"^[+-]?[0-9]{1,18}$")
 _DECIMAL = re.compile(r"^[+-]?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$")
@@ -31,6 +32,12 @@ class Environment:
         """The error to raise: '<VARIABLE> <sentence>'."""
         return self.error(f"{self.variable(name)} {sentence}")
 
+    @overload
+    def text(self, name: str, default: str) -> str: ...
+
+    @overload
+    def text(self, name: str, default: None = None) -> str | None: ...
+
     def text(self, name: str, default: str | None = None) -> str | None:
         raw = self.env.get(self.variable(name))
         if raw is None or raw.strip() == "":
@@ -48,21 +55,18 @@ class Environment:
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.text(name, str(default))
-        assert raw is not None
         if not _WHOLE.match(raw):
             raise self.refuse(name, f"must be a whole number, not '{raw[:40]}'.")
         return self._within(name, int(raw), low, high)
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
         raw = self.text(name, repr(default))
-        assert raw is not None
         if not _DECIMAL.match(raw) or not math.isfinite(float(raw)):
             raise self.refuse(name, f"must be a number, not '{raw[:40]}'.")
         return self._within(name, float(raw), low, high)
 
     def choice(self, name: str, default: str, allowed: Sequence[str]) -> str:
         value = self.text(name, default)
-        assert value is not None
         if value not in allowed:
             raise self.refuse(name, f"must be one of {', '.join(allowed)}, not '{value[:40]}'.")
         return value

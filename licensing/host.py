@@ -57,7 +57,7 @@ def read_host_uuid(path: str | Path = DEFAULT_UUID_FILE, node: str = "") -> str:
 
 
 def _node_entry(text: str, path: Path, node: str) -> str:
-    entries = {}
+    entries: dict[str, str] = {}
     for line in text.splitlines():
         fields = line.split("#", 1)[0].split()
         if len(fields) == 2:

@@ -34,7 +34,7 @@ from licensing.tokens import ALGORITHMS, AUDIENCE, ISSUER
 try:
     import fcntl
 except ImportError:  # Windows, where only the vendor's CLI runs: no process there shares a state file
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # the module or None, as each use checks
 
 REVOCATION_TYPE = "chexnet-revocation+jwt"
 RECHECK_INTERVAL_S = 1.0
@@ -132,7 +132,7 @@ class NewestAccepted:
     @contextlib.contextmanager
     def locked(self) -> Iterator[Accepted | None]:
         """Hold the lock (other processes wait) and yield what the file records; write() inside."""
-        fd = self._lock() if self.path is not None else None
+        fd = self._lock(self.path) if self.path is not None else None
         try:
             yield self.read()
         finally:
@@ -140,30 +140,31 @@ class NewestAccepted:
                 os.close(fd)  # releases the lock
 
     def write(self, accepted: Accepted, issued_at: int | None = None) -> None:
-        if self.path is None:
+        path = self.path
+        if path is None:
             return
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)  # mode 0600
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
             try:
                 with os.fdopen(fd, "w", encoding="ascii") as f:
                     json.dump({"seq": accepted.seq, "list_id": accepted.list_id, "issued_at": issued_at}, f)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, self.path)
+                os.replace(tmp, path)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-            self._sync_folder()
+            self._sync_folder(path.parent)
         except OSError as exc:
-            raise RevocationStateError(f"The revocation state file {self.path} cannot be written ({exc.strerror or exc}); "
+            raise RevocationStateError(f"The revocation state file {path} cannot be written ({exc.strerror or exc}); "
                                        "give the service's user write access to its folder.") from None
 
-    def _lock(self) -> int | None:
+    def _lock(self, path: Path) -> int | None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             if fcntl is None:
                 return None
-            lock_path = self.path.with_name(self.path.name + ".lock")
+            lock_path = path.with_name(path.name + ".lock")
             deadline = time.monotonic() + LOCK_WAIT_S
             while True:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -176,11 +177,11 @@ class NewestAccepted:
                 os.close(fd)
                 if time.monotonic() >= deadline:
                     raise RevocationStateError(
-                        f"The revocation state file {self.path} stayed locked by another process for {LOCK_WAIT_S:g} s; "
+                        f"The revocation state file {path} stayed locked by another process for {LOCK_WAIT_S:g} s; "
                         f"it is tried again at the next check (if this lasts, find the process holding {lock_path}).")
                 time.sleep(0.01)
         except OSError as exc:
-            raise RevocationStateError(f"The revocation state file {self.path} cannot be locked ({exc.strerror or exc}); "
+            raise RevocationStateError(f"The revocation state file {path} cannot be locked ({exc.strerror or exc}); "
                                        "give the service's user write access to its folder.") from None
 
     @staticmethod
@@ -196,11 +197,12 @@ class NewestAccepted:
         except FileNotFoundError:
             return False
 
-    def _sync_folder(self) -> None:
+    @staticmethod
+    def _sync_folder(folder: Path) -> None:
         """The rename itself survives a power cut only once the folder is synced."""
         if not hasattr(os, "O_DIRECTORY"):
             return
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:

@@ -12,6 +12,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -122,7 +123,8 @@ def _check_types(claims: dict) -> None:
         raise TokenInvalid("The token's features must be a list of model ids.")
 
 
-_DECODE_ERRORS: list[tuple[type, Callable[[Exception], Exception]]] = [
+# Each maker is given an exception of its own row's type (hence Any: a list cannot say so).
+_DECODE_ERRORS: list[tuple[type[Exception], Callable[[Any], Exception]]] = [
     (jwt.ExpiredSignatureError, lambda e: TokenExpired("The licence token has expired; ask the vendor for a new one.")),
     (jwt.ImmatureSignatureError, lambda e: TokenInvalid("The token is not valid yet; check this server's clock.")),
     (jwt.MissingRequiredClaimError, lambda e: TokenInvalid(f"The token lacks the required claim '{e.claim}'.")),

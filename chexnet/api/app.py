@@ -4,6 +4,7 @@ import logging
 import time
 
 from flask import Flask, g, request
+from flask.json.provider import DefaultJSONProvider
 
 from chexnet.api import errors, routes
 from chexnet.api.observability import REQUEST_ID_HEADER, request_id_from_headers
@@ -21,6 +22,7 @@ def create_app(settings: Settings, *, start: bool = True) -> Flask:
     configure()  # an application made here reads DICOM however it is served (idempotent)
     app = Flask(__name__, static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD, JSON_SORT_KEYS=False)
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's own, whose options these are
     app.json.ensure_ascii = False
     app.json.sort_keys = False
     metrics = Metrics()

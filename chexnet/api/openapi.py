@@ -42,7 +42,7 @@ _ERROR_CODES = sorted({code for codes in error_codes_by_status().values() for co
 
 
 def _obj(properties: dict, required: list[str] | None = None, extra: bool = True) -> dict:
-    schema = {"type": "object", "properties": properties, "required": required or list(properties)}
+    schema: dict[str, object] = {"type": "object", "properties": properties, "required": required or list(properties)}
     if not extra:
         schema["additionalProperties"] = False
     return schema
@@ -201,7 +201,7 @@ def _prediction_ok() -> dict:
 def openapi_document(models: dict[str, list[str]] | None = None) -> dict:
     """models: the loaded models' ids and label codes (they become enums); none: free strings."""
     options = _options(models or {})
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     predict_options = ("model", "heatmaps", "heatmap_format", "output")
     return {
         "openapi": "3.1.0",

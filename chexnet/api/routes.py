@@ -1,5 +1,7 @@
 """The REST API (DESIGN.md "REST API", prefix /api/v1), the browser page and the docs page."""
 
+import os
+
 import swagger_ui_bundle
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import NotFound
@@ -14,7 +16,9 @@ from chexnet.service import Service
 from licensing.flask_auth import current_claims, token_required
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
-pages = Blueprint("pages", __name__, static_folder="static", static_url_path="/static")
+# The browser page, the docs page and their files (the folder Flask would make of static_folder="static").
+STATIC_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+pages = Blueprint("pages", __name__, static_folder=STATIC_FOLDER, static_url_path="/static")
 UPLOAD_FIELDS = ("image", "file")  # "file": the source project's front end
 
 
@@ -121,7 +125,7 @@ SWAGGER_UI_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-16x16.png
 
 @api.get("/docs")
 def docs():
-    return send_from_directory(pages.static_folder, "docs.html")
+    return send_from_directory(STATIC_FOLDER, "docs.html")
 
 
 @api.get("/docs/<name>")
@@ -133,7 +137,7 @@ def docs_asset(name: str):
 
 @pages.get("/")
 def index():
-    return send_from_directory(pages.static_folder, "index.html")
+    return send_from_directory(STATIC_FOLDER, "index.html")
 
 
 @pages.get("/metrics")

@@ -89,7 +89,7 @@ def export_onnx(model: CheXNet, path: Path, input_size: int) -> None:
         # graph here is a plain CNN that the TorchScript exporter handles exactly.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, dummy, str(path), input_names=["input"], output_names=["logits", "features"],
+            model, (dummy,), str(path), input_names=["input"], output_names=["logits", "features"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
             opset_version=ONNX_OPSET, dynamo=False,
         )

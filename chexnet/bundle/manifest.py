@@ -83,8 +83,9 @@ class Manifest(_Strict):
     demo: bool
     created: str
     description: str = ""
-    variants: dict[Literal[BUILD_VARIANTS], Variant] = {}
-    startup_variants: dict[Literal[STARTUP_VARIANTS], StartupVariant] = {}
+    # Literal[<tuple>]: pydantic validates the keys against the tuple's items; mypy reads the keys as Any.
+    variants: dict[Literal[BUILD_VARIANTS], Variant] = {}  # type: ignore[valid-type]
+    startup_variants: dict[Literal[STARTUP_VARIANTS], StartupVariant] = {}  # type: ignore[valid-type]
 
     @field_validator("input_size")
     @classmethod

@@ -106,7 +106,7 @@ def _measure_openvino(staging: Path, labels: list[Label], x: np.ndarray, precisi
 def _quantize(core, staging: Path, x: np.ndarray) -> None:
     # NNCF reports usage to Google Analytics unless a consent file says no; without openvino_telemetry it
     # uses its own no-op stand-in. A bundle build sends nothing anywhere.
-    sys.modules.setdefault("openvino_telemetry", None)
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]  # None: importing it fails
     import nncf
     import openvino as ov
 

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes these at import
 
 from chexnet.dicom_node.settings import NodeSettings
 from chexnet.service import SettingsError

@@ -1,6 +1,7 @@
 """The DICOM node: listener (C-ECHO, C-STORE SCP), worker (spool → core → results) and sender
 (:mod:`chexnet.dicom_node.sender`), each on its own thread around one :class:`Spool`."""
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -19,7 +20,8 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.sop_class import Verification
+from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes these at import
 
 from chexnet.dicom_node.listener import BoundedServer
 from chexnet.dicom_node.pdus import PduGuard
@@ -81,7 +83,7 @@ class NodeMetrics:
                                  ["thread"], registry=r)
         depth = Gauge("chexnet_dicom_queue_depth", "Files waiting in the spool", ["queue"], registry=r)
         for queue in QUEUES:
-            depth.labels(queue).set_function(lambda queue=queue: spool.depth(queue))
+            depth.labels(queue).set_function(functools.partial(spool.depth, queue))
 
 
 class DicomNode:
@@ -120,15 +122,17 @@ class DicomNode:
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, DECODABLE_SYNTAXES)
-        handlers = [(evt.EVT_CONN_OPEN, PduGuard.on_open(self.node.associate_timeout_s)),
+        handlers: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, PduGuard.on_open(self.node.associate_timeout_s)),
                     (evt.EVT_CONN_CLOSE, lambda event: self.received.drop(lambda reader: reader is event.assoc.dul)),
                     (evt.EVT_ESTABLISHED, self._on_established),
                     (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
-        self._server = ae.make_server(
+        server = ae.make_server(
             (self.node.bind, self.node.port), evt_handlers=handlers, server_class=BoundedServer,
             total=self.node.max_associations, per_peer=self.node.max_per_peer,
             on_refused=lambda limit: self.node_metrics.refused_connections.labels(limit).inc())
-        self._start_thread("dicom-listener", self._server.serve_forever)
+        assert isinstance(server, BoundedServer)  # an instance of the server_class given
+        self._server = server
+        self._start_thread("dicom-listener", server.serve_forever)
         if self.node.metrics_port:
             start_http_server(self.node.metrics_port, registry=self.metrics.registry)
         self._start_thread("dicom-worker", self._drain, "incoming", self._work, self._predict_waiting,

@@ -106,7 +106,7 @@ class PduGuard:
             raw.settimeout(previous)
         return data
 
-    def _follow(self, pdu: bytes) -> bool:
+    def _follow(self, pdu: bytes | bytearray) -> bool:
         """Account for the presentation data values of a P-DATA-TF; False when a bound is passed. A data set
         fragment goes to a capped file only while a C-STORE's data set is open; any other is held in memory
         by pynetdicom (a data set after a command that announced none included), so it is counted."""

@@ -63,7 +63,7 @@ class ReceivedFiles:
     def install(self) -> None:
         """Route pynetdicom's received C-STORE data sets through :meth:`open` (the node's process only)."""
         _config.STORE_RECV_CHUNKED_DATASET = True
-        dimse_messages.NamedTemporaryFile = self.open
+        dimse_messages.NamedTemporaryFile = self.open  # type: ignore[assignment]  # takes what pynetdicom passes
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.folder).free

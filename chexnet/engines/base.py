@@ -7,8 +7,12 @@ per-request state: an instance may be called from many threads at once.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from chexnet.engines.startup_check import Measurement
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class Engine(ABC):
     device: str
     precision: str
     # a precision measured on this device when the engine was made (chexnet.engines.startup_check), else None
-    measurement = None
+    measurement: "Measurement | None" = None
 
     @abstractmethod
     def infer(self, batch: np.ndarray) -> EngineOutput:

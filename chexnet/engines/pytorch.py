@@ -74,7 +74,7 @@ class TorchEngine(Engine):
             # measures both). Process-wide flags; the engine is the process's only user of torch.
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
             self.device_name = torch.cuda.get_device_name(self.torch_device)
             log.info("torch engine on %s", self.device_name)
         else:

@@ -25,7 +25,7 @@ from pydicom import filereader
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_partial
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -81,7 +81,7 @@ _READ = [
     "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence",
     "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape", *_PIXEL_KEYWORDS, *SOURCE_KEYWORDS,
 ]
-_READ_TAGS = [Tag(keyword) for keyword in _READ]
+_READ_TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in _READ]
 MAX_ELEMENTS = 20_000  # top-level elements of one data set
 MAX_ITEMS = 10_000  # sequence items (and encapsulated fragments) of one data set
 _ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")  # (FFFE,E000) little and big endian
@@ -278,7 +278,7 @@ def _number(ds: pydicom.Dataset, keyword: str, default: float, whole: bool = Fal
 
 
 def _integer(ds: pydicom.Dataset, keyword: str, default: int) -> int:
-    return _number(ds, keyword, default, whole=True)
+    return int(_number(ds, keyword, default, whole=True))  # whole: already an int
 
 
 def _first(value):

@@ -21,7 +21,7 @@ def decode_raster(data: bytes, kind: str, limits: DecodeLimits, size: DecodeSize
         # Our own pixel limit is stricter than Pillow's bomb warning; turn the warning into the error.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise PayloadTooLarge(
                 f"The {name} header declares far more pixels than a radiograph has; {limits.pixel_limit}."

@@ -49,7 +49,7 @@ def decode_j2k(frame: bytes, header: FrameHeader, level: int) -> np.ndarray | No
     """Samples at resolution level (from j2k_level), in the codestream's own bit depth."""
     try:
         with Image.open(io.BytesIO(frame)) as image:
-            image.reduce = level
+            image.reduce = level  # type: ignore[method-assign, assignment]  # Pillow's JPEG 2000 plugin: a settable level
             image.load()
             samples = np.asarray(image)
     except _FAILURES:

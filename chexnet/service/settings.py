@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from pydicom.uid import PYDICOM_ROOT_UID
 
@@ -202,13 +203,18 @@ class Settings:
         def fits(settings: "Settings") -> bool:
             return settings.memory_estimate(workload).total <= memory.bytes
 
+        def changed(settings: "Settings", field: str, value: int) -> "Settings":
+            """SETTINGS with the integer FIELD (one of the knobs) set to VALUE."""
+            change: dict[str, Any] = {field: value}
+            return replace(settings, **change)
+
         def largest(start: "Settings", field: str, low: int, high: int, step: int) -> int | None:
             """The largest value of field in [low, high) that fits, changing only it; None if none does."""
-            if high <= low or not fits(replace(start, **{field: low})):
+            if high <= low or not fits(changed(start, field, low)):
                 return None
             while high - low > step:  # fits at low, not at high
                 middle = low + max(1, (high - low) // 2 // step) * step
-                low, high = (middle, high) if fits(replace(start, **{field: middle})) else (low, middle)
+                low, high = (middle, high) if fits(changed(start, field, middle)) else (low, middle)
             return low
 
         alone = [f"CHEXNET_{name} to {value}" for name, field, low, high, step in knobs
@@ -219,7 +225,7 @@ class Settings:
         for name, field, low, high, step in knobs:
             value = largest(current, field, low, high, step)
             if value is None and high > low:
-                current = replace(current, **{field: low})
+                current = changed(current, field, low)
                 together.append(f"CHEXNET_{name} to {low}")
             elif value is not None:
                 together.append(f"CHEXNET_{name} to {value}")

@@ -109,7 +109,9 @@ def _page_after_sign_in(target: str) -> str:
     """TARGET rebuilt from the GET route it names in this app's URL map, never echoed; the index for
     anything else (control characters, backslashes, schemes, encoded slashes, unknown paths)."""
     try:
-        endpoint, values = current_app.create_url_adapter(request).match(target, method="GET")
+        adapter = current_app.create_url_adapter(request)
+        assert adapter is not None  # None only outside a request
+        endpoint, values = adapter.match(target, method="GET")
     except HTTPException:  # NotFound, MethodNotAllowed, RequestRedirect
         return url_for("pages.index")
     return url_for(endpoint, **values)

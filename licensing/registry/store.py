@@ -143,7 +143,8 @@ class Store:
         cursor = self._write(actor, "server.register", {"customer": customer, "site": site, "product_uuid": product_uuid},
                              "INSERT INTO servers (customer, site, product_uuid, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
                              (customer, site, product_uuid, now_iso(), actor))
-        return int(cursor.lastrowid)
+        assert cursor.lastrowid is not None  # set by every INSERT
+        return cursor.lastrowid
 
     def server(self, server_id: int) -> dict | None:
         rows = self._read("SELECT * FROM servers WHERE id = ?", (server_id,))
