@@ -5,8 +5,8 @@ import base64
 import json
 import logging
 import os
-import signal
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from chexnet.bundle.manifest import DEFAULT_MAX_DELTA, VARIANT_PRECISIONS
@@ -14,6 +14,8 @@ from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES
 from chexnet.errors import ServiceError
 from chexnet.heatmap import FORMATS
 from chexnet.runtime import configure
+
+Command = Callable[[argparse.Namespace], int]
 
 
 def _variants(args: argparse.Namespace):
@@ -82,54 +84,9 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from chexnet.api import create_app
-    from chexnet.service import Settings, SettingsError, configure_logging
-    from chexnet.service.memory import WAITRESS_CONNECTIONS
-
-    env = dict(os.environ)
-    env.update({k: str(v) for k, v in (("CHEXNET_HOST", args.host), ("CHEXNET_PORT", args.port)) if v is not None})
-    try:
-        settings = Settings.from_env(env)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    import waitress
-
-    app = create_app(settings)
-    layout = settings.layout
-    logging.getLogger("chexnet").info("listening", extra={"fields": {
-        "host": settings.host, "port": settings.port, **vars(layout)}})
-    waitress.serve(app, host=settings.host, port=settings.port, threads=layout.http_threads, ident="chexnet",
-                   max_request_body_size=app.config["MAX_CONTENT_LENGTH"], channel_timeout=120,
-                   connection_limit=WAITRESS_CONNECTIONS, clear_untrusted_proxy_headers=True)
-    return 0
-
-
-def _dicom_node(args: argparse.Namespace) -> int:
-    from chexnet.dicom_node.settings import NodeSettings
-    from chexnet.service import DICOM_NODE, Settings, SettingsError, configure_logging
-
-    try:
-        settings, node_settings = Settings.from_env(workload=DICOM_NODE), NodeSettings.from_env()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO and DEBUG lines dump datasets
-    from chexnet.dicom_node.node import DicomNode
-    from chexnet.dicom_node.peers import PeerText
-
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(PeerText())
-
-    node = DicomNode(settings, node_settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: node.stop())
-    node.start()
-    node.wait()
-    return 0
+def _not_here(args: argparse.Namespace) -> int:
+    print(f"error: '{args.command}' is started by python -m chexnet (chexnet/__main__.py)", file=sys.stderr)
+    return 2
 
 
 def _heatmaps(prediction, source: Path, out_dir: Path | None) -> list[dict]:
@@ -164,7 +121,10 @@ def _variant_options(parser: argparse.ArgumentParser) -> None:
                         help=f"largest probability difference from fp32 a variant may have (default {DEFAULT_MAX_DELTA})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(services: Mapping[str, Command] | None = None) -> argparse.ArgumentParser:
+    """services: what starts 'serve' and 'dicom-node' (chexnet/__main__.py gives the transports' own); the CLI
+    imports neither transport."""
+    services = services or {}
     parser = argparse.ArgumentParser(prog="python -m chexnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -207,18 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the REST API on waitress (settings from CHEXNET_* variables)")
     serve.add_argument("--host", help="listen address (default CHEXNET_HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (default CHEXNET_PORT or 8080)")
-    serve.set_defaults(func=_serve)
+    serve.set_defaults(func=services.get("serve", _not_here))
 
     node = commands.add_parser("dicom-node", help="the DICOM listener (C-ECHO, C-STORE) that sends back an SR "
                                "and heatmap captures (settings from CHEXNET_* and CHEXNET_DICOM_* variables)")
-    node.set_defaults(func=_dicom_node)
+    node.set_defaults(func=services.get("dicom-node", _not_here))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, services: Mapping[str, Command] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     configure()  # pydicom and highdicom as the product needs them, before any command reads DICOM
-    args = build_parser().parse_args(argv)
+    args = build_parser(services).parse_args(argv)
     try:
         return args.func(args)
     except ServiceError as exc:
