@@ -32,8 +32,16 @@ class RowResult(Forwarded):
 
 
 class MicroBatcher:
-    def __init__(self, forward: BatchForward, name: str, max_batch: int, max_wait_ms: float, queue_size: int,
-                 metrics=None, workers: int = 1):
+    def __init__(
+        self,
+        forward: BatchForward,
+        name: str,
+        max_batch: int,
+        max_wait_ms: float,
+        queue_size: int,
+        metrics=None,
+        workers: int = 1,
+    ):
         self.forward = forward
         self.name = name
         self.max_batch = max_batch

@@ -31,8 +31,15 @@ def _variants(args: argparse.Namespace):
 def _bundle_demo(args: argparse.Namespace) -> int:
     from chexnet.bundle.build import write_demo_bundle
 
-    out = write_demo_bundle(args.out, args.labels, seed=args.seed, input_size=args.input_size,
-                            bundle_id=args.id, version=args.version, variants=_variants(args))
+    out = write_demo_bundle(
+        args.out,
+        args.labels,
+        seed=args.seed,
+        input_size=args.input_size,
+        bundle_id=args.id,
+        version=args.version,
+        variants=_variants(args),
+    )
     print(f"demo bundle written to {out}", file=sys.stderr)
     return 0
 
@@ -46,8 +53,14 @@ def _bundle_build(args: argparse.Namespace) -> int:
     if args.thresholds:
         labels = apply_thresholds(labels, args.thresholds)
     out = write_bundle(
-        args.out, read_checkpoint(args.checkpoint), labels, bundle_id=args.id, version=args.version,
-        input_size=args.input_size, demo=False, variants=_variants(args),
+        args.out,
+        read_checkpoint(args.checkpoint),
+        labels,
+        bundle_id=args.id,
+        version=args.version,
+        input_size=args.input_size,
+        demo=False,
+        variants=_variants(args),
         description=args.description or f"Built from {Path(args.checkpoint).name}.",
     )
     print(f"bundle {args.id} {args.version} written to {out}", file=sys.stderr)
@@ -61,8 +74,9 @@ def _predict(args: argparse.Namespace) -> int:
     from chexnet.predictor import Predictor
 
     # Heatmaps are made by default only where they have somewhere to go.
-    options = PredictOptions.parse(heatmaps=args.heatmaps or ("top" if args.heatmaps_dir else "none"),
-                                   heatmap_format=args.heatmap_format)
+    options = PredictOptions.parse(
+        heatmaps=args.heatmaps or ("top" if args.heatmaps_dir else "none"), heatmap_format=args.heatmap_format
+    )
     bundle = load_bundle(args.bundle)
     predictor = Predictor(bundle, create_engine(bundle, args.engine, args.device))
     predictor.heatmap_selector(options.heatmaps)  # an unknown label code stops here, before any image
@@ -113,12 +127,23 @@ def _delta(text: str) -> float:
 
 
 def _variant_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", action="append", choices=VARIANT_PRECISIONS,
-                        help="add a validated OpenVINO variant (repeat for both); needs --calibration")
-    parser.add_argument("--calibration", metavar="DIR",
-                        help="PNG/JPEG/DICOM images to quantize on and to measure each variant against fp32")
-    parser.add_argument("--max-delta", type=_delta, default=DEFAULT_MAX_DELTA,
-                        help=f"largest probability difference from fp32 a variant may have (default {DEFAULT_MAX_DELTA})")
+    parser.add_argument(
+        "--precision",
+        action="append",
+        choices=VARIANT_PRECISIONS,
+        help="add a validated OpenVINO variant (repeat for both); needs --calibration",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="PNG/JPEG/DICOM images to quantize on and to measure each variant against fp32",
+    )
+    parser.add_argument(
+        "--max-delta",
+        type=_delta,
+        default=DEFAULT_MAX_DELTA,
+        help=f"largest probability difference from fp32 a variant may have (default {DEFAULT_MAX_DELTA})",
+    )
 
 
 def build_parser(services: Mapping[str, Command] | None = None) -> argparse.ArgumentParser:
@@ -128,7 +153,9 @@ def build_parser(services: Mapping[str, Command] | None = None) -> argparse.Argu
     parser = argparse.ArgumentParser(prog="python -m chexnet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    bundle = commands.add_parser("bundle", help="create model bundles").add_subparsers(dest="bundle_command", required=True)
+    bundle = commands.add_parser("bundle", help="create model bundles").add_subparsers(
+        dest="bundle_command", required=True
+    )
     demo = bundle.add_parser("demo", help="a DEMO bundle with seeded random weights (not for diagnosis)")
     demo.add_argument("--labels", required=True, choices=("cxr10", "cxr25", "chestxray14"))
     demo.add_argument("--out", required=True, help="bundle directory to create, e.g. models/cxr10")
@@ -153,12 +180,19 @@ def build_parser(services: Mapping[str, Command] | None = None) -> argparse.Argu
 
     predict = commands.add_parser("predict", help="findings for images, one JSON object per line")
     predict.add_argument("--bundle", required=True)
-    predict.add_argument("--engine", choices=tuple(ENGINES), default=os.environ.get("CHEXNET_ENGINE") or DEFAULT_ENGINE,
-                         help=f"default: CHEXNET_ENGINE (each image sets it), else {DEFAULT_ENGINE}")
+    predict.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        default=os.environ.get("CHEXNET_ENGINE") or DEFAULT_ENGINE,
+        help=f"default: CHEXNET_ENGINE (each image sets it), else {DEFAULT_ENGINE}",
+    )
     predict.add_argument("--device", choices=DEVICES, default="auto")
     predict.add_argument("--heatmaps-dir", help="write heatmap overlays here (the JSON gives their paths)")
-    predict.add_argument("--heatmaps", help="none|top|positive|all|code1,code2: default top with --heatmaps-dir, "
-                         "else none; without --heatmaps-dir they are base64 in the JSON line")
+    predict.add_argument(
+        "--heatmaps",
+        help="none|top|positive|all|code1,code2: default top with --heatmaps-dir, "
+        "else none; without --heatmaps-dir they are base64 in the JSON line",
+    )
     predict.add_argument("--heatmap-format", choices=tuple(FORMATS), default="jpeg")
     predict.add_argument("--json", action="store_true", help="JSON lines on stdout (the only output format)")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -169,8 +203,11 @@ def build_parser(services: Mapping[str, Command] | None = None) -> argparse.Argu
     serve.add_argument("--port", type=int, help="listen port (default CHEXNET_PORT or 8080)")
     serve.set_defaults(func=services.get("serve", _not_here))
 
-    node = commands.add_parser("dicom-node", help="the DICOM listener (C-ECHO, C-STORE) that sends back an SR "
-                               "and heatmap captures (settings from CHEXNET_* and CHEXNET_DICOM_* variables)")
+    node = commands.add_parser(
+        "dicom-node",
+        help="the DICOM listener (C-ECHO, C-STORE) that sends back an SR "
+        "and heatmap captures (settings from CHEXNET_* and CHEXNET_DICOM_* variables)",
+    )
     node.set_defaults(func=services.get("dicom-node", _not_here))
     return parser
 

@@ -51,8 +51,17 @@ UNITLESS = CodedConcept("1", "UCUM", "no units")
 CHEST_RADIOGRAPH = CodedConcept("399208008", "SCT", "Plain chest X-ray")
 # Type 2 attributes of the Patient and General Study modules: present in every result, empty when the
 # source lacks them.
-_TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS", "StudyDate": "DA",
-          "StudyTime": "TM", "ReferringPhysicianName": "PN", "StudyID": "SH", "AccessionNumber": "SH"}
+_TYPE2 = {
+    "PatientName": "PN",
+    "PatientID": "LO",
+    "PatientBirthDate": "DA",
+    "PatientSex": "CS",
+    "StudyDate": "DA",
+    "StudyTime": "TM",
+    "ReferringPhysicianName": "PN",
+    "StudyID": "SH",
+    "AccessionNumber": "SH",
+}
 _CHARACTER_SETS = {v.value for v in hd.valuerep.SpecificCharacterSetValues}
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
@@ -68,8 +77,10 @@ def _checked_source(source: pydicom.Dataset) -> pydicom.Dataset:
     for keyword in _REQUIRED_UIDS:
         value = str(source.get(keyword) or "").strip("\0 ")
         if not value or not pydicom.uid.UID(value).is_valid:
-            raise InvalidImage(f"The DICOM has no valid {keyword}, so results cannot be filed with its study; "
-                               "export it again from the PACS.")
+            raise InvalidImage(
+                f"The DICOM has no valid {keyword}, so results cannot be filed with its study; "
+                "export it again from the PACS."
+            )
     charsets = _character_sets(source)
     complete = pydicom.Dataset()
     for element in source:
@@ -112,15 +123,20 @@ def _character_sets(source: pydicom.Dataset) -> list[str]:
     repertoire before code extensions, as Japanese DICOM writes it) is ISO 2022 IR 6; none at all is
     the default repertoire."""
     value = source.get("SpecificCharacterSet")
-    terms = [str(v).strip() for v in (value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value])
-             if v is not None]
+    terms = [
+        str(v).strip()
+        for v in (value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value])
+        if v is not None
+    ]
     if len(terms) > 1 and terms[0] == "":
         terms[0] = "ISO 2022 IR 6"
     terms = [t for t in terms if t not in ("", "ISO_IR 6")]
     unknown = [t for t in terms if t not in _CHARACTER_SETS]
     if unknown:
-        raise InvalidImage(f"The DICOM's Specific Character Set '{unknown[0][:32]}' is not one DICOM defines, so its "
-                           "names cannot be copied into results; correct it in the PACS.")
+        raise InvalidImage(
+            f"The DICOM's Specific Character Set '{unknown[0][:32]}' is not one DICOM defines, so its "
+            "names cannot be copied into results; correct it in the PACS."
+        )
     return terms
 
 
@@ -129,27 +145,39 @@ def _uid(settings: ResultSettings, prediction: Prediction, *role: str) -> str:
     again (a retry, the node's restart after a crash) yields the same instance, not a duplicate."""
     m, source = prediction.model, prediction.source
     assert source is not None  # result_objects makes results only for a DICOM source
-    return generate_uid(prefix=settings.uid_root, entropy_srcs=[
-        str(source.SOPInstanceUID), m.id, m.version, m.precision, *role])
+    return generate_uid(
+        prefix=settings.uid_root, entropy_srcs=[str(source.SOPInstanceUID), m.id, m.version, m.precision, *role]
+    )
 
 
 def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
     m = prediction.model
-    parameters = [f"engine={m.engine}", f"device={m.device}", f"precision={m.precision}",
-                  f"demo={'true' if m.demo else 'false'}"]
+    parameters = [
+        f"engine={m.engine}",
+        f"device={m.device}",
+        f"precision={m.precision}",
+        f"demo={'true' if m.demo else 'false'}",
+    ]
     if m.demo:
         parameters.append(f"{NOT_FOR_DIAGNOSIS}: untrained demo weights")
-    return AlgorithmIdentification(name=f"CheXNet {m.id}", version=m.version, parameters=parameters,
-                                   manufacturer=MANUFACTURER)
+    return AlgorithmIdentification(
+        name=f"CheXNet {m.id}", version=m.version, parameters=parameters, manufacturer=MANUFACTURER
+    )
 
 
-def _group(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset, finding: Finding,
-           algorithm: AlgorithmIdentification) -> MeasurementsAndQualitativeEvaluations:
+def _group(
+    settings: ResultSettings,
+    prediction: Prediction,
+    source: pydicom.Dataset,
+    finding: Finding,
+    algorithm: AlgorithmIdentification,
+) -> MeasurementsAndQualitativeEvaluations:
     presence = codes.SCT.Present if finding.positive else codes.SCT.Absent
     concept = CodedConcept(finding.code, SCHEME, finding.label.name.en)
     return MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=_uid(settings, prediction, "tracking", finding.code),
-                                               identifier=finding.code),
+        tracking_identifier=TrackingIdentifier(
+            uid=_uid(settings, prediction, "tracking", finding.code), identifier=finding.code
+        ),
         finding_type=concept,
         algorithm_id=algorithm,
         measurements=[
@@ -172,19 +200,30 @@ def structured_report(settings: ResultSettings, prediction: Prediction, source: 
     m = prediction.model
     device = DeviceObserverIdentifyingAttributes(
         uid=generate_uid(prefix=settings.uid_root, entropy_srcs=[settings.station_name, m.id, m.version]),
-        name=settings.station_name, manufacturer_name=MANUFACTURER,
-        model_name=f"{m.id} {m.version}")
-    context = ObservationContext(observer_device_context=ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+        name=settings.station_name,
+        manufacturer_name=MANUFACTURER,
+        model_name=f"{m.id} {m.version}",
+    )
+    context = ObservationContext(
+        observer_device_context=ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
+    )
     algorithm = _algorithm(prediction)
     groups = [_group(settings, prediction, source, finding, algorithm) for finding in prediction.findings]
-    report = MeasurementReport(observation_context=context, procedure_reported=CHEST_RADIOGRAPH,
-                               imaging_measurements=groups)
+    report = MeasurementReport(
+        observation_context=context, procedure_reported=CHEST_RADIOGRAPH, imaging_measurements=groups
+    )
     sr = ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=_uid(settings, prediction, "sr-series"),
-        series_number=SR_SERIES_NUMBER, sop_instance_uid=_uid(settings, prediction, "sr"), instance_number=1, manufacturer=MANUFACTURER,
-        series_description=_series_description(prediction, "findings"), is_complete=True,
-        institution_name=source.get("InstitutionName") or None)
+        evidence=[source],
+        content=report[0],
+        series_instance_uid=_uid(settings, prediction, "sr-series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=_uid(settings, prediction, "sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=_series_description(prediction, "findings"),
+        is_complete=True,
+        institution_name=source.get("InstitutionName") or None,
+    )
     scheme = pydicom.Dataset()
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = "CheXNet model concepts"
@@ -212,7 +251,9 @@ def _orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
     return None
 
 
-def secondary_captures(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset) -> list[hd.sc.SCImage]:
+def secondary_captures(
+    settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset
+) -> list[hd.sc.SCImage]:
     series_uid = _uid(settings, prediction, "sc-series")
     orientation = _orientation(source)
     captures = []
@@ -220,20 +261,29 @@ def secondary_captures(settings: ResultSettings, prediction: Prediction, source:
         code, overlay = heatmap.label.code, heatmap.rendered
         rgb = _burn_in(overlay.rgb, NOT_FOR_DIAGNOSIS) if prediction.model.demo else overlay.rgb
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source, pixel_array=np.ascontiguousarray(rgb), photometric_interpretation="RGB",
-            bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=series_uid,
-            series_number=SC_SERIES_NUMBER, sop_instance_uid=_uid(settings, prediction, "sc", code), instance_number=number,
-            manufacturer=MANUFACTURER, patient_orientation=orientation or ("L", "F"),
-            series_description=_series_description(prediction, "heatmaps"))
+            ref_dataset=source,
+            pixel_array=np.ascontiguousarray(rgb),
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=_uid(settings, prediction, "sc", code),
+            instance_number=number,
+            manufacturer=MANUFACTURER,
+            patient_orientation=orientation or ("L", "F"),
+            series_description=_series_description(prediction, "heatmaps"),
+        )
         if orientation is None:  # unknown in the source: type 2, so present and empty
             sc.PatientOrientation = None  # type: ignore[assignment]  # pydicom: an empty value
         # General Series Laterality is type 2C; the source's value when it is one, else present and empty.
         sc.Laterality = source.Laterality if str(source.get("Laterality") or "") in ("R", "L") else None  # type: ignore[assignment]
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.BurnedInAnnotation = "YES" if prediction.model.demo else "NO"
-        sc.DerivationDescription = (f"Class activation map for {heatmap.label.name.en} from {prediction.model.id} "
-                                    f"{prediction.model.version}"
-                                    + (f"; {NOT_FOR_DIAGNOSIS}" if prediction.model.demo else ""))[:1024]
+        sc.DerivationDescription = (
+            f"Class activation map for {heatmap.label.name.en} from {prediction.model.id} "
+            f"{prediction.model.version}" + (f"; {NOT_FOR_DIAGNOSIS}" if prediction.model.demo else "")
+        )[:1024]
         reference = pydicom.Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -252,8 +302,10 @@ def result_objects(settings: ResultSettings, prediction: Prediction) -> list[pyd
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         # highdicom validates what it copies: a malformed patient or study attribute in the source, or a
         # SOP class it has no module table for (KeyError).
-        raise InvalidImage("The DICOM's patient or study attributes are malformed, so results cannot be "
-                           f"filed with it ({type(exc).__name__}); correct them in the PACS.") from None
+        raise InvalidImage(
+            "The DICOM's patient or study attributes are malformed, so results cannot be "
+            f"filed with it ({type(exc).__name__}); correct them in the PACS."
+        ) from None
 
 
 def encode(dataset: pydicom.Dataset) -> bytes:

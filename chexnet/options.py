@@ -19,15 +19,21 @@ class PredictOptions:
     output: str = "json"  # one of OUTPUTS
 
     @classmethod
-    def parse(cls, model: str | None = None, heatmaps: str | None = None,
-              heatmap_format: str | None = None, output: str | None = None) -> "PredictOptions":
+    def parse(
+        cls,
+        model: str | None = None,
+        heatmaps: str | None = None,
+        heatmap_format: str | None = None,
+        output: str | None = None,
+    ) -> "PredictOptions":
         spec = (heatmaps or "").strip() or "top"  # empty: the default, as a browser form sends it
         chosen: str | tuple[str, ...] = spec
         if spec not in HEATMAP_MODES:
             codes = tuple(c.strip() for c in spec.split(","))
             if not all(codes):
-                raise InvalidOption(f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or a comma list of "
-                                    f"label codes, not {spec!r}.")
+                raise InvalidOption(
+                    f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or a comma list of label codes, not {spec!r}."
+                )
             chosen = codes
         fmt = heatmap_format or "jpeg"
         if fmt not in HEATMAP_FORMATS:

@@ -24,8 +24,10 @@ def _package_keygen(args) -> int:
     from licensing.package_key import generate_package_key
 
     private, cert, fingerprint = generate_package_key(Path(args.out))
-    print(f"package signing key (keep it offline, mode 600): {private}\ncertificate (ships to sites out of band): {cert}"
-          f"\nfingerprint (print it on the delivery note): {fingerprint}")
+    print(
+        f"package signing key (keep it offline, mode 600): {private}\ncertificate (ships to sites out of band): {cert}"
+        f"\nfingerprint (print it on the delivery note): {fingerprint}"
+    )
     return 0
 
 
@@ -37,8 +39,17 @@ def _issue(args) -> int:
     except ValueError as exc:
         raise SystemExit(f"error: --product-uuid: {exc}.") from None
     features = [f.strip() for f in args.features.split(",") if f.strip()]
-    print(issue_token(load_private_key(args.key), product_uuid=product_uuids, customer=args.customer,
-                      subject=args.subject, days=args.days, features=features, kid=args.kid))
+    print(
+        issue_token(
+            load_private_key(args.key),
+            product_uuid=product_uuids,
+            customer=args.customer,
+            subject=args.subject,
+            days=args.days,
+            features=features,
+            kid=args.kid,
+        )
+    )
     return 0
 
 
@@ -121,9 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("issue", help="sign a licence token (printed on stdout)")
     p.add_argument("--key", required=True, help="vendor_private.pem (must be mode 600)")
-    p.add_argument("--product-uuid", required=True, action="append",
-                   help="the server's product_uuid (scripts/product-uuid.sh); repeat it for a cluster licence, "
-                        "once per node (scripts/swarm-node.sh prints each)")
+    p.add_argument(
+        "--product-uuid",
+        required=True,
+        action="append",
+        help="the server's product_uuid (scripts/product-uuid.sh); repeat it for a cluster licence, "
+        "once per node (scripts/swarm-node.sh prints each)",
+    )
     p.add_argument("--customer", required=True)
     p.add_argument("--subject", required=True, help="the client, e.g. the PACS integrator")
     p.add_argument("--days", required=True, type=float)

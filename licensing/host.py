@@ -8,8 +8,10 @@ from licensing.errors import LicenseConfigError
 
 DEFAULT_UUID_FILE = "/sys/class/dmi/id/product_uuid"
 _PLACEHOLDERS = {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
-_FIX = ("run scripts/product-uuid.sh as root on the host (Get-CimInstance on Windows: scripts/product-uuid.ps1), "
-        "write its output to a file and point CHEXNET_PRODUCT_UUID_FILE at it")
+_FIX = (
+    "run scripts/product-uuid.sh as root on the host (Get-CimInstance on Windows: scripts/product-uuid.ps1), "
+    "write its output to a file and point CHEXNET_PRODUCT_UUID_FILE at it"
+)
 
 
 def normalise(value: str) -> str:
@@ -63,9 +65,13 @@ def _node_entry(text: str, path: Path, node: str) -> str:
         if len(fields) == 2:
             entries.setdefault(fields[0].lower(), fields[1])
         elif fields:
-            raise LicenseConfigError(f"{path}: the line '{line.strip()[:60]}' is not '<node hostname> <product_uuid>'; "
-                                     "fix the cluster's node list and deploy again.")
+            raise LicenseConfigError(
+                f"{path}: the line '{line.strip()[:60]}' is not '<node hostname> <product_uuid>'; "
+                "fix the cluster's node list and deploy again."
+            )
     if node.lower() not in entries:
-        raise LicenseConfigError(f"{path} has no line for node '{node}'; add '{node} <its product_uuid>' "
-                                 "(scripts/product-uuid.sh on that node) to the cluster's node list and deploy again.")
+        raise LicenseConfigError(
+            f"{path} has no line for node '{node}'; add '{node} <its product_uuid>' "
+            "(scripts/product-uuid.sh on that node) to the cluster's node list and deploy again."
+        )
     return entries[node.lower()]

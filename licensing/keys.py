@@ -13,8 +13,10 @@ from licensing.errors import LicenseConfigError
 
 PRIVATE_NAME = "vendor_private.pem"
 PUBLIC_NAME = "vendor_public.pem"
-KEY_RING_LINE = re.compile(r"^# kid ([A-Za-z0-9._-]{1,128})[ \t]*\r?\n(-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----)",
-                           re.MULTILINE | re.DOTALL)
+KEY_RING_LINE = re.compile(
+    r"^# kid ([A-Za-z0-9._-]{1,128})[ \t]*\r?\n(-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----)",
+    re.MULTILINE | re.DOTALL,
+)
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -29,14 +31,16 @@ def generate(out_dir: Path) -> tuple[Path, Path, str]:
     if private_path.exists():
         raise LicenseConfigError(f"{private_path} already exists; refusing to overwrite a signing key.")
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     # Created owner-only from the first byte: no window in which others could read it.
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    public_path.write_bytes(private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return private_path, public_path, key_id(private.public_key())
 
 
@@ -111,8 +115,12 @@ def _key_ring(path: Path) -> dict[str, Ed25519PublicKey]:
         try:
             key = serialization.load_pem_public_key(match.group(2).encode("ascii"))
         except ValueError:
-            raise LicenseConfigError(f"The key ring {path}: the key for kid {match.group(1)} is not a PEM public key.") from None
+            raise LicenseConfigError(
+                f"The key ring {path}: the key for kid {match.group(1)} is not a PEM public key."
+            ) from None
         if not isinstance(key, Ed25519PublicKey):
-            raise LicenseConfigError(f"The key ring {path}: the key for kid {match.group(1)} is not an Ed25519 public key.")
+            raise LicenseConfigError(
+                f"The key ring {path}: the key for kid {match.group(1)} is not an Ed25519 public key."
+            )
         keys[match.group(1)] = key
     return keys

@@ -54,13 +54,20 @@ class RevocationList:
     list_id: str
 
 
-def sign_revocation_list(private_key: Ed25519PrivateKey, jtis: Iterable[str], subs: Iterable[str],
-                         kid: str | None = None, after: int = 0) -> str:
+def sign_revocation_list(
+    private_key: Ed25519PrivateKey, jtis: Iterable[str], subs: Iterable[str], kid: str | None = None, after: int = 0
+) -> str:
     """Sign a list whose sequence is above ``after`` (the sequence of the list it replaces)."""
     now = time.time()
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "iat": int(now), "jti": str(uuid.uuid4()),
-              "seq": max(int(now * 1_000_000), after + 1),
-              "revoked_jti": sorted(set(jtis)), "revoked_sub": sorted(set(subs))}
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": int(now),
+        "jti": str(uuid.uuid4()),
+        "seq": max(int(now * 1_000_000), after + 1),
+        "revoked_jti": sorted(set(jtis)),
+        "revoked_sub": sorted(set(subs)),
+    }
     headers = {"typ": REVOCATION_TYPE, "kid": kid or key_id(private_key.public_key())}
     return jwt.encode(claims, private_key, algorithm="EdDSA", headers=headers)
 
@@ -73,8 +80,14 @@ def verify_revocation_list(text: str, keys: TrustedKeys) -> RevocationList:
         key = keys.for_kid(header.get("kid"))
         if key is None:
             raise LicenseConfigError(f"The revocation list is signed with unknown key id '{header.get('kid')}'.")
-        claims = jwt.decode(text.strip(), key, algorithms=ALGORITHMS, audience=AUDIENCE, issuer=ISSUER,
-                            options={"require": ["iat", "revoked_jti", "revoked_sub"]})
+        claims = jwt.decode(
+            text.strip(),
+            key,
+            algorithms=ALGORITHMS,
+            audience=AUDIENCE,
+            issuer=ISSUER,
+            options={"require": ["iat", "revoked_jti", "revoked_sub"]},
+        )
     except jwt.InvalidTokenError as exc:
         raise LicenseConfigError(f"The revocation list does not verify ({exc}).") from None
     jtis, subs, seq = claims["revoked_jti"], claims["revoked_sub"], claims.get("seq", int(claims["iat"]) * 1_000_000)
@@ -82,8 +95,9 @@ def verify_revocation_list(text: str, keys: TrustedKeys) -> RevocationList:
         raise LicenseConfigError("The revocation list's revoked_jti and revoked_sub must be lists.")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise LicenseConfigError("The revocation list's seq must be a whole number.")
-    return RevocationList(frozenset(map(str, jtis)), frozenset(map(str, subs)), int(claims["iat"]), seq,
-                          str(claims.get("jti", "")))
+    return RevocationList(
+        frozenset(map(str, jtis)), frozenset(map(str, subs)), int(claims["iat"]), seq, str(claims.get("jti", ""))
+    )
 
 
 class Accepted(NamedTuple):
@@ -127,7 +141,8 @@ class NewestAccepted:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RevocationStateError(
                 f"The revocation state file {self.path} is unreadable ({type(exc).__name__}); install the newest list from "
-                "the vendor, then delete that file so the newest list is recorded again.") from None
+                "the vendor, then delete that file so the newest list is recorded again."
+            ) from None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Accepted | None]:
@@ -156,8 +171,10 @@ class NewestAccepted:
                     os.unlink(tmp)
             self._sync_folder(path.parent)
         except OSError as exc:
-            raise RevocationStateError(f"The revocation state file {path} cannot be written ({exc.strerror or exc}); "
-                                       "give the service's user write access to its folder.") from None
+            raise RevocationStateError(
+                f"The revocation state file {path} cannot be written ({exc.strerror or exc}); "
+                "give the service's user write access to its folder."
+            ) from None
 
     def _lock(self, path: Path) -> int | None:
         try:
@@ -178,11 +195,14 @@ class NewestAccepted:
                 if time.monotonic() >= deadline:
                     raise RevocationStateError(
                         f"The revocation state file {path} stayed locked by another process for {LOCK_WAIT_S:g} s; "
-                        f"it is tried again at the next check (if this lasts, find the process holding {lock_path}).")
+                        f"it is tried again at the next check (if this lasts, find the process holding {lock_path})."
+                    )
                 time.sleep(0.01)
         except OSError as exc:
-            raise RevocationStateError(f"The revocation state file {path} cannot be locked ({exc.strerror or exc}); "
-                                       "give the service's user write access to its folder.") from None
+            raise RevocationStateError(
+                f"The revocation state file {path} cannot be locked ({exc.strerror or exc}); "
+                "give the service's user write access to its folder."
+            ) from None
 
     @staticmethod
     def _holds(fd: int, lock_path: Path) -> bool:
@@ -217,8 +237,10 @@ def _reason(exc: Exception) -> str:
     return "invalid" if isinstance(exc, LicenseConfigError) else "unreadable"
 
 
-_UNTIL = {"invalid": " until the vendor's list is copied there again",
-          "unreadable": " until the vendor's list is readable there again"}
+_UNTIL = {
+    "invalid": " until the vendor's list is copied there again",
+    "unreadable": " until the vendor's list is readable there again",
+}
 
 
 class RevocationWatcher:
@@ -265,12 +287,18 @@ class RevocationWatcher:
             if self.floor is not None and offered != self.floor and candidate.seq <= self.floor.seq:
                 raise RevocationListOlder(
                     f"it is older than the newest list this server has accepted (sequence {candidate.seq} <= "
-                    f"{self.floor.seq}); install the newest list from the vendor")
+                    f"{self.floor.seq}); install the newest list from the vendor"
+                )
             if on_disk is None or on_disk.seq < candidate.seq:
                 self.newest.write(offered, candidate.issued_at)
         self.floor = offered
         self.current, self.error, self.refused = candidate, None, None
-        log.info("revocation list loaded: %d jti, %d sub, sequence %d", len(candidate.jtis), len(candidate.subs), candidate.seq)
+        log.info(
+            "revocation list loaded: %d jti, %d sub, sequence %d",
+            len(candidate.jtis),
+            len(candidate.subs),
+            candidate.seq,
+        )
 
     def _keep_floor(self) -> None:
         """Raise the state file back to the floor in memory when it was deleted or lowered; one that cannot be
@@ -280,8 +308,12 @@ class RevocationWatcher:
         try:
             with self.newest.locked() as on_disk:
                 if on_disk is None or on_disk.seq < self.floor.seq:
-                    log.warning("revocation state file %s %s; writing sequence %d again", self.newest.path,
-                                "is missing" if on_disk is None else f"was lowered to {on_disk.seq}", self.floor.seq)
+                    log.warning(
+                        "revocation state file %s %s; writing sequence %d again",
+                        self.newest.path,
+                        "is missing" if on_disk is None else f"was lowered to {on_disk.seq}",
+                        self.floor.seq,
+                    )
                     self.newest.write(self.floor)
                 self.floor = _newest(self.floor, on_disk)
         except RevocationStateError as exc:
@@ -298,8 +330,13 @@ class RevocationWatcher:
             return  # the same refusal, tried again: counted and logged once
         self.refused, self.error = reason, message
         self.refusals[reason] += 1
-        log.error("%s; %s", message.rstrip("."), f"keeping the list with sequence {self.current.seq}" if self.current
-                  else "no revocation list is in force: token checks answer 503")
+        log.error(
+            "%s; %s",
+            message.rstrip("."),
+            f"keeping the list with sequence {self.current.seq}"
+            if self.current
+            else "no revocation list is in force: token checks answer 503",
+        )
 
     @property
     def warnings(self) -> list[str]:
@@ -308,11 +345,15 @@ class RevocationWatcher:
             return []
         found = []
         if self.error:
-            found.append(f"{self.error.rstrip('.')}; the list with sequence {self.current.seq} stays in force"
-                         f"{_UNTIL.get(self.refused or '', '')}.")
+            found.append(
+                f"{self.error.rstrip('.')}; the list with sequence {self.current.seq} stays in force"
+                f"{_UNTIL.get(self.refused or '', '')}."
+            )
         if self.state_error and self.refused != "state":
-            found.append(f"{self.state_error.rstrip('.')}; the list with sequence {self.current.seq} stays in force, "
-                         "but a restart would not be ready until then.")
+            found.append(
+                f"{self.state_error.rstrip('.')}; the list with sequence {self.current.seq} stays in force, "
+                "but a restart would not be ready until then."
+            )
         return found
 
     def standing_refusals(self) -> set[str]:
@@ -325,6 +366,8 @@ class RevocationWatcher:
             self.refresh()
         current = self.current
         if current is None:
-            raise LicenseNotReady("The configured revocation list is not in force (missing, unreadable, not genuine or "
-                                  "older than one already accepted), so no token can be accepted; see /api/v1/ready.")
+            raise LicenseNotReady(
+                "The configured revocation list is not in force (missing, unreadable, not genuine or "
+                "older than one already accepted), so no token can be accepted; see /api/v1/ready."
+            )
         return jti in current.jtis or sub in current.subs

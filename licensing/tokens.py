@@ -52,6 +52,7 @@ class Claims:
 
     def covers(self, host_uuid: str) -> bool:
         return any(same_host(value, host_uuid) for value in self.product_uuids)
+
     features = property(lambda self: list(self.raw["features"]))
     jti = property(lambda self: self.raw["jti"])
     exp = property(lambda self: int(self.raw["exp"]))
@@ -78,15 +79,30 @@ def bound_to(product_uuids: Iterable[str]) -> str | list[str]:
     return values[0] if len(values) == 1 else values
 
 
-def issue_token(private_key: Ed25519PrivateKey, *, product_uuid: str | Iterable[str], customer: str, subject: str,
-                days: float, features: Iterable[str], kid: str | None = None, now: float | None = None) -> str:
+def issue_token(
+    private_key: Ed25519PrivateKey,
+    *,
+    product_uuid: str | Iterable[str],
+    customer: str,
+    subject: str,
+    days: float,
+    features: Iterable[str],
+    kid: str | None = None,
+    now: float | None = None,
+) -> str:
     """product_uuid: the server's, or every node's of a cluster (one token for the whole cluster)."""
     now = int(time.time() if now is None else now)
     claims = {
-        "iss": ISSUER, "aud": AUDIENCE, "sub": subject, "customer": customer,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": subject,
+        "customer": customer,
         "product_uuid": bound_to([product_uuid] if isinstance(product_uuid, str) else product_uuid),
         "features": sorted(set(features)),
-        "iat": now, "nbf": now, "exp": now + int(days * 86400), "jti": str(uuid.uuid4()),
+        "iat": now,
+        "nbf": now,
+        "exp": now + int(days * 86400),
+        "jti": str(uuid.uuid4()),
     }
     headers = {"typ": TOKEN_TYPE, "kid": kid or key_id(private_key.public_key())}
     return jwt.encode(claims, private_key, algorithm="EdDSA", headers=headers)
@@ -128,7 +144,10 @@ _DECODE_ERRORS: list[tuple[type[Exception], Callable[[Any], Exception]]] = [
     (jwt.ExpiredSignatureError, lambda e: TokenExpired("The licence token has expired; ask the vendor for a new one.")),
     (jwt.ImmatureSignatureError, lambda e: TokenInvalid("The token is not valid yet; check this server's clock.")),
     (jwt.MissingRequiredClaimError, lambda e: TokenInvalid(f"The token lacks the required claim '{e.claim}'.")),
-    (jwt.InvalidAudienceError, lambda e: TokenInvalid(f"The token is not meant for this API (aud must be {AUDIENCE}).")),
+    (
+        jwt.InvalidAudienceError,
+        lambda e: TokenInvalid(f"The token is not meant for this API (aud must be {AUDIENCE})."),
+    ),
     (jwt.InvalidIssuerError, lambda e: TokenInvalid(f"The token was not issued by the vendor (iss must be {ISSUER}).")),
     (jwt.InvalidSignatureError, lambda e: TokenInvalid("The token's signature does not verify with the vendor's key.")),
     (jwt.InvalidTokenError, lambda e: TokenInvalid(f"The token is invalid ({e}).")),
@@ -139,8 +158,15 @@ class TokenVerifier:
     """Verifies tokens for this host. Signature checks are cached per token until its expiry, so
     the hot path is a dictionary lookup; host binding and revocation are checked on every call."""
 
-    def __init__(self, keys: TrustedKeys, host_uuid: str, *, leeway: float = DEFAULT_LEEWAY_S,
-                 revocations=None, cache_size: int = 1024):
+    def __init__(
+        self,
+        keys: TrustedKeys,
+        host_uuid: str,
+        *,
+        leeway: float = DEFAULT_LEEWAY_S,
+        revocations=None,
+        cache_size: int = 1024,
+    ):
         self.keys = keys
         self.host_uuid = normalise(host_uuid)
         self.leeway = leeway
@@ -152,8 +178,12 @@ class TokenVerifier:
     def verify(self, token: str) -> Claims:
         claims = self._cached(token) or self._decode(token)
         if not claims.covers(self.host_uuid):
-            raise WrongHost("This token was issued for another server; request one that lists this server's product_uuid.")
-        if self.revocations is not None and self.revocations.is_revoked(claims.jti, claims.sub):  # raises while no list is in force
+            raise WrongHost(
+                "This token was issued for another server; request one that lists this server's product_uuid."
+            )
+        if self.revocations is not None and self.revocations.is_revoked(
+            claims.jti, claims.sub
+        ):  # raises while no list is in force
             raise TokenRevoked("This token has been revoked by the vendor.")
         return claims
 
@@ -171,15 +201,24 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> Claims:
         if len(token) > MAX_TOKEN_LENGTH:
-            raise TokenInvalid(f"The bearer token is longer than {MAX_TOKEN_LENGTH} characters; it is not a licence token.")
+            raise TokenInvalid(
+                f"The bearer token is longer than {MAX_TOKEN_LENGTH} characters; it is not a licence token."
+            )
         header = _check_header(token)
         key = self.keys.for_kid(header.get("kid"))
         if key is None:
-            raise TokenInvalid("The token's key id is not one this server trusts; ask the vendor for a token signed with an installed key.")
+            raise TokenInvalid(
+                "The token's key id is not one this server trusts; ask the vendor for a token signed with an installed key."
+            )
         try:
             raw = jwt.decode(
-                token, key, algorithms=ALGORITHMS, audience=AUDIENCE, issuer=ISSUER,
-                leeway=self.leeway, options={"require": list(REQUIRED_CLAIMS)},
+                token,
+                key,
+                algorithms=ALGORITHMS,
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                leeway=self.leeway,
+                options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.InvalidTokenError as exc:
             raise next(make(exc) for kind, make in _DECODE_ERRORS if isinstance(exc, kind)) from None

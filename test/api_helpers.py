@@ -40,12 +40,17 @@ def make_env(root: Path, bundle_path: Path, **overrides) -> ApiEnv:
     if not (models / bundle_path.name).exists():
         shutil.copytree(bundle_path, models / bundle_path.name)
     key = Ed25519PrivateKey.generate()
-    (root / "vendor_public.pem").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (root / "vendor_public.pem").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     (root / "product_uuid").write_text(HOST_UUID + "\n")
-    env = {"CHEXNET_MODELS_DIR": str(models), "CHEXNET_LICENSE_KEYS": str(root / "vendor_public.pem"),
-           "CHEXNET_PRODUCT_UUID_FILE": str(root / "product_uuid"), "CHEXNET_AUDIT_LOG": str(root / "audit.jsonl"),
-           "CHEXNET_ENGINE": "onnxruntime"}
+    env = {
+        "CHEXNET_MODELS_DIR": str(models),
+        "CHEXNET_LICENSE_KEYS": str(root / "vendor_public.pem"),
+        "CHEXNET_PRODUCT_UUID_FILE": str(root / "product_uuid"),
+        "CHEXNET_AUDIT_LOG": str(root / "audit.jsonl"),
+        "CHEXNET_ENGINE": "onnxruntime",
+    }
     env.update(overrides)
     return ApiEnv(root, key, Settings.from_env(env))
 
@@ -88,5 +93,9 @@ def assert_error(response, status, code, path="/api/v1/predict", method="post"):
 
 
 def predict(client, env, data: bytes, query: str = "", headers=None, **form):
-    return client.post(f"/api/v1/predict{query}", headers=headers or env.auth(),
-                       data={"image": (io.BytesIO(data), "upload.bin"), **form}, content_type="multipart/form-data")
+    return client.post(
+        f"/api/v1/predict{query}",
+        headers=headers or env.auth(),
+        data={"image": (io.BytesIO(data), "upload.bin"), **form},
+        content_type="multipart/form-data",
+    )

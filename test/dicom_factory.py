@@ -14,8 +14,15 @@ def undecodable(jpeg_baseline_dicom: bytes) -> bytes:
     return jpeg_baseline_dicom.replace(b"1.2.840.10008.1.2.4.50", UNDECODABLE_SYNTAX, 1)
 
 
-def make_dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", frames: int = 1,
-               preamble: bool = True, with_pixels: bool = True, **elements) -> bytes:
+def make_dicom(
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    frames: int = 1,
+    preamble: bool = True,
+    with_pixels: bool = True,
+    **elements,
+) -> bytes:
     """pixels: uint8 or uint16 H×W; extra keyword elements are set on the dataset."""
     ds = Dataset()
     ds.SOPClassUID = SecondaryCaptureImageStorage

@@ -63,21 +63,33 @@ class Node:
         self.port, self.metrics_port = free_port(), free_port()
         self.spool = tmp / "spool"
         (tmp / "node.token").write_text(env.token() + "\n")
-        self.env = {**os.environ,
-                    "CHEXNET_MODELS_DIR": env.settings.models_dir, "CHEXNET_LICENSE_KEYS": env.settings.license_keys,
-                    "CHEXNET_PRODUCT_UUID_FILE": env.settings.product_uuid_file, "CHEXNET_ENGINE": "onnxruntime",
-                    "CHEXNET_AUDIT_LOG": str(tmp / "audit.jsonl"), "CHEXNET_DICOM_AE_TITLE": "CHEXNET",
-                    "CHEXNET_DICOM_PORT": str(self.port), "CHEXNET_DICOM_ALLOWED_AES": "MODALITY,ORTHANC",
-                    "CHEXNET_DICOM_DESTINATION": f"PACS@127.0.0.1:{destination_port}",
-                    "CHEXNET_DICOM_SPOOL": str(self.spool), "CHEXNET_DICOM_TOKEN_FILE": str(tmp / "node.token"),
-                    "CHEXNET_DICOM_RETRY_MAX_S": "2", "CHEXNET_DICOM_METRICS_PORT": str(self.metrics_port),
-                    **settings}
+        self.env = {
+            **os.environ,
+            "CHEXNET_MODELS_DIR": env.settings.models_dir,
+            "CHEXNET_LICENSE_KEYS": env.settings.license_keys,
+            "CHEXNET_PRODUCT_UUID_FILE": env.settings.product_uuid_file,
+            "CHEXNET_ENGINE": "onnxruntime",
+            "CHEXNET_AUDIT_LOG": str(tmp / "audit.jsonl"),
+            "CHEXNET_DICOM_AE_TITLE": "CHEXNET",
+            "CHEXNET_DICOM_PORT": str(self.port),
+            "CHEXNET_DICOM_ALLOWED_AES": "MODALITY,ORTHANC",
+            "CHEXNET_DICOM_DESTINATION": f"PACS@127.0.0.1:{destination_port}",
+            "CHEXNET_DICOM_SPOOL": str(self.spool),
+            "CHEXNET_DICOM_TOKEN_FILE": str(tmp / "node.token"),
+            "CHEXNET_DICOM_RETRY_MAX_S": "2",
+            "CHEXNET_DICOM_METRICS_PORT": str(self.metrics_port),
+            **settings,
+        }
         self.log = tmp / "node.log"
         self.process = None
 
     def start(self, wait: bool = True):
-        self.process = subprocess.Popen([sys.executable, "-m", "chexnet", "dicom-node"], env=self.env,
-                                        stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chexnet", "dicom-node"],
+            env=self.env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
         if wait:
             wait_until(lambda: self.echo() == 0, 120, "the node to answer C-ECHO")
 
@@ -87,8 +99,13 @@ class Node:
     def healthcheck(self) -> subprocess.CompletedProcess:
         if self.process.poll() is not None:
             raise AssertionError(f"the node exited: {self.log.read_text()[-2000:]}")
-        return subprocess.run([sys.executable, "-m", "chexnet.dicom_node.healthcheck"], env=self.env,
-                              capture_output=True, text=True, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "chexnet.dicom_node.healthcheck"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
 
     def status(self, field: str) -> int:
         """A line of /proc/<pid>/status in kB or a count (VmHWM: the peak resident memory; Threads)."""

@@ -31,8 +31,12 @@ def associate_rq(calling: str, called: str = "CHEXNET", contexts=((1, CR, (IMPLI
     body = struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16) + bytes(32)
     body += _item(0x10, _uid("1.2.840.10008.3.1.1.1"))
     for context_id, abstract, syntaxes in contexts:
-        body += _item(0x20, bytes([context_id, 0, 0, 0]) + _item(0x30, _uid(abstract))
-                      + b"".join(_item(0x40, _uid(s)) for s in syntaxes))
+        body += _item(
+            0x20,
+            bytes([context_id, 0, 0, 0])
+            + _item(0x30, _uid(abstract))
+            + b"".join(_item(0x40, _uid(s)) for s in syntaxes),
+        )
     body += _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, _uid("1.2.3.4")))
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
@@ -55,8 +59,14 @@ def command(**elements) -> bytes:
 
 
 def store_rq(sop_class: str, sop_instance: str) -> bytes:
-    return command(AffectedSOPClassUID=sop_class, CommandField=0x0001, MessageID=1, Priority=0,
-                   CommandDataSetType=0x0000, AffectedSOPInstanceUID=sop_instance)
+    return command(
+        AffectedSOPClassUID=sop_class,
+        CommandField=0x0001,
+        MessageID=1,
+        Priority=0,
+        CommandDataSetType=0x0000,
+        AffectedSOPInstanceUID=sop_instance,
+    )
 
 
 def read_pdu(sock: socket.socket) -> tuple[int | None, bytes]:
@@ -116,6 +126,7 @@ def local_address() -> str | None:
     """An IPv4 address of this machine other than loopback (a peer "from elsewhere"), or None."""
     if shutil.which("ip") is None:
         return None
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
-                         check=False).stdout.split()
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, check=False
+    ).stdout.split()
     return next((word.split("/")[0] for previous, word in itertools.pairwise(out) if previous == "inet"), None)

@@ -58,8 +58,10 @@ def deflate_bomb(inflated_mib: int = 512) -> bytes:
     """Deflated Explicit VR Little Endian: a 48×48 header, then a PixelData element of inflated_mib of zeros."""
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     size = inflated_mib << 20
-    out = [_meta(DeflatedExplicitVRLittleEndian),
-           deflater.compress(_dataset_bytes(_image_module(48, 48)) + b"\xe0\x7f\x10\x00OW\0\0" + struct.pack("<I", size))]
+    out = [
+        _meta(DeflatedExplicitVRLittleEndian),
+        deflater.compress(_dataset_bytes(_image_module(48, 48)) + b"\xe0\x7f\x10\x00OW\0\0" + struct.pack("<I", size)),
+    ]
     zeros = bytes(1 << 20)
     for _ in range(inflated_mib):
         out.append(deflater.compress(zeros))
@@ -71,15 +73,20 @@ def element_bomb(count: int = 5_000_000) -> bytes:
     """Deflated Explicit VR Little Endian: ``count`` private 10-byte elements (about 100 KiB on the wire), each
     within every byte limit, that a reader walking them all spends seconds on."""
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return _meta(DeflatedExplicitVRLittleEndian) + deflater.compress(b"\x09\x00\x00\x10US\x02\x00\x00\x00" * count) \
+    return (
+        _meta(DeflatedExplicitVRLittleEndian)
+        + deflater.compress(b"\x09\x00\x00\x10US\x02\x00\x00\x00" * count)
         + deflater.flush()
+    )
 
 
 def sequence_bomb(items: int = 1_000_000) -> bytes:
     """Deflated Explicit VR Little Endian: a VOI LUT Sequence of ``items`` tiny items (about 30 KiB on the
     wire), which a reader parsing the sequence spends tens of seconds on."""
     item = b"\xfe\xff\x00\xe0" + struct.pack("<I", 8) + b"\x09\x00\x00\x10US\x02\x00\x00\x00"
-    sequence = b"\x28\x00\x10\x30SQ\x00\x00" + struct.pack("<I", 0xFFFFFFFF) + item * items + b"\xfe\xff\xdd\xe0" + bytes(4)
+    sequence = (
+        b"\x28\x00\x10\x30SQ\x00\x00" + struct.pack("<I", 0xFFFFFFFF) + item * items + b"\xfe\xff\xdd\xe0" + bytes(4)
+    )
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     return _meta(DeflatedExplicitVRLittleEndian) + deflater.compress(sequence) + deflater.flush()
 
@@ -88,8 +95,17 @@ def nested_element_bomb(count: int = 1_000_000) -> bytes:
     """Deflated Explicit VR Little Endian: a VOI LUT Sequence of one item holding ``count`` empty elements
     (about 1.5 MiB on the wire); pydicom parses items without the top level's stop_when."""
     elements = b"".join(struct.pack("<HH", 0x0009, 0x1000 + i % 0xEFFF) + b"LO\x00\x00" for i in range(count))
-    sequence = (b"\x28\x00\x10\x30SQ\x00\x00" + struct.pack("<I", 0xFFFFFFFF) + b"\xfe\xff\x00\xe0"
-                + struct.pack("<I", 0xFFFFFFFF) + elements + b"\xfe\xff\x0d\xe0" + bytes(4) + b"\xfe\xff\xdd\xe0" + bytes(4))
+    sequence = (
+        b"\x28\x00\x10\x30SQ\x00\x00"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + b"\xfe\xff\x00\xe0"
+        + struct.pack("<I", 0xFFFFFFFF)
+        + elements
+        + b"\xfe\xff\x0d\xe0"
+        + bytes(4)
+        + b"\xfe\xff\xdd\xe0"
+        + bytes(4)
+    )
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     return _meta(DeflatedExplicitVRLittleEndian) + deflater.compress(sequence) + deflater.flush()
 
@@ -157,7 +173,9 @@ def malformed_headers() -> dict[str, bytes]:
         files = {
             "frames_not_a_number": _raw(make_dicom(SMALL, NumberOfFrames="1"), 0x0028, 0x0008, b"abc"),
             "frames_zero": make_dicom(SMALL, NumberOfFrames="0"),
-            "slope_not_a_number": _raw(make_dicom(SMALL, RescaleSlope="1", RescaleIntercept="0"), 0x0028, 0x1053, b"abc"),
+            "slope_not_a_number": _raw(
+                make_dicom(SMALL, RescaleSlope="1", RescaleIntercept="0"), 0x0028, 0x1053, b"abc"
+            ),
             "slope_infinite": _raw(make_dicom(SMALL, RescaleSlope="1", RescaleIntercept="0"), 0x0028, 0x1053, b"1e999"),
             "window_width_zero": make_dicom(SMALL, WindowCenter="100", WindowWidth="0"),
             "window_not_a_number": _raw(make_dicom(SMALL, WindowCenter="1", WindowWidth="100"), 0x0028, 0x1050, b"x"),
@@ -176,7 +194,7 @@ def malformed_headers() -> dict[str, bytes]:
     at = uncompressed.find(b"\xe0\x7f\x10\x00")
     files["sequences_nested_5000_deep"] = uncompressed[:at] + _nested_sequence(5000) + uncompressed[at:]
     rows = uncompressed.find(b"\x28\x00\x10\x00US")
-    files["bad_vr"] = uncompressed[:rows + 4] + b"Q?" + uncompressed[rows + 6:]
+    files["bad_vr"] = uncompressed[: rows + 4] + b"Q?" + uncompressed[rows + 6 :]
     return files
 
 
@@ -185,7 +203,7 @@ def _raw(data: bytes, group: int, element: int, value: bytes) -> bytes:
     at = data.find(struct.pack("<HH", group, element))
     (length,) = struct.unpack_from("<H", data, at + 6)
     value += b" " * (len(value) % 2)
-    return data[:at + 6] + struct.pack("<H", len(value)) + value + data[at + 8 + length:]
+    return data[: at + 6] + struct.pack("<H", len(value)) + value + data[at + 8 + length :]
 
 
 def _us(data: bytes, group: int, element: int, value: int) -> bytes:

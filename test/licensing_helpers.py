@@ -19,9 +19,18 @@ OTHER_UUID = "9f2c1e0a-5b7d-4c3e-8f1a-2b3c4d5e6f70"
 
 def claims_for(product_uuid: str = HOST_UUID, **overrides) -> dict:
     now = int(time.time())
-    claims = {"iss": "chexnet-vendor", "aud": "chexnet-api", "sub": "pacs-1", "customer": "General Hospital",
-              "product_uuid": product_uuid, "features": ["cxr10"], "iat": now, "nbf": now,
-              "exp": now + 3600, "jti": str(uuid.uuid4())}
+    claims = {
+        "iss": "chexnet-vendor",
+        "aud": "chexnet-api",
+        "sub": "pacs-1",
+        "customer": "General Hospital",
+        "product_uuid": product_uuid,
+        "features": ["cxr10"],
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "jti": str(uuid.uuid4()),
+    }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 

@@ -51,7 +51,11 @@ def test_models(client, env):
     (model,) = body["models"]
     assert model["id"] == "cxr10" and model["demo"] is True and model["licensed"] is True
     assert model["engine"] == "onnxruntime" and model["device"] == "cpu" and model["input_size"] == 224
-    assert model["labels"][0] == {"code": "atelectasis", "name": {"en": "Atelectasis", "zh": "肺不张"}, "threshold": 0.5}
+    assert model["labels"][0] == {
+        "code": "atelectasis",
+        "name": {"en": "Atelectasis", "zh": "肺不张"},
+        "threshold": 0.5,
+    }
     unlicensed = client.get("/api/v1/models", headers=env.auth(features=["cxr25"])).get_json()
     assert unlicensed["models"][0]["licensed"] is False
 
@@ -68,9 +72,17 @@ def test_a_cluster_node_reads_its_line_of_the_node_list_and_takes_the_cluster_to
     nodes.write_text(f"node-a {OTHER_UUID}\nnode-b {HOST_UUID}\n")
     env = make_env(tmp_path, demo_bundle.path, CHEXNET_PRODUCT_UUID_FILE=str(nodes), CHEXNET_NODE_NAME="node-b")
     client = ready_app(env).test_client()
-    body = conforms(client.get("/api/v1/license", headers=env.auth(product_uuid=[HOST_UUID, OTHER_UUID])), "/api/v1/license")
+    body = conforms(
+        client.get("/api/v1/license", headers=env.auth(product_uuid=[HOST_UUID, OTHER_UUID])), "/api/v1/license"
+    )
     assert body["product_uuid"] == [HOST_UUID, OTHER_UUID]
-    assert_error(client.get("/api/v1/license", headers=env.auth(product_uuid=OTHER_UUID)), 403, "wrong_host", "/api/v1/license", "get")
+    assert_error(
+        client.get("/api/v1/license", headers=env.auth(product_uuid=OTHER_UUID)),
+        403,
+        "wrong_host",
+        "/api/v1/license",
+        "get",
+    )
     # A node missing from the list stays not ready, and says how to fix it.
     lost = make_env(tmp_path / "c", demo_bundle.path, CHEXNET_PRODUCT_UUID_FILE=str(nodes), CHEXNET_NODE_NAME="node-c")
     ready = ready_app(lost).test_client().get("/api/v1/ready")
@@ -81,8 +93,14 @@ def test_predict_multipart_png(client, env, nih_sample):
     response = predict(client, env, nih_sample[0].read_bytes(), heatmaps="all", heatmap_format="png")
     body = conforms(response, "/api/v1/predict", "post")
     assert body["request_id"] == response.headers["X-Request-ID"]
-    assert body["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu",
-                             "precision": "fp32"}
+    assert body["model"] == {
+        "id": "cxr10",
+        "version": "0.0.0-demo",
+        "demo": True,
+        "engine": "onnxruntime",
+        "device": "cpu",
+        "precision": "fp32",
+    }
     assert body["image"] == {"format": "png", "width": 1024, "height": 1024}
     assert len(body["findings"]) == 10 and len(body["heatmaps"]) == 10 and "not a diagnosis" in body["notice"]
     image = Image.open(io.BytesIO(base64.b64decode(body["heatmaps"][0]["data"])))
@@ -91,16 +109,20 @@ def test_predict_multipart_png(client, env, nih_sample):
 
 def test_predict_raw_dicom_body_with_query_options(client, env, dicom_dir):
     data = (dicom_dir / "RG3_RLE.dcm").read_bytes()
-    response = client.post("/api/v1/predict?heatmaps=mass,fracture&model=cxr10", data=data,
-                           headers={**env.auth(), "Content-Type": "application/dicom"})
+    response = client.post(
+        "/api/v1/predict?heatmaps=mass,fracture&model=cxr10",
+        data=data,
+        headers={**env.auth(), "Content-Type": "application/dicom"},
+    )
     body = conforms(response, "/api/v1/predict", "post")
     assert body["image"]["format"] == "dicom" and [h["code"] for h in body["heatmaps"]] == ["mass", "fracture"]
 
 
 def test_type_is_sniffed_not_trusted(client, env, nih_sample):
     """A PNG sent as application/dicom with a .dcm name is still read as the PNG it is."""
-    response = client.post("/api/v1/predict", data=nih_sample[0].read_bytes(),
-                           headers={**env.auth(), "Content-Type": "application/dicom"})
+    response = client.post(
+        "/api/v1/predict", data=nih_sample[0].read_bytes(), headers={**env.auth(), "Content-Type": "application/dicom"}
+    )
     assert response.status_code == 200 and response.get_json()["image"]["format"] == "png"
 
 
@@ -112,8 +134,12 @@ def test_same_probabilities_as_the_cli_path(client, env, nih_sample, onnx_predic
 
 
 def test_cxrnet_compatibility(client, env, nih_sample):
-    response = client.post("/api/v1/CXRNet/predict", headers=env.auth(), content_type="multipart/form-data",
-                           data={"file": (io.BytesIO(nih_sample[0].read_bytes()), "x.png")})
+    response = client.post(
+        "/api/v1/CXRNet/predict",
+        headers=env.auth(),
+        content_type="multipart/form-data",
+        data={"file": (io.BytesIO(nih_sample[0].read_bytes()), "x.png")},
+    )
     body = conforms(response, "/api/v1/CXRNet/predict", "post")
     assert body["status"] == "OK" and len(body["answer"]) == 10 and body["category"][0] == "肺不张"
     assert Image.open(io.BytesIO(base64.b64decode(body["gradcam"]))).format == "JPEG"
@@ -121,13 +147,18 @@ def test_cxrnet_compatibility(client, env, nih_sample):
 
 # --- auth ----------------------------------------------------------------------------------
 
+
 def test_auth_errors(client, env, nih_sample):
     data = nih_sample[0].read_bytes()
     now = int(time.time())
     cases = [
         ({}, 401, "token_missing"),
         ({"Authorization": "Bearer garbage"}, 401, "token_invalid"),
-        ({"Authorization": f"Bearer {env.token(iat=now - 9000, nbf=now - 9000, exp=now - 3600)}"}, 401, "token_expired"),
+        (
+            {"Authorization": f"Bearer {env.token(iat=now - 9000, nbf=now - 9000, exp=now - 3600)}"},
+            401,
+            "token_expired",
+        ),
         (env.auth(product_uuid=OTHER_UUID), 403, "wrong_host"),
         (env.auth(features=["cxr25"]), 403, "model_not_licensed"),
     ]
@@ -140,8 +171,9 @@ def test_auth_errors(client, env, nih_sample):
 
 def test_token_in_query_refused(client, env):
     token = env.token()
-    assert_error(client.get(f"/api/v1/license?token={token}", headers=env.auth()), 401, "token_invalid",
-                 "/api/v1/license", "get")
+    assert_error(
+        client.get(f"/api/v1/license?token={token}", headers=env.auth()), 401, "token_invalid", "/api/v1/license", "get"
+    )
 
 
 def test_revoked_token(tmp_path, demo_bundle, nih_sample):
@@ -152,8 +184,13 @@ def test_revoked_token(tmp_path, demo_bundle, nih_sample):
     env_key_token = sign(env.key, claims)
     (tmp_path / "revocations.jwt").write_text(sign_revocation_list(env.key, [claims["jti"]], []))
     client = ready_app(env).test_client()
-    assert_error(client.post("/api/v1/predict", data=nih_sample[0].read_bytes(),
-                             headers={"Authorization": f"Bearer {env_key_token}"}), 401, "token_revoked")
+    assert_error(
+        client.post(
+            "/api/v1/predict", data=nih_sample[0].read_bytes(), headers={"Authorization": f"Bearer {env_key_token}"}
+        ),
+        401,
+        "token_revoked",
+    )
     assert client.get("/api/v1/license", headers=env.auth()).status_code == 200
 
 
@@ -165,21 +202,28 @@ def test_revocation_list_not_in_force_fails_closed(tmp_path, demo_bundle, nih_sa
     client = ready_app(env).test_client()
     response = client.get("/api/v1/ready")
     assert response.status_code == 503 and "Revocation list" in response.get_json()["reasons"][0]
-    for call in (lambda: client.get("/api/v1/license", headers=env.auth()),
-                 lambda: client.post("/api/v1/predict", data=nih_sample[0].read_bytes(), headers=env.auth())):
+    for call in (
+        lambda: client.get("/api/v1/license", headers=env.auth()),
+        lambda: client.post("/api/v1/predict", data=nih_sample[0].read_bytes(), headers=env.auth()),
+    ):
         assert_error(call(), 503, "not_ready")
     assert (tmp_path / "revocation-state.json").exists() is False
     (tmp_path / "revocations.jwt").write_text(sign_revocation_list(env.key, [], []))
     assert client.get("/api/v1/ready").status_code == 200
     assert client.get("/api/v1/license", headers=env.auth()).status_code == 200
-    assert (tmp_path / "revocation-state.json").stat().st_mode & 0o077 == 0, "the state beside the audit log is owner-only"
+    assert (tmp_path / "revocation-state.json").stat().st_mode & 0o077 == 0, (
+        "the state beside the audit log is owner-only"
+    )
 
 
 def _revocation_metrics(client) -> dict:
     text = client.get("/metrics").get_data(as_text=True)
-    return {(sample.name, sample.labels.get("reason")): sample.value
-            for family in text_string_to_metric_families(text) if family.name.startswith("chexnet_revocation")
-            for sample in family.samples}
+    return {
+        (sample.name, sample.labels.get("reason")): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("chexnet_revocation")
+        for sample in family.samples
+    }
 
 
 def test_a_refused_newer_list_shows_in_ready_metrics_and_healthcheck(tmp_path, demo_bundle, monkeypatch, capsys):
@@ -205,7 +249,9 @@ def test_a_refused_newer_list_shows_in_ready_metrics_and_healthcheck(tmp_path, d
     assert "state file" in warning and f"sequence {first_seq} stays in force" in warning
     assert client.get("/api/v1/license", headers=token).status_code == 200, "the earlier list is the one in force"
     metrics = _revocation_metrics(client)
-    assert metrics[("chexnet_revocation_refused", "state")] == 1 and metrics[("chexnet_revocation_refused", "older")] == 0
+    assert (
+        metrics[("chexnet_revocation_refused", "state")] == 1 and metrics[("chexnet_revocation_refused", "older")] == 0
+    )
     assert metrics[("chexnet_revocation_refusals_total", "state")] == 1
     assert metrics[("chexnet_revocation_sequence", None)] == first_seq
 
@@ -222,7 +268,10 @@ def test_a_refused_newer_list_shows_in_ready_metrics_and_healthcheck(tmp_path, d
     assert conforms(client.get("/api/v1/ready"), "/api/v1/ready")["warnings"] == []
     assert_error(client.get("/api/v1/license", headers=token), 401, "token_revoked", "/api/v1/license", "get")
     metrics = _revocation_metrics(client)
-    assert metrics[("chexnet_revocation_refused", "state")] == 0 and metrics[("chexnet_revocation_sequence", None)] > first_seq
+    assert (
+        metrics[("chexnet_revocation_refused", "state")] == 0
+        and metrics[("chexnet_revocation_sequence", None)] > first_seq
+    )
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -253,14 +302,23 @@ def test_truncated_png_and_undecodable_dicom(client, env, nih_sample, dicom_dir)
 
 
 def test_missing_image_field(client, env):
-    response = client.post("/api/v1/predict", headers=env.auth(), content_type="multipart/form-data",
-                           data={"picture": (io.BytesIO(b"x"), "x.png")})
+    response = client.post(
+        "/api/v1/predict",
+        headers=env.auth(),
+        content_type="multipart/form-data",
+        data={"picture": (io.BytesIO(b"x"), "x.png")},
+    )
     assert "'image'" in assert_error(response, 400, "invalid_image")["error"]["message"]
 
 
-@pytest.mark.parametrize("options, fragment", [
-    ({"heatmaps": "bogus"}, "heatmaps"), ({"heatmaps": "mass,nope"}, "nope"), ({"heatmap_format": "gif"}, "heatmap_format"),
-])
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"heatmaps": "bogus"}, "heatmaps"),
+        ({"heatmaps": "mass,nope"}, "nope"),
+        ({"heatmap_format": "gif"}, "heatmap_format"),
+    ],
+)
 def test_bad_options_are_422_naming_the_option(client, env, nih_sample, options, fragment):
     body = assert_error(predict(client, env, nih_sample[0].read_bytes(), **options), 422, "invalid_option")
     assert fragment in body["error"]["message"]
@@ -276,8 +334,11 @@ def test_upload_limit_enforced_before_reading(tmp_path, demo_bundle):
     client = ready_app(env).test_client()
     big = png_bytes(np.random.default_rng(0).integers(0, 255, (1400, 1400), dtype=np.uint8))
     assert len(big) > 1024 * 1024
-    body = assert_error(client.post("/api/v1/predict", data=big, headers={**env.auth(), "Content-Type": "image/png"}),
-                        413, "payload_too_large")
+    body = assert_error(
+        client.post("/api/v1/predict", data=big, headers={**env.auth(), "Content-Type": "image/png"}),
+        413,
+        "payload_too_large",
+    )
     assert "1 MiB" in body["error"]["message"]
     multipart = predict(client, env, big)
     assert_error(multipart, 413, "payload_too_large")
@@ -292,9 +353,15 @@ def test_unknown_path_and_method_are_json(client):
 
 # --- observability ---------------------------------------------------------------------------
 
+
 def test_request_id_passed_through_or_generated(client):
-    assert client.get("/api/v1/health", headers={"X-Request-ID": "nginx-abc.123"}).headers["X-Request-ID"] == "nginx-abc.123"
-    generated = client.get("/api/v1/health", headers={"X-Request-ID": "bad id; <script>" + "x" * 200}).headers["X-Request-ID"]
+    assert (
+        client.get("/api/v1/health", headers={"X-Request-ID": "nginx-abc.123"}).headers["X-Request-ID"]
+        == "nginx-abc.123"
+    )
+    generated = client.get("/api/v1/health", headers={"X-Request-ID": "bad id; <script>" + "x" * 200}).headers[
+        "X-Request-ID"
+    ]
     assert len(generated) == 32 and " " not in generated
 
 
@@ -338,19 +405,25 @@ def test_openapi_and_docs_pages(client):
     for asset in ("/api/v1/docs", "/static/docs.js", "/static/app.js", "/static/style.css", "/"):
         response = client.get(asset)
         assert response.status_code == 200
-        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", response.get_data(as_text=True)), "nothing loads from outside"
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", response.get_data(as_text=True)), (
+            "nothing loads from outside"
+        )
 
 
 # --- settings --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, value, fragment", [
-    ("CHEXNET_MAX_UPLOAD_MB", "lots", "CHEXNET_MAX_UPLOAD_MB must be a whole number"),
-    ("CHEXNET_ENGINE", "tensorrt", "CHEXNET_ENGINE must be one of"),
-    ("CHEXNET_DEVICE", "tpu", "CHEXNET_DEVICE must be one of"),
-    ("CHEXNET_PORT", "70000", "CHEXNET_PORT must be between"),
-    ("CHEXNET_MODELS_DIR", "/nonexistent", "CHEXNET_MODELS_DIR"),
-    ("CHEXNET_LICENSE_KEYS", "", "CHEXNET_LICENSE_KEYS"),
-])
+
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("CHEXNET_MAX_UPLOAD_MB", "lots", "CHEXNET_MAX_UPLOAD_MB must be a whole number"),
+        ("CHEXNET_ENGINE", "tensorrt", "CHEXNET_ENGINE must be one of"),
+        ("CHEXNET_DEVICE", "tpu", "CHEXNET_DEVICE must be one of"),
+        ("CHEXNET_PORT", "70000", "CHEXNET_PORT must be between"),
+        ("CHEXNET_MODELS_DIR", "/nonexistent", "CHEXNET_MODELS_DIR"),
+        ("CHEXNET_LICENSE_KEYS", "", "CHEXNET_LICENSE_KEYS"),
+    ],
+)
 def test_bad_settings_name_the_variable(env, name, value, fragment):
     base = {"CHEXNET_MODELS_DIR": env.settings.models_dir, "CHEXNET_LICENSE_KEYS": env.settings.license_keys}
     with pytest.raises(SettingsError, match=fragment):
@@ -365,7 +438,8 @@ def test_corrupted_bundle_never_ready(tmp_path, demo_bundle):
     response = ready_app(env).test_client().get("/api/v1/ready")
     assert response.status_code == 503
     assert response.get_json()["reasons"] == [
-        "Bundle cxr10: model.onnx does not match its sha256 in manifest.json; the file is corrupt or was replaced, copy the bundle again."]
+        "Bundle cxr10: model.onnx does not match its sha256 in manifest.json; the file is corrupt or was replaced, copy the bundle again."
+    ]
 
 
 def test_missing_host_identity_not_ready(tmp_path, demo_bundle):

@@ -21,14 +21,19 @@ def server(app):
 
 def test_sixteen_concurrent_clients_each_get_their_own_result(server, env, nih_dir, onnx_predictor):
     images = sorted(nih_dir.glob("*.png"))[:16]
-    expected = {p.name: [f.probability for f in onnx_predictor.predict(p.read_bytes, PredictOptions(heatmaps="none")).findings]
-                for p in images}
+    expected = {
+        p.name: [f.probability for f in onnx_predictor.predict(p.read_bytes, PredictOptions(heatmaps="none")).findings]
+        for p in images
+    }
     token = env.token()
 
     def call(path):
-        response = requests.post(f"{server.url}/api/v1/predict?heatmaps=top",
-                                 files={"image": (path.name, path.read_bytes())},
-                                 headers={"Authorization": f"Bearer {token}"}, timeout=120)
+        response = requests.post(
+            f"{server.url}/api/v1/predict?heatmaps=top",
+            files={"image": (path.name, path.read_bytes())},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=120,
+        )
         return path.name, response
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -46,8 +51,12 @@ def test_overloaded_is_503_with_retry_after(server, env, app, nih_sample, monkey
         raise Overloaded("The server is busy with other images; retry in a few seconds.")
 
     monkeypatch.setattr(app.extensions["chexnet"].models["cxr10"].batcher, "submit", refuse)
-    response = requests.post(f"{server.url}/api/v1/predict", data=nih_sample[0].read_bytes(),
-                             headers={"Authorization": f"Bearer {env.token()}"}, timeout=60)
+    response = requests.post(
+        f"{server.url}/api/v1/predict",
+        data=nih_sample[0].read_bytes(),
+        headers={"Authorization": f"Bearer {env.token()}"},
+        timeout=60,
+    )
     assert response.status_code == 503 and response.headers["Retry-After"] == "2"
     assert response.json()["error"]["code"] == "overloaded"
 
@@ -56,8 +65,12 @@ def test_upload_over_limit_is_json_413_on_the_wire(tmp_path, demo_bundle):
     env = make_env(tmp_path, demo_bundle.path, CHEXNET_MAX_UPLOAD_MB="1")
     live = LiveServer(ready_app(env))
     try:
-        response = requests.post(f"{live.url}/api/v1/predict", data=b"\x89PNG\r\n\x1a\n" + b"0" * (3 * 2**20 // 2),
-                                 headers={"Authorization": f"Bearer {env.token()}", "Content-Type": "image/png"}, timeout=60)
+        response = requests.post(
+            f"{live.url}/api/v1/predict",
+            data=b"\x89PNG\r\n\x1a\n" + b"0" * (3 * 2**20 // 2),
+            headers={"Authorization": f"Bearer {env.token()}", "Content-Type": "image/png"},
+            timeout=60,
+        )
         assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
     finally:
         live.close()
@@ -74,9 +87,18 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        launched = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             yield launched
         finally:
@@ -124,5 +146,7 @@ def test_docs_page_authorizes_and_tries_predict_offline(server, env, nih_sample,
     status = operation.locator(".live-responses-table tbody .response-col_status").first
     status.wait_for()
     assert status.inner_text().strip().startswith("200")
-    assert "atelectasis" in operation.locator(".live-responses-table tbody .response-col_description").first.inner_text()
+    assert (
+        "atelectasis" in operation.locator(".live-responses-table tbody .response-col_description").first.inner_text()
+    )
     assert outside == [], "the docs page loads nothing from outside this server"

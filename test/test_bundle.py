@@ -17,11 +17,14 @@ from chexnet.labels import apply_thresholds, load_labels
 from chexnet.model import CheXNet
 
 
-@pytest.mark.parametrize("name, count, first, last", [
-    ("cxr10", 10, ("atelectasis", "肺不张"), ("unspecified_10", None)),
-    ("cxr25", 25, ("pneumothorax", "气胸"), ("interstitial_involvement", "间质改变")),
-    ("chestxray14", 14, ("atelectasis", None), ("hernia", None)),
-])
+@pytest.mark.parametrize(
+    "name, count, first, last",
+    [
+        ("cxr10", 10, ("atelectasis", "肺不张"), ("unspecified_10", None)),
+        ("cxr25", 25, ("pneumothorax", "气胸"), ("interstitial_involvement", "间质改变")),
+        ("chestxray14", 14, ("atelectasis", None), ("hernia", None)),
+    ],
+)
 def test_builtin_label_sets(name, count, first, last):
     labels = load_labels(name)
     assert len(labels) == count
@@ -103,8 +106,11 @@ CHECKPOINT_SHAPES = {
     "under_model": lambda sd: {"model": sd},
     "dataparallel": lambda sd: {f"module.{k}": v for k, v in sd.items()},
     # arnoweng/CheXNet: module.densenet121.*, legacy norm.1 names, classifier.0 inside Sequential
-    "arnoweng": lambda sd: {"state_dict": {
-        "module.densenet121." + _legacy(k).replace("classifier.", "classifier.0."): v for k, v in sd.items()}},
+    "arnoweng": lambda sd: {
+        "state_dict": {
+            "module.densenet121." + _legacy(k).replace("classifier.", "classifier.0."): v for k, v in sd.items()
+        }
+    },
     "legacy_names": lambda sd: {_legacy(k): v for k, v in sd.items()},
 }
 
@@ -118,8 +124,16 @@ def test_each_checkpoint_shape_builds_a_bundle_that_predicts_like_its_source(sha
     if shape in ("arnoweng", "legacy_names"):
         assert any(".norm.1." in k for k in (wrapped.get("state_dict", wrapped)))
     torch.save(wrapped, tmp_path / "model.pth.tar")
-    out = write_bundle(tmp_path / "bundle", read_checkpoint(str(tmp_path / "model.pth.tar")), labels,
-                       bundle_id="customer", version="2.1.0", input_size=224, demo=False, description="t")
+    out = write_bundle(
+        tmp_path / "bundle",
+        read_checkpoint(str(tmp_path / "model.pth.tar")),
+        labels,
+        bundle_id="customer",
+        version="2.1.0",
+        input_size=224,
+        demo=False,
+        description="t",
+    )
     bundle = load_bundle(out)
     assert bundle.manifest.demo is False and bundle.manifest.version == "2.1.0"
     model = CheXNet(len(labels)).eval()
@@ -133,16 +147,32 @@ def test_each_checkpoint_shape_builds_a_bundle_that_predicts_like_its_source(sha
 def test_build_refuses_wrong_label_count_and_writes_nothing(tmp_path):
     torch.save(demo_state_dict(10, seed=0), tmp_path / "ckpt.pth")
     with pytest.raises(BundleError, match="classifier has 10 outputs but 25 labels"):
-        write_bundle(tmp_path / "out", read_checkpoint(str(tmp_path / "ckpt.pth")), load_labels("cxr25"),
-                     bundle_id="x", version="1", input_size=224, demo=False, description="")
+        write_bundle(
+            tmp_path / "out",
+            read_checkpoint(str(tmp_path / "ckpt.pth")),
+            load_labels("cxr25"),
+            bundle_id="x",
+            version="1",
+            input_size=224,
+            demo=False,
+            description="",
+        )
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [tmp_path / "ckpt.pth"]
 
 
 def test_build_refuses_foreign_checkpoint(tmp_path):
     torch.save({"conv.weight": torch.zeros(3, 3), "classifier.weight": torch.zeros(10, 1024)}, tmp_path / "x.pth")
     with pytest.raises(BundleError, match="not a densenet121 state_dict .*missing"):
-        write_bundle(tmp_path / "out", read_checkpoint(str(tmp_path / "x.pth")), load_labels("cxr10"),
-                     bundle_id="x", version="1", input_size=224, demo=False, description="")
+        write_bundle(
+            tmp_path / "out",
+            read_checkpoint(str(tmp_path / "x.pth")),
+            load_labels("cxr10"),
+            bundle_id="x",
+            version="1",
+            input_size=224,
+            demo=False,
+            description="",
+        )
 
 
 def test_checkpoint_that_is_not_a_state_dict(tmp_path):
@@ -162,5 +192,13 @@ def test_thresholds_file(tmp_path):
 
 def test_refuses_to_overwrite_a_bundle(demo_bundle):
     with pytest.raises(BundleError, match="already exists"):
-        write_bundle(demo_bundle.path, demo_state_dict(10, 0), load_labels("cxr10"), bundle_id="x",
-                     version="1", input_size=224, demo=True, description="")
+        write_bundle(
+            demo_bundle.path,
+            demo_state_dict(10, 0),
+            load_labels("cxr10"),
+            bundle_id="x",
+            version="1",
+            input_size=224,
+            demo=True,
+            description="",
+        )

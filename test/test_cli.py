@@ -16,8 +16,9 @@ from sample_data import ROOT
 
 
 def run_cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "chexnet", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "chexnet", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_predict_json_lines_with_heatmaps(demo_bundle, nih_sample, dicom_dir, tmp_path):
@@ -37,7 +38,9 @@ def test_predict_failure_is_json_and_exit_nonzero(demo_bundle, nih_sample, dicom
     text.write_text("not an image")
     unknown = tmp_path / "jpip.dcm"
     unknown.write_bytes(undecodable((dicom_dir / "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm").read_bytes()))
-    proc = run_cli("predict", "--bundle", demo_bundle.path, "--json", unknown, text, tmp_path / "missing.png", nih_sample[0])
+    proc = run_cli(
+        "predict", "--bundle", demo_bundle.path, "--json", unknown, text, tmp_path / "missing.png", nih_sample[0]
+    )
     assert proc.returncode == 1
     jpip, txt, missing, ok = [json.loads(line) for line in proc.stdout.splitlines()]
     assert jpip["error"]["code"] == "unsupported_media_type" and "JPIP Referenced" in jpip["error"]["message"]
@@ -47,9 +50,13 @@ def test_predict_failure_is_json_and_exit_nonzero(demo_bundle, nih_sample, dicom
     assert "Traceback" not in proc.stderr
 
 
-HEATMAP_FORMS = {"none": lambda findings: [], "top": lambda f: [max(f, key=lambda x: x["probability"])["code"]],
-                 "positive": lambda f: [x["code"] for x in f if x["positive"]],
-                 "all": lambda f: [x["code"] for x in f], "atelectasis,mass": lambda f: ["atelectasis", "mass"]}
+HEATMAP_FORMS = {
+    "none": lambda findings: [],
+    "top": lambda f: [max(f, key=lambda x: x["probability"])["code"]],
+    "positive": lambda f: [x["code"] for x in f if x["positive"]],
+    "all": lambda f: [x["code"] for x in f],
+    "atelectasis,mass": lambda f: ["atelectasis", "mass"],
+}
 
 
 @pytest.mark.parametrize("with_dir", [True, False], ids=["heatmaps-dir", "inline"])

@@ -8,8 +8,9 @@ from chexnet.cpu import available_cores, engine_layout
 from chexnet.service import Settings
 
 
-@pytest.mark.parametrize("cores,layout", [(1, (1, 1)), (2, (2, 1)), (4, (2, 2)), (8, (2, 4)), (16, (4, 4)),
-                                          (64, (16, 4))])
+@pytest.mark.parametrize(
+    "cores,layout", [(1, (1, 1)), (2, (2, 1)), (4, (2, 2)), (8, (2, 4)), (16, (4, 4)), (64, (16, 4))]
+)
 def test_engine_layout_uses_every_core(cores, layout):
     assert engine_layout(cores) == layout
     workers, threads = layout
@@ -31,7 +32,12 @@ def test_settings_derive_the_layout_unless_told(tmp_path):
     derived = Settings.from_env(env).layout
     assert (derived.engine_workers, derived.engine_threads) == engine_layout(derived.cores)
     assert derived.http_threads >= 2 * derived.engine_workers + derived.decode_concurrency
-    told = Settings.from_env({**env, "CHEXNET_ENGINE_WORKERS": "3", "CHEXNET_THREADS": "5",
-                              "CHEXNET_DECODE_CONCURRENCY": "2"}).layout
-    assert (told.engine_workers, told.engine_threads, told.http_threads, told.decode_concurrency) == \
-        (3, max(1, told.cores // 3), 5, 2)
+    told = Settings.from_env(
+        {**env, "CHEXNET_ENGINE_WORKERS": "3", "CHEXNET_THREADS": "5", "CHEXNET_DECODE_CONCURRENCY": "2"}
+    ).layout
+    assert (told.engine_workers, told.engine_threads, told.http_threads, told.decode_concurrency) == (
+        3,
+        max(1, told.cores // 3),
+        5,
+        2,
+    )

@@ -37,7 +37,7 @@ def test_8bit_png_is_used_as_is():
 
 
 def test_16bit_png_is_scaled_min_max():
-    wide = (GRADIENT.astype(np.uint16) * 200 + 1000)
+    wide = GRADIENT.astype(np.uint16) * 200 + 1000
     buf = io.BytesIO()
     Image.fromarray(wide).save(buf, format="PNG")
     decoded = decode_image(buf.getvalue())
@@ -96,8 +96,11 @@ def test_every_shared_dicom_decodes_or_gives_a_typed_error(dicom_dir):
             assert exc.status == 415
             outcomes[path.name] = "unsupported"
     assert outcomes == {
-        "RG1_J2KR.dcm": "ok", "RG1_UNCR.dcm": "ok", "RG3_RLE.dcm": "ok",
-        "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm": "ok", "RG3_JPLY.dcm": "ok",
+        "RG1_J2KR.dcm": "ok",
+        "RG1_UNCR.dcm": "ok",
+        "RG3_RLE.dcm": "ok",
+        "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm": "ok",
+        "RG3_JPLY.dcm": "ok",
     }
 
 
@@ -129,9 +132,12 @@ def test_presentation_lut_inverse():
 
 
 def test_rescale_and_window_are_applied():
-    raw = (GRADIENT.astype(np.uint16) * 16)  # 0..4080, 12-bit
-    windowed = decode_image(make_dicom(raw, BitsStored=12, RescaleSlope=1, RescaleIntercept=-1024,
-                                       WindowCenter=1024 - 1024, WindowWidth=2048)).pixels
+    raw = GRADIENT.astype(np.uint16) * 16  # 0..4080, 12-bit
+    windowed = decode_image(
+        make_dicom(
+            raw, BitsStored=12, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=1024 - 1024, WindowWidth=2048
+        )
+    ).pixels
     # The window [-1024, 1024) in rescaled units covers raw 0..2047: everything above saturates.
     assert windowed[0, 128:].min() == 255
     assert windowed[0, 0] == 0

@@ -33,16 +33,26 @@ def test_malformed_header_is_a_typed_4xx(name):
     assert err.value.message.endswith(".") and "Traceback" not in err.value.message
 
 
-@pytest.mark.parametrize("name, make, expected", [
-    ("deflated, 509 KiB inflating to 512 MiB", lambda: hostile_files.deflate_bomb(512), PayloadTooLarge),
-    ("deflated, 5 million tiny elements", lambda: hostile_files.element_bomb(), InvalidImage),
-    ("deflated, a VOI LUT sequence of a million items", lambda: hostile_files.sequence_bomb(), InvalidImage),
-    ("deflated, a million elements inside one sequence item", lambda: hostile_files.nested_element_bomb(),
-     InvalidImage),
-    ("JPEG 2000 codestream 20000x20000 in a 48x48 header", lambda: hostile_files.codestream_bomb("j2k"), InvalidImage),
-    ("JPEG codestream 20000x20000 in a 48x48 header", lambda: hostile_files.codestream_bomb("jpeg"), InvalidImage),
-    ("36 MP 16-bit PNG", lambda: hostile_files.png16(6000, 6000), None),
-])
+@pytest.mark.parametrize(
+    "name, make, expected",
+    [
+        ("deflated, 509 KiB inflating to 512 MiB", lambda: hostile_files.deflate_bomb(512), PayloadTooLarge),
+        ("deflated, 5 million tiny elements", lambda: hostile_files.element_bomb(), InvalidImage),
+        ("deflated, a VOI LUT sequence of a million items", lambda: hostile_files.sequence_bomb(), InvalidImage),
+        (
+            "deflated, a million elements inside one sequence item",
+            lambda: hostile_files.nested_element_bomb(),
+            InvalidImage,
+        ),
+        (
+            "JPEG 2000 codestream 20000x20000 in a 48x48 header",
+            lambda: hostile_files.codestream_bomb("j2k"),
+            InvalidImage,
+        ),
+        ("JPEG codestream 20000x20000 in a 48x48 header", lambda: hostile_files.codestream_bomb("jpeg"), InvalidImage),
+        ("36 MP 16-bit PNG", lambda: hostile_files.png16(6000, 6000), None),
+    ],
+)
 def test_hostile_sizes_are_refused_or_decoded_within_the_memory_budget(name, make, expected):
     data = make()
     peak, result = peak_mib_above_now(lambda: decode_image(data))
@@ -67,14 +77,26 @@ def test_a_deflated_dicom_within_the_limit_decodes_like_the_uncompressed_one(dic
 _TS = gdcm.TransferSyntax
 
 
-@pytest.mark.parametrize("syntax, max_error", [
-    (_TS.JPEGLosslessProcess14, 0), (_TS.JPEGLosslessProcess14_1, 0), (_TS.JPEGLSLossless, 0),
-    (_TS.JPEGLSNearLossless, 1), (_TS.JPEG2000Lossless, 0), (_TS.JPEG2000, 0), (_TS.RLELossless, 0),
-], ids=["jpeg-lossless-p14", "jpeg-lossless-sv1", "jpeg-ls", "jpeg-ls-near", "j2k-lossless", "j2k", "rle"])
+@pytest.mark.parametrize(
+    "syntax, max_error",
+    [
+        (_TS.JPEGLosslessProcess14, 0),
+        (_TS.JPEGLosslessProcess14_1, 0),
+        (_TS.JPEGLSLossless, 0),
+        (_TS.JPEGLSNearLossless, 1),
+        (_TS.JPEG2000Lossless, 0),
+        (_TS.JPEG2000, 0),
+        (_TS.RLELossless, 0),
+    ],
+    ids=["jpeg-lossless-p14", "jpeg-lossless-sv1", "jpeg-ls", "jpeg-ls-near", "j2k-lossless", "j2k", "rle"],
+)
 def test_every_transfer_syntax_decodes_like_the_uncompressed_image(syntax, max_error, dicom_dir, tmp_path):
     source = dicom_dir / "RG1_UNCR.dcm"
     encoded = transcode(source, tmp_path / "out.dcm", syntax, lossy_error=2 if max_error else 0)
-    assert pydicom.dcmread(io.BytesIO(encoded)).file_meta.TransferSyntaxUID != pydicom.dcmread(source).file_meta.TransferSyntaxUID
+    assert (
+        pydicom.dcmread(io.BytesIO(encoded)).file_meta.TransferSyntaxUID
+        != pydicom.dcmread(source).file_meta.TransferSyntaxUID
+    )
     got = decode_image(encoded).pixels.astype(int)
     assert np.abs(got - decode_image(source.read_bytes()).pixels).max() <= max_error
 
@@ -96,14 +118,18 @@ def test_12_bit_jpeg_extended_decodes(dicom_dir):
     assert np.abs(jply - rle).mean() < 1.0
 
 
-@pytest.mark.parametrize("elements", [
-    {"RescaleSlope": "0.5", "RescaleIntercept": "-100"},
-    {"WindowCenter": "1500", "WindowWidth": "1000"},
-    {"WindowCenter": "1500", "WindowWidth": "1"},
-    {"WindowCenter": "1500", "WindowWidth": "1000", "VOILUTFunction": "LINEAR_EXACT"},
-    {"WindowCenter": "1500", "WindowWidth": "1000", "VOILUTFunction": "SIGMOID"},
-    {"RescaleSlope": "2", "RescaleIntercept": "0", "WindowCenter": "3000", "WindowWidth": "2000"},
-], ids=["rescale", "window", "window-width-1", "linear-exact", "sigmoid", "rescale-then-window"])
+@pytest.mark.parametrize(
+    "elements",
+    [
+        {"RescaleSlope": "0.5", "RescaleIntercept": "-100"},
+        {"WindowCenter": "1500", "WindowWidth": "1000"},
+        {"WindowCenter": "1500", "WindowWidth": "1"},
+        {"WindowCenter": "1500", "WindowWidth": "1000", "VOILUTFunction": "LINEAR_EXACT"},
+        {"WindowCenter": "1500", "WindowWidth": "1000", "VOILUTFunction": "SIGMOID"},
+        {"RescaleSlope": "2", "RescaleIntercept": "0", "WindowCenter": "3000", "WindowWidth": "2000"},
+    ],
+    ids=["rescale", "window", "window-width-1", "linear-exact", "sigmoid", "rescale-then-window"],
+)
 def test_block_wise_display_pipeline_equals_pydicoms_whole_image_float64(elements):
     pixels = np.random.default_rng(1).integers(0, 4096, (300, 200)).astype(np.uint16)
     ds = pydicom.dcmread(io.BytesIO(make_dicom(pixels, BitsStored=12, **elements)))

@@ -85,12 +85,15 @@ def test_exif_rotation_reports_the_rotated_source_size():
     assert image.pixels.shape == (1000, 600) and (image.width, image.height) == (1200, 2000)
 
 
-@pytest.mark.parametrize("width,height,expected", [
-    (1840, 1952, 2),  # 460 x 488 still has a short side ≥ 224; its long side 488 < 512 stops at 2
-    (1841, 1955, 1),  # level 2 would give Pillow 460 wide and openjpeg 461: never asked for
-    (4096, 4096, 3),  # 512 x 512
-    (600, 400, 0),  # level 1 would be 200 high
-])
+@pytest.mark.parametrize(
+    "width,height,expected",
+    [
+        (1840, 1952, 2),  # 460 x 488 still has a short side ≥ 224; its long side 488 < 512 stops at 2
+        (1841, 1955, 1),  # level 2 would give Pillow 460 wide and openjpeg 461: never asked for
+        (4096, 4096, 3),  # 512 x 512
+        (600, 400, 0),  # level 1 would be 200 high
+    ],
+)
 def test_the_coarsest_level_that_fits(width, height, expected):
     assert j2k_level(FrameHeader(width, height, 1, 12, levels=5), DecodeSize(224, 480)) == expected
 
@@ -102,9 +105,9 @@ def test_damaged_j2k_ends_as_a_full_decode_would(dicom_dir, damage):
     data = bytearray((dicom_dir / "RG1_J2KR.dcm").read_bytes())
     start = data.find(b"\xff\x4f\xff\x51")
     if damage == "zeros":
-        data[start + 400:start + 40_000] = b"\x00" * 39_600  # the header kept, code blocks ruined
+        data[start + 400 : start + 40_000] = b"\x00" * 39_600  # the header kept, code blocks ruined
     else:
-        data[start + 400:-2] = b"\xff" * (len(data) - start - 402)  # no valid packet after the header
+        data[start + 400 : -2] = b"\xff" * (len(data) - start - 402)  # no valid packet after the header
 
     def outcome(**kwargs):
         try:

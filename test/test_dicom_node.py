@@ -31,8 +31,11 @@ def test_accepted_instances_survive_a_sigkill_and_results_arrive_once_the_pacs_i
     assert node.metric('chexnet_dicom_queue_depth{queue="outgoing"}') >= 2
 
     destination.start()
-    wait_until(lambda: len(destination.received) >= 4 and not list((node.spool / "outgoing").glob("*.dcm")),
-             120, "the results at the destination")
+    wait_until(
+        lambda: len(destination.received) >= 4 and not list((node.spool / "outgoing").glob("*.dcm")),
+        120,
+        "the results at the destination",
+    )
     assert len(destination.received) == 4, "one SR and one capture per chest image; the tibia is skipped"
     for name in CHEST:
         source = pydicom.dcmread(dicom_dir / name, stop_before_pixels=True)
@@ -74,15 +77,24 @@ def test_a_damaged_file_is_kept_in_rejected_with_a_log_line(dicom_site, dicom_di
     assert destination.received == []
 
 
-@pytest.mark.parametrize("name, value, fragment", [
-    ("CHEXNET_DICOM_ALLOWED_AES", "", "CHEXNET_DICOM_ALLOWED_AES"),
-    ("CHEXNET_DICOM_DESTINATION", "pacs.example:104", "AE@host:port"),
-    ("CHEXNET_DICOM_AE_TITLE", "A" * 17, "CHEXNET_DICOM_AE_TITLE"),
-    ("CHEXNET_DICOM_TOKEN_FILE", "", "CHEXNET_DICOM_TOKEN_FILE"),
-    ("CHEXNET_DICOM_HEATMAPS", "some", "CHEXNET_DICOM_HEATMAPS"),
-])
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("CHEXNET_DICOM_ALLOWED_AES", "", "CHEXNET_DICOM_ALLOWED_AES"),
+        ("CHEXNET_DICOM_DESTINATION", "pacs.example:104", "AE@host:port"),
+        ("CHEXNET_DICOM_AE_TITLE", "A" * 17, "CHEXNET_DICOM_AE_TITLE"),
+        ("CHEXNET_DICOM_TOKEN_FILE", "", "CHEXNET_DICOM_TOKEN_FILE"),
+        ("CHEXNET_DICOM_HEATMAPS", "some", "CHEXNET_DICOM_HEATMAPS"),
+    ],
+)
 def test_bad_settings_stop_the_node_with_a_sentence(dicom_site, name, value, fragment):
     env, node, destination = dicom_site
-    run = subprocess.run([sys.executable, "-m", "chexnet", "dicom-node"], env={**node.env, name: value},
-                         capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "chexnet", "dicom-node"],
+        env={**node.env, name: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 2 and fragment in run.stderr and "Traceback" not in run.stderr

@@ -39,8 +39,13 @@ SHIPPED_MEMORY_LIMIT = 2 * 1024 * MIB  # docker-compose.yml: dicom-node mem_limi
 
 
 # --- peers and crafted files -----------------------------------------------------------------------
-def crafted(path: Path, pixel_bytes: int, syntax=ExplicitVRLittleEndian, meta_class=ComputedRadiographyImageStorage,
-            dataset_class=ComputedRadiographyImageStorage) -> Path:
+def crafted(
+    path: Path,
+    pixel_bytes: int,
+    syntax=ExplicitVRLittleEndian,
+    meta_class=ComputedRadiographyImageStorage,
+    dataset_class=ComputedRadiographyImageStorage,
+) -> Path:
     """A CR file streamed to disk: a chest header, then ``pixel_bytes`` of zero pixel data, deflated when
     ``syntax`` says so (1 GiB of zeros deflates to about 1 MiB)."""
     uid = generate_uid()
@@ -63,7 +68,7 @@ def crafted(path: Path, pixel_bytes: int, syntax=ExplicitVRLittleEndian, meta_cl
         write_file_meta_info(f, meta)
         f.write(deflater.compress(head) if deflater else head)
         for start in range(0, pixel_bytes, len(zeros)):
-            chunk = zeros[:min(len(zeros), pixel_bytes - start)]
+            chunk = zeros[: min(len(zeros), pixel_bytes - start)]
             f.write(deflater.compress(chunk) if deflater else chunk)
         if deflater:
             f.write(deflater.flush())
@@ -105,7 +110,10 @@ def _join_cgroup(pid: int, limit: int) -> None:
     v2 = next((line.split(":", 2)[2] for line in own if line.startswith("0::")), None)
     v1 = next((line.split(":", 2)[2] for line in own if ":memory:" in line), None)
     if v1 is not None and Path("/sys/fs/cgroup/memory").is_dir():
-        group, limit_file = Path("/sys/fs/cgroup/memory", v1.lstrip("/"), f"chexnet-test-{pid}"), "memory.limit_in_bytes"
+        group, limit_file = (
+            Path("/sys/fs/cgroup/memory", v1.lstrip("/"), f"chexnet-test-{pid}"),
+            "memory.limit_in_bytes",
+        )
     else:
         group, limit_file = Path("/sys/fs/cgroup", (v2 or "/").lstrip("/"), f"chexnet-test-{pid}"), "memory.max"
     group.mkdir()
@@ -175,8 +183,17 @@ def test_files_a_crash_left_behind_are_set_aside_and_what_is_aside_stays_bounded
 
 
 # --- 2. associations: capped overall and per peer address, idle peers dropped -----------------------
-@pytest.mark.parametrize("dicom_site", [{"CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2", "CHEXNET_DICOM_NETWORK_TIMEOUT_S": "5",
-                                   "CHEXNET_DICOM_BIND": "127.0.0.1"}], indirect=True)
+@pytest.mark.parametrize(
+    "dicom_site",
+    [
+        {
+            "CHEXNET_DICOM_ASSOCIATE_TIMEOUT_S": "2",
+            "CHEXNET_DICOM_NETWORK_TIMEOUT_S": "5",
+            "CHEXNET_DICOM_BIND": "127.0.0.1",
+        }
+    ],
+    indirect=True,
+)
 def test_a_flood_of_idle_connections_does_not_lock_out_a_modality(dicom_site, dicom_dir):
     env, node, destination = dicom_site
     node.start()
@@ -238,11 +255,14 @@ def test_a_pdu_too_long_or_trickling_in_is_not_waited_for(dicom_site):
 def test_a_connection_cannot_make_the_node_hold_a_message_in_memory(dicom_site, message):
     env, node, destination = dicom_site
     before = started_with_limit(node)
-    echo = raw.command(AffectedSOPClassUID=raw.VERIFICATION, CommandField=0x0030, MessageID=1,
-                       CommandDataSetType=0x0000)
-    pdu = {"endless command": raw.p_data(1, raw.COMMAND, bytes(512 * 1024)),
-           "data set of a C-ECHO": raw.p_data(1, 0, bytes(512 * 1024)),
-           "data set without a command": raw.p_data(1, 0, bytes(512 * 1024))}[message]
+    echo = raw.command(
+        AffectedSOPClassUID=raw.VERIFICATION, CommandField=0x0030, MessageID=1, CommandDataSetType=0x0000
+    )
+    pdu = {
+        "endless command": raw.p_data(1, raw.COMMAND, bytes(512 * 1024)),
+        "data set of a C-ECHO": raw.p_data(1, 0, bytes(512 * 1024)),
+        "data set without a command": raw.p_data(1, 0, bytes(512 * 1024)),
+    }[message]
     with raw.connect(node.port, "MODALITY", contexts=((1, raw.VERIFICATION, (raw.IMPLICIT_LE,)),)) as s:
         if message == "data set of a C-ECHO":
             s.sendall(raw.p_data(1, raw.COMMAND | raw.LAST, echo))
@@ -284,14 +304,26 @@ def test_malformed_command_sets_and_borrowed_titles_are_contained(dicom_site, di
         raw.command(MessageID=1, CommandDataSetType=0x0101),  # no CommandField
         raw.command(AffectedSOPClassUID=raw.VERIFICATION, CommandField=0x0030, MessageID=1),  # no data set type
         raw.command(AffectedSOPClassUID=raw.CR, CommandField=0x0FFF, MessageID=1, CommandDataSetType=0x0101),
-        raw.command(AffectedSOPClassUID=raw.CR, CommandField=0x0001, MessageID=1, Priority=0,
-                    CommandDataSetType=0x0101, AffectedSOPInstanceUID="1.2.3"),  # a store without its data set
-        struct.pack("<HHII", 0, 0, 4, 12) + struct.pack("<HHI", 0, 0x0100, 0xFFFFFFF0) + b"1.2",  # a length past the end
+        raw.command(
+            AffectedSOPClassUID=raw.CR,
+            CommandField=0x0001,
+            MessageID=1,
+            Priority=0,
+            CommandDataSetType=0x0101,
+            AffectedSOPInstanceUID="1.2.3",
+        ),  # a store without its data set
+        struct.pack("<HHII", 0, 0, 4, 12)
+        + struct.pack("<HHI", 0, 0x0100, 0xFFFFFFF0)
+        + b"1.2",  # a length past the end
         b"\xff" * 64,
     ]
     for i in range(3 * len(malformed)):
-        with raw.connect(node.port, "MODALITY", source=f"127.0.1.{i % 10 + 1}",
-                         contexts=((1, raw.VERIFICATION, (raw.IMPLICIT_LE,)), (3, raw.CR, (raw.IMPLICIT_LE,)))) as s:
+        with raw.connect(
+            node.port,
+            "MODALITY",
+            source=f"127.0.1.{i % 10 + 1}",
+            contexts=((1, raw.VERIFICATION, (raw.IMPLICIT_LE,)), (3, raw.CR, (raw.IMPLICIT_LE,))),
+        ) as s:
             s.sendall(raw.p_data(1, raw.COMMAND | raw.LAST, malformed[i % len(malformed)]))
             s.settimeout(30)
             assert raw.read_pdu(s)[0] in (0x04, 0x07, None), "an answer, an A-ABORT or a closed connection"
@@ -351,7 +383,8 @@ def test_the_worker_survives_io_errors_and_the_healthcheck_says_when_nothing_mov
     wait_until(lambda: len(destination.received) >= 2, 120, "the results once the disk is writable again")
     assert node.process.poll() is None and node.echo() == 0
     assert sorted(ds.SOPClassUID for ds in destination.received) == sorted(
-        [ComprehensiveSRStorage, SecondaryCaptureImageStorage]), "an SR never goes out without its capture"
+        [ComprehensiveSRStorage, SecondaryCaptureImageStorage]
+    ), "an SR never goes out without its capture"
 
 
 # --- 5. one refused object does not block the others -------------------------------------------------
@@ -369,10 +402,15 @@ def test_results_the_pacs_refuses_do_not_hold_back_the_others(dicom_site, dicom_
     refusal.Status, refusal.ErrorComment = 0xA900, "no\nINJECTED log line"
     destination.answers[ComprehensiveSRStorage] = refusal  # permanent: does not match the SOP class
     assert storescu(node.port, "MODALITY", "CHEXNET", dicom_dir / CHEST[1]).returncode == 0
-    wait_until(lambda: len(node.files("refused")) == 2 and len(destination.received) == 2, 120,
-               "both SRs set aside, both captures delivered")
+    wait_until(
+        lambda: len(node.files("refused")) == 2 and len(destination.received) == 2,
+        120,
+        "both SRs set aside, both captures delivered",
+    )
     assert node.files("outgoing") == []
-    assert [row["status"] for row in audit_rows(tmp_path) if row.get("event") == "dicom_result_refused"] == ["0xA900"] * 2
+    assert [row["status"] for row in audit_rows(tmp_path) if row.get("event") == "dicom_result_refused"] == [
+        "0xA900"
+    ] * 2
     log = node.log.read_text()
     assert "\\x0aINJECTED" in log and "\nINJECTED" not in log
 
@@ -383,8 +421,12 @@ def test_a_wrong_called_title_and_a_data_set_of_another_class_are_refused(dicom_
     node.start()
     wrong_title = storescu(node.port, "MODALITY", "SOMEONE", dicom_dir / CHEST[0])
     assert wrong_title.returncode != 0
-    disguised = crafted(tmp_path / "disguised.dcm", 2 * 64 * 64, meta_class=ComputedRadiographyImageStorage,
-                        dataset_class=DigitalXRayImageStorageForPresentation)
+    disguised = crafted(
+        tmp_path / "disguised.dcm",
+        2 * 64 * 64,
+        meta_class=ComputedRadiographyImageStorage,
+        dataset_class=DigitalXRayImageStorageForPresentation,
+    )
     status = send_file(node.port, disguised)
     assert status is not None and status.Status == 0xA900
     (tmp_path / "elements.dcm").write_bytes(hostile_files.element_bomb())

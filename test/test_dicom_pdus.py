@@ -49,11 +49,22 @@ def read_pdu(guard: PduGuard) -> bytes:
     return header + body if len(body) == length else b""  # short: pynetdicom closes the connection
 
 
-ECHO = raw.p_data(1, raw.COMMAND | raw.LAST, raw.command(
-    AffectedSOPClassUID=raw.VERIFICATION, CommandField=0x0030, MessageID=1, CommandDataSetType=0x0101))
-ANSWER = raw.p_data(1, raw.COMMAND | raw.LAST, raw.command(
-    AffectedSOPClassUID=raw.VERIFICATION, CommandField=0x8030, MessageIDBeingRespondedTo=1,
-    CommandDataSetType=0x0101, Status=0))
+ECHO = raw.p_data(
+    1,
+    raw.COMMAND | raw.LAST,
+    raw.command(AffectedSOPClassUID=raw.VERIFICATION, CommandField=0x0030, MessageID=1, CommandDataSetType=0x0101),
+)
+ANSWER = raw.p_data(
+    1,
+    raw.COMMAND | raw.LAST,
+    raw.command(
+        AffectedSOPClassUID=raw.VERIFICATION,
+        CommandField=0x8030,
+        MessageIDBeingRespondedTo=1,
+        CommandDataSetType=0x0101,
+        Status=0,
+    ),
+)
 
 
 def test_messages_a_peer_leaves_unanswered_are_bounded():
@@ -91,8 +102,14 @@ DATA = raw.p_data(1, 0, bytes(64 * 1024))  # a data set fragment, never the last
 
 
 def test_a_data_set_after_a_store_that_announced_none_is_counted_as_held_in_memory():
-    store_without_data = raw.command(AffectedSOPClassUID=raw.CR, CommandField=0x0001, MessageID=1, Priority=0,
-                                     CommandDataSetType=0x0101, AffectedSOPInstanceUID="1.2.3")
+    store_without_data = raw.command(
+        AffectedSOPClassUID=raw.CR,
+        CommandField=0x0001,
+        MessageID=1,
+        Priority=0,
+        CommandDataSetType=0x0101,
+        AffectedSOPInstanceUID="1.2.3",
+    )
     guard, _ = guard_for(raw.p_data(1, raw.COMMAND | raw.LAST, store_without_data) + DATA * 64)
     assert read_pdu(guard)
     assert _data_until_closed(guard, DATA, 64) <= 16, "pynetdicom buffers these in memory: at most 1 MiB"
@@ -101,8 +118,9 @@ def test_a_data_set_after_a_store_that_announced_none_is_counted_as_held_in_memo
 def test_a_command_set_naming_two_commands_is_read_as_pynetdicom_reads_it():
     store = raw.store_rq(raw.CR, "1.2.3")
     field = struct.pack("<HHI", 0, 0x0100, 2)
-    find = store.replace(field + struct.pack("<H", 0x0001), field + struct.pack("<H", 0x0001) + field
-                         + struct.pack("<H", 0x0020), 1)  # CommandField twice: a C-STORE, then a C-FIND
+    find = store.replace(
+        field + struct.pack("<H", 0x0001), field + struct.pack("<H", 0x0001) + field + struct.pack("<H", 0x0020), 1
+    )  # CommandField twice: a C-STORE, then a C-FIND
     guard, _ = guard_for(raw.p_data(1, raw.COMMAND | raw.LAST, find) + DATA * 64)
     assert read_pdu(guard)
     assert _data_until_closed(guard, DATA, 64) <= 16, "pynetdicom keeps the last: a C-FIND, in memory"

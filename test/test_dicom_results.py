@@ -31,8 +31,9 @@ def dicom_parts(response) -> list[pydicom.Dataset]:
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     content_type = response.headers["Content-Type"]
     assert content_type.startswith("multipart/related") and 'type="application/dicom"' in content_type
-    message = email.message_from_bytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + response.data,
-                                       policy=email.policy.HTTP)
+    message = email.message_from_bytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + response.data, policy=email.policy.HTTP
+    )
     parts = list(message.iter_parts())
     assert parts and all(p.get_content_type() == "application/dicom" for p in parts)
     return [pydicom.dcmread(io.BytesIO(p.get_payload(decode=True))) for p in parts]
@@ -45,8 +46,9 @@ def content_items(item):
 
 
 @pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm"])
-def test_accept_multipart_related_returns_a_valid_sr_and_capture_in_the_source_study(client, env, dicom_dir,
-                                                                                      tmp_path, name):
+def test_accept_multipart_related_returns_a_valid_sr_and_capture_in_the_source_study(
+    client, env, dicom_dir, tmp_path, name
+):
     source = pydicom.dcmread(dicom_dir / name, stop_before_pixels=True)
     response = predict(client, env, (dicom_dir / name).read_bytes(), headers={**env.auth(), "Accept": DICOM_ACCEPT})
     sr, capture = dicom_parts(response)
@@ -69,12 +71,21 @@ def test_accept_multipart_related_returns_a_valid_sr_and_capture_in_the_source_s
     groups = [i for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Group"]
     assert len(groups) == 10
     first = list(content_items(groups[0]))
-    probabilities = [float(i.MeasuredValueSequence[0].NumericValue) for i in first
-                     if i.ConceptNameCodeSequence[0].CodeMeaning == "Probability"]
-    thresholds = [float(i.MeasuredValueSequence[0].NumericValue) for i in first
-                  if i.ConceptNameCodeSequence[0].CodeValue == "threshold"]
-    presence = [i.ConceptCodeSequence[0].CodeMeaning for i in first if i.ValueType == "CODE"
-                and i.ConceptNameCodeSequence[0].CodeValue == "atelectasis"]
+    probabilities = [
+        float(i.MeasuredValueSequence[0].NumericValue)
+        for i in first
+        if i.ConceptNameCodeSequence[0].CodeMeaning == "Probability"
+    ]
+    thresholds = [
+        float(i.MeasuredValueSequence[0].NumericValue)
+        for i in first
+        if i.ConceptNameCodeSequence[0].CodeValue == "threshold"
+    ]
+    presence = [
+        i.ConceptCodeSequence[0].CodeMeaning
+        for i in first
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "atelectasis"
+    ]
     assert len(probabilities) == len(thresholds) == len(presence) == 1
     assert presence[0] == ("Present" if probabilities[0] >= thresholds[0] else "Absent")
 
@@ -117,8 +128,13 @@ def test_a_source_without_study_uids_is_400_for_dicom_output_but_still_predicts_
 
 
 def test_invalid_source_values_are_left_empty_not_copied(client, env, tmp_path):
-    data = make_dicom(np.tile(np.arange(256, dtype=np.uint8), (256, 1)), StudyInstanceUID=generate_uid(),
-                      SeriesInstanceUID=generate_uid(), PatientAge="62", PatientBirthDate="1970-01-01")
+    data = make_dicom(
+        np.tile(np.arange(256, dtype=np.uint8), (256, 1)),
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        PatientAge="62",
+        PatientBirthDate="1970-01-01",
+    )
     sr, capture = dicom_parts(predict(client, env, data, query="?output=dicom"))
     for ds in (sr, capture):
         assert dciodvfy_errors(ds, tmp_path) == []
@@ -127,8 +143,9 @@ def test_invalid_source_values_are_left_empty_not_copied(client, env, tmp_path):
 
 def test_patient_data_reach_the_results_but_never_the_audit_file_or_logs(client, env, dicom_dir, capsys):
     data = (dicom_dir / "RG1_UNCR.dcm").read_bytes()
-    sr, _ = dicom_parts(predict(client, env, data, headers={**env.auth(), "Accept": DICOM_ACCEPT,
-                                                            "X-Request-ID": "dicom-audit-1"}))
+    sr, _ = dicom_parts(
+        predict(client, env, data, headers={**env.auth(), "Accept": DICOM_ACCEPT, "X-Request-ID": "dicom-audit-1"})
+    )
     assert str(sr.PatientName) == "CompressedSamples^RG1"
     audit = (env.root / "audit.jsonl").read_text()
     assert "dicom-audit-1" in audit
@@ -137,14 +154,20 @@ def test_patient_data_reach_the_results_but_never_the_audit_file_or_logs(client,
         assert secret not in audit and secret not in captured.out + captured.err
 
 
-@pytest.mark.parametrize("tags, expected", [
-    ({}, []),
-    ({"Modality": "CT"}, ["not_radiograph"]),
-    ({"BodyPartExamined": "KNEE"}, ["not_chest"]),
-    ({"BodyPartExamined": "chest "}, []),
-    ({"ViewPosition": "LL"}, ["lateral_view"]),
-    ({"Modality": "MR", "BodyPartExamined": "HEAD", "ViewPosition": "RL"}, ["not_radiograph", "not_chest", "lateral_view"]),
-])
+@pytest.mark.parametrize(
+    "tags, expected",
+    [
+        ({}, []),
+        ({"Modality": "CT"}, ["not_radiograph"]),
+        ({"BodyPartExamined": "KNEE"}, ["not_chest"]),
+        ({"BodyPartExamined": "chest "}, []),
+        ({"ViewPosition": "LL"}, ["lateral_view"]),
+        (
+            {"Modality": "MR", "BodyPartExamined": "HEAD", "ViewPosition": "RL"},
+            ["not_radiograph", "not_chest", "lateral_view"],
+        ),
+    ],
+)
 def test_eligibility_warnings_come_from_the_tags_only(client, env, tags, expected):
     data = make_dicom(np.tile(np.arange(256, dtype=np.uint8), (256, 1)), **tags)
     assert predict(client, env, data).get_json()["warnings"] == expected
@@ -175,27 +198,42 @@ def test_png_heatmap_is_unchanged_by_the_dicom_path(client, env):
     assert body["heatmaps"][0]["mime"] == "image/jpeg" and body["heatmaps"][0]["data"]
 
 
-@pytest.mark.parametrize("tags", [
-    {"SpecificCharacterSet": ["", "ISO 2022 IR 87"], "PatientName": "Yamada^Tarou=山田^太郎"},
-    {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "王^小明"},
-    {"SpecificCharacterSet": "GB18030", "PatientName": "王^小明"},
-    {"PatientID": "X" * 5000, "PatientName": "A" * 10000, "InstitutionName": "I" * 500},
-    {"PatientSex": "UNKNOWN", "PatientOrientation": ["Q", "Z"], "Laterality": "B", "StudyTime": "99:99"},
-    {"PatientName": "A\x00\x1b[31mB", "PatientID": "id\\x"},
-], ids=["iso2022-japanese", "utf8", "gb18030", "overlong", "bad-codes", "control-characters"])
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"SpecificCharacterSet": ["", "ISO 2022 IR 87"], "PatientName": "Yamada^Tarou=山田^太郎"},
+        {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "王^小明"},
+        {"SpecificCharacterSet": "GB18030", "PatientName": "王^小明"},
+        {"PatientID": "X" * 5000, "PatientName": "A" * 10000, "InstitutionName": "I" * 500},
+        {"PatientSex": "UNKNOWN", "PatientOrientation": ["Q", "Z"], "Laterality": "B", "StudyTime": "99:99"},
+        {"PatientName": "A\x00\x1b[31mB", "PatientID": "id\\x"},
+    ],
+    ids=["iso2022-japanese", "utf8", "gb18030", "overlong", "bad-codes", "control-characters"],
+)
 def test_odd_source_headers_give_valid_results(client, env, tmp_path, tags):
-    data = make_dicom(np.tile(np.arange(256, dtype=np.uint8), (256, 1)), StudyInstanceUID=generate_uid(),
-                      SeriesInstanceUID=generate_uid(), **tags)
+    data = make_dicom(
+        np.tile(np.arange(256, dtype=np.uint8), (256, 1)),
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        **tags,
+    )
     for ds in dicom_parts(predict(client, env, data, query="?output=dicom")):
         assert dciodvfy_errors(ds, tmp_path) == []
 
 
-@pytest.mark.parametrize("tags, fragment", [
-    ({"SpecificCharacterSet": "ISO_IR 999"}, "Specific Character Set"),
-    ({"SOPClassUID": "1.2.3.4"}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "tags, fragment",
+    [
+        ({"SpecificCharacterSet": "ISO_IR 999"}, "Specific Character Set"),
+        ({"SOPClassUID": "1.2.3.4"}, "malformed"),
+    ],
+)
 def test_source_headers_results_cannot_carry_are_a_400(client, env, tags, fragment):
-    data = make_dicom(np.tile(np.arange(256, dtype=np.uint8), (256, 1)), StudyInstanceUID=generate_uid(),
-                      SeriesInstanceUID=generate_uid(), **tags)
+    data = make_dicom(
+        np.tile(np.arange(256, dtype=np.uint8), (256, 1)),
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        **tags,
+    )
     body = assert_error(predict(client, env, data, query="?output=dicom"), 400, "invalid_image")
     assert fragment in body["error"]["message"]

@@ -19,11 +19,13 @@ from image_helpers import png_bytes
 
 def reference_tensor(path, manifest) -> torch.Tensor:
     """The torchvision pipeline the product must reproduce (DESIGN.md "Preprocessing reference")."""
-    pipeline = transforms.Compose([
-        transforms.Resize((manifest.input_size, manifest.input_size)),
-        transforms.ToTensor(),
-        transforms.Normalize(manifest.mean, manifest.std),
-    ])
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize((manifest.input_size, manifest.input_size)),
+            transforms.ToTensor(),
+            transforms.Normalize(manifest.mean, manifest.std),
+        ]
+    )
     return pipeline(Image.open(path).convert("RGB"))
 
 
@@ -75,14 +77,14 @@ def test_cam_equals_autograd_gradcam(nih_sample, demo_bundle, onnx_engine):
     cams = onnx_engine.infer(x).cams
     for i in range(2):
         for c in range(10):
-            oracle = gradcam_oracle(model, torch.from_numpy(x[i:i + 1]), c)
+            oracle = gradcam_oracle(model, torch.from_numpy(x[i : i + 1]), c)
             np.testing.assert_allclose(normalise(cams[i, c]), normalise(oracle), atol=1e-4)
 
 
 def test_batched_equals_single(nih_sample, demo_bundle, onnx_engine):
     x = batch(nih_sample, demo_bundle.manifest)
     whole = onnx_engine.infer(x).probabilities
-    single = np.concatenate([onnx_engine.infer(x[i:i + 1]).probabilities for i in range(len(x))])
+    single = np.concatenate([onnx_engine.infer(x[i : i + 1]).probabilities for i in range(len(x))])
     np.testing.assert_allclose(whole, single, atol=1e-5)
 
 
@@ -99,10 +101,10 @@ def test_dicom_of_png_pixels_predicts_like_the_png(nih_sample, demo_bundle, onnx
 def test_concurrent_calls_each_get_their_own_result(nih_sample, demo_bundle, onnx_engine, torch_engine):
     x = batch(nih_sample, demo_bundle.manifest)
     for engine in (onnx_engine, torch_engine):
-        expected = [engine.infer(x[i:i + 1]).probabilities[0] for i in range(len(x))]
+        expected = [engine.infer(x[i : i + 1]).probabilities[0] for i in range(len(x))]
         order = list(range(len(x))) * 3
         with ThreadPoolExecutor(max_workers=6) as pool:
-            got = list(pool.map(lambda i, engine=engine: engine.infer(x[i:i + 1]).probabilities[0], order))
+            got = list(pool.map(lambda i, engine=engine: engine.infer(x[i : i + 1]).probabilities[0], order))
         for i, probs in zip(order, got, strict=True):
             np.testing.assert_allclose(probs, expected[i], atol=1e-5)
 

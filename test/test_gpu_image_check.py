@@ -11,8 +11,10 @@ import torch
 import gpu_image_check as check
 
 SITE = Path(torch.__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not (SITE / "torch" / "lib" / "libtorch_cuda.so").exists(),
-                                reason="this torch is a CPU-only build; the checks are about the CUDA wheels")
+pytestmark = pytest.mark.skipif(
+    not (SITE / "torch" / "lib" / "libtorch_cuda.so").exists(),
+    reason="this torch is a CPU-only build; the checks are about the CUDA wheels",
+)
 
 
 def test_the_development_wheels_pass_every_check(capsys):
@@ -52,12 +54,16 @@ def test_a_library_opened_by_name_that_is_nowhere_fails(tmp_path):
     lib.mkdir(parents=True)
     shutil.copy(SITE / "torch" / "lib" / "libtorch_global_deps.so", lib)
     report = check.Report()
-    check.check_by_name(report, tmp_path, table=(
-        ("libtorch_global_deps.so", "libcudart.so.12", "libcudart.so.12"),  # named, and loaded by import torch
-        ("libtorch_global_deps.so", "libgone.so.7", "libcudart.so.12"),  # named (as a stand-in), found nowhere
-        ("libtorch_global_deps.so", "libcudart.so.12", "libnot_named_here.so"),  # the table is stale
-        ("libabsent.so", "libcudart.so.12", "libcudart.so.12"),  # the opener itself is missing
-    ))
+    check.check_by_name(
+        report,
+        tmp_path,
+        table=(
+            ("libtorch_global_deps.so", "libcudart.so.12", "libcudart.so.12"),  # named, and loaded by import torch
+            ("libtorch_global_deps.so", "libgone.so.7", "libcudart.so.12"),  # named (as a stand-in), found nowhere
+            ("libtorch_global_deps.so", "libcudart.so.12", "libnot_named_here.so"),  # the table is stale
+            ("libabsent.so", "libcudart.so.12", "libcudart.so.12"),  # the opener itself is missing
+        ),
+    )
     assert report.failures == [
         "dlopen('libgone.so.7') from libtorch_global_deps.so finds nothing",
         "libtorch_global_deps.so names 'libnot_named_here.so' (the table is true of this build)",

@@ -15,7 +15,7 @@ import hostile_files
 from dicom_factory import make_dicom
 from sample_data import ROOT
 
-_PROBE = r'''
+_PROBE = r"""
 import ast, importlib, json, logging, pkgutil, sys, warnings
 from pathlib import Path
 
@@ -153,21 +153,30 @@ except Exception as exc:
 chexnet.configure()
 report["changed_by_configure_again"] = changes(configured, snapshot())
 print(json.dumps(report))
-'''
+"""
 
 # The syntaxes GDCM is kept away from, by keyword and by the name pydicom gives them.
-NAMES = {"JPEGBaseline8Bit": "JPEG Baseline (Process 1)", "JPEGExtended12Bit": "JPEG Extended (Process 2 and 4)",
-         "JPEGLSLossless": "JPEG-LS Lossless Image Compression",
-         "JPEGLSNearLossless": "JPEG-LS Lossy (Near-Lossless) Image Compression",
-         "JPEG2000Lossless": "JPEG 2000 Image Compression (Lossless Only)", "JPEG2000": "JPEG 2000 Image Compression"}
+NAMES = {
+    "JPEGBaseline8Bit": "JPEG Baseline (Process 1)",
+    "JPEGExtended12Bit": "JPEG Extended (Process 2 and 4)",
+    "JPEGLSLossless": "JPEG-LS Lossless Image Compression",
+    "JPEGLSNearLossless": "JPEG-LS Lossy (Near-Lossless) Image Compression",
+    "JPEG2000Lossless": "JPEG 2000 Image Compression (Lossless Only)",
+    "JPEG2000": "JPEG 2000 Image Compression",
+}
 
 
 def _probe(tmp_path) -> dict:
     plain, bomb = tmp_path / "plain.dcm", tmp_path / "nested_bomb.dcm"
     plain.write_bytes(make_dicom(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)))
     bomb.write_bytes(hostile_files.nested_element_bomb(25_000))
-    run = subprocess.run([sys.executable, "-c", _PROBE, str(ROOT), str(plain), str(bomb)], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(ROOT), str(plain), str(bomb)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(run.stdout.splitlines()[-1])
 
@@ -177,8 +186,14 @@ def test_importing_every_module_changes_nothing_and_configure_makes_exactly_the_
 
     # Importing: every module, nothing changed outside chexnet.
     assert report["failed"] == []
-    assert {"chexnet.imaging.dicom", "chexnet.dicom_results", "chexnet.dicom_node.receiving", "chexnet.api.app",
-            "chexnet.cli", "chexnet.runtime"} <= set(report["imported"])
+    assert {
+        "chexnet.imaging.dicom",
+        "chexnet.dicom_results",
+        "chexnet.dicom_node.receiving",
+        "chexnet.api.app",
+        "chexnet.cli",
+        "chexnet.runtime",
+    } <= set(report["imported"])
     assert report["changed_by_import"] == {}
     # Reading before configure() is refused, and the refusal installs nothing.
     assert report["read_before_configure"].startswith("refused: chexnet.configure() has not been called")
@@ -187,16 +202,28 @@ def test_importing_every_module_changes_nothing_and_configure_makes_exactly_the_
     # configure(): these changes and no others (root logger, pynetdicom and pydicom's config untouched).
     changed = set(report["changed_by_configure"])
     assert {key for key in changed if not key.startswith("decoder ")} == {
-        "warnings.filters", "logger pydicom", "logger pydicom.pixels.decoders.base", "logger highdicom",
-        "pydicom.filereader.data_element_generator"}
-    assert {f"decoder {NAMES['JPEGExtended12Bit']}"} <= {key for key in changed if key.startswith("decoder ")} \
+        "warnings.filters",
+        "logger pydicom",
+        "logger pydicom.pixels.decoders.base",
+        "logger highdicom",
+        "pydicom.filereader.data_element_generator",
+    }
+    assert (
+        {f"decoder {NAMES['JPEGExtended12Bit']}"}
+        <= {key for key in changed if key.startswith("decoder ")}
         <= {f"decoder {NAMES[keyword]}" for keyword in NAMES}
+    )
     assert report["new_warning_filters"] == [
         "('ignore', None, <class 'Warning'>, re.compile('highdicom(\\\\.|$)'), 0)",
-        "('ignore', None, <class 'Warning'>, re.compile('pydicom(\\\\.|$)'), 0)"]
+        "('ignore', None, <class 'Warning'>, re.compile('pydicom(\\\\.|$)'), 0)",
+    ]
     assert report["redacted"] == ["highdicom", "pydicom"]
-    assert report["levels"] == {"pydicom": "WARNING", "pydicom.pixels.decoders.base": "CRITICAL",  # pydicom: its own
-                                "highdicom": "WARNING", "pynetdicom": "NOTSET"}
+    assert report["levels"] == {
+        "pydicom": "WARNING",
+        "pydicom.pixels.decoders.base": "CRITICAL",  # pydicom: its own
+        "highdicom": "WARNING",
+        "pynetdicom": "NOTSET",
+    }
     plugins = report["plugins"]
     assert plugins["JPEG Extended (Process 2 and 4)"][-1] == "chexnet-imagecodecs"
     before = report["plugins_before"]

@@ -57,7 +57,9 @@ def client(verifier):
 
 
 def call(client, token=None, header=None, path="/license"):
-    headers = {"Authorization": header if header is not None else f"Bearer {token}"} if (token or header is not None) else {}
+    headers = (
+        {"Authorization": header if header is not None else f"Bearer {token}"} if (token or header is not None) else {}
+    )
     return client.get(path, headers=headers) if path.startswith("/license") else client.post(path, headers=headers)
 
 
@@ -70,8 +72,17 @@ def assert_refused(response, status, code):
 
 
 def test_genuine_token_accepted(client, vendor_key):
-    response = call(client, issue_token(vendor_key, product_uuid=HOST_UUID.upper(), customer="General Hospital",
-                                        subject="pacs-1", days=30, features=["cxr10", "cxr25"]))
+    response = call(
+        client,
+        issue_token(
+            vendor_key,
+            product_uuid=HOST_UUID.upper(),
+            customer="General Hospital",
+            subject="pacs-1",
+            days=30,
+            features=["cxr10", "cxr25"],
+        ),
+    )
     assert response.status_code == 200
     assert response.get_json() == {"sub": "pacs-1", "customer": "General Hospital", "features": ["cxr10", "cxr25"]}
 
@@ -90,16 +101,19 @@ def test_hs256_keyed_with_the_public_key(client, vendor_key, key_dir):
     kid = key_id(vendor_key.public_key())
     header, claims = {"alg": "HS256", "typ": "chexnet+jwt", "kid": kid}, claims_for()
     signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    for secret in ((key_dir / f"{kid}.pem").read_bytes(),
-                   vendor_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)):
+    for secret in (
+        (key_dir / f"{kid}.pem").read_bytes(),
+        vendor_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw),
+    ):
         mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
         assert_refused(call(client, f"{signing_input}.{b64(mac)}"), 401, "token_invalid")
 
 
 def test_rs256_token(client, vendor_key):
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    token = jwt.encode(claims_for(), rsa_key, algorithm="RS256",
-                       headers={"typ": "chexnet+jwt", "kid": key_id(vendor_key.public_key())})
+    token = jwt.encode(
+        claims_for(), rsa_key, algorithm="RS256", headers={"typ": "chexnet+jwt", "kid": key_id(vendor_key.public_key())}
+    )
     assert_refused(call(client, token), 401, "token_invalid")
 
 
@@ -169,11 +183,18 @@ def test_model_outside_features(client, vendor_key):
     assert_refused(call(client, token, path="/predict?model=cxr25"), 403, "model_not_licensed")
 
 
-@pytest.mark.parametrize("header, code", [
-    ("", "token_missing"), ("Bearer", "token_missing"), ("Bearer    ", "token_missing"),
-    ("Basic dXNlcjpwYXNz", "token_missing"), ("Bearer " + "a" * 10_000, "token_invalid"),
-    ("Bearer not.a.jwt", "token_invalid"), ("Bearer abc", "token_invalid"),
-])
+@pytest.mark.parametrize(
+    "header, code",
+    [
+        ("", "token_missing"),
+        ("Bearer", "token_missing"),
+        ("Bearer    ", "token_missing"),
+        ("Basic dXNlcjpwYXNz", "token_missing"),
+        ("Bearer " + "a" * 10_000, "token_invalid"),
+        ("Bearer not.a.jwt", "token_invalid"),
+        ("Bearer abc", "token_invalid"),
+    ],
+)
 def test_malformed_authorization_headers(client, header, code):
     response = client.get("/license", headers={"Authorization": header})
     assert_refused(response, 401, code)
@@ -212,6 +233,7 @@ def test_cached_token_expires(key_dir, vendor_key):
 
 
 # --- revocation -----------------------------------------------------------------------------
+
 
 def _watcher(tmp_path, key_dir, text):
     path = tmp_path / "revocations.jwt"
@@ -273,8 +295,15 @@ def test_revoked_token_refused_while_the_configured_list_is_not_in_force(tmp_pat
     path = tmp_path / "revocations.jwt"
     good = sign_revocation_list(vendor_key, ["revoked-jti"], [])
     if state != "missing":
-        path.write_text({"truncated": good[: len(good) // 2], "empty": "",
-                         "unsigned": raw_jwt({"alg": "none", "typ": "chexnet-revocation+jwt"}, {"revoked_jti": [], "revoked_sub": []})}[state])
+        path.write_text(
+            {
+                "truncated": good[: len(good) // 2],
+                "empty": "",
+                "unsigned": raw_jwt(
+                    {"alg": "none", "typ": "chexnet-revocation+jwt"}, {"revoked_jti": [], "revoked_sub": []}
+                ),
+            }[state]
+        )
     watcher = RevocationWatcher(path, TrustedKeys(key_dir), tmp_path / "state.json")
     client = make_app(TokenVerifier(TrustedKeys(key_dir), HOST_UUID, revocations=watcher)).test_client()
     for claims in (claims_for(jti="revoked-jti"), claims_for()):
@@ -292,7 +321,9 @@ def test_older_genuine_list_copied_back_is_refused_live_and_after_restart(tmp_pa
     """Attack: copy an older, genuinely signed list (before the revocation) over the newer one."""
     path, state = tmp_path / "revocations.jwt", tmp_path / "audit" / "revocation-state.json"
     old = sign_revocation_list(vendor_key, [], [])
-    new = sign_revocation_list(vendor_key, ["revoked-jti"], [], after=verify_revocation_list(old, TrustedKeys(key_dir)).seq)
+    new = sign_revocation_list(
+        vendor_key, ["revoked-jti"], [], after=verify_revocation_list(old, TrustedKeys(key_dir)).seq
+    )
     path.write_text(new)
     watcher = RevocationWatcher(path, TrustedKeys(key_dir), state)
     assert watcher.is_revoked("revoked-jti", "x")
@@ -315,15 +346,38 @@ def test_older_genuine_list_copied_back_is_refused_live_and_after_restart(tmp_pa
 
 def test_merged_list_supersedes_the_list_it_merges_whatever_the_clock(tmp_path, key_dir, vendor_key):
     key = tmp_path / "vendor_private.pem"
-    key.write_bytes(vendor_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()))
+    key.write_bytes(
+        vendor_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     key.chmod(0o600)
     public = tmp_path / "vendor_public.pem"
-    public.write_bytes(vendor_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public.write_bytes(
+        vendor_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     future = sign_revocation_list(vendor_key, ["a"], [], after=10**18)  # signed on a machine whose clock ran ahead
     (tmp_path / "old.jwt").write_text(future)
-    assert licensing_main(["revoke", "--key", str(key), "--jti", "b", "--merge", str(tmp_path / "old.jwt"),
-                           "--public-key", str(public), "--out", str(tmp_path / "new.jwt")]) == 0
+    assert (
+        licensing_main(
+            [
+                "revoke",
+                "--key",
+                str(key),
+                "--jti",
+                "b",
+                "--merge",
+                str(tmp_path / "old.jwt"),
+                "--public-key",
+                str(public),
+                "--out",
+                str(tmp_path / "new.jwt"),
+            ]
+        )
+        == 0
+    )
     merged = verify_revocation_list((tmp_path / "new.jwt").read_text(), TrustedKeys(key_dir))
     assert merged.jtis == {"a", "b"} and merged.seq > 10**18
 
@@ -342,7 +396,8 @@ def _recorded(state):
 
 @pytest.mark.parametrize("tamper", ["deleted", "lowered"])
 def test_older_list_after_deleting_or_lowering_the_state_file_is_refused_live_and_after_restart(
-        tmp_path, key_dir, vendor_key, tamper):
+    tmp_path, key_dir, vendor_key, tamper
+):
     """Attack by anything that can write the audit folder, with the service running: delete the state file
     (or write the older sequence into it), then copy an older genuinely signed list back."""
     keys = TrustedKeys(key_dir)
@@ -392,8 +447,10 @@ def test_processes_starting_together_on_one_state_file_all_end_with_the_list_in_
     state = tmp_path / "audit" / "revocation-state.json"
     ctx = multiprocessing.get_context("spawn")
     barrier, failures = ctx.Barrier(processes), ctx.Queue()
-    workers = [ctx.Process(target=start_together, args=(lists, str(state), str(key_dir), barrier, failures))
-               for _ in range(processes)]
+    workers = [
+        ctx.Process(target=start_together, args=(lists, str(state), str(key_dir), barrier, failures))
+        for _ in range(processes)
+    ]
     for worker in workers:
         worker.start()
     missed = [failures.get(timeout=120) for _ in workers]
@@ -444,7 +501,9 @@ def test_a_refused_newer_list_is_a_warning_with_its_reason(tmp_path, key_dir, ve
             watcher.refresh()
     assert not watcher.is_revoked("revoked-jti", "x"), "the earlier list stays in force"
     assert watcher.standing_refusals() == {"state"} and watcher.refusals["state"] == 1
-    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 1, "tried again at each check, logged once"
+    assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 1, (
+        "tried again at each check, logged once"
+    )
     (warning,) = watcher.warnings
     assert "state file" in warning and f"sequence {watcher.current.seq} stays in force" in warning
     state.unlink()
@@ -452,19 +511,33 @@ def test_a_refused_newer_list_is_a_warning_with_its_reason(tmp_path, key_dir, ve
     assert watcher.is_revoked("revoked-jti", "x") and watcher.warnings == [] and watcher.standing_refusals() == set()
 
 
-@pytest.mark.parametrize("name, value", [
-    ("kid", 7), ("kid", ["a", "b"]), ("kid", {"k": 1}), ("kid", "caf\u00e9"), ("kid", "a\r\nSet-Cookie: x=1"),
-    ("kid", "x" * 500), ("typ", 1), ("alg", ["EdDSA"]), ("alg", "EdDSA\n"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("kid", 7),
+        ("kid", ["a", "b"]),
+        ("kid", {"k": 1}),
+        ("kid", "caf\u00e9"),
+        ("kid", "a\r\nSet-Cookie: x=1"),
+        ("kid", "x" * 500),
+        ("typ", 1),
+        ("alg", ["EdDSA"]),
+        ("alg", "EdDSA\n"),
+    ],
+)
 def test_malformed_header_values_are_401_and_never_echoed(client, vendor_key, name, value):
     header = {"alg": "EdDSA", "typ": "chexnet+jwt", "kid": key_id(vendor_key.public_key()), name: value}
     response = call(client, raw_jwt(header, claims_for(), b"\0" * 64))
     assert_refused(response, 401, "token_invalid")
-    assert response.headers["WWW-Authenticate"] == 'Bearer realm="chexnet", error="invalid_token", error_description="token_invalid"'
+    assert (
+        response.headers["WWW-Authenticate"]
+        == 'Bearer realm="chexnet", error="invalid_token", error_description="token_invalid"'
+    )
     assert "Set-Cookie" not in response.headers and "Set-Cookie" not in response.get_data(as_text=True)
 
 
 # --- keys and host identity -----------------------------------------------------------------
+
 
 def test_keygen_private_key_owner_only(tmp_path):
     private, public, kid = generate(tmp_path)
@@ -493,6 +566,7 @@ def test_host_uuid_file(tmp_path):
 
 def test_host_uuid_unreadable(tmp_path, monkeypatch):
     """As a non-root user reading the root-only sysfs file (simulated: the tests may run as root)."""
+
     def denied(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
@@ -502,7 +576,9 @@ def test_host_uuid_unreadable(tmp_path, monkeypatch):
 
 
 def test_single_key_file_mode(tmp_path, vendor_key):
-    pem = vendor_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = vendor_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     (tmp_path / "vendor_public.pem").write_bytes(pem)
     verifier = TokenVerifier(TrustedKeys(tmp_path / "vendor_public.pem"), HOST_UUID)
     assert verifier.verify(sign(vendor_key, claims_for(), kid="anything")).sub == "pacs-1"
@@ -517,18 +593,49 @@ def test_cli_issue_verify_roundtrip(tmp_path):
     root = Path(__file__).resolve().parent.parent
     run = lambda *a: subprocess.run([sys.executable, "-m", "licensing", *a], capture_output=True, text=True, cwd=root)  # noqa: E731
     assert run("keygen", "--out", str(tmp_path)).returncode == 0
-    issued = run("issue", "--key", str(tmp_path / "vendor_private.pem"), "--product-uuid", HOST_UUID,
-                 "--customer", "C", "--subject", "S", "--days", "1", "--features", "cxr25")
+    issued = run(
+        "issue",
+        "--key",
+        str(tmp_path / "vendor_private.pem"),
+        "--product-uuid",
+        HOST_UUID,
+        "--customer",
+        "C",
+        "--subject",
+        "S",
+        "--days",
+        "1",
+        "--features",
+        "cxr25",
+    )
     token = issued.stdout.strip()
     ok = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", HOST_UUID, token)
     assert ok.returncode == 0 and json.loads(ok.stdout)["features"] == ["cxr25"]
     bad = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", OTHER_UUID, token)
     assert bad.returncode == 1 and "another server" in bad.stderr and "Traceback" not in bad.stderr
     revoked = tmp_path / "rev.jwt"
-    assert run("revoke", "--key", str(tmp_path / "vendor_private.pem"), "--jti",
-               json.loads(ok.stdout)["jti"], "--out", str(revoked)).returncode == 0
-    gone = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", HOST_UUID,
-               "--revocation-list", str(revoked), token)
+    assert (
+        run(
+            "revoke",
+            "--key",
+            str(tmp_path / "vendor_private.pem"),
+            "--jti",
+            json.loads(ok.stdout)["jti"],
+            "--out",
+            str(revoked),
+        ).returncode
+        == 0
+    )
+    gone = run(
+        "verify",
+        "--public-key",
+        str(tmp_path / "vendor_public.pem"),
+        "--product-uuid",
+        HOST_UUID,
+        "--revocation-list",
+        str(revoked),
+        token,
+    )
     assert gone.returncode == 1 and "revoked" in gone.stderr
     shown = run("inspect", token)
     assert json.loads(shown.stdout)["verified"] is False
@@ -540,8 +647,14 @@ THIRD_UUID = "0b5c6d7e-8f90-4a1b-9c2d-3e4f5a6b7c8d"
 
 
 def test_a_cluster_token_is_valid_on_each_node_it_lists_and_no_other(key_dir, vendor_key):
-    token = issue_token(vendor_key, product_uuid=[OTHER_UUID, HOST_UUID.upper()], customer="Region", subject="pacs",
-                        days=1, features=["cxr10"])
+    token = issue_token(
+        vendor_key,
+        product_uuid=[OTHER_UUID, HOST_UUID.upper()],
+        customer="Region",
+        subject="pacs",
+        days=1,
+        features=["cxr10"],
+    )
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["product_uuid"] == sorted([OTHER_UUID, HOST_UUID])
     for node in (HOST_UUID, OTHER_UUID, swap_endian(OTHER_UUID)):
@@ -549,12 +662,17 @@ def test_a_cluster_token_is_valid_on_each_node_it_lists_and_no_other(key_dir, ve
     with pytest.raises(Exception, match="lists this server's product_uuid"):
         TokenVerifier(TrustedKeys(key_dir), THIRD_UUID).verify(token)
     # One server given twice is a one-server token, with the claim as a string as before.
-    single = issue_token(vendor_key, product_uuid=[HOST_UUID, HOST_UUID.upper()], customer="R", subject="s", days=1, features=["cxr10"])
+    single = issue_token(
+        vendor_key, product_uuid=[HOST_UUID, HOST_UUID.upper()], customer="R", subject="s", days=1, features=["cxr10"]
+    )
     assert jwt.decode(single, options={"verify_signature": False})["product_uuid"] == HOST_UUID
 
 
-@pytest.mark.parametrize("bound", [[HOST_UUID], [], [HOST_UUID, 7], [HOST_UUID, ""], [HOST_UUID] * 65, {"a": HOST_UUID}, 3],
-                         ids=["one-item list", "empty", "number inside", "empty string inside", "65 nodes", "object", "number"])
+@pytest.mark.parametrize(
+    "bound",
+    [[HOST_UUID], [], [HOST_UUID, 7], [HOST_UUID, ""], [HOST_UUID] * 65, {"a": HOST_UUID}, 3],
+    ids=["one-item list", "empty", "number inside", "empty string inside", "65 nodes", "object", "number"],
+)
 def test_a_malformed_product_uuid_claim_is_refused_with_401(client, vendor_key, bound):
     assert_refused(call(client, sign(vendor_key, claims_for(product_uuid=bound))), 401, "token_invalid")
 
@@ -566,14 +684,42 @@ def test_cli_issues_a_cluster_token(tmp_path):
     root = Path(__file__).resolve().parent.parent
     run = lambda *a: subprocess.run([sys.executable, "-m", "licensing", *a], capture_output=True, text=True, cwd=root)  # noqa: E731
     assert run("keygen", "--out", str(tmp_path)).returncode == 0
-    issued = run("issue", "--key", str(tmp_path / "vendor_private.pem"), "--product-uuid", HOST_UUID, "--product-uuid", OTHER_UUID,
-                 "--customer", "Region", "--subject", "pacs", "--days", "1")
+    issued = run(
+        "issue",
+        "--key",
+        str(tmp_path / "vendor_private.pem"),
+        "--product-uuid",
+        HOST_UUID,
+        "--product-uuid",
+        OTHER_UUID,
+        "--customer",
+        "Region",
+        "--subject",
+        "pacs",
+        "--days",
+        "1",
+    )
     assert issued.returncode == 0, issued.stderr
     for node in (HOST_UUID, OTHER_UUID):
-        checked = run("verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", node, issued.stdout.strip())
+        checked = run(
+            "verify", "--public-key", str(tmp_path / "vendor_public.pem"), "--product-uuid", node, issued.stdout.strip()
+        )
         assert checked.returncode == 0 and json.loads(checked.stdout)["product_uuid"] == sorted([HOST_UUID, OTHER_UUID])
-    refused = run("issue", "--key", str(tmp_path / "vendor_private.pem"), "--product-uuid", HOST_UUID, "--product-uuid", "nope",
-                  "--customer", "R", "--subject", "s", "--days", "1")
+    refused = run(
+        "issue",
+        "--key",
+        str(tmp_path / "vendor_private.pem"),
+        "--product-uuid",
+        HOST_UUID,
+        "--product-uuid",
+        "nope",
+        "--customer",
+        "R",
+        "--subject",
+        "s",
+        "--days",
+        "1",
+    )
     assert refused.returncode != 0 and "--product-uuid" in refused.stderr and "not a UUID" in refused.stderr
 
 

@@ -71,8 +71,9 @@ def test_the_api_answers_both_bases_with_the_same_body():
     assert core_response.status_code == 503 and core_response.headers["Retry-After"] == "2"
     assert core_response.get_json() == {"error": {"code": "overloaded", "message": "Busy; retry.", "request_id": None}}
     assert licence_response.status_code == 500
-    assert licence_response.get_json() == {"error": {"code": "internal_error", "message": "The licence check failed.",
-                                                     "request_id": None}}
+    assert licence_response.get_json() == {
+        "error": {"code": "internal_error", "message": "The licence check failed.", "request_id": None}
+    }
     not_ready = client.get("/license")  # the verifier is not loaded: LicenseNotReady through token_required
     assert not_ready.status_code == 503 and not_ready.headers["Retry-After"] == "30"
     assert not_ready.get_json()["error"]["code"] == "not_ready"

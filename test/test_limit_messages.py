@@ -16,8 +16,9 @@ from image_helpers import png_bytes
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, demo_bundle):
     """A service with a 1 MiB upload limit and a 1 megapixel limit."""
-    env = make_env(tmp_path_factory.mktemp("limits"), demo_bundle.path, CHEXNET_MAX_UPLOAD_MB="1",
-                   CHEXNET_MAX_PIXELS="1000000")
+    env = make_env(
+        tmp_path_factory.mktemp("limits"), demo_bundle.path, CHEXNET_MAX_UPLOAD_MB="1", CHEXNET_MAX_PIXELS="1000000"
+    )
     return env, ready_app(env).test_client()
 
 
@@ -33,16 +34,23 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 CASES = {
     "request body over the upload limit (werkzeug)": (
-        lambda: b"\x89PNG\r\n\x1a\n" + bytes(5 * 2**19), ("upload limit of 1 MiB", "(CHEXNET_MAX_UPLOAD_MB)")),
+        lambda: b"\x89PNG\r\n\x1a\n" + bytes(5 * 2**19),
+        ("upload limit of 1 MiB", "(CHEXNET_MAX_UPLOAD_MB)"),
+    ),
     "file over the upload limit": (lambda: _noise_png(1250), ("the upload limit is 1 MiB", "(CHEXNET_MAX_UPLOAD_MB)")),
-    "PNG over the pixel limit": (lambda: _png_header_only(1100, 1000),
-                                 ("1100x1000", "the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)")),
+    "PNG over the pixel limit": (
+        lambda: _png_header_only(1100, 1000),
+        ("1100x1000", "the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)"),
+    ),
     "PNG decompression bomb": (hostile_files.png_bomb, ("the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)")),
-    "DICOM over the pixel limit": (lambda: make_dicom(np.zeros((1001, 1000), np.uint8)),
-                                   ("1000x1001", "the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)")),
+    "DICOM over the pixel limit": (
+        lambda: make_dicom(np.zeros((1001, 1000), np.uint8)),
+        ("1000x1001", "the pixel limit is 1,000,000 pixels", "(CHEXNET_MAX_PIXELS)"),
+    ),
     "deflated DICOM over the inflated-size limit": (
         lambda: hostile_files.deflate_bomb(8),
-        ("inflates to more than 3 MiB", "the inflated-size limit", "1,000,000 pixels", "CHEXNET_MAX_PIXELS")),
+        ("inflates to more than 3 MiB", "the inflated-size limit", "1,000,000 pixels", "CHEXNET_MAX_PIXELS"),
+    ),
 }
 
 

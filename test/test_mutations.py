@@ -35,13 +35,55 @@ BASES = {  # small enough to decode many times; every codec family and the PNG p
     "png": SHARED / "nih" / "00000075_000.png",
     "lossless": SHARED / "dicom" / "RG3_RLE.dcm",  # re-encoded as JPEG Lossless SV1 (GDCM's path)
 }
-FIELDS = ["Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel",
-          "PhotometricInterpretation", "NumberOfFrames", "RescaleSlope", "RescaleIntercept", "WindowCenter",
-          "WindowWidth", "VOILUTFunction", "PresentationLUTShape", "PlanarConfiguration"]
-VALUES = st.one_of(st.integers(0, 65535), st.sampled_from(["", "abc", "-1", "0", "1e999", "nan", "3.5", "MONOCHROME1",
-                                                          "RGB", "PALETTE COLOR", "SIGMOID", "INVERSE", "1\\2"]))
-SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit,
-            JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, RLELossless, "1.2.3.4.5"]
+FIELDS = [
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "PresentationLUTShape",
+    "PlanarConfiguration",
+]
+VALUES = st.one_of(
+    st.integers(0, 65535),
+    st.sampled_from(
+        [
+            "",
+            "abc",
+            "-1",
+            "0",
+            "1e999",
+            "nan",
+            "3.5",
+            "MONOCHROME1",
+            "RGB",
+            "PALETTE COLOR",
+            "SIGMOID",
+            "INVERSE",
+            "1\\2",
+        ]
+    ),
+)
+SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    RLELossless,
+    "1.2.3.4.5",
+]
 _CACHE: dict[str, bytes] = {}
 
 
@@ -49,7 +91,9 @@ def base(name: str) -> bytes:
     if name not in _CACHE:
         if name == "lossless":
             with tempfile.TemporaryDirectory() as tmp:
-                _CACHE[name] = transcode(BASES[name], Path(tmp) / "sv1.dcm", gdcm.TransferSyntax.JPEGLosslessProcess14_1)
+                _CACHE[name] = transcode(
+                    BASES[name], Path(tmp) / "sv1.dcm", gdcm.TransferSyntax.JPEGLosslessProcess14_1
+                )
         else:
             _CACHE[name] = BASES[name].read_bytes()
     return _CACHE[name]
@@ -80,7 +124,7 @@ def mutated(draw) -> bytes:
         except Exception:  # pydicom refuses to write that value at all: not a file anyone can send
             assume(False)
     if kind == "truncate":
-        return data[:draw(st.integers(0, len(data) - 1))]
+        return data[: draw(st.integers(0, len(data) - 1))]
     if kind == "syntax":
         ds = pydicom.dcmread(io.BytesIO(data))
         ds.file_meta.TransferSyntaxUID = draw(st.sampled_from(SYNTAXES))
@@ -112,8 +156,12 @@ def client(app):
     return app.test_client()
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
-                                                                                    HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(data=mutated())
 def test_the_api_answers_a_mutated_file_with_200_or_a_json_4xx(client, env, data):
     response = client.post("/api/v1/predict?heatmaps=none", data=data, headers=env.auth())

@@ -59,7 +59,9 @@ def test_openvino_fp32_matches_onnxruntime_on_the_real_images(nih_dir, dicom_dir
 def test_build_records_each_variant_measured_against_fp32(variant_bundle, calibration):
     variants = variant_bundle.manifest.variants
     assert set(variants) == set(PRECISIONS_HERE)
-    assert variants["int8"].graph == MODEL_INT8 and {"model-int8.xml", "model-int8.bin"} <= set(variant_bundle.manifest.files)
+    assert variants["int8"].graph == MODEL_INT8 and {"model-int8.xml", "model-int8.bin"} <= set(
+        variant_bundle.manifest.files
+    )
     for precision, variant in variants.items():
         assert variant.images == 8 and variant.decisions == 80 and variant.max_delta_bound == 0.05
         assert 0 < variant.max_delta <= 0.05, precision  # reduced precision moves something, within the bound
@@ -92,8 +94,17 @@ def test_bf16_refused_on_a_cpu_without_it(demo_bundle, tmp_path, monkeypatch):
     bundle_dir = tmp_path / "cxr10"
     shutil.copytree(demo_bundle.path, bundle_dir)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    manifest["variants"] = {"bf16": {"graph": "model.onnx", "max_delta": 0.002, "max_delta_bound": 0.01,
-                                     "flips": 0, "decisions": 80, "images": 8, "cpu": "elsewhere"}}
+    manifest["variants"] = {
+        "bf16": {
+            "graph": "model.onnx",
+            "max_delta": 0.002,
+            "max_delta_bound": 0.01,
+            "flips": 0,
+            "decisions": 80,
+            "images": 8,
+            "cpu": "elsewhere",
+        }
+    }
     (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr("chexnet.engines.openvino.cpu_runs_bf16", lambda core: False)
     with pytest.raises(EngineUnavailable, match="neither AMX nor AVX512-BF16.*CHEXNET_PRECISION=fp32"):
@@ -102,7 +113,9 @@ def test_bf16_refused_on_a_cpu_without_it(demo_bundle, tmp_path, monkeypatch):
 
 def test_build_refuses_a_variant_beyond_the_bound(tmp_path, calibration):
     out = tmp_path / "cxr10"
-    with pytest.raises(BundleError, match=r"int8 variant moves probabilities by up to .* \(limit 1e-06\); bundle not written"):
+    with pytest.raises(
+        BundleError, match=r"int8 variant moves probabilities by up to .* \(limit 1e-06\); bundle not written"
+    ):
         write_demo_bundle(out, "cxr10", variants=VariantRequest(("int8",), calibration, max_delta=1e-6))
     assert not out.exists() and list(tmp_path.iterdir()) == []  # no bundle, no staging left behind
 
@@ -131,8 +144,23 @@ def test_calibration_must_hold_readable_images(tmp_path):
 
 
 def test_cli_precision_needs_calibration(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "chexnet", "bundle", "demo", "--labels", "cxr10", "--out",
-                          str(tmp_path / "x"), "--precision", "int8"], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chexnet",
+            "bundle",
+            "demo",
+            "--labels",
+            "cxr10",
+            "--out",
+            str(tmp_path / "x"),
+            "--precision",
+            "int8",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode != 0 and "--precision needs --calibration DIR" in run.stderr
     assert not (tmp_path / "x").exists()
 
@@ -142,11 +170,18 @@ def test_service_names_engine_and_precision(tmp_path, variant_bundle, nih_sample
     client = ready_app(env).test_client()
     models = client.get("/api/v1/models", headers=env.auth()).get_json()["models"]
     assert models[0]["engine"] == "openvino" and models[0]["precision"] == "int8"
-    response = client.post("/api/v1/predict", data=nih_sample[0].read_bytes(), content_type="image/png",
-                           headers=env.auth())
+    response = client.post(
+        "/api/v1/predict", data=nih_sample[0].read_bytes(), content_type="image/png", headers=env.auth()
+    )
     assert response.status_code == 200, response.get_json()
-    assert response.get_json()["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True,
-                                            "engine": "openvino", "device": "cpu", "precision": "int8"}
+    assert response.get_json()["model"] == {
+        "id": "cxr10",
+        "version": "0.0.0-demo",
+        "demo": True,
+        "engine": "openvino",
+        "device": "cpu",
+        "precision": "int8",
+    }
 
 
 def test_service_without_the_variant_is_not_ready_and_says_why(tmp_path, demo_bundle):

@@ -20,8 +20,14 @@ def predict(predictor, path, heatmaps=None, heatmap_format=None) -> dict:
 
 def test_prediction_shape(onnx_predictor, nih_sample):
     body = predict(onnx_predictor, nih_sample[0], "all", "png")
-    assert body["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu",
-                             "precision": "fp32"}
+    assert body["model"] == {
+        "id": "cxr10",
+        "version": "0.0.0-demo",
+        "demo": True,
+        "engine": "onnxruntime",
+        "device": "cpu",
+        "precision": "fp32",
+    }
     assert body["image"] == {"format": "png", "width": 1024, "height": 1024}
     assert "not a diagnosis" in body["notice"]
     assert [f["code"] for f in body["findings"]] == onnx_predictor.bundle.manifest.codes

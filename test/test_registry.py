@@ -24,8 +24,12 @@ def keys(tmp_path):
 
 @pytest.fixture()
 def app(tmp_path, keys):
-    settings = RegistrySettings(private_key_path=str(keys[0]), users={"alice": generate_password_hash(PASSWORD)},
-                                db_path=str(tmp_path / "registry.sqlite3"), session_cookie_secure=False)
+    settings = RegistrySettings(
+        private_key_path=str(keys[0]),
+        users={"alice": generate_password_hash(PASSWORD)},
+        db_path=str(tmp_path / "registry.sqlite3"),
+        session_cookie_secure=False,
+    )
     return create_app(settings)
 
 
@@ -73,14 +77,21 @@ def test_register_issue_search_revoke_with_audit(app, keys):
     client = app.test_client()
     login(client)
     headers = api_csrf(client)
-    server = client.post("/api/servers", headers=headers,
-                         json={"customer": "General", "site": "Radiology", "product_uuid": HOST_UUID.upper()})
+    server = client.post(
+        "/api/servers",
+        headers=headers,
+        json={"customer": "General", "site": "Radiology", "product_uuid": HOST_UUID.upper()},
+    )
     assert server.status_code == 201 and server.get_json()["product_uuid"] == HOST_UUID
-    duplicate = client.post("/api/servers", headers=headers,
-                            json={"customer": "Other", "site": "X", "product_uuid": HOST_UUID})
+    duplicate = client.post(
+        "/api/servers", headers=headers, json={"customer": "Other", "site": "X", "product_uuid": HOST_UUID}
+    )
     assert duplicate.status_code == 422
-    issued = client.post("/api/tokens", headers=headers, json={
-        "server_id": server.get_json()["id"], "subject": "pacs-1", "features": "cxr10,cxr25", "days": 30})
+    issued = client.post(
+        "/api/tokens",
+        headers=headers,
+        json={"server_id": server.get_json()["id"], "subject": "pacs-1", "features": "cxr10,cxr25", "days": 30},
+    )
     assert issued.status_code == 201
     token, jti = issued.get_json()["token"], issued.get_json()["claims"]["jti"]
 
@@ -106,13 +117,16 @@ def test_html_pages(app):
     client = app.test_client()
     login(client)
     page = client.get("/").get_data(as_text=True)
-    response = client.post("/servers", data={"customer": "General", "site": "ER", "product_uuid": HOST_UUID,
-                                              "csrf_token": csrf_from(page)})
+    response = client.post(
+        "/servers", data={"customer": "General", "site": "ER", "product_uuid": HOST_UUID, "csrf_token": csrf_from(page)}
+    )
     assert response.status_code == 302
     page = client.get("/").get_data(as_text=True)
     assert HOST_UUID in page
-    issued = client.post("/tokens", data={"server_id": "1", "subject": "pacs-9", "features": "cxr10", "days": "7",
-                                          "csrf_token": csrf_from(page)})
+    issued = client.post(
+        "/tokens",
+        data={"server_id": "1", "subject": "pacs-9", "features": "cxr10", "days": "7", "csrf_token": csrf_from(page)},
+    )
     assert issued.status_code == 200 and "Token issued" in issued.get_data(as_text=True)
     assert "token.issue" in client.get("/audit").get_data(as_text=True)
 
@@ -120,8 +134,9 @@ def test_html_pages(app):
 def test_bad_input_is_a_sentence(app):
     client = app.test_client()
     login(client)
-    response = client.post("/api/servers", headers=api_csrf(client),
-                           json={"customer": "G", "site": "R", "product_uuid": "not-a-uuid"})
+    response = client.post(
+        "/api/servers", headers=api_csrf(client), json={"customer": "G", "site": "R", "product_uuid": "not-a-uuid"}
+    )
     assert response.status_code == 422 and "product_uuid" in response.get_json()["error"]["message"]
 
 
@@ -145,6 +160,7 @@ def test_refuses_to_start_with_readable_key(keys, tmp_path):
 
 
 # --- attacks on the registration service ------------------------------------------------------
+
 
 def _login_as(client, user, password):
     token = csrf_from(client.get("/login").get_data(as_text=True))
@@ -221,8 +237,11 @@ def test_anonymous_failed_sign_ins_cannot_write_huge_names(app):
 def test_stored_fields_are_bounded(app):
     client = app.test_client()
     login(client)
-    response = client.post("/api/servers", headers=api_csrf(client),
-                           json={"customer": "C" * 10_000, "site": "R", "product_uuid": HOST_UUID})
+    response = client.post(
+        "/api/servers",
+        headers=api_csrf(client),
+        json={"customer": "C" * 10_000, "site": "R", "product_uuid": HOST_UUID},
+    )
     assert response.status_code == 422 and "customer" in response.get_json()["error"]["message"]
 
 
@@ -232,9 +251,14 @@ def test_database_is_owner_only_and_holds_no_token(app, tmp_path):
     client = app.test_client()
     login(client)
     headers = api_csrf(client)
-    server = client.post("/api/servers", headers=headers, json={"customer": "G", "site": "R", "product_uuid": HOST_UUID})
-    issued = client.post("/api/tokens", headers=headers, json={
-        "server_id": server.get_json()["id"], "subject": "pacs-1", "features": "cxr10", "days": 30})
+    server = client.post(
+        "/api/servers", headers=headers, json={"customer": "G", "site": "R", "product_uuid": HOST_UUID}
+    )
+    issued = client.post(
+        "/api/tokens",
+        headers=headers,
+        json={"server_id": server.get_json()["id"], "subject": "pacs-1", "features": "cxr10", "days": 30},
+    )
     token = issued.get_json()["token"]
     assert issued.headers["Cache-Control"] == "no-store"
     signature = token.rsplit(".", 1)[1]
@@ -249,9 +273,13 @@ def test_issued_page_shows_the_token_once_with_a_download(app):
     client = app.test_client()
     login(client)
     page = client.get("/").get_data(as_text=True)
-    client.post("/servers", data={"customer": "G", "site": "ER", "product_uuid": HOST_UUID, "csrf_token": csrf_from(page)})
-    issued = client.post("/tokens", data={"server_id": "1", "subject": "pacs-9", "features": "cxr10", "days": "7",
-                                          "csrf_token": csrf_from(page)}).get_data(as_text=True)
+    client.post(
+        "/servers", data={"customer": "G", "site": "ER", "product_uuid": HOST_UUID, "csrf_token": csrf_from(page)}
+    )
+    issued = client.post(
+        "/tokens",
+        data={"server_id": "1", "subject": "pacs-9", "features": "cxr10", "days": "7", "csrf_token": csrf_from(page)},
+    ).get_data(as_text=True)
     token = re.search(r"<textarea[^>]*>([^<]+)</textarea>", issued).group(1)
     assert f'href="data:text/plain;charset=us-ascii,{token}"' in issued and "download=" in issued
 
@@ -260,8 +288,12 @@ def test_refuses_to_start_on_a_database_others_can_read(keys, tmp_path):
     db = tmp_path / "registry.sqlite3"
     db.touch(mode=0o644)
     db.chmod(0o644)
-    settings = RegistrySettings(private_key_path=str(keys[0]), users={"alice": generate_password_hash(PASSWORD)},
-                                db_path=str(db), session_cookie_secure=False)
+    settings = RegistrySettings(
+        private_key_path=str(keys[0]),
+        users={"alice": generate_password_hash(PASSWORD)},
+        db_path=str(db),
+        session_cookie_secure=False,
+    )
     with pytest.raises(SettingsError, match="readable by other users"):
         create_app(settings)
 
@@ -278,13 +310,21 @@ def test_old_database_with_full_tokens_is_migrated_to_hashes(keys, tmp_path):
             "CREATE TABLE tokens (jti TEXT PRIMARY KEY, server_id INTEGER NOT NULL, subject TEXT NOT NULL, features TEXT NOT NULL,"
             " issued_at TEXT NOT NULL, expires_at TEXT NOT NULL, issued_by TEXT NOT NULL, token TEXT NOT NULL, revoked_at TEXT, revoked_by TEXT);"
             "INSERT INTO servers VALUES (1, 'G', 'R', 'u', 't', 'a');"
-            "INSERT INTO tokens VALUES ('j1', 1, 's', 'cxr10', 't', 't', 'a', 'SECRET-TOKEN-TEXT', NULL, NULL);")
-    settings = RegistrySettings(private_key_path=str(keys[0]), users={"alice": generate_password_hash(PASSWORD)},
-                                db_path=str(db), session_cookie_secure=False)
+            "INSERT INTO tokens VALUES ('j1', 1, 's', 'cxr10', 't', 't', 'a', 'SECRET-TOKEN-TEXT', NULL, NULL);"
+        )
+    settings = RegistrySettings(
+        private_key_path=str(keys[0]),
+        users={"alice": generate_password_hash(PASSWORD)},
+        db_path=str(db),
+        session_cookie_secure=False,
+    )
     create_app(settings)
     assert b"SECRET-TOKEN-TEXT" not in db.read_bytes()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT token_sha256 FROM tokens").fetchone()[0] == hashlib.sha256(b"SECRET-TOKEN-TEXT").hexdigest()
+        assert (
+            conn.execute("SELECT token_sha256 FROM tokens").fetchone()[0]
+            == hashlib.sha256(b"SECRET-TOKEN-TEXT").hexdigest()
+        )
 
 
 def test_a_cluster_licence_is_one_token_for_several_servers_of_one_customer(app, keys):
@@ -293,11 +333,19 @@ def test_a_cluster_licence_is_one_token_for_several_servers_of_one_customer(app,
     client = app.test_client()
     login(client)
     headers = api_csrf(client)
-    ids = [client.post("/api/servers", headers=headers, json={"customer": c, "site": s, "product_uuid": u}).get_json()["id"]
-           for c, s, u in (("Region", "node-a", HOST_UUID), ("Region", "node-b", OTHER_UUID),
-                           ("Elsewhere", "x", "0b5c6d7e-8f90-4a1b-9c2d-3e4f5a6b7c8d"))]
-    issued = client.post("/api/tokens", headers=headers, json={
-        "server_ids": ids[:2], "subject": "pacs", "features": "cxr10", "days": 30})
+    ids = [
+        client.post("/api/servers", headers=headers, json={"customer": c, "site": s, "product_uuid": u}).get_json()[
+            "id"
+        ]
+        for c, s, u in (
+            ("Region", "node-a", HOST_UUID),
+            ("Region", "node-b", OTHER_UUID),
+            ("Elsewhere", "x", "0b5c6d7e-8f90-4a1b-9c2d-3e4f5a6b7c8d"),
+        )
+    ]
+    issued = client.post(
+        "/api/tokens", headers=headers, json={"server_ids": ids[:2], "subject": "pacs", "features": "cxr10", "days": 30}
+    )
     assert issued.status_code == 201
     token = issued.get_json()["token"]
     assert issued.get_json()["claims"]["product_uuid"] == sorted([HOST_UUID, OTHER_UUID])
@@ -309,14 +357,28 @@ def test_a_cluster_licence_is_one_token_for_several_servers_of_one_customer(app,
         assert [t["jti"] for t in listed] == [issued.get_json()["claims"]["jti"]]
         assert set(listed[0]["product_uuid"].split()) == {HOST_UUID, OTHER_UUID}
     # Servers of two customers, unknown servers and non-numbers are one sentence each.
-    for body, sentence in (({"server_ids": [ids[0], ids[2]]}, "one customer"), ({"server_ids": [ids[0], 999]}, "999"),
-                           ({"server_ids": ["x"]}, "a list of them"), ({"server_ids": []}, "1 to 64")):
-        refused = client.post("/api/tokens", headers=headers, json={**body, "subject": "s", "features": "cxr10", "days": 1})
+    for body, sentence in (
+        ({"server_ids": [ids[0], ids[2]]}, "one customer"),
+        ({"server_ids": [ids[0], 999]}, "999"),
+        ({"server_ids": ["x"]}, "a list of them"),
+        ({"server_ids": []}, "1 to 64"),
+    ):
+        refused = client.post(
+            "/api/tokens", headers=headers, json={**body, "subject": "s", "features": "cxr10", "days": 1}
+        )
         assert refused.status_code == 422 and sentence in refused.get_json()["error"]["message"]
     # The page's form takes the ids as a comma list.
     page = client.get("/").get_data(as_text=True)
-    form = client.post("/tokens", data={"server_ids": f"{ids[0]}, {ids[1]}", "subject": "pacs-2", "features": "cxr10",
-                                        "days": "7", "csrf_token": csrf_from(page)})
+    form = client.post(
+        "/tokens",
+        data={
+            "server_ids": f"{ids[0]}, {ids[1]}",
+            "subject": "pacs-2",
+            "features": "cxr10",
+            "days": "7",
+            "csrf_token": csrf_from(page),
+        },
+    )
     assert form.status_code == 200 and OTHER_UUID in form.get_data(as_text=True)
     audit = [row for row in client.get("/api/audit").get_json()["audit"] if row["action"] == "token.issue"]
     assert all(str(ids[1]) in row["detail"] for row in audit)
@@ -324,18 +386,36 @@ def test_a_cluster_licence_is_one_token_for_several_servers_of_one_customer(app,
 
 # --- open redirect after sign-in, weak user hashes, short session secret ----------------------
 
-@pytest.mark.parametrize("raw_next", [
-    "/%09/evil.example/", "/%0d%0a/evil.example/", "/%00/evil.example/", "/%5Cevil.example", "/\\evil.example",
-    "%5C%5Cevil.example", "//evil.example/", "%2F%2Fevil.example", "/%2F/evil.example", "%252F%252Fevil.example",
-    "https://evil.example/", "https:evil.example", "javascript:alert(1)", "/%E2%80%8B/evil.example",
-    "/nowhere", "/tokens/x/revoke", "/logout",
-])
+
+@pytest.mark.parametrize(
+    "raw_next",
+    [
+        "/%09/evil.example/",
+        "/%0d%0a/evil.example/",
+        "/%00/evil.example/",
+        "/%5Cevil.example",
+        "/\\evil.example",
+        "%5C%5Cevil.example",
+        "//evil.example/",
+        "%2F%2Fevil.example",
+        "/%2F/evil.example",
+        "%252F%252Fevil.example",
+        "https://evil.example/",
+        "https:evil.example",
+        "javascript:alert(1)",
+        "/%E2%80%8B/evil.example",
+        "/nowhere",
+        "/tokens/x/revoke",
+        "/logout",
+    ],
+)
 def test_sign_in_goes_to_the_index_unless_next_is_one_of_its_own_pages(app, raw_next):
     """Attack: a link to /login?next=... that sends the signed-in user to another site."""
     client = app.test_client()
     token = csrf_from(client.get("/login").get_data(as_text=True))
-    response = client.post("/login", query_string=f"next={raw_next}",
-                           data={"username": "alice", "password": PASSWORD, "csrf_token": token})
+    response = client.post(
+        "/login", query_string=f"next={raw_next}", data={"username": "alice", "password": PASSWORD, "csrf_token": token}
+    )
     assert response.status_code == 302 and response.headers["Location"] == "/"
 
 
@@ -372,10 +452,15 @@ def test_refuses_to_start_with_a_plaintext_or_weak_password_hash(keys, tmp_path,
         from_env({"LICENSING_PRIVATE_KEY": str(keys[0]), "LICENSING_ADMIN_PASSWORD_HASH": weak or " "})
 
 
-@pytest.mark.parametrize("lines, sentence", [("alice\n", "line 1 is not 'user:hash'"),
-                                             (":{hash}\n", "line 1 is not 'user:hash'"),
-                                             ("alice:{hash}\nalice:{hash}\n", "line 2 lists user 'alice' a second time"),
-                                             ("# nobody\n", "lists no 'user:hash' lines")])
+@pytest.mark.parametrize(
+    "lines, sentence",
+    [
+        ("alice\n", "line 1 is not 'user:hash'"),
+        (":{hash}\n", "line 1 is not 'user:hash'"),
+        ("alice:{hash}\nalice:{hash}\n", "line 2 lists user 'alice' a second time"),
+        ("# nobody\n", "lists no 'user:hash' lines"),
+    ],
+)
 def test_users_file_lines_that_are_not_one_user_and_hash_are_refused(keys, tmp_path, lines, sentence):
     users = tmp_path / "users"
     users.write_text(lines.format(hash=generate_password_hash(PASSWORD, method="pbkdf2:sha512:210000")))
@@ -387,8 +472,13 @@ def test_unknown_users_are_checked_with_the_configured_users_method(keys, tmp_pa
     import licensing.registry.app as registry_app
 
     method = "pbkdf2:sha512:210000"
-    app = create_app(RegistrySettings(private_key_path=str(keys[0]), db_path=str(tmp_path / "registry.sqlite3"),
-                                      users={"alice": generate_password_hash(PASSWORD, method=method)}))
+    app = create_app(
+        RegistrySettings(
+            private_key_path=str(keys[0]),
+            db_path=str(tmp_path / "registry.sqlite3"),
+            users={"alice": generate_password_hash(PASSWORD, method=method)},
+        )
+    )
     checked = []
     real = registry_app.check_password_hash
     monkeypatch.setattr(registry_app, "check_password_hash", lambda h, p: checked.append(h.split("$")[0]) or real(h, p))

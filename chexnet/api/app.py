@@ -54,10 +54,19 @@ def _register_request_hooks(app: Flask, metrics: Metrics, settings: Settings) ->
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         metrics.requests.labels(endpoint, str(response.status_code), code).inc()
         metrics.latency.labels(endpoint).observe(elapsed)
-        access_log.info("request", extra={"fields": {
-            "method": request.method, "path": request.path, "status": response.status_code,
-            "error_code": code or None, "ms": round(elapsed * 1000, 1),
-            "sub": g.license.sub if g.get("license") else None}})
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "error_code": code or None,
+                    "ms": round(elapsed * 1000, 1),
+                    "sub": g.license.sub if g.get("license") else None,
+                }
+            },
+        )
         return response
 
     @app.teardown_request

@@ -60,9 +60,13 @@ def error_response(err: ErrorProtocol) -> Response:
 def _http_error(err: HTTPException) -> Response:
     if err.code == 413:  # the request body is over MAX_CONTENT_LENGTH (the upload limit plus multipart framing)
         limit = g.get("upload_limit_mb")
-        return error_response(PayloadTooLarge(
-            f"The upload is larger than the upload limit of {limit} MiB ({UPLOAD_SETTING})." if limit
-            else f"The upload is larger than the upload limit ({UPLOAD_SETTING})."))
+        return error_response(
+            PayloadTooLarge(
+                f"The upload is larger than the upload limit of {limit} MiB ({UPLOAD_SETTING})."
+                if limit
+                else f"The upload is larger than the upload limit ({UPLOAD_SETTING})."
+            )
+        )
     if err.code == 404:
         return error_response(NotFound("No such endpoint; see /api/v1/docs."))
     if err.code == 405:

@@ -13,16 +13,30 @@ def _b64(data: bytes) -> str:
 def prediction_body(prediction: Prediction, request_id: str) -> dict:
     """DESIGN.md "REST API": POST /predict."""
     body = {"request_id": request_id, **prediction.summary()}
-    body["heatmaps"] = [{"code": h.label.code, "mime": h.rendered.mime, "width": h.rendered.width,
-                         "height": h.rendered.height, "data": _b64(h.rendered.data)} for h in prediction.heatmaps]
+    body["heatmaps"] = [
+        {
+            "code": h.label.code,
+            "mime": h.rendered.mime,
+            "width": h.rendered.width,
+            "height": h.rendered.height,
+            "data": _b64(h.rendered.data),
+        }
+        for h in prediction.heatmaps
+    ]
     return body
 
 
 def cxrnet_body(prediction: Prediction, categories: list[str], request_id: str) -> dict:
     """The source project's front-end contract: probabilities, one Grad-CAM JPEG, category names."""
     (overlay,) = prediction.heatmaps
-    return {"answer": [f.probability for f in prediction.findings], "gradcam": _b64(overlay.rendered.data),
-            "category": categories, "status": "OK", "demo": prediction.model.demo, "request_id": request_id}
+    return {
+        "answer": [f.probability for f in prediction.findings],
+        "gradcam": _b64(overlay.rendered.data),
+        "category": categories,
+        "status": "OK",
+        "demo": prediction.model.demo,
+        "request_id": request_id,
+    }
 
 
 def multipart_related(parts: list[bytes], part_type: str = "application/dicom") -> tuple[bytes, str]:

@@ -35,8 +35,12 @@ def health():
 def ready():
     problems = service().readiness()
     if not problems:
-        return jsonify(status="ready", models=list(service().models), default_model=service().default_model,
-                       warnings=service().warnings())
+        return jsonify(
+            status="ready",
+            models=list(service().models),
+            default_model=service().default_model,
+            warnings=service().warnings(),
+        )
     err = NotReady(problems[0])
     response = jsonify(status="not_ready", reasons=problems, **err.body(g.get("request_id")))
     response.status_code = err.status
@@ -55,8 +59,14 @@ def models():
 @token_required
 def license_info():
     claims = current_claims()
-    return jsonify(customer=claims.customer, subject=claims.sub, features=claims.features,
-                   expires_at=claims.expires_at, days_left=claims.days_left(), product_uuid=claims.product_uuid)
+    return jsonify(
+        customer=claims.customer,
+        subject=claims.sub,
+        features=claims.features,
+        expires_at=claims.expires_at,
+        days_left=claims.days_left(),
+        product_uuid=claims.product_uuid,
+    )
 
 
 def _option(name: str) -> str | None:
@@ -94,8 +104,9 @@ def _predict(options: PredictOptions) -> Prediction:
 @api.post("/predict")
 @token_required
 def predict():
-    options = PredictOptions.parse(_option("model"), _option("heatmaps"), _option("heatmap_format"),
-                                   _option("output") or _accepted_output())
+    options = PredictOptions.parse(
+        _option("model"), _option("heatmaps"), _option("heatmap_format"), _option("output") or _accepted_output()
+    )
     prediction = _predict(options)
     if options.output == "dicom":
         body, content_type = multipart_related([encode(ds) for ds in service().dicom_results(prediction)])

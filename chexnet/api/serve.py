@@ -23,9 +23,18 @@ def serve(host: str | None = None, port: int | None = None) -> int:
 
     app = create_app(settings)
     layout = settings.layout
-    logging.getLogger("chexnet").info("listening", extra={"fields": {
-        "host": settings.host, "port": settings.port, **vars(layout)}})
-    waitress.serve(app, host=settings.host, port=settings.port, threads=layout.http_threads, ident="chexnet",
-                   max_request_body_size=app.config["MAX_CONTENT_LENGTH"], channel_timeout=120,
-                   connection_limit=WAITRESS_CONNECTIONS, clear_untrusted_proxy_headers=True)
+    logging.getLogger("chexnet").info(
+        "listening", extra={"fields": {"host": settings.host, "port": settings.port, **vars(layout)}}
+    )
+    waitress.serve(
+        app,
+        host=settings.host,
+        port=settings.port,
+        threads=layout.http_threads,
+        ident="chexnet",
+        max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+        channel_timeout=120,
+        connection_limit=WAITRESS_CONNECTIONS,
+        clear_untrusted_proxy_headers=True,
+    )
     return 0

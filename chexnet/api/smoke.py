@@ -36,23 +36,32 @@ def main() -> int:
         print("error: give the licence token on standard input.", file=sys.stderr)
         return 2
     try:
-        response = requests.post(f"{args.url}/api/v1/predict?heatmaps=top", data=synthetic_png(),
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
-                                 timeout=120, verify=args.ca_cert or False)
+        response = requests.post(
+            f"{args.url}/api/v1/predict?heatmaps=top",
+            data=synthetic_png(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+            timeout=120,
+            verify=args.ca_cert or False,
+        )
     except requests.RequestException as exc:
         print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     body = response.json() if response.headers.get("Content-Type", "").startswith("application/json") else {}
     if response.status_code != 200:
         error = body.get("error", {})
-        print(f"error: smoke prediction got HTTP {response.status_code} {error.get('code', '')}: "
-              f"{error.get('message', response.text[:200])}", file=sys.stderr)
+        print(
+            f"error: smoke prediction got HTTP {response.status_code} {error.get('code', '')}: "
+            f"{error.get('message', response.text[:200])}",
+            file=sys.stderr,
+        )
         return 1
     top = max(body["findings"], key=lambda f: f["probability"])
     model = body["model"]
-    print(f"smoke prediction OK through nginx: model {model['id']} {model['version']} on {model['engine']}/{model['device']}"
-          f"{' (DEMO: not a diagnosis)' if model['demo'] else ''}; top finding {top['code']} p={top['probability']:.3f}; "
-          f"{len(body['heatmaps'])} heatmap(s); request {body['request_id']}")
+    print(
+        f"smoke prediction OK through nginx: model {model['id']} {model['version']} on {model['engine']}/{model['device']}"
+        f"{' (DEMO: not a diagnosis)' if model['demo'] else ''}; top finding {top['code']} p={top['probability']:.3f}; "
+        f"{len(body['heatmaps'])} heatmap(s); request {body['request_id']}"
+    )
     return 0
 
 

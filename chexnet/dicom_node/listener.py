@@ -37,15 +37,24 @@ class BoundedServer(AssociationServer):
         if now - self._last_logged.get(address, 0.0) >= _REFUSAL_LOG_EVERY_S:  # a flood logs once per interval
             self._last_logged = {a: t for a, t in self._last_logged.items() if now - t < _REFUSAL_LOG_EVERY_S}
             self._last_logged[address] = now
-            log.warning("refused a connection: too many associations", extra={"fields": {
-                "peer": shown(address), "limit": reason, "open": len(peers), "from_peer": peers.count(address),
-                "max_total": self.total, "max_per_peer": self.per_peer}})
+            log.warning(
+                "refused a connection: too many associations",
+                extra={
+                    "fields": {
+                        "peer": shown(address),
+                        "limit": reason,
+                        "open": len(peers),
+                        "from_peer": peers.count(address),
+                        "max_total": self.total,
+                        "max_per_peer": self.per_peer,
+                    }
+                },
+            )
         return False
 
     def handle_error(self, request, client_address) -> None:
         """One log line instead of socketserver's traceback on stderr (e.g. no thread could be started)."""
-        log.error("could not take a connection", extra={"fields": {"peer": shown(client_address[0])}},
-                  exc_info=True)
+        log.error("could not take a connection", extra={"fields": {"peer": shown(client_address[0])}}, exc_info=True)
 
     def shutdown(self) -> None:
         socketserver.TCPServer.shutdown(self)

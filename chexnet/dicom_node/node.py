@@ -40,8 +40,12 @@ from licensing.errors import LicenseError, LicenseNotReady
 
 log = logging.getLogger("chexnet.dicom_node")
 # What the node accepts: radiographs, and secondary captures of them (as some PACS export CR).
-STORAGE_CLASSES = (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
-                   DigitalXRayImageStorageForProcessing, SecondaryCaptureImageStorage)
+STORAGE_CLASSES = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    SecondaryCaptureImageStorage,
+)
 # C-STORE and C-ECHO statuses (PS3.4 B.2.3, PS3.7 C)
 SUCCESS, PROCESSING_FAILURE, SOP_CLASS_NOT_SUPPORTED, REFUSED_NOT_AUTHORIZED = 0x0000, 0x0110, 0x0122, 0x0124
 OUT_OF_RESOURCES, DOES_NOT_MATCH_SOP_CLASS, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
@@ -66,21 +70,35 @@ class NodeMetrics:
     def __init__(self, metrics: Metrics, spool: Spool):
         r = metrics.registry
         self.received = Counter("chexnet_dicom_received_total", "Instances received and spooled", registry=r)
-        self.refused_stores = Counter("chexnet_dicom_store_refused_total", "C-STOREs answered with a failure",
-                                      ["reason"], registry=r)
-        self.refused_connections = Counter("chexnet_dicom_connections_refused_total",
-                                           "Connections closed at once: too many open", ["limit"], registry=r)
-        self.skipped = Counter("chexnet_dicom_skipped_total", "Instances skipped by eligibility", ["reason"], registry=r)
+        self.refused_stores = Counter(
+            "chexnet_dicom_store_refused_total", "C-STOREs answered with a failure", ["reason"], registry=r
+        )
+        self.refused_connections = Counter(
+            "chexnet_dicom_connections_refused_total",
+            "Connections closed at once: too many open",
+            ["limit"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "chexnet_dicom_skipped_total", "Instances skipped by eligibility", ["reason"], registry=r
+        )
         self.rejected = Counter("chexnet_dicom_rejected_total", "Instances the core refused", ["code"], registry=r)
         self.sent = Counter("chexnet_dicom_sent_total", "Result objects stored at the destination", registry=r)
         self.send_failures = Counter("chexnet_dicom_send_failures_total", "Failed attempts to send results", registry=r)
-        self.refused = Counter("chexnet_dicom_results_refused_total", "Result objects the destination refused for good",
-                               ["status"], registry=r)
-        self.thread_failures = Counter("chexnet_dicom_thread_failures_total",
-                                       "Threads ended by an error (a connection's reader on a malformed PDU)",
-                                       registry=r)
-        self.io_errors = Counter("chexnet_dicom_io_errors_total", "I/O errors the worker or sender survived",
-                                 ["thread"], registry=r)
+        self.refused = Counter(
+            "chexnet_dicom_results_refused_total",
+            "Result objects the destination refused for good",
+            ["status"],
+            registry=r,
+        )
+        self.thread_failures = Counter(
+            "chexnet_dicom_thread_failures_total",
+            "Threads ended by an error (a connection's reader on a malformed PDU)",
+            registry=r,
+        )
+        self.io_errors = Counter(
+            "chexnet_dicom_io_errors_total", "I/O errors the worker or sender survived", ["thread"], registry=r
+        )
         depth = Gauge("chexnet_dicom_queue_depth", "Files waiting in the spool", ["queue"], registry=r)
         for queue in QUEUES:
             depth.labels(queue).set_function(functools.partial(spool.depth, queue))
@@ -122,28 +140,47 @@ class DicomNode:
         ae.add_supported_context(Verification)
         for sop_class in STORAGE_CLASSES:
             ae.add_supported_context(sop_class, DECODABLE_SYNTAXES)
-        handlers: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, PduGuard.on_open(self.node.associate_timeout_s)),
-                    (evt.EVT_CONN_CLOSE, lambda event: self.received.drop(lambda reader: reader is event.assoc.dul)),
-                    (evt.EVT_ESTABLISHED, self._on_established),
-                    (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_CONN_OPEN, PduGuard.on_open(self.node.associate_timeout_s)),
+            (evt.EVT_CONN_CLOSE, lambda event: self.received.drop(lambda reader: reader is event.assoc.dul)),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
         server = ae.make_server(
-            (self.node.bind, self.node.port), evt_handlers=handlers, server_class=BoundedServer,
-            total=self.node.max_associations, per_peer=self.node.max_per_peer,
-            on_refused=lambda limit: self.node_metrics.refused_connections.labels(limit).inc())
+            (self.node.bind, self.node.port),
+            evt_handlers=handlers,
+            server_class=BoundedServer,
+            total=self.node.max_associations,
+            per_peer=self.node.max_per_peer,
+            on_refused=lambda limit: self.node_metrics.refused_connections.labels(limit).inc(),
+        )
         assert isinstance(server, BoundedServer)  # an instance of the server_class given
         self._server = server
         self._start_thread("dicom-listener", server.serve_forever)
         if self.node.metrics_port:
             start_http_server(self.node.metrics_port, registry=self.metrics.registry)
-        self._start_thread("dicom-worker", self._drain, "incoming", self._work, self._predict_waiting,
-                           self.received.sweep)
+        self._start_thread(
+            "dicom-worker", self._drain, "incoming", self._work, self._predict_waiting, self.received.sweep
+        )
         self._start_thread("dicom-sender", self._drain, "outgoing", self._outgoing, self.sender.send_waiting)
-        log.info("DICOM node listening", extra={"fields": {
-            "ae_title": self.node.ae_title, "bind": self.node.bind, "port": self.node.port,
-            "allowed": list(self.node.allowed_aes), "destination": str(self.node.destination),
-            "max_associations": self.node.max_associations, "max_per_peer": self.node.max_per_peer,
-            "max_instance_mb": self.received.cap_bytes // 2**20, "min_free_mb": self.node.min_free_mb,
-            "waiting": {q: self.spool.depth(q) for q in QUEUES}}})
+        log.info(
+            "DICOM node listening",
+            extra={
+                "fields": {
+                    "ae_title": self.node.ae_title,
+                    "bind": self.node.bind,
+                    "port": self.node.port,
+                    "allowed": list(self.node.allowed_aes),
+                    "destination": str(self.node.destination),
+                    "max_associations": self.node.max_associations,
+                    "max_per_peer": self.node.max_per_peer,
+                    "max_instance_mb": self.received.cap_bytes // 2**20,
+                    "min_free_mb": self.node.min_free_mb,
+                    "waiting": {q: self.spool.depth(q) for q in QUEUES},
+                }
+            },
+        )
 
     def _start_thread(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -185,8 +222,12 @@ class DicomNode:
         now = time.monotonic()
         if now - self._thread_failure_logged >= 10.0:
             self._thread_failure_logged = now
-            log.error("a connection's thread ended with an error", extra={"fields": {
-                "thread": shown(getattr(failure.thread, "name", "")), "error": failure.exc_type.__name__}})
+            log.error(
+                "a connection's thread ended with an error",
+                extra={
+                    "fields": {"thread": shown(getattr(failure.thread, "name", "")), "error": failure.exc_type.__name__}
+                },
+            )
 
     # --- listener -------------------------------------------------------------------------------
     def _on_established(self, event) -> None:
@@ -195,9 +236,12 @@ class DicomNode:
         assoc = event.assoc
         address = assoc.requestor.address
         if assoc.requestor.ae_title == self.node.ae_title and not (
-                ipaddress.ip_address(address).is_loopback or address == self.node.bind):
-            log.warning("aborted an association: the node's own AE title from another machine",
-                        extra={"fields": {"peer": shown(assoc.requestor.address)}})
+            ipaddress.ip_address(address).is_loopback or address == self.node.bind
+        ):
+            log.warning(
+                "aborted an association: the node's own AE title from another machine",
+                extra={"fields": {"peer": shown(assoc.requestor.address)}},
+            )
             assoc.abort()
 
     def _on_echo(self, event) -> Dataset | int:
@@ -225,8 +269,16 @@ class DicomNode:
                 reason = "spool_error"
         if reason is not None:
             self.node_metrics.refused_stores.labels(reason).inc()
-            log.warning("refused a received instance", extra={"fields": {
-                "calling_ae": shown(calling), "reason": reason, "peer": shown(event.assoc.requestor.address)}})
+            log.warning(
+                "refused a received instance",
+                extra={
+                    "fields": {
+                        "calling_ae": shown(calling),
+                        "reason": reason,
+                        "peer": shown(event.assoc.requestor.address),
+                    }
+                },
+            )
             return _status(*_REFUSALS[reason])
         self.node_metrics.received.inc()
         self._work.set()
@@ -243,8 +295,10 @@ class DicomNode:
         except ServiceError as exc:
             return "busy" if exc.status == 503 else "unreadable"
         request = event.request
-        if not (event.context.abstract_syntax == request.AffectedSOPClassUID == header.get("SOPClassUID")
-                and request.AffectedSOPInstanceUID == header.get("SOPInstanceUID")):
+        if not (
+            event.context.abstract_syntax == request.AffectedSOPClassUID == header.get("SOPClassUID")
+            and request.AffectedSOPInstanceUID == header.get("SOPInstanceUID")
+        ):
             return "class_mismatch"
         return None
 
@@ -271,8 +325,11 @@ class DicomNode:
                     wake.clear()
             except Exception as exc:  # noqa: BLE001 - a disk error or a bug must not end the thread
                 self.node_metrics.io_errors.labels(queue).inc()
-                log.error("the %s queue hit an error; retrying", queue, extra={"fields": {
-                    "error": type(exc).__name__, "reason": getattr(exc, "strerror", None)}})
+                log.error(
+                    "the %s queue hit an error; retrying",
+                    queue,
+                    extra={"fields": {"error": type(exc).__name__, "reason": getattr(exc, "strerror", None)}},
+                )
                 self._stop.wait(5)
 
     def _predict_waiting(self, waiting: list[Path]) -> None:
@@ -285,14 +342,21 @@ class DicomNode:
         """Predict one spooled instance; False when it must wait (not ready, not licensed, an I/O error)."""
         record = {"request_id": f"dicom-{path.stem}"}
         if self.spool.begin(path) > self.node.max_attempts:
-            self._reject(path, record, "poison", f"its processing was started {self.node.max_attempts} times "
-                         "without finishing (the node crashed or was killed each time)")
+            self._reject(
+                path,
+                record,
+                "poison",
+                f"its processing was started {self.node.max_attempts} times "
+                "without finishing (the node crashed or was killed each time)",
+            )
             return True
         try:
             done = self._predict(path, record)
         except OSError as exc:
-            log.error("an I/O error stopped processing; the instance stays in the spool", extra={"fields": {
-                "request_id": record["request_id"], "error": exc.strerror}})
+            log.error(
+                "an I/O error stopped processing; the instance stays in the spool",
+                extra={"fields": {"request_id": record["request_id"], "error": exc.strerror}},
+            )
             self.node_metrics.io_errors.labels("incoming").inc()
             done = False
         if not done:
@@ -312,8 +376,10 @@ class DicomNode:
             results = [encode(ds) for ds in self.service.dicom_results(prediction)]
         except (LicenseError, ServiceError) as exc:
             if isinstance(exc, LicenseError) or exc.status == 503:
-                log.warning("cannot predict yet; the instance stays in the spool", extra={"fields": {
-                    "request_id": record["request_id"], "code": exc.code, "reason": exc.message}})
+                log.warning(
+                    "cannot predict yet; the instance stays in the spool",
+                    extra={"fields": {"request_id": record["request_id"], "code": exc.code, "reason": exc.message}},
+                )
                 return False
             self._reject(path, record, exc.code, exc.message)
             return True
@@ -327,8 +393,16 @@ class DicomNode:
         return True
 
     def _skip(self, path: Path, record: dict, warnings: list[str]) -> None:
-        log.info("skipped: not a frontal chest radiograph", extra={"fields": {
-            "request_id": record["request_id"], "warnings": warnings, "reasons": [WARNINGS[w] for w in warnings]}})
+        log.info(
+            "skipped: not a frontal chest radiograph",
+            extra={
+                "fields": {
+                    "request_id": record["request_id"],
+                    "warnings": warnings,
+                    "reasons": [WARNINGS[w] for w in warnings],
+                }
+            },
+        )
         self.audit.write({**record, "event": "dicom_skipped", "warnings": warnings})
         for warning in warnings:
             self.node_metrics.skipped.labels(warning).inc()
@@ -337,8 +411,17 @@ class DicomNode:
     def _reject(self, path: Path, record: dict, code: str, message: str) -> None:
         self.audit.write({**record, "event": "dicom_rejected", "code": code})
         kept = self.spool.set_aside(path, "rejected")
-        log.error("rejected a received instance", extra={"fields": {
-            "request_id": record["request_id"], "code": code, "reason": shown(message, 300), "kept": str(kept)}})
+        log.error(
+            "rejected a received instance",
+            extra={
+                "fields": {
+                    "request_id": record["request_id"],
+                    "code": code,
+                    "reason": shown(message, 300),
+                    "kept": str(kept),
+                }
+            },
+        )
         self.node_metrics.rejected.labels(code).inc()
         self._prune()
 
@@ -346,8 +429,16 @@ class DicomNode:
         with self._prune_lock:
             removed = self.spool.prune(self.node.aside_max_mb * 2**20, self.node.aside_max_days * 86400)
         if removed:
-            log.info("pruned rejected/ and refused/", extra={"fields": {
-                "removed": removed, "max_mb": self.node.aside_max_mb, "max_days": self.node.aside_max_days}})
+            log.info(
+                "pruned rejected/ and refused/",
+                extra={
+                    "fields": {
+                        "removed": removed,
+                        "max_mb": self.node.aside_max_mb,
+                        "max_days": self.node.aside_max_days,
+                    }
+                },
+            )
 
     def _claims(self):
         verifier = self.service.verifier
@@ -356,6 +447,7 @@ class DicomNode:
         try:
             token = Path(self.node.token_file).read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
-            raise LicenseNotReady(f"The node's token file {self.node.token_file} cannot be read "
-                                  "(CHEXNET_DICOM_TOKEN_FILE).") from None
+            raise LicenseNotReady(
+                f"The node's token file {self.node.token_file} cannot be read (CHEXNET_DICOM_TOKEN_FILE)."
+            ) from None
         return verifier.verify(token)

@@ -86,8 +86,9 @@ class PduGuard:
             return self._close("a read that is not the PDU's body", nr_bytes)
         data = self._read(nr_bytes)
         if self._pdu_type == _P_DATA_TF and not self._follow(data):
-            return self._close("a DIMSE message larger than the node holds in memory, or too many unanswered",
-                               len(self._command))
+            return self._close(
+                "a DIMSE message larger than the node holds in memory, or too many unanswered", len(self._command)
+            )
         return data
 
     def _read(self, nr_bytes: int) -> bytearray:
@@ -117,7 +118,7 @@ class PduGuard:
             if values > MAX_VALUES_PER_PDU:
                 return False
             if control & 1:  # a command fragment
-                self._command += pdu[pos + 6:pos + 4 + length]
+                self._command += pdu[pos + 6 : pos + 4 + length]
                 if len(self._command) > MAX_COMMAND_BYTES:
                     return False
                 if last:
@@ -147,6 +148,7 @@ class PduGuard:
         return self._send(pdu)
 
     def _close(self, why: str, size: int) -> bytearray:
-        log.warning(f"closed a connection: {why}", extra={"fields": {
-            "peer": shown(self._event.address[0]), "bytes": size}})
+        log.warning(
+            f"closed a connection: {why}", extra={"fields": {"peer": shown(self._event.address[0]), "bytes": size}}
+        )
         return bytearray()

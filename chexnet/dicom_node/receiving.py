@@ -72,8 +72,11 @@ class ReceivedFiles:
         """Called by pynetdicom, on the connection's reader thread, when a C-STORE data set begins."""
         reader = threading.current_thread()
         self.drop(lambda owner: owner is reader)
-        file = CappedFile(tempfile.NamedTemporaryFile(dir=self.folder, **kwargs), self.cap_bytes,
-                          lambda: self.free_bytes() < self.min_free_bytes)
+        file = CappedFile(
+            tempfile.NamedTemporaryFile(dir=self.folder, **kwargs),
+            self.cap_bytes,
+            lambda: self.free_bytes() < self.min_free_bytes,
+        )
         with self._lock:
             self._files[file.name] = (reader, file)
         return file

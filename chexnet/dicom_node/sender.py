@@ -57,9 +57,17 @@ class Sender:
             self._pause = _FIRST_PAUSE_S
         except Unreachable as exc:
             self.metrics.send_failures.inc()
-            log.warning("sending results failed; retrying", extra={"fields": {
-                "destination": str(self.node.destination), "reason": str(exc), "retry_in_s": self._pause,
-                "waiting": len(waiting)}})
+            log.warning(
+                "sending results failed; retrying",
+                extra={
+                    "fields": {
+                        "destination": str(self.node.destination),
+                        "reason": str(exc),
+                        "retry_in_s": self._pause,
+                        "waiting": len(waiting),
+                    }
+                },
+            )
             self._stop.wait(self._pause)
             self._pause = min(self._pause * 2, self.node.retry_max_s)
 
@@ -106,8 +114,10 @@ class Sender:
         pause = min(self._retry.get(path.name, (_FIRST_PAUSE_S / 2, 0.0))[0] * 2, self.node.retry_max_s)
         self._retry[path.name] = (pause, time.monotonic() + pause)
         self.metrics.send_failures.inc()
-        log.warning("the destination did not store a result; retrying it", extra={"fields": {
-            "file": path.name, "reason": reason, "retry_in_s": pause}})
+        log.warning(
+            "the destination did not store a result; retrying it",
+            extra={"fields": {"file": path.name, "reason": reason, "retry_in_s": pause}},
+        )
 
     def _refused(self, path: Path, code: int, comment: str) -> None:
         status = f"0x{code:04X}"
@@ -116,5 +126,7 @@ class Sender:
         self._retry.pop(path.name, None)
         self.metrics.refused.labels(status).inc()
         self._prune()
-        log.error("the destination refused a result for good; it is kept in refused/", extra={"fields": {
-            "file": path.name, "status": status, "comment": shown(comment), "kept": str(kept)}})
+        log.error(
+            "the destination refused a result for good; it is kept in refused/",
+            extra={"fields": {"file": path.name, "status": status, "comment": shown(comment), "kept": str(kept)}},
+        )

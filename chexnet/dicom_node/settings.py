@@ -62,26 +62,39 @@ class NodeSettings:
         def integer(name: str, low: int, high: int) -> int:
             return read.integer(name, getattr(cls, name.lower()), low, high)
 
-        allowed = read.listed("ALLOWED_AES", AE_TITLE, f"the calling AE titles of the PACS or modalities allowed to send "
-                                                       f"images, each {AE_TITLE_RULE}")
+        allowed = read.listed(
+            "ALLOWED_AES",
+            AE_TITLE,
+            f"the calling AE titles of the PACS or modalities allowed to send images, each {AE_TITLE_RULE}",
+        )
         if not allowed:
-            raise read.refuse("ALLOWED_AES", "must list the calling AE titles (comma separated) of the PACS or "
-                                             "modalities allowed to send images.")
+            raise read.refuse(
+                "ALLOWED_AES",
+                "must list the calling AE titles (comma separated) of the PACS or modalities allowed to send images.",
+            )
         raw_destination = read.text("DESTINATION", "") or ""
         match = _DESTINATION.fullmatch(raw_destination)
         if not match or not 1 <= int(match["port"]) <= 65535 or not AE_TITLE.fullmatch(match["ae"]):
-            raise read.refuse("DESTINATION", "must say where results go as AE@host:port (e.g. PACS@10.0.0.5:104) with "
-                                             f"{AE_TITLE_RULE}, not '{raw_destination[:80]}'.")
+            raise read.refuse(
+                "DESTINATION",
+                "must say where results go as AE@host:port (e.g. PACS@10.0.0.5:104) with "
+                f"{AE_TITLE_RULE}, not '{raw_destination[:80]}'.",
+            )
         destination = Destination(match["ae"], match["host"].strip("[]"), int(match["port"]))
         token_file = read.required("TOKEN_FILE", "must name the file holding the node's licence token.")
         bind = read.text("BIND", cls.bind) or cls.bind
         try:
             ipaddress.ip_address(bind)
         except ValueError:
-            raise read.refuse("BIND", f"must be an IP address of this host (0.0.0.0 for all), not '{bind[:64]}'.") from None
+            raise read.refuse(
+                "BIND", f"must be an IP address of this host (0.0.0.0 for all), not '{bind[:64]}'."
+            ) from None
         max_associations = integer("MAX_ASSOCIATIONS", 1, 256)
         return cls(
-            allowed_aes=allowed, destination=destination, token_file=token_file, bind=bind,
+            allowed_aes=allowed,
+            destination=destination,
+            token_file=token_file,
+            bind=bind,
             max_associations=max_associations,
             max_per_peer=integer("MAX_PER_PEER", 1, max_associations),
             associate_timeout_s=integer("ASSOCIATE_TIMEOUT_S", 1, 60),
@@ -92,7 +105,9 @@ class NodeSettings:
             aside_max_days=integer("ASIDE_MAX_DAYS", 1, 3650),
             stall_s=integer("STALL_S", 10, 86400),
             ae_title=read.matching("AE_TITLE", cls.ae_title, AE_TITLE, AE_TITLE_RULE) or cls.ae_title,
-            port=integer("PORT", 1, 65535), spool=read.text("SPOOL", cls.spool) or cls.spool, model=read.text("MODEL"),
+            port=integer("PORT", 1, 65535),
+            spool=read.text("SPOOL", cls.spool) or cls.spool,
+            model=read.text("MODEL"),
             heatmaps=read.choice("HEATMAPS", cls.heatmaps, HEATMAP_MODES),
             retry_max_s=float(read.integer("RETRY_MAX_S", int(cls.retry_max_s), 1, 3600)),
             metrics_port=integer("METRICS_PORT", 0, 65535),

@@ -126,8 +126,9 @@ class Spool:
     def prune(self, max_bytes: int, max_age_s: float) -> int:
         """Delete what was set aside beyond the age limit, then the oldest until the total fits; returns
         how many files went."""
-        kept = sorted(((p.stat().st_mtime, p.stat().st_size, p) for q in _ASIDE for p in self.files(q)),
-                      key=lambda item: item[0])
+        kept = sorted(
+            ((p.stat().st_mtime, p.stat().st_size, p) for q in _ASIDE for p in self.files(q)), key=lambda item: item[0]
+        )
         now, total, removed = time.time(), sum(size for _, size, _ in kept), 0
         for mtime, size, path in kept:
             if now - mtime <= max_age_s and total <= max_bytes:

@@ -62,24 +62,73 @@ from chexnet.imaging.types import DecodedImage, DecodeLimits, DecodeSize
 # Every transfer syntax this module decodes (the DICOM node offers exactly these). Compressed first:
 # pynetdicom accepts the first of these that a sender proposes, so a compressed file arrives as it is
 # stored instead of the sender having to decompress it (which dcmtk's storescu cannot do for JPEG 2000).
-DECODABLE_SYNTAXES = [JPEG2000Lossless, JPEG2000, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
-                      JPEGBaseline8Bit, JPEGExtended12Bit, RLELossless, DeflatedExplicitVRLittleEndian,
-                      ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+DECODABLE_SYNTAXES = [
+    JPEG2000Lossless,
+    JPEG2000,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    RLELossless,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+]
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # The source's header that DICOM results copy (patient, study, series references) and eligibility reads.
 SOURCE_KEYWORDS = (
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
-    "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
-    "Modality", "BodyPartExamined", "ViewPosition", "Laterality", "ImageLaterality", "PatientOrientation",
-    "SeriesNumber", "InstanceNumber", "InstitutionName",
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "Laterality",
+    "ImageLaterality",
+    "PatientOrientation",
+    "SeriesNumber",
+    "InstanceNumber",
+    "InstitutionName",
 )
 # The elements the decoder reads; every other element is skipped unparsed.
 _READ = [
-    "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration",
-    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "NumberOfFrames",
-    "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence",
-    "WindowCenter", "WindowWidth", "VOILUTFunction", "PresentationLUTShape", *_PIXEL_KEYWORDS, *SOURCE_KEYWORDS,
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "NumberOfFrames",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "PresentationLUTShape",
+    *_PIXEL_KEYWORDS,
+    *SOURCE_KEYWORDS,
 ]
 _READ_TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in _READ]
 MAX_ELEMENTS = 20_000  # top-level elements of one data set
@@ -88,9 +137,22 @@ _ITEM_TAGS = (b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00")  # (FFFE,E000) little an
 _PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 # Anything a codec plugin or pydicom's own parser raises on hostile bytes.
-_DECODER_FAILURES = (RuntimeError, ValueError, AttributeError, TypeError, KeyError, IndexError, EOFError,
-                     OSError, struct.error, OverflowError, RecursionError, zlib.error, InvalidDicomError,
-                     BytesLengthException)
+_DECODER_FAILURES = (
+    RuntimeError,
+    ValueError,
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    EOFError,
+    OSError,
+    struct.error,
+    OverflowError,
+    RecursionError,
+    zlib.error,
+    InvalidDicomError,
+    BytesLengthException,
+)
 
 
 class NotConfigured(Exception):
@@ -134,9 +196,12 @@ def _decode(data: bytes, limits: DecodeLimits, size: DecodeSize | None) -> Decod
     try:
         display = to_display_u8(pixels, transform, invert)
     except (ValueError, IndexError, FloatingPointError):
-        raise InvalidImage("The DICOM's LUT or window cannot be applied to its pixels; export the image again.") from None
-    return DecodedImage(pixels=display, format="dicom", bits=_integer(ds, "BitsStored", 8), source=_source(ds),
-                        source_size=source_size)
+        raise InvalidImage(
+            "The DICOM's LUT or window cannot be applied to its pixels; export the image again."
+        ) from None
+    return DecodedImage(
+        pixels=display, format="dicom", bits=_integer(ds, "BitsStored", 8), source=_source(ds), source_size=source_size
+    )
 
 
 def _source(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -153,16 +218,20 @@ def _source(ds: pydicom.Dataset) -> pydicom.Dataset:
 # --- reading ---------------------------------------------------------------------------------
 def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
     if filereader.data_element_generator is not _installed:
-        raise NotConfigured("chexnet.configure() has not been called in this process (or pydicom's element "
-                            "generator was replaced since): DICOM is read only with the element budget in place.")
+        raise NotConfigured(
+            "chexnet.configure() has not been called in this process (or pydicom's element "
+            "generator was replaced since): DICOM is read only with the element budget in place."
+        )
     syntax, body = _file_meta_syntax(data)
     if syntax == DeflatedExplicitVRLittleEndian:
         data = _inflate(data[body:], limits)  # a bare Explicit VR Little Endian dataset from here on
     # force=True admits ACR-NEMA files and DICOM written without the 128-byte preamble; parse failures
     # (here or at a later, lazy element access) become CorruptImage in decode_dicom.
     if sum(data.count(tag) for tag in _ITEM_TAGS) > MAX_ITEMS:  # a fast byte count, either byte order
-        raise InvalidImage(f"The DICOM data set has more than {MAX_ITEMS:,} sequence items, where a radiograph "
-                           "has a few; export it again from the PACS.")
+        raise InvalidImage(
+            f"The DICOM data set has more than {MAX_ITEMS:,} sequence items, where a radiograph "
+            "has a few; export it again from the PACS."
+        )
     budget = _ElementBudget()
     token = _BUDGET.set(budget)
     try:
@@ -179,8 +248,10 @@ def _read(data: bytes, limits: DecodeLimits) -> pydicom.Dataset:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     syntax = UID(str(ds.file_meta.TransferSyntaxUID).strip("\0 "))
     if not syntax.is_transfer_syntax:
-        raise UnsupportedTransferSyntax(f"The DICOM names transfer syntax '{syntax[:64]}', which is not one this service "
-                                        "knows; re-export it uncompressed or as JPEG 2000 / JPEG lossless.")
+        raise UnsupportedTransferSyntax(
+            f"The DICOM names transfer syntax '{syntax[:64]}', which is not one this service "
+            "knows; re-export it uncompressed or as JPEG 2000 / JPEG lossless."
+        )
     ds.file_meta.TransferSyntaxUID = syntax
     return ds
 
@@ -199,8 +270,10 @@ class _ElementBudget:
     def __call__(self, tag=None, vr=None, length=None) -> bool:
         self.seen += 1
         if self.seen > MAX_ELEMENTS:
-            raise InvalidImage(f"The DICOM data set has more than {MAX_ELEMENTS:,} elements, where a radiograph "
-                               "has a few hundred; export it again from the PACS.")
+            raise InvalidImage(
+                f"The DICOM data set has more than {MAX_ELEMENTS:,} elements, where a radiograph "
+                "has a few hundred; export it again from the PACS."
+            )
         return False
 
 
@@ -209,12 +282,14 @@ _BUDGET: ContextVar[_ElementBudget | None] = ContextVar("chexnet_element_budget"
 
 def _counted(generator):
     """pydicom's element generator, charging each element it yields to the budget of the read in progress."""
+
     def counted(*args, **kwargs):
         budget = _BUDGET.get()
         for element in generator(*args, **kwargs):
             if budget is not None:
                 budget()
             yield element
+
     return counted
 
 
@@ -236,14 +311,14 @@ def _file_meta_syntax(data: bytes) -> tuple[str | None, int]:
     if data[128:132] != b"DICM":
         return None, 0
     pos, syntax = 132, None
-    while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
+    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
         element = struct.unpack_from("<H", data, pos + 2)[0]
-        if data[pos + 4:pos + 6] in _LONG_VRS:
+        if data[pos + 4 : pos + 6] in _LONG_VRS:
             length, header = (struct.unpack_from("<I", data, pos + 8)[0] if pos + 12 <= len(data) else 0), 12
         else:
             length, header = struct.unpack_from("<H", data, pos + 6)[0], 8
         if element == 0x0010:
-            syntax = data[pos + header:pos + header + length].rstrip(b"\x00 ").decode("ascii", "replace")
+            syntax = data[pos + header : pos + header + length].rstrip(b"\x00 ").decode("ascii", "replace")
         pos += header + length
     return syntax, pos
 
@@ -258,7 +333,8 @@ def _inflate(body: bytes, limits: DecodeLimits) -> bytes:
     if len(inflated) > cap or inflater.unconsumed_tail:
         raise PayloadTooLarge(
             f"The deflated DICOM inflates to more than {cap / 2**20:.0f} MiB, {limits.inflated_limit}; "
-            "export it uncompressed or with an image codec.")
+            "export it uncompressed or with an image codec."
+        )
     return inflated
 
 
@@ -272,8 +348,9 @@ def _number(ds: pydicom.Dataset, keyword: str, default: float, whole: bool = Fal
     except (TypeError, ValueError, OverflowError):
         number = math.nan
     if not math.isfinite(number) or (whole and not number.is_integer()):
-        raise InvalidImage(f"{keyword} in the DICOM header is not {'a whole number' if whole else 'a number'}; "
-                           "export the image again.")
+        raise InvalidImage(
+            f"{keyword} in the DICOM header is not {'a whole number' if whole else 'a number'}; export the image again."
+        )
     return int(number) if whole else number
 
 
@@ -305,13 +382,17 @@ def _check_header(ds: pydicom.Dataset, limits: DecodeLimits) -> tuple[int, Frame
     samples = _integer(ds, "SamplesPerPixel", 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if samples not in (1, 3) or photometric not in _PHOTOMETRIC or (samples == 1) != photometric.startswith("MONO"):
-        raise InvalidImage(f"A DICOM with {samples} samples per pixel as {photometric or 'no photometric interpretation'} "
-                           "is not a radiograph this service reads; send a MONOCHROME1/2 image.")
+        raise InvalidImage(
+            f"A DICOM with {samples} samples per pixel as {photometric or 'no photometric interpretation'} "
+            "is not a radiograph this service reads; send a MONOCHROME1/2 image."
+        )
     allocated, stored = _integer(ds, "BitsAllocated", 0), _integer(ds, "BitsStored", 0)
     allowed = (32, 64) if keyword != "PixelData" else (1, 8, 16, 32)
     if allocated not in allowed or (keyword == "PixelData" and not 1 <= stored <= allocated):
-        raise InvalidImage(f"The DICOM declares {stored} of {allocated} bits per sample, which no radiograph has; "
-                           "export the image again.")
+        raise InvalidImage(
+            f"The DICOM declares {stored} of {allocated} bits per sample, which no radiograph has; "
+            "export the image again."
+        )
     if _integer(ds, "PixelRepresentation", 0) not in (0, 1):
         raise InvalidImage("PixelRepresentation in the DICOM header must be 0 or 1; export the image again.")
     syntax = UID(ds.file_meta.TransferSyntaxUID)
@@ -324,8 +405,9 @@ def _check_header(ds: pydicom.Dataset, limits: DecodeLimits) -> tuple[int, Frame
     return samples, None
 
 
-def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples: int,
-                 allocated: int) -> FrameHeader | None:
+def _check_frame(
+    ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples: int, allocated: int
+) -> FrameHeader | None:
     """An encapsulated frame must declare, in its own header, the geometry the DICOM header declares."""
     if syntax in JPEGTransferSyntaxes or syntax in JPEGLSTransferSyntaxes:
         read_header = jpeg_header
@@ -337,12 +419,14 @@ def _check_frame(ds: pydicom.Dataset, syntax: UID, rows: int, cols: int, samples
     if (header.width, header.height) != (cols, rows) or header.components != samples:
         raise InvalidImage(
             f"The compressed frame is {header.width}x{header.height} with {header.components} component(s) but the "
-            f"DICOM header says {cols}x{rows} with {samples}; export the image again.")
+            f"DICOM header says {cols}x{rows} with {samples}; export the image again."
+        )
     # A JPEG decoder writes 8-bit samples up to 8 bits of precision, else 16-bit ones.
     fits = allocated == (8 if header.bits <= 8 else 16) if read_header is jpeg_header else header.bits <= allocated
     if not 1 <= header.bits <= 16 or not fits:
-        raise InvalidImage(f"The compressed frame has {header.bits}-bit samples in a {allocated}-bit DICOM; "
-                           "export the image again.")
+        raise InvalidImage(
+            f"The compressed frame has {header.bits}-bit samples in a {allocated}-bit DICOM; export the image again."
+        )
     return header
 
 
@@ -354,7 +438,7 @@ def _frame_start(encapsulated: bytes) -> bytes:
     try:
         parse_basic_offsets(stream)
         for fragment in generate_fragments(stream):
-            start += fragment[:HEADER_WINDOW - len(start)]
+            start += fragment[: HEADER_WINDOW - len(start)]
             if len(start) >= HEADER_WINDOW:
                 break
     except _DECODER_FAILURES:
@@ -377,10 +461,16 @@ def _reduced_pixels(ds: pydicom.Dataset, header: FrameHeader, size: DecodeSize) 
         return None
     syntax = UID(ds.file_meta.TransferSyntaxUID)
     if syntax in JPEG2000TransferSyntaxes and (level := j2k_level(header, size)):
+
         def decode(frame: bytes) -> np.ndarray | None:
             return decode_j2k(frame, header, level)
-    elif syntax == JPEGBaseline8Bit and header.components == 1 and header.bits == 8 \
-            and jpeg_scale(header.width, header.height, size) > 1:
+    elif (
+        syntax == JPEGBaseline8Bit
+        and header.components == 1
+        and header.bits == 8
+        and jpeg_scale(header.width, header.height, size) > 1
+    ):
+
         def decode(frame: bytes) -> np.ndarray | None:
             return decode_jpeg(frame, size)
     else:
@@ -423,12 +513,15 @@ def _lut(item: pydicom.Dataset, name: str) -> Transform:
         raise InvalidImage(f"The DICOM's {name} LUT is incomplete; export the image again.") from None
     entries = entries or 65536
     if not 1 <= bits <= 16:
-        raise InvalidImage(f"The DICOM's {name} LUT declares {bits}-bit entries (1 to 16 are defined); "
-                           "export the image again.")
+        raise InvalidImage(
+            f"The DICOM's {name} LUT declares {bits}-bit entries (1 to 16 are defined); export the image again."
+        )
     table = np.frombuffer(raw, "<u2") if isinstance(raw, bytes) else np.atleast_1d(np.asarray(raw))
     if table.size < entries or not np.issubdtype(table.dtype, np.number):
-        raise InvalidImage(f"The DICOM's {name} LUT holds {table.size} entries but its descriptor declares "
-                           f"{entries}; export the image again.")
+        raise InvalidImage(
+            f"The DICOM's {name} LUT holds {table.size} entries but its descriptor declares "
+            f"{entries}; export the image again."
+        )
     table = table[:entries].astype(np.float64)
     return lambda x: table[np.clip(x - first, 0, entries - 1).astype(np.intp)]
 
@@ -439,16 +532,22 @@ def _window(ds: pydicom.Dataset) -> Transform | None:
         return None
     center, width = _number(ds, "WindowCenter", 0.0), _number(ds, "WindowWidth", 0.0)
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width < (1 if function == "LINEAR" else 0) \
-            or (function != "LINEAR" and width == 0):
-        raise InvalidImage(f"The DICOM's window ({function}, width {width:g}) is not a valid VOI window; "
-                           "export the image again.")
+    if (
+        function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+        or width < (1 if function == "LINEAR" else 0)
+        or (function != "LINEAR" and width == 0)
+    ):
+        raise InvalidImage(
+            f"The DICOM's window ({function}, width {width:g}) is not a valid VOI window; export the image again."
+        )
     if function == "LINEAR_EXACT":
         return lambda x: np.clip((x - center) / width + 0.5, 0.0, 1.0)
     if function == "SIGMOID":
+
         def sigmoid(x: np.ndarray) -> np.ndarray:
             with np.errstate(over="ignore"):
                 return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+
         return sigmoid
     if width == 1:
         return lambda x: (x > center - 0.5).astype(np.float64)
@@ -473,6 +572,7 @@ def _display_transform(ds: pydicom.Dataset) -> Transform | None:
         for step in steps:
             x = step(x)
         return x
+
     return transform
 
 

@@ -17,7 +17,7 @@ Transform = Callable[[np.ndarray], np.ndarray]
 
 def _blocks(flat: np.ndarray, transform: Transform | None):
     for start in range(0, flat.shape[0], BLOCK):
-        values = flat[start:start + BLOCK].astype(np.float64)
+        values = flat[start : start + BLOCK].astype(np.float64)
         yield start, (transform(values) if transform else values)
 
 
@@ -35,7 +35,7 @@ def to_display_u8(values: np.ndarray, transform: Transform | None = None, invert
         for start, block in _blocks(flat, transform):
             block -= lo
             block *= scale
-            out[start:start + block.shape[0]] = np.clip(np.rint(block), 0, 255)
+            out[start : start + block.shape[0]] = np.clip(np.rint(block), 0, 255)
     if invert:
         np.subtract(255, out, out=out)
     return out.reshape(values.shape)

@@ -13,7 +13,9 @@ from PIL import Image
 
 def preprocess(pixels: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 H×W display image → float32 3×S×S normalised tensor (as a NumPy array)."""
-    resized = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
     x = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
     mean_ = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     std_ = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)

@@ -38,8 +38,9 @@ def decode_raster(data: bytes, kind: str, limits: DecodeLimits, size: DecodeSize
             raise CorruptImage(f"The {name} is truncated or corrupt; export the image again.") from None
     if reduced and (image.width > image.height) != (source_size[0] > source_size[1]):
         source_size = source_size[::-1]  # EXIF turned the image a quarter
-    return DecodedImage(pixels=_grayscale_u8(image), format=kind, bits=_bits(image),
-                        source_size=source_size if reduced else None)
+    return DecodedImage(
+        pixels=_grayscale_u8(image), format=kind, bits=_bits(image), source_size=source_size if reduced else None
+    )
 
 
 def _grayscale_u8(image: Image.Image) -> np.ndarray:

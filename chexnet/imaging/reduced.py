@@ -28,11 +28,13 @@ def j2k_level(header: FrameHeader, size: DecodeSize) -> int:
         return 0
     level = 0
     for candidate in range(1, header.levels + 1):
-        width, height = (math.ceil(side / 2 ** candidate) for side in (header.width, header.height))
+        width, height = (math.ceil(side / 2**candidate) for side in (header.width, header.height))
         if not size.fits(width, height):
             break
-        if all(side % 2 ** candidate == 0 or side % 2 ** candidate >= 2 ** (candidate - 1)
-               for side in (header.width, header.height)):  # where Pillow's size agrees with openjpeg's
+        if all(
+            side % 2**candidate == 0 or side % 2**candidate >= 2 ** (candidate - 1)
+            for side in (header.width, header.height)
+        ):  # where Pillow's size agrees with openjpeg's
             level = candidate
     return level
 
@@ -54,7 +56,7 @@ def decode_j2k(frame: bytes, header: FrameHeader, level: int) -> np.ndarray | No
             samples = np.asarray(image)
     except _FAILURES:
         return None
-    expected = tuple(math.ceil(side / 2 ** level) for side in (header.height, header.width))
+    expected = tuple(math.ceil(side / 2**level) for side in (header.height, header.width))
     if samples.shape != expected:
         return None
     # Pillow widens samples to its mode's depth (a 15-bit codestream to 16 bits) by shifting left.

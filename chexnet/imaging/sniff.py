@@ -19,10 +19,8 @@ def sniff(data: bytes) -> str:
         return "png"
     if data.startswith(JPEG_MAGIC):
         return "jpeg"
-    if data[DICM_OFFSET:DICM_OFFSET + 4] == b"DICM":
+    if data[DICM_OFFSET : DICM_OFFSET + 4] == b"DICM":
         return "dicom"
     if len(data) >= 8 and data[:2] in _BARE_DICOM_GROUPS:
         return "dicom"
-    raise UnsupportedMediaType(
-        "The file is not a PNG, JPEG or DICOM image (its first bytes match none of them)."
-    )
+    raise UnsupportedMediaType("The file is not a PNG, JPEG or DICOM image (its first bytes match none of them).")

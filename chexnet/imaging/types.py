@@ -48,8 +48,10 @@ class DecodeLimits:
     @property
     def inflated_limit(self) -> str:
         """The inflated-size limit as a 413 states it."""
-        return (f"the inflated-size limit (2 bytes per pixel at the pixel limit of {self.max_pixels:,} pixels, "
-                f"{PIXELS_SETTING}, plus 1 MiB of header)")
+        return (
+            f"the inflated-size limit (2 bytes per pixel at the pixel limit of {self.max_pixels:,} pixels, "
+            f"{PIXELS_SETTING}, plus 1 MiB of header)"
+        )
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,9 @@ def apply_thresholds(labels: list[Label], path: str) -> list[Label]:
         unknown = sorted(set(table) - codes) if isinstance(table, dict) else []
         raise BundleError(f"Thresholds file {path} must map label codes to numbers; unknown codes: {unknown}.")
     try:
-        return [label.model_copy(update={"threshold": float(table[label.code])})
-                if label.code in table else label for label in labels]
+        return [
+            label.model_copy(update={"threshold": float(table[label.code])}) if label.code in table else label
+            for label in labels
+        ]
     except (TypeError, ValueError):
         raise BundleError(f"Thresholds file {path} has a value that is not a number.") from None

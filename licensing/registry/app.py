@@ -47,17 +47,26 @@ api = Blueprint("api", __name__, url_prefix="/api")
 
 def create_app(settings: RegistrySettings) -> Flask:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY=settings.secret_key, SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_SECURE=settings.session_cookie_secure,
-                      WTF_CSRF_TIME_LIMIT=None, MAX_CONTENT_LENGTH=1 << 20)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
+        WTF_CSRF_TIME_LIMIT=None,
+        MAX_CONTENT_LENGTH=1 << 20,
+    )
     CSRFProtect(app)
     try:
         store = Store(settings.db_path)
     except StoreError as exc:
         raise SettingsError(f"LICENSING_DB: {exc}") from None
     app.extensions["registry"] = {
-        "store": store, "key": settings.signing_key(), "settings": settings,
-        "throttle": SignInThrottle(settings.max_failed_per_user, settings.max_failed_per_address, settings.throttle_window_s),
+        "store": store,
+        "key": settings.signing_key(),
+        "settings": settings,
+        "throttle": SignInThrottle(
+            settings.max_failed_per_user, settings.max_failed_per_address, settings.throttle_window_s
+        ),
         # Unknown users are checked against this, made like the users' hashes, so they cost the same time.
         "dummy_hash": generate_password_hash(secrets.token_hex(16), method=settings.hash_method()),
     }
@@ -126,7 +135,10 @@ def login():
     wait = ctx["throttle"].retry_after(user, address)
     if wait:
         ctx["store"].audit(user or "?", "login.throttled", {"remote": address})
-        flash(f"Too many failed sign-ins for this user or from this address; try again in {wait // 60 + 1} minutes.", "error")
+        flash(
+            f"Too many failed sign-ins for this user or from this address; try again in {wait // 60 + 1} minutes.",
+            "error",
+        )
         return render_template("login.html"), 429, {"Retry-After": str(wait)}
     stored = ctx["settings"].users.get(user)
     valid = check_password_hash(stored or ctx["dummy_hash"], password) and stored is not None
@@ -174,7 +186,7 @@ def _servers(form) -> list[dict]:
     raw = form.get("server_ids", form.get("server_id", ""))
     items = raw if isinstance(raw, list) else str(raw)[:4096].split(",")
     try:
-        ids = sorted({int(str(item).strip()) for item in items[:MAX_CLUSTER_NODES + 1] if str(item).strip()})
+        ids = sorted({int(str(item).strip()) for item in items[: MAX_CLUSTER_NODES + 1] if str(item).strip()})
     except ValueError:
         raise InputError("server_id must be a number, and server_ids a list of them.") from None
     if not 1 <= len(ids) <= MAX_CLUSTER_NODES:
@@ -201,8 +213,15 @@ def _issue(form) -> tuple[dict, str]:
         raise InputError(f"Features must be at most {MAX_FEATURES} model ids of letters, digits, '_' and '-'.")
     if not subject or not features or not 0 < days <= MAX_DAYS:
         raise InputError(f"Subject and at least one feature are required, and days must be 1..{MAX_DAYS}.")
-    token = issue_token(_ctx()["key"], product_uuid=[s["product_uuid"] for s in servers], customer=servers[0]["customer"],
-                        subject=subject, days=days, features=features, kid=_ctx()["settings"].kid)
+    token = issue_token(
+        _ctx()["key"],
+        product_uuid=[s["product_uuid"] for s in servers],
+        customer=servers[0]["customer"],
+        subject=subject,
+        days=days,
+        features=features,
+        kid=_ctx()["settings"].kid,
+    )
     claims = jwt.decode(token, options={"verify_signature": False})
     store.add_token(g.user, [s["id"] for s in servers], claims, token)
     return claims, token
@@ -260,8 +279,11 @@ def revoke(jti):
 @pages.get("/revocations.jwt")
 @login_required
 def revocations():
-    return _revocation_list(), 200, {"Content-Type": "application/jwt",
-                                     "Content-Disposition": "attachment; filename=revocations.jwt"}
+    return (
+        _revocation_list(),
+        200,
+        {"Content-Type": "application/jwt", "Content-Disposition": "attachment; filename=revocations.jwt"},
+    )
 
 
 @pages.get("/audit")

@@ -47,8 +47,10 @@ class RegistrySettings:
 
     def __post_init__(self):
         if len(self.secret_key.encode()) < MIN_SECRET_KEY_BYTES:
-            raise SettingsError(f"LICENSING_SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes; "
-                                "leave it unset for a random one per start.")
+            raise SettingsError(
+                f"LICENSING_SECRET_KEY must be at least {MIN_SECRET_KEY_BYTES} bytes; "
+                "leave it unset for a random one per start."
+            )
         if not self.users:
             raise SettingsError(f"{self.users_variable} lists no 'user:hash' lines.")
         for user, password_hash in self.users.items():
@@ -83,8 +85,10 @@ def _check_password_hash(variable: str, user: str, password_hash: str) -> None:
     faster than the others and tell which user names exist. The sentence never shows the hash."""
     method, _, salt_and_digest = password_hash.partition("$")
     if not (_costly_kdf(method) and SALT_AND_DIGEST.fullmatch(salt_and_digest)):
-        raise SettingsError(f"{variable}: the password hash for user '{user}' is not a werkzeug scrypt or pbkdf2 hash "
-                            "(method$salt$hash) of sufficient cost; make one with 'python -m licensing hash-password'.")
+        raise SettingsError(
+            f"{variable}: the password hash for user '{user}' is not a werkzeug scrypt or pbkdf2 hash "
+            "(method$salt$hash) of sufficient cost; make one with 'python -m licensing hash-password'."
+        )
 
 
 def _users_file(path: Path) -> dict[str, str]:
@@ -111,8 +115,10 @@ def _users(env) -> tuple[str, dict[str, str]]:
         return "LICENSING_USERS_FILE", _users_file(Path(env["LICENSING_USERS_FILE"]))
     if env.get("LICENSING_ADMIN_PASSWORD_HASH"):
         return "LICENSING_ADMIN_PASSWORD_HASH", {"admin": env["LICENSING_ADMIN_PASSWORD_HASH"]}
-    raise SettingsError("Set LICENSING_USERS_FILE (lines 'user:hash') or LICENSING_ADMIN_PASSWORD_HASH; "
-                        "make a hash with 'python -m licensing hash-password'.")
+    raise SettingsError(
+        "Set LICENSING_USERS_FILE (lines 'user:hash') or LICENSING_ADMIN_PASSWORD_HASH; "
+        "make a hash with 'python -m licensing hash-password'."
+    )
 
 
 def from_env(env=os.environ) -> RegistrySettings:
@@ -120,10 +126,13 @@ def from_env(env=os.environ) -> RegistrySettings:
     key = read.required("PRIVATE_KEY", "must name the vendor's Ed25519 private key file.")
     users_variable, users = _users(env)
     settings = RegistrySettings(
-        private_key_path=key, users=users, users_variable=users_variable,
+        private_key_path=key,
+        users=users,
+        users_variable=users_variable,
         db_path=read.text("DB", "registry.sqlite3") or "registry.sqlite3",
         secret_key=read.text("SECRET_KEY") or secrets.token_hex(32),
-        host=read.text("HOST", "127.0.0.1") or "127.0.0.1", port=read.integer("PORT", 8090, 1, 65535),
+        host=read.text("HOST", "127.0.0.1") or "127.0.0.1",
+        port=read.integer("PORT", 8090, 1, 65535),
         kid=read.text("KID"),
         session_cookie_secure=read.text("INSECURE_COOKIES", "") != "1",
         session_idle_s=60 * read.number("SESSION_IDLE_MIN", 30, 1, 24 * 60),

@@ -26,8 +26,16 @@ def bounded(text: str, limit: int = MAX_TEXT) -> str:
 
 
 def _bounded_detail(detail: dict) -> dict:
-    return {k: ([bounded(v) for v in value[:32]] if isinstance(value, list) else bounded(value) if isinstance(value, str) else value)
-            for k, value in detail.items()}
+    return {
+        k: (
+            [bounded(v) for v in value[:32]]
+            if isinstance(value, list)
+            else bounded(value)
+            if isinstance(value, str)
+            else value
+        )
+        for k, value in detail.items()
+    }
 
 
 def open_private_database(path: Path) -> None:
@@ -38,7 +46,10 @@ def open_private_database(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         if candidate.exists() and candidate.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise StoreError(f"The registry database {candidate} is readable by other users; run 'chmod 600 {candidate}' and start again.")
+            raise StoreError(
+                f"The registry database {candidate} is readable by other users; run 'chmod 600 {candidate}' and start again."
+            )
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS servers (
@@ -89,8 +100,9 @@ class Store:
             self._conn.execute("ALTER TABLE tokens DROP COLUMN token")
             self._conn.execute("VACUUM")  # the dropped column's bytes leave the file
 
-    def _write(self, actor: str, action: str, detail: dict, sql: str, params: tuple,
-               more: tuple[tuple[str, tuple], ...] = ()) -> sqlite3.Cursor:
+    def _write(
+        self, actor: str, action: str, detail: dict, sql: str, params: tuple, more: tuple[tuple[str, tuple], ...] = ()
+    ) -> sqlite3.Cursor:
         """One transaction: the change (SQL, then MORE statements) and its audit row land together or not at all."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -110,8 +122,10 @@ class Store:
             return [dict(row) for row in self._conn.execute(sql, params).fetchall()]
 
     def _insert_audit(self, actor: str, action: str, detail: dict) -> None:
-        self._conn.execute("INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
-                           (now_iso(), bounded(actor, MAX_ACTOR), action, json.dumps(_bounded_detail(detail), ensure_ascii=False)))
+        self._conn.execute(
+            "INSERT INTO audit (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+            (now_iso(), bounded(actor, MAX_ACTOR), action, json.dumps(_bounded_detail(detail), ensure_ascii=False)),
+        )
 
     def audit(self, actor: str, action: str, detail: dict) -> None:
         with self._lock:
@@ -128,7 +142,9 @@ class Store:
         """The signed-in user, or None when the session ended, idled out or reached its absolute lifetime."""
         now = time.time()
         with self._lock:
-            self._conn.execute("DELETE FROM sessions WHERE last_seen < ? OR created < ?", (now - idle_s, now - absolute_s))
+            self._conn.execute(
+                "DELETE FROM sessions WHERE last_seen < ? OR created < ?", (now - idle_s, now - absolute_s)
+            )
             row = self._conn.execute("SELECT user FROM sessions WHERE sid_sha256 = ?", (_sha256(sid),)).fetchone()
             if row is None:
                 return None
@@ -140,9 +156,13 @@ class Store:
             self._conn.execute("DELETE FROM sessions WHERE sid_sha256 = ?", (_sha256(sid),))
 
     def add_server(self, actor: str, customer: str, site: str, product_uuid: str) -> int:
-        cursor = self._write(actor, "server.register", {"customer": customer, "site": site, "product_uuid": product_uuid},
-                             "INSERT INTO servers (customer, site, product_uuid, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
-                             (customer, site, product_uuid, now_iso(), actor))
+        cursor = self._write(
+            actor,
+            "server.register",
+            {"customer": customer, "site": site, "product_uuid": product_uuid},
+            "INSERT INTO servers (customer, site, product_uuid, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
+            (customer, site, product_uuid, now_iso(), actor),
+        )
         assert cursor.lastrowid is not None  # set by every INSERT
         return cursor.lastrowid
 
@@ -157,14 +177,33 @@ class Store:
         """Records the token's sha256 (to recognise it later), never the token itself, and every server
         it covers (several for a cluster licence; the first is the token's server in older rows)."""
         expires = dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc).isoformat()
-        self._write(actor, "token.issue",
-                    {"jti": claims["jti"], "server_ids": server_ids, "subject": claims["sub"],
-                     "features": claims["features"], "expires_at": expires},
-                    "INSERT INTO tokens (jti, server_id, subject, features, issued_at, expires_at, issued_by, token_sha256) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (claims["jti"], server_ids[0], claims["sub"], ",".join(claims["features"]), now_iso(), expires, actor, _sha256(token)),
-                    tuple(("INSERT INTO token_servers (jti, server_id) VALUES (?, ?)", (claims["jti"], server_id))
-                          for server_id in server_ids))
+        self._write(
+            actor,
+            "token.issue",
+            {
+                "jti": claims["jti"],
+                "server_ids": server_ids,
+                "subject": claims["sub"],
+                "features": claims["features"],
+                "expires_at": expires,
+            },
+            "INSERT INTO tokens (jti, server_id, subject, features, issued_at, expires_at, issued_by, token_sha256) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                claims["jti"],
+                server_ids[0],
+                claims["sub"],
+                ",".join(claims["features"]),
+                now_iso(),
+                expires,
+                actor,
+                _sha256(token),
+            ),
+            tuple(
+                ("INSERT INTO token_servers (jti, server_id) VALUES (?, ?)", (claims["jti"], server_id))
+                for server_id in server_ids
+            ),
+        )
 
     def tokens(self, query: str = "") -> list[dict]:
         """Each token with its customer, its servers' sites and product_uuids (space-separated: a cluster's several)."""
@@ -178,12 +217,18 @@ class Store:
             "FROM tokens t JOIN covered c ON c.jti = t.jti GROUP BY t.jti "
             "HAVING ? = '' OR t.subject LIKE ? OR c.customer LIKE ? OR group_concat(c.site, ' ') LIKE ? "
             "  OR group_concat(c.product_uuid, ' ') LIKE ? OR t.jti LIKE ? "
-            "ORDER BY t.issued_at DESC", (query, like, like, like, like, like))
+            "ORDER BY t.issued_at DESC",
+            (query, like, like, like, like, like),
+        )
 
     def revoke(self, actor: str, jti: str) -> bool:
-        cursor = self._write(actor, "token.revoke", {"jti": jti},
-                             "UPDATE tokens SET revoked_at = ?, revoked_by = ? WHERE jti = ? AND revoked_at IS NULL",
-                             (now_iso(), actor, jti))
+        cursor = self._write(
+            actor,
+            "token.revoke",
+            {"jti": jti},
+            "UPDATE tokens SET revoked_at = ?, revoked_by = ? WHERE jti = ? AND revoked_at IS NULL",
+            (now_iso(), actor, jti),
+        )
         return cursor.rowcount == 1
 
     def revoked_jtis(self) -> list[str]:
