@@ -19,7 +19,9 @@ def machine() -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags) or "baseline"
+    isa = (
+        ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags) or "baseline"
+    )
     return f"{model}, {len(os.sched_getaffinity(0))} cores ({isa}), {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 

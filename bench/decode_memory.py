@@ -38,8 +38,9 @@ def scenario(url: str, token: str, pid: int, uploads: list[bytes]) -> tuple[floa
     start = status_mib(pid, "VmRSS")
 
     def send(data: bytes) -> int:
-        return requests.post(f"{url}/api/v1/predict?heatmaps=top", data=data, timeout=300,
-                             headers={"Authorization": f"Bearer {token}"}).status_code
+        return requests.post(
+            f"{url}/api/v1/predict?heatmaps=top", data=data, timeout=300, headers={"Authorization": f"Bearer {token}"}
+        ).status_code
 
     with ThreadPoolExecutor(max_workers=len(uploads)) as pool:
         codes = list(pool.map(send, uploads))
@@ -71,7 +72,11 @@ def main() -> int:
     configs = [("default", {}), ("8", {"CHEXNET_DECODE_CONCURRENCY": "8"})]
     rows = []
     for label, extra in configs:
-        with serving(args.models_dir, args.port, {"CHEXNET_MODELS": args.model, **extra}, args.model) as (url, token, server):
+        with serving(args.models_dir, args.port, {"CHEXNET_MODELS": args.model, **extra}, args.model) as (
+            url,
+            token,
+            server,
+        ):
             scenario(url, token, server.pid, [(args.samples / "nih" / "00000075_000.png").read_bytes()] * 2)
             idle = status_mib(server.pid, "VmRSS")
             for name, uploads in scenarios:
@@ -82,15 +87,19 @@ def main() -> int:
                 row = f"| {name} | {label} | {idle:.0f} | {peak:.0f} | {answered} |"
                 print(row, flush=True)
                 rows.append(row)
-    body = "\n".join([
-        f"## Decode memory, worst cases within the limits (`bench/decode_memory.py`, {dt.date.today().isoformat()})",
-        f"Machine: {machine()}. Server: `python -m chexnet serve` (waitress, 8 threads, ONNX Runtime, {args.model} demo "
-        "bundle), default limits (64 MiB uploads, 40 MP). Peak = the server's VmHWM minus its resident set just "
-        "before the uploads (reset through /proc/PID/clear_refs each row); idle = resident set after warm-up. "
-        "Decode concurrency `default` is one per core, at most 4 (here 2).",
-        "", "| uploads | decode concurrency | idle MiB | peak above idle, MiB | answers |",
-        "| --- | --- | --- | --- | --- |", *rows,
-    ])
+    body = "\n".join(
+        [
+            f"## Decode memory, worst cases within the limits (`bench/decode_memory.py`, {dt.date.today().isoformat()})",
+            f"Machine: {machine()}. Server: `python -m chexnet serve` (waitress, 8 threads, ONNX Runtime, {args.model} demo "
+            "bundle), default limits (64 MiB uploads, 40 MP). Peak = the server's VmHWM minus its resident set just "
+            "before the uploads (reset through /proc/PID/clear_refs each row); idle = resident set after warm-up. "
+            "Decode concurrency `default` is one per core, at most 4 (here 2).",
+            "",
+            "| uploads | decode concurrency | idle MiB | peak above idle, MiB | answers |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
     print(body)
     if args.write:
         write_section(args.write, "memory", body)

@@ -106,26 +106,34 @@ def main() -> int:
         results = {}
         for label, size in (("before", None), ("after", reduced)):
             predictor.decode_size = size
-            results[label] = (median(timed(lambda read=read: predictor.predict(read), args.repeat)),
-                              np.array([f.probability for f in predictor.predict(read).findings]))
+            results[label] = (
+                median(timed(lambda read=read: predictor.predict(read), args.repeat)),
+                np.array([f.probability for f in predictor.predict(read).findings]),
+            )
         reference.setdefault(group, results)
         base = reference[group]
         delta = np.abs(results["after"][1] - results["before"][1]).max()
-        row = (f"| {name} | {results['before'][0]:.0f} | {results['before'][0] / base['before'][0]:.1f}x | "
-               f"{results['after'][0]:.0f} | {results['after'][0] / base['after'][0]:.1f}x | {delta:.1e} |")
+        row = (
+            f"| {name} | {results['before'][0]:.0f} | {results['before'][0] / base['before'][0]:.1f}x | "
+            f"{results['after'][0]:.0f} | {results['after'][0] / base['after'][0]:.1f}x | {delta:.1e} |"
+        )
         print(row, flush=True)
         rows.append(row)
     predictor.decode_size = reduced
-    body = "\n".join([
-        f"## DICOM per transfer syntax (`bench/dicom_syntaxes.py`, {dt.date.today().isoformat()})",
-        f"Machine: {machine()}. In-process, the prediction path (decode → preprocess → ONNX Runtime fp32 forward → "
-        f"one JPEG heatmap), cxr10 demo bundle, 224 px; medians of {args.repeat}. Before: every pixel decoded; "
-        f"after: decoded at the coarsest resolution whose short side is ≥ 224 and long side ≥ 512 (JPEG 2000 levels, "
-        "JPEG DCT scaling) where the header fixes the display window. Ratio: against the uncompressed copy of the "
-        "same image. Δp: the largest probability difference between before and after.",
-        "", "| transfer syntax | before ms | before ratio | after ms | after ratio | max Δp |",
-        "| --- | --- | --- | --- | --- | --- |", *rows,
-    ])
+    body = "\n".join(
+        [
+            f"## DICOM per transfer syntax (`bench/dicom_syntaxes.py`, {dt.date.today().isoformat()})",
+            f"Machine: {machine()}. In-process, the prediction path (decode → preprocess → ONNX Runtime fp32 forward → "
+            f"one JPEG heatmap), cxr10 demo bundle, 224 px; medians of {args.repeat}. Before: every pixel decoded; "
+            f"after: decoded at the coarsest resolution whose short side is ≥ 224 and long side ≥ 512 (JPEG 2000 levels, "
+            "JPEG DCT scaling) where the header fixes the display window. Ratio: against the uncompressed copy of the "
+            "same image. Δp: the largest probability difference between before and after.",
+            "",
+            "| transfer syntax | before ms | before ratio | after ms | after ratio | max Δp |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
     print(body)
     if args.write:
         write_section(args.write, "dicom", body)

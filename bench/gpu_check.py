@@ -88,15 +88,24 @@ class Check:
             self.results[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-2000:]}
         self.results.setdefault("seconds", {})[name] = round(time.monotonic() - started, 1)
         self.write()
-        print(f"[gpu_check] {name}: {self.results['seconds'][name]} s"
-              + (f" — {self.results[name]['error']}" if isinstance(self.results[name], dict)
-                 and "error" in self.results[name] else ""), file=sys.stderr, flush=True)
+        print(
+            f"[gpu_check] {name}: {self.results['seconds'][name]} s"
+            + (
+                f" — {self.results[name]['error']}"
+                if isinstance(self.results[name], dict) and "error" in self.results[name]
+                else ""
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def write(self) -> None:
         from gpu_report import markdown
 
-        for name, text in (("gpu_check.json", json.dumps(self.results, indent=1, default=str)),
-                           ("gpu_check.md", markdown(self.results))):
+        for name, text in (
+            ("gpu_check.json", json.dumps(self.results, indent=1, default=str)),
+            ("gpu_check.md", markdown(self.results)),
+        ):
             tmp = self.out / f".{name}.tmp"
             tmp.write_text(text + "\n", encoding="utf-8")
             tmp.replace(self.out / name)
@@ -106,10 +115,17 @@ class Check:
 def environment(plan: Plan) -> dict:
     import torch
 
-    env = {"machine": machine(), "python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-           "torch_arch_list": torch.cuda.get_arch_list(), "torch_built_for": torch._C._cuda_getArchFlags().split(),
-           "cuda_available": torch.cuda.is_available(), "cores": available_cores()}
+    env = {
+        "machine": machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "torch_arch_list": torch.cuda.get_arch_list(),
+        "torch_built_for": torch._C._cuda_getArchFlags().split(),
+        "cuda_available": torch.cuda.is_available(),
+        "cores": available_cores(),
+    }
     for package in ("numpy", "onnxruntime", "openvino"):
         try:
             env[package] = __import__(package).__version__
@@ -120,8 +136,16 @@ def environment(plan: Plan) -> dict:
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
         env["compute_capability"] = "sm_%d%d" % torch.cuda.get_device_capability(0)
     if shutil.which("nvidia-smi"):
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30).stdout.strip().splitlines()
+        smi = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         env["nvidia_smi"] = smi
         env["driver"] = smi[0].split(",")[-1].strip() if smi else None
     elif not plan.dry:
@@ -139,7 +163,7 @@ def sample_paths(directory: Path, count: int) -> list[Path]:
 def make_bundle(work: Path, samples: list[Path], plan: Plan) -> Path:
     """A cxr10 demo bundle carrying fp16 calibration inputs (the sample images; --dry: the first) and, where this
     CPU can measure it (and not --dry), the bf16 OpenVINO variant."""
-    for folder, chosen in (("samples", samples), ("calibration", samples[:plan.calibration or len(samples)])):
+    for folder, chosen in (("samples", samples), ("calibration", samples[: plan.calibration or len(samples)])):
         (work / folder).mkdir()
         for path in chosen:
             (work / folder / path.name).symlink_to(path.resolve())
@@ -164,8 +188,11 @@ def service_section(check: Check, models_dir: Path, images: list[bytes], forward
     plan, cores = check.plan, available_cores()
     decode_slots = default_concurrency(cores)
     json_ms = json_base64_ms(images[0])
-    served_rate = {r["batch"]: r["images_per_s"] for r in forward.get("rows", [])
-                   if r["mode"].startswith("engine.infer") and "images_per_s" in r}
+    served_rate = {
+        r["batch"]: r["images_per_s"]
+        for r in forward.get("rows", [])
+        if r["mode"].startswith("engine.infer") and "images_per_s" in r
+    }
     licence = Licence(Path(tempfile.mkdtemp(prefix="gpu-check-licence-")), "cxr10")
     configs = [(b, "fp32", plan.clients) for b in plan.max_batches]
     if plan.fp16_clients:
@@ -175,10 +202,17 @@ def service_section(check: Check, models_dir: Path, images: list[bytes], forward
         if check.left() < check.seconds * len(clients) + plan.start_s:
             rows.append({"max_batch": max_batch, "precision": precision, "skipped": "time budget"})
             continue
-        env = {"CHEXNET_ENGINE": "torch", "CHEXNET_DEVICE": plan.device, "CHEXNET_PRECISION": precision,
-               "CHEXNET_MAX_BATCH": str(max_batch), "CHEXNET_ENGINE_WORKERS": "1",
-               "CHEXNET_THREADS": str(max(8, 2 * max_batch)), "CHEXNET_DECODE_CONCURRENCY": str(decode_slots),
-               "CHEXNET_QUEUE_SIZE": "1024", "CHEXNET_MODELS": "cxr10"}
+        env = {
+            "CHEXNET_ENGINE": "torch",
+            "CHEXNET_DEVICE": plan.device,
+            "CHEXNET_PRECISION": precision,
+            "CHEXNET_MAX_BATCH": str(max_batch),
+            "CHEXNET_ENGINE_WORKERS": "1",
+            "CHEXNET_THREADS": str(max(8, 2 * max_batch)),
+            "CHEXNET_DECODE_CONCURRENCY": str(decode_slots),
+            "CHEXNET_QUEUE_SIZE": "1024",
+            "CHEXNET_MODELS": "cxr10",
+        }
         try:
             with serving(models_dir, licence, env) as (url, server):
                 info = models(url, licence.token)[0]
@@ -186,22 +220,44 @@ def service_section(check: Check, models_dir: Path, images: list[bytes], forward
                 if precision == "fp16":
                     startup["fp16 measured at start-up"] = info["variants"].get("fp16")
                 from gpu_service import closed_loop
+
                 closed_loop(url, licence.token, images, 2, min(1.0, check.seconds))  # warm-up
                 for n in clients:
                     if check.left() < check.seconds + 5:
-                        rows.append({"max_batch": max_batch, "precision": precision, "clients": n, "skipped": "time budget"})
+                        rows.append(
+                            {"max_batch": max_batch, "precision": precision, "clients": n, "skipped": "time budget"}
+                        )
                         continue
-                    row = measured_row(url, server, licence.token, images, n, check.seconds, decode_slots, 1,
-                                       0 if plan.device == "cuda" else cores)
+                    row = measured_row(
+                        url,
+                        server,
+                        licence.token,
+                        images,
+                        n,
+                        check.seconds,
+                        decode_slots,
+                        1,
+                        0 if plan.device == "cuda" else cores,
+                    )
                     rate = served_rate.get(max_batch)
-                    row.update({"max_batch": max_batch, "precision": precision,
-                                "share_of_engine_rate": round(row["requests_per_s"] / rate, 3) if rate else None,
-                                "bottleneck": bottleneck(row, max_batch, json_ms)})
+                    row.update(
+                        {
+                            "max_batch": max_batch,
+                            "precision": precision,
+                            "share_of_engine_rate": round(row["requests_per_s"] / rate, 3) if rate else None,
+                            "bottleneck": bottleneck(row, max_batch, json_ms),
+                        }
+                    )
                     rows.append(row)
         except RuntimeError as exc:
             rows.append({"max_batch": max_batch, "precision": precision, "error": str(exc)})
-    return {"rows": rows, "servers": startup, "json_base64_ms": round(json_ms, 2), "decode_slots": decode_slots,
-            "seconds_per_row": check.seconds}
+    return {
+        "rows": rows,
+        "servers": startup,
+        "json_base64_ms": round(json_ms, 2),
+        "decode_slots": decode_slots,
+        "seconds_per_row": check.seconds,
+    }
 
 
 def layouts(cores: int, count: int) -> list[tuple[int, int, str]]:
@@ -232,16 +288,23 @@ def cpu_section(check: Check, models_dir: Path, images: list[bytes]) -> dict:
             if check.left() < check.seconds * len(plan.cpu_clients) + plan.start_s:
                 rows.append({**base, "skipped": "time budget"})
                 continue
-            env = {"CHEXNET_ENGINE": engine, "CHEXNET_PRECISION": precision, "CHEXNET_MAX_BATCH": "1",
-                   "CHEXNET_ENGINE_WORKERS": str(workers), "CHEXNET_ENGINE_THREADS": str(threads),
-                   "CHEXNET_DECODE_CONCURRENCY": str(decode_slots), "CHEXNET_QUEUE_SIZE": "1024",
-                   "CHEXNET_MODELS": "cxr10"}
+            env = {
+                "CHEXNET_ENGINE": engine,
+                "CHEXNET_PRECISION": precision,
+                "CHEXNET_MAX_BATCH": "1",
+                "CHEXNET_ENGINE_WORKERS": str(workers),
+                "CHEXNET_ENGINE_THREADS": str(threads),
+                "CHEXNET_DECODE_CONCURRENCY": str(decode_slots),
+                "CHEXNET_QUEUE_SIZE": "1024",
+                "CHEXNET_MODELS": "cxr10",
+            }
             try:
                 with serving(models_dir, licence, env) as (url, server):
                     closed_loop(url, licence.token, images, 2, min(1.0, check.seconds))  # warm-up
                     for n in plan.cpu_clients:
-                        row = measured_row(url, server, licence.token, images, n, check.seconds, decode_slots, workers,
-                                           threads)
+                        row = measured_row(
+                            url, server, licence.token, images, n, check.seconds, decode_slots, workers, threads
+                        )
                         row.update(base, bottleneck=bottleneck(row, 1, json_ms))
                         rows.append(row)
             except RuntimeError as exc:
@@ -264,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--dry", action="store_true", help="the CPU, two images, small matrix (make test)")
-    parser.add_argument("--samples", type=Path, help="folder of 1024² PNGs (default: .gpu-samples, else ../shared/data/nih)")
+    parser.add_argument(
+        "--samples", type=Path, help="folder of 1024² PNGs (default: .gpu-samples, else ../shared/data/nih)"
+    )
     parser.add_argument("--budget-s", type=float, help="seconds for everything (default 420; --dry 90)")
     parser.add_argument("--seconds", type=float, help="seconds per load row (default 5; --dry 1)")
     args = parser.parse_args(argv)
@@ -284,8 +349,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def build():
             state["bundle"] = load_bundle(make_bundle(work, samples, plan))
-            return {"variants": sorted(state["bundle"].manifest.variants),
-                    "startup_variants": sorted(state["bundle"].manifest.startup_variants)}
+            return {
+                "variants": sorted(state["bundle"].manifest.variants),
+                "startup_variants": sorted(state["bundle"].manifest.startup_variants),
+            }
 
         check.section("bundle", build)
         if "bundle" not in state:
@@ -302,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def forward():
             engine = state.get("engine") or gpu_forward.create_engine(bundle, "torch", plan.device)
-            return {"rows": gpu_forward.forward_rows(bundle, engine, plan.batches, plan.forward_min_s, check.deadline),
-                    "input": m.input_size}
+            return {
+                "rows": gpu_forward.forward_rows(bundle, engine, plan.batches, plan.forward_min_s, check.deadline),
+                "input": m.input_size,
+            }
 
         check.section("forward", forward)
         state.clear()

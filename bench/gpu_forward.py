@@ -16,19 +16,21 @@ _BATCH = 8
 
 
 def _outputs(engine, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    outs = [engine.infer(x[i:i + _BATCH]) for i in range(0, len(x), _BATCH)]
+    outs = [engine.infer(x[i : i + _BATCH]) for i in range(0, len(x), _BATCH)]
     return np.concatenate([o.probabilities for o in outs]), np.concatenate([o.cams for o in outs])
 
 
 def _cam_delta(a: np.ndarray, b: np.ndarray) -> float:
-    return max(float(np.abs(normalise(p) - normalise(q)).max()) for i in range(len(a)) for p, q in zip(a[i], b[i], strict=True))
+    return max(
+        float(np.abs(normalise(p) - normalise(q)).max()) for i in range(len(a)) for p, q in zip(a[i], b[i], strict=True)
+    )
 
 
 @torch.inference_mode()
 def _autocast_probabilities(engine, x: np.ndarray, dtype: torch.dtype) -> np.ndarray:
     out = []
     for i in range(0, len(x), _BATCH):
-        batch = torch.from_numpy(x[i:i + _BATCH]).to(engine.torch_device)
+        batch = torch.from_numpy(x[i : i + _BATCH]).to(engine.torch_device)
         if engine.device == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(engine.device, dtype=dtype):
@@ -44,9 +46,13 @@ def correctness(bundle: Bundle, x: np.ndarray, device: str) -> tuple[dict, objec
     reference_p, reference_cams = _outputs(create_engine(bundle, "onnxruntime"), x)
     engine = create_engine(bundle, "torch", device)
     p, cams = _outputs(engine, x)
-    result = {"images": len(x), "device": engine.device_name,
-              "fp32_max_dp": float(np.abs(p - reference_p).max()), "fp32_max_dcam": _cam_delta(cams, reference_cams),
-              "bound": 1e-4}
+    result = {
+        "images": len(x),
+        "device": engine.device_name,
+        "fp32_max_dp": float(np.abs(p - reference_p).max()),
+        "fp32_max_dcam": _cam_delta(cams, reference_cams),
+        "bound": 1e-4,
+    }
     result["fp32_ok"] = result["fp32_max_dp"] <= 1e-4 and result["fp32_max_dcam"] <= 1e-4
     if engine.device == "cuda":
         torch.backends.cudnn.allow_tf32 = True
@@ -90,8 +96,13 @@ def forward_rows(bundle: Bundle, engine, batches: tuple[int, ...], min_s: float,
     eager = load_model(bundle).to(device)
     rows = []
     for batch in batches:
-        for mode in ("eager NCHW fp32", "channels_last fp32", "CUDA graph, channels_last fp32",
-                     "channels_last fp16 autocast", "engine.infer fp32 (host↔device, CAMs)"):
+        for mode in (
+            "eager NCHW fp32",
+            "channels_last fp32",
+            "CUDA graph, channels_last fp32",
+            "channels_last fp16 autocast",
+            "engine.infer fp32 (host↔device, CAMs)",
+        ):
             row = {"mode": mode, "batch": batch}
             rows.append(row)
             if time.monotonic() > deadline:
@@ -121,9 +132,11 @@ def _measure(mode: str, batch: int, eager, engine, device, sync, min_s: float) -
     x = x.contiguous(memory_format=torch.channels_last)
     model = engine.model  # channels_last on CUDA (the engine's own module)
     if mode == "channels_last fp16 autocast":
+
         def step():
             with torch.autocast("cuda", dtype=torch.float16):
                 model(x)
+
         return _rate(step, sync, min_s)
     if mode == "channels_last fp32":
         return _rate(lambda: model(x), sync, min_s)

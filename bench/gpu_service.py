@@ -39,12 +39,14 @@ class Licence:
 
         key = Ed25519PrivateKey.generate()
         self.public_key = scratch / "vendor_public.pem"
-        self.public_key.write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.public_key.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
         self.uuid_file = scratch / "product_uuid"
         self.uuid_file.write_text(HOST_UUID + "\n")
-        self.token = issue_token(key, product_uuid=HOST_UUID, customer="bench", subject="gpu-check", days=1,
-                                 features=features.split(","))
+        self.token = issue_token(
+            key, product_uuid=HOST_UUID, customer="bench", subject="gpu-check", days=1, features=features.split(",")
+        )
 
 
 def free_port() -> int:
@@ -58,12 +60,25 @@ def serving(models_dir: Path, licence: Licence, env: dict, ready_s: float = 300)
     """A server on a free port: yields (url, process). Not ready in time: RuntimeError with /ready's reasons."""
     port = free_port()
     with tempfile.TemporaryDirectory() as logs:
-        full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                        CHEXNET_MODELS_DIR=str(models_dir), CHEXNET_LICENSE_KEYS=str(licence.public_key),
-                        CHEXNET_PRODUCT_UUID_FILE=str(licence.uuid_file), CHEXNET_AUDIT_LOG=f"{logs}/audit.jsonl",
-                        CHEXNET_HOST="127.0.0.1", CHEXNET_PORT=str(port), CHEXNET_LOG_LEVEL="WARNING", **env)
-        server = subprocess.Popen([sys.executable, "-m", "chexnet", "serve"], env=full_env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=open(f"{logs}/stderr", "wb"))
+        full_env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            CHEXNET_MODELS_DIR=str(models_dir),
+            CHEXNET_LICENSE_KEYS=str(licence.public_key),
+            CHEXNET_PRODUCT_UUID_FILE=str(licence.uuid_file),
+            CHEXNET_AUDIT_LOG=f"{logs}/audit.jsonl",
+            CHEXNET_HOST="127.0.0.1",
+            CHEXNET_PORT=str(port),
+            CHEXNET_LOG_LEVEL="WARNING",
+            **env,
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "chexnet", "serve"],
+            env=full_env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{logs}/stderr", "wb"),
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_ready(url, server, ready_s, f"{logs}/stderr")
@@ -95,7 +110,9 @@ def _wait_ready(url: str, server: subprocess.Popen, ready_s: float, stderr: str)
 
 
 def models(url: str, token: str) -> list[dict]:
-    return requests.get(f"{url}/api/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()["models"]
+    return requests.get(f"{url}/api/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()[
+        "models"
+    ]
 
 
 # --- what happened during a row -------------------------------------------------------------------------
@@ -128,8 +145,17 @@ class GpuSampler:
         self.process = None
         if shutil.which("nvidia-smi"):
             self.process = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "200"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu,memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "200",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -148,8 +174,10 @@ class GpuSampler:
         samples = self.samples[1:] or self.samples  # the first reading can predate the row
         if not samples:
             return {"gpu_util_pct": None, "gpu_memory_mib": None}
-        return {"gpu_util_pct": round(sum(u for u, _ in samples) / len(samples), 1),
-                "gpu_memory_mib": max(m for _, m in samples)}
+        return {
+            "gpu_util_pct": round(sum(u for u, _ in samples) / len(samples), 1),
+            "gpu_memory_mib": max(m for _, m in samples),
+        }
 
 
 def closed_loop(url: str, token: str, images: list[bytes], clients: int, seconds: float) -> dict:
@@ -165,8 +193,11 @@ def closed_loop(url: str, token: str, images: list[bytes], clients: int, seconds
         while time.monotonic() < stop:
             start = time.perf_counter()
             try:
-                response = session.post(f"{url}/api/v1/predict?heatmaps=top&heatmap_format=jpeg",
-                                        files={"image": ("x.png", images[i % len(images)])}, timeout=120)
+                response = session.post(
+                    f"{url}/api/v1/predict?heatmaps=top&heatmap_format=jpeg",
+                    files={"image": ("x.png", images[i % len(images)])},
+                    timeout=120,
+                )
                 status = str(response.status_code)
             except requests.RequestException as exc:
                 status = type(exc).__name__
@@ -185,14 +216,28 @@ def closed_loop(url: str, token: str, images: list[bytes], clients: int, seconds
     for t in threads:
         t.join()
     wall = time.monotonic() - began
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
-            "requests_per_s": round(len(latencies) / wall, 2),
-            "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
-            "p99_ms": round(percentile(latencies, 99), 1) if latencies else None}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
+    }
 
 
-def measured_row(url: str, server: subprocess.Popen, token: str, images: list[bytes], clients: int, seconds: float,
-                 decode_slots: int, engine_workers: int, engine_cpu_threads: int) -> dict:
+def measured_row(
+    url: str,
+    server: subprocess.Popen,
+    token: str,
+    images: list[bytes],
+    clients: int,
+    seconds: float,
+    decode_slots: int,
+    engine_workers: int,
+    engine_cpu_threads: int,
+) -> dict:
     """One closed-loop row with what the service, the client and the GPU did during it. engine_cpu_threads: the
     CPU threads an engine call keeps busy (0 for a GPU engine, whose calls mostly wait for the device)."""
     before, server_cpu, client_cpu = scrape(url), process_cpu_s(server.pid), _own_cpu_s()
@@ -204,19 +249,27 @@ def measured_row(url: str, server: subprocess.Popen, token: str, images: list[by
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     batches = delta.get("batch_count", 0.0)
     images_done = delta.get("batch_sum", 0.0)
-    per_image = {stage: delta[f"{stage}_sum"] / delta[f"{stage}_count"] * 1000
-                 for stage in ("decode", "preprocess", "inference", "heatmap") if delta.get(f"{stage}_count")}
-    row.update({
-        "mean_batch": round(images_done / batches, 2) if batches else None,
-        "stage_ms": {k: round(v, 2) for k, v in per_image.items()},
-        # each image's inference time is its batch's engine call: one call per batch, engine_workers at once
-        "engine_busy": round(per_image.get("inference", 0.0) / 1000 * batches / wall / engine_workers, 3)
-        if batches else None,
-        "decode_busy": round((delta.get("decode_sum", 0.0) + delta.get("preprocess_sum", 0.0)) / wall / decode_slots, 3),
-        "decode_slots": decode_slots,
-        "server_cores": round((process_cpu_s(server.pid) - server_cpu) / wall, 2),
-        "client_cores": round((_own_cpu_s() - client_cpu) / wall, 2),
-    })
+    per_image = {
+        stage: delta[f"{stage}_sum"] / delta[f"{stage}_count"] * 1000
+        for stage in ("decode", "preprocess", "inference", "heatmap")
+        if delta.get(f"{stage}_count")
+    }
+    row.update(
+        {
+            "mean_batch": round(images_done / batches, 2) if batches else None,
+            "stage_ms": {k: round(v, 2) for k, v in per_image.items()},
+            # each image's inference time is its batch's engine call: one call per batch, engine_workers at once
+            "engine_busy": round(per_image.get("inference", 0.0) / 1000 * batches / wall / engine_workers, 3)
+            if batches
+            else None,
+            "decode_busy": round(
+                (delta.get("decode_sum", 0.0) + delta.get("preprocess_sum", 0.0)) / wall / decode_slots, 3
+            ),
+            "decode_slots": decode_slots,
+            "server_cores": round((process_cpu_s(server.pid) - server_cpu) / wall, 2),
+            "client_cores": round((_own_cpu_s() - client_cpu) / wall, 2),
+        }
+    )
     # the server's CPU less its decoding and its engine calls (C code that releases the GIL): about the Python
     # work (waitress, JSON/base64, heatmap overlays, the batcher), which holds the GIL and so one core bounds
     engine_cores = (row["engine_busy"] or 0) * engine_workers * engine_cpu_threads
@@ -232,8 +285,12 @@ def _own_cpu_s() -> float:
 def json_base64_ms(image_png: bytes, findings: int = 10, repeat: int = 50) -> float:
     """What JSON and base64 cost per response (one JPEG heatmap of ~50 KiB), holding the GIL throughout."""
     blob = image_png[:50_000]
-    body = {"findings": [{"code": f"c{i}", "name": "x", "probability": 0.5, "threshold": 0.5, "positive": False}
-                         for i in range(findings)]}
+    body = {
+        "findings": [
+            {"code": f"c{i}", "name": "x", "probability": 0.5, "threshold": 0.5, "positive": False}
+            for i in range(findings)
+        ]
+    }
     start = time.perf_counter()
     for _ in range(repeat):
         json.dumps({**body, "heatmaps": [{"data": base64.b64encode(blob).decode("ascii")}]})
@@ -246,8 +303,9 @@ def bottleneck(row: dict, max_batch: int, json_ms: float) -> str:
         "GPU (the forward pass)": (row["gpu_util_pct"] or 0) / 100,
         "the engine workers (engine calls at once)": row["engine_busy"] or 0,
         "decode on CPU (the decode slots)": row["decode_busy"],
-        "the GIL (one Python process: waitress, JSON/base64 "
-        f"{json_ms:.1f} ms a request, heatmap overlays)": row["python_cores"],
+        f"the GIL (one Python process: waitress, JSON/base64 {json_ms:.1f} ms a request, heatmap overlays)": row[
+            "python_cores"
+        ],
         "the load client (Python threads in one process)": row["client_cores"],
     }
     name, level = max(candidates.items(), key=lambda kv: kv[1])

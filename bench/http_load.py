@@ -30,16 +30,44 @@ def start_server(models_dir: Path, scratch: Path, port: int, extra_env: dict) ->
     python = sys.executable
     subprocess.run([python, "-m", "licensing", "keygen", "--out", str(scratch)], check=True, capture_output=True)
     (scratch / "uuid").write_text(HOST_UUID)
-    env = dict(os.environ, CHEXNET_MODELS_DIR=str(models_dir), CHEXNET_LICENSE_KEYS=str(scratch / "vendor_public.pem"),
-               CHEXNET_PRODUCT_UUID_FILE=str(scratch / "uuid"), CHEXNET_AUDIT_LOG=str(scratch / "audit.jsonl"),
-               CHEXNET_HOST="127.0.0.1", CHEXNET_PORT=str(port), CHEXNET_LOG_LEVEL="WARNING", **extra_env)
+    env = dict(
+        os.environ,
+        CHEXNET_MODELS_DIR=str(models_dir),
+        CHEXNET_LICENSE_KEYS=str(scratch / "vendor_public.pem"),
+        CHEXNET_PRODUCT_UUID_FILE=str(scratch / "uuid"),
+        CHEXNET_AUDIT_LOG=str(scratch / "audit.jsonl"),
+        CHEXNET_HOST="127.0.0.1",
+        CHEXNET_PORT=str(port),
+        CHEXNET_LOG_LEVEL="WARNING",
+        **extra_env,
+    )
     return subprocess.Popen([python, "-m", "chexnet", "serve"], env=env, stdout=subprocess.DEVNULL)
 
 
 def issue(scratch: Path, features: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "licensing", "issue", "--key", str(scratch / "vendor_private.pem"),
-                          "--product-uuid", HOST_UUID, "--customer", "bench", "--subject", "bench", "--days", "1",
-                          "--features", features], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "licensing",
+            "issue",
+            "--key",
+            str(scratch / "vendor_private.pem"),
+            "--product-uuid",
+            HOST_UUID,
+            "--customer",
+            "bench",
+            "--subject",
+            "bench",
+            "--days",
+            "1",
+            "--features",
+            features,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
@@ -82,8 +110,11 @@ def run_clients(url: str, token: str, model: str, images: list[bytes], clients: 
         i = index
         while time.monotonic() < stop:
             start = time.perf_counter()
-            response = session.post(f"{url}/api/v1/predict?heatmaps=top&heatmap_format=jpeg&model={model}",
-                                    files={"image": ("x.png", images[i % len(images)])}, timeout=120)
+            response = session.post(
+                f"{url}/api/v1/predict?heatmaps=top&heatmap_format=jpeg&model={model}",
+                files={"image": ("x.png", images[i % len(images)])},
+                timeout=120,
+            )
             elapsed = (time.perf_counter() - start) * 1000
             with lock:
                 if response.status_code == 200:
@@ -99,8 +130,15 @@ def run_clients(url: str, token: str, model: str, images: list[bytes], clients: 
     for t in threads:
         t.join()
     wall = time.monotonic() - began
-    return {"clients": clients, "ok": len(latencies), "errors": errors, "rps": len(latencies) / wall,
-            "p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "p99": percentile(latencies, 99)}
+    return {
+        "clients": clients,
+        "ok": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / wall,
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+    }
 
 
 def main() -> int:
@@ -109,10 +147,16 @@ def main() -> int:
     parser.add_argument("--model", default="cxr10")
     parser.add_argument("--samples", type=Path, default=Path("../shared/data/nih"))
     parser.add_argument("--clients", default="1,4,16")
-    parser.add_argument("--configs", default="1:0",
-                        help="comma list of MAX_BATCH:ENGINE_WORKERS (0: the service's default), one server run each")
-    parser.add_argument("--engines", default="onnxruntime:fp32,openvino:fp32,openvino:bf16,openvino:int8",
-                        help="comma list of ENGINE:PRECISION, each run with every config")
+    parser.add_argument(
+        "--configs",
+        default="1:0",
+        help="comma list of MAX_BATCH:ENGINE_WORKERS (0: the service's default), one server run each",
+    )
+    parser.add_argument(
+        "--engines",
+        default="onnxruntime:fp32,openvino:fp32,openvino:bf16,openvino:int8",
+        help="comma list of ENGINE:PRECISION, each run with every config",
+    )
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--write", type=Path)
@@ -122,28 +166,39 @@ def main() -> int:
     for engine, precision in (pair.split(":") for pair in args.engines.split(",")):
         for config in args.configs.split(","):
             max_batch, workers = config.split(":")
-            extra = {"CHEXNET_ENGINE": engine, "CHEXNET_PRECISION": precision, "CHEXNET_MAX_BATCH": max_batch,
-                     "CHEXNET_ENGINE_WORKERS": workers, "CHEXNET_MODELS": args.model}
+            extra = {
+                "CHEXNET_ENGINE": engine,
+                "CHEXNET_PRECISION": precision,
+                "CHEXNET_MAX_BATCH": max_batch,
+                "CHEXNET_ENGINE_WORKERS": workers,
+                "CHEXNET_MODELS": args.model,
+            }
             with serving(args.models_dir, args.port, extra, args.model) as (url, token, _):
                 run_clients(url, token, args.model, images, 2, 3)  # warm-up
                 for clients in map(int, args.clients.split(",")):
                     r = run_clients(url, token, args.model, images, clients, args.seconds)
                     errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
-                    row = (f"| {engine} {precision} | {max_batch} | {workers if workers != '0' else 'default'} | "
-                           f"{clients} | {r['ok']} | {errors} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | "
-                           f"{r['p99']:.0f} |")
+                    row = (
+                        f"| {engine} {precision} | {max_batch} | {workers if workers != '0' else 'default'} | "
+                        f"{clients} | {r['ok']} | {errors} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} | "
+                        f"{r['p99']:.0f} |"
+                    )
                     print(row, flush=True)
                     rows.append(row)
-    body = "\n".join([
-        f"## HTTP API, closed loop (`bench/http_load.py`, {dt.date.today().isoformat()})",
-        f"Machine: {machine()}. Server: `python -m chexnet serve` (waitress, {args.model} demo bundle, 224 px, "
-        f"the bundle's validated variants); client: Python threads on the same machine (they share its cores). "
-        f"Each request: a 1024² PNG upload, all findings, one JPEG heatmap. {args.seconds:.0f} s per row. "
-        "Engine workers `default`: the service's layout for these cores (chexnet.cpu).",
-        "", "| engine, precision | max batch | engine workers | clients | requests | errors | requests/s | p50 ms | "
-        "p95 ms | p99 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows,
-    ])
+    body = "\n".join(
+        [
+            f"## HTTP API, closed loop (`bench/http_load.py`, {dt.date.today().isoformat()})",
+            f"Machine: {machine()}. Server: `python -m chexnet serve` (waitress, {args.model} demo bundle, 224 px, "
+            f"the bundle's validated variants); client: Python threads on the same machine (they share its cores). "
+            f"Each request: a 1024² PNG upload, all findings, one JPEG heatmap. {args.seconds:.0f} s per row. "
+            "Engine workers `default`: the service's layout for these cores (chexnet.cpu).",
+            "",
+            "| engine, precision | max batch | engine workers | clients | requests | errors | requests/s | p50 ms | "
+            "p95 ms | p99 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
     print(body)
     if args.write:
         write_section(args.write, "http", body)

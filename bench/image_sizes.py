@@ -35,17 +35,28 @@ def main() -> int:
     rows = []
     for name in ("chexnet-api-cpu", "chexnet-api-gpu", "chexnet-nginx"):
         image = f"{name}:{args.version}"
-        size = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image],
-                                  check=True, capture_output=True, text=True).stdout)
+        size = int(
+            subprocess.run(
+                ["docker", "image", "inspect", "-f", "{{.Size}}", image], check=True, capture_output=True, text=True
+            ).stdout
+        )
         rows.append(f"| {image} | {size / 1e6:,.0f} MB | {compressed_size(image) / 1e6:,.0f} MB |")
         print(rows[-1], flush=True)
     package = Path("dist") / f"chexnet-offline-{args.version}-cpu.tar.gz"
     if package.exists():
-        rows.append(f"| {package.name} (CPU API + nginx, shared base layers) | | {package.stat().st_size / 1e6:,.0f} MB |")
-    body = "\n".join([
-        f"## Image sizes (`bench/image_sizes.py`, {dt.date.today().isoformat()})",
-        f"Machine: {machine()}. Compressed: `docker save` through gzip level 6.", "",
-        "| image | uncompressed | compressed |", "| --- | --- | --- |", *rows])
+        rows.append(
+            f"| {package.name} (CPU API + nginx, shared base layers) | | {package.stat().st_size / 1e6:,.0f} MB |"
+        )
+    body = "\n".join(
+        [
+            f"## Image sizes (`bench/image_sizes.py`, {dt.date.today().isoformat()})",
+            f"Machine: {machine()}. Compressed: `docker save` through gzip level 6.",
+            "",
+            "| image | uncompressed | compressed |",
+            "| --- | --- | --- |",
+            *rows,
+        ]
+    )
     print(body)
     if args.write:
         write_section(args.write, "images", body)

@@ -83,7 +83,7 @@ def variant_rows(bundle, samples: list[bytes], repeat: int) -> list[str]:
     reference = create_engine(bundle, "onnxruntime").infer(x).probabilities
     rows = []
     for name, engine in _engines(bundle):
-        probabilities = np.concatenate([engine.infer(x[i:i + 1]).probabilities for i in range(len(x))])
+        probabilities = np.concatenate([engine.infer(x[i : i + 1]).probabilities for i in range(len(x))])
         ms = median(timed(lambda engine=engine: engine.infer(x[:1]), repeat))
         flips = int(((probabilities >= 0.5) != (reference >= 0.5)).sum())
         rows.append(f"| {name} | {ms:.1f} | {np.abs(probabilities - reference).max():.2e} | {flips} |")
@@ -104,7 +104,10 @@ def _cuda_engines(bundle):
     if not torch.cuda.is_available():
         return
     for precision in ("fp32", "fp16"):
-        yield f"torch CUDA {precision} ({torch.cuda.get_device_name(0)})", create_engine(bundle, "torch", "cuda", precision)
+        yield (
+            f"torch CUDA {precision} ({torch.cuda.get_device_name(0)})",
+            create_engine(bundle, "torch", "cuda", precision),
+        )
 
 
 def main() -> int:
@@ -124,16 +127,31 @@ def main() -> int:
         stages = [r for size in (224, 512) for r in stage_rows(bundles[size], images, args.repeat)]
         throughput = [r for size in (224, 512) for r in throughput_rows(bundles[size], images, args.repeat)]
         variants = variant_rows(bundles[224], samples, args.repeat)
-    body = "\n".join([
-        f"## Inference core (`bench/inference.py`, {dt.date.today().isoformat()})",
-        f"Machine: {machine()}. Demo cxr10 bundle (10 classes); medians of {args.repeat} runs.",
-        "", "Per-stage latency, batch 1 (ms):", "", "| input | stage | ms |", "| --- | --- | --- |", *stages,
-        "", "Throughput per engine (CPU; forward + CAM for every class):", "",
-        "| engine | input | batch | ms per batch | images/s |", "| --- | --- | --- | --- | --- |", *throughput,
-        "", f"Engines and precisions at 224 px, batch 1, all cores (max |Δp| and decisions flipped at 0.5 over "
-        f"{len(samples)} NIH images × 10 classes vs ONNX Runtime fp32; the variants are the bundle's validated ones):", "",
-        "| engine, precision | ms | max prob. difference | flips |", "| --- | --- | --- | --- |", *variants,
-    ])
+    body = "\n".join(
+        [
+            f"## Inference core (`bench/inference.py`, {dt.date.today().isoformat()})",
+            f"Machine: {machine()}. Demo cxr10 bundle (10 classes); medians of {args.repeat} runs.",
+            "",
+            "Per-stage latency, batch 1 (ms):",
+            "",
+            "| input | stage | ms |",
+            "| --- | --- | --- |",
+            *stages,
+            "",
+            "Throughput per engine (CPU; forward + CAM for every class):",
+            "",
+            "| engine | input | batch | ms per batch | images/s |",
+            "| --- | --- | --- | --- | --- |",
+            *throughput,
+            "",
+            f"Engines and precisions at 224 px, batch 1, all cores (max |Δp| and decisions flipped at 0.5 over "
+            f"{len(samples)} NIH images × 10 classes vs ONNX Runtime fp32; the variants are the bundle's validated ones):",
+            "",
+            "| engine, precision | ms | max prob. difference | flips |",
+            "| --- | --- | --- | --- |",
+            *variants,
+        ]
+    )
     print(body)
     if args.write:
         write_section(args.write, "inference", body)

@@ -82,8 +82,12 @@ def decode_files(side: int) -> dict[str, bytes]:
     return {
         "uncompressed 16-bit": make_dicom(noise),
         "deflated 16-bit": _dicom(smooth, DeflatedExplicitVRLittleEndian),
-        "JPEG 2000 lossless 16-bit, smooth": _dicom(smooth, JPEG2000Lossless, imagecodecs.jpeg2k_encode(smooth, **j2k), BitsStored=12),
-        "JPEG 2000 lossless 16-bit, noise": _dicom(noise, JPEG2000Lossless, imagecodecs.jpeg2k_encode(noise, **j2k), BitsStored=12),
+        "JPEG 2000 lossless 16-bit, smooth": _dicom(
+            smooth, JPEG2000Lossless, imagecodecs.jpeg2k_encode(smooth, **j2k), BitsStored=12
+        ),
+        "JPEG 2000 lossless 16-bit, noise": _dicom(
+            noise, JPEG2000Lossless, imagecodecs.jpeg2k_encode(noise, **j2k), BitsStored=12
+        ),
         "JPEG-LS 16-bit, noise": _dicom(noise, JPEGLSLossless, imagecodecs.jpegls_encode(noise), BitsStored=12),
         "RLE 16-bit": _dicom(smooth, RLELossless),
         "16-bit PNG": hostile_files.png16(side, side),
@@ -97,8 +101,9 @@ def decode_rows(side: int) -> list[str]:
         for name, data in decode_files(side).items():
             path = Path(scratch) / "file"
             path.write_bytes(data)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(side * side)], capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path), str(side * side)], capture_output=True, text=True, check=True
+            )
             peak = int(out.stdout)
             rows.append(f"| {name} | {len(data) / 2**20:.1f} | {peak / 2**20:.0f} | {peak / side**2:.1f} |")
             print(rows[-1], flush=True)
@@ -111,15 +116,24 @@ def base_rows(models_dir: Path, port: int) -> list[str]:
     rows = []
     for engine in ("onnxruntime", "openvino"):
         for models in (bundles[:1], bundles):
-            extra = {"CHEXNET_MODELS": ",".join(models), "CHEXNET_ENGINE": engine, "CHEXNET_ENGINE_WORKERS": "1",
-                     "CHEXNET_ENGINE_THREADS": "1", "CHEXNET_THREADS": "8"}
+            extra = {
+                "CHEXNET_MODELS": ",".join(models),
+                "CHEXNET_ENGINE": engine,
+                "CHEXNET_ENGINE_WORKERS": "1",
+                "CHEXNET_ENGINE_THREADS": "1",
+                "CHEXNET_THREADS": "8",
+            }
             port += 1
             with serving(models_dir, port, extra, ",".join(bundles)) as (url, token, server):
                 ready = status_mib(server.pid, "VmRSS")
 
                 def send(i: int, models: list[str] = models) -> int:
-                    return requests.post(f"{url}/api/v1/predict?heatmaps=all&model={models[i % len(models)]}", data=png,
-                                         headers={"Authorization": f"Bearer {token}"}, timeout=300).status_code
+                    return requests.post(
+                        f"{url}/api/v1/predict?heatmaps=all&model={models[i % len(models)]}",
+                        data=png,
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=300,
+                    ).status_code
 
                 with ThreadPoolExecutor(8) as pool:
                     for _ in range(4):
@@ -136,29 +150,40 @@ def worst_row(models_dir: Path, port: int) -> str:
 
     side = 6324  # 39.99 MP
     noise = np.random.default_rng(1).integers(0, 4096, (side, side), dtype=np.uint16)
-    j2k = _dicom(noise, JPEG2000Lossless, imagecodecs.jpeg2k_encode(noise, level=0, codecformat="J2K", reversible=True,
-                                                                    bitspersample=12), BitsStored=12)
+    j2k = _dicom(
+        noise,
+        JPEG2000Lossless,
+        imagecodecs.jpeg2k_encode(noise, level=0, codecformat="J2K", reversible=True, bitspersample=12),
+        BitsStored=12,
+    )
     png = hostile_files.png16(side, side)
     bundles = ",".join(sorted(p.name for p in models_dir.iterdir() if (p / "manifest.json").is_file()))
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "k.pem").write_text("")
-        settings = Settings.from_env({"CHEXNET_LICENSE_KEYS": str(Path(scratch) / "k.pem"),
-                                      "CHEXNET_MODELS_DIR": str(models_dir)})
+        settings = Settings.from_env(
+            {"CHEXNET_LICENSE_KEYS": str(Path(scratch) / "k.pem"), "CHEXNET_MODELS_DIR": str(models_dir)}
+        )
     layout, need = settings.layout, settings.memory_estimate()
     with serving(models_dir, port, {"CHEXNET_DECODE_WAIT_S": "120"}, bundles) as (url, token, server):
         idle = status_mib(server.pid, "VmRSS")
         uploads = [j2k] * layout.decode_concurrency + [png] * (layout.http_threads - layout.decode_concurrency)
 
         def send(data: bytes) -> int:
-            return requests.post(f"{url}/api/v1/predict?heatmaps=all", data=data, timeout=600,
-                                 headers={"Authorization": f"Bearer {token}"}).status_code
+            return requests.post(
+                f"{url}/api/v1/predict?heatmaps=all",
+                data=data,
+                timeout=600,
+                headers={"Authorization": f"Bearer {token}"},
+            ).status_code
 
         with ThreadPoolExecutor(len(uploads)) as pool:
             codes = [c for _ in range(2) for c in pool.map(send, uploads)]
         peak = status_mib(server.pid, "VmHWM")
-    row = (f"| {layout.decode_concurrency} × JPEG 2000 noise {side}² ({len(j2k) / 2**20:.0f} MiB) + "
-           f"{len(uploads) - layout.decode_concurrency} × 16-bit PNG {side}², twice | {idle:.0f} | {peak:.0f} | "
-           f"{need.total / 2**20:.0f} | {sorted(set(codes))} |")
+    row = (
+        f"| {layout.decode_concurrency} × JPEG 2000 noise {side}² ({len(j2k) / 2**20:.0f} MiB) + "
+        f"{len(uploads) - layout.decode_concurrency} × 16-bit PNG {side}², twice | {idle:.0f} | {peak:.0f} | "
+        f"{need.total / 2**20:.0f} | {sorted(set(codes))} |"
+    )
     print(row, flush=True)
     return row
 
@@ -173,16 +198,30 @@ def main() -> int:
     decode = decode_rows(args.side)
     base = base_rows(args.models_dir, args.port)
     worst = worst_row(args.models_dir, args.port + 10)
-    body = "\n".join([
-        f"## Memory model of the start-up check (`bench/memory_model.py`, {dt.date.today().isoformat()})",
-        f"Machine: {machine()}. The figures in `chexnet/service/memory.py` come from these tables, rounded up.",
-        "", f"One decode at {args.side}x{args.side}, peak above the upload already held:", "",
-        "| file | upload MiB | peak MiB | bytes per pixel |", "| --- | --- | --- | --- |", *decode,
-        "", "The runtime and bundles (1 engine worker, 8 threads, 8 clients, heatmaps=all):", "",
-        "| engine | bundles | ready MiB | after traffic MiB |", "| --- | --- | --- | --- |", *base,
-        "", "The default settings under worst-case uploads, against the check's estimate:", "",
-        "| uploads at once | idle MiB | peak MiB | estimate MiB | answers |", "| --- | --- | --- | --- | --- |", worst,
-    ])
+    body = "\n".join(
+        [
+            f"## Memory model of the start-up check (`bench/memory_model.py`, {dt.date.today().isoformat()})",
+            f"Machine: {machine()}. The figures in `chexnet/service/memory.py` come from these tables, rounded up.",
+            "",
+            f"One decode at {args.side}x{args.side}, peak above the upload already held:",
+            "",
+            "| file | upload MiB | peak MiB | bytes per pixel |",
+            "| --- | --- | --- | --- |",
+            *decode,
+            "",
+            "The runtime and bundles (1 engine worker, 8 threads, 8 clients, heatmaps=all):",
+            "",
+            "| engine | bundles | ready MiB | after traffic MiB |",
+            "| --- | --- | --- | --- |",
+            *base,
+            "",
+            "The default settings under worst-case uploads, against the check's estimate:",
+            "",
+            "| uploads at once | idle MiB | peak MiB | estimate MiB | answers |",
+            "| --- | --- | --- | --- | --- |",
+            worst,
+        ]
+    )
     print(body)
     if args.write:
         write_section(args.write, "memory-model", body)

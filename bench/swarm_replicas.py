@@ -37,10 +37,35 @@ def run_load(image_tag: str, work: Path, clients: int, seconds: float) -> dict:
     (work / "progress.json").unlink(missing_ok=True)
     name = "chexnet-bench-load"
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-    docker("run", "-d", "--name", name, "--network", "chexnet_front", "--user", "0",
-           "-v", f"{ROOT / 'test'}:/src:ro", "-v", f"{work}:/out", image_tag,
-           "python", "/src/closed_loop.py", "--url", "https://nginx:8443", "--token-file", "/out/token",
-           "--image", "/out/image", "--clients", str(clients), "--stop-file", "/out/stop", "--out", "/out/progress.json")
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "chexnet_front",
+        "--user",
+        "0",
+        "-v",
+        f"{ROOT / 'test'}:/src:ro",
+        "-v",
+        f"{work}:/out",
+        image_tag,
+        "python",
+        "/src/closed_loop.py",
+        "--url",
+        "https://nginx:8443",
+        "--token-file",
+        "/out/token",
+        "--image",
+        "/out/image",
+        "--clients",
+        str(clients),
+        "--stop-file",
+        "/out/stop",
+        "--out",
+        "/out/progress.json",
+    )
     try:
         time.sleep(seconds)
         (work / "stop").touch()
@@ -53,7 +78,9 @@ def run_load(image_tag: str, work: Path, clients: int, seconds: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--token-file", required=True, type=Path, help="the cluster's token")
-    parser.add_argument("--image", required=True, type=Path, help="a chest PNG, e.g. ../shared/data/nih/00000075_000.png")
+    parser.add_argument(
+        "--image", required=True, type=Path, help="a chest PNG, e.g. ../shared/data/nih/00000075_000.png"
+    )
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60)
@@ -81,18 +108,22 @@ def main() -> int:
             docker("service", "scale", "--detach=false", f"{SERVICE}={before}")
 
     table = ["| API replicas | clients | requests/s | answered | failed | retried 503 |", "|---|---|---|---|---|---|"]
-    table += [f"| {n} | {args.clients} | {r['requests_per_s']:.2f} | {r['ok']} | {r['failed']} | {r['retried_503']} |"
-              for n, r in rows]
-    body = "\n".join([
-        "## Swarm stack: API replicas (issue 14)",
-        "",
-        f"Machine: {machine()}; one node, so the replicas share its cores with nginx and the load client.",
-        f"Image `{image_tag}`, run {dt.date.today().isoformat()} by `bench/swarm_replicas.py`: closed loop through the",
-        f"stack's nginx on `chexnet_front`, a new HTTPS connection per request, {args.image.name} with the default heatmap (top finding),",
-        f"{args.warmup:.0f} s warm-up then {args.seconds:.0f} s per row.",
-        "",
-        *table,
-    ])
+    table += [
+        f"| {n} | {args.clients} | {r['requests_per_s']:.2f} | {r['ok']} | {r['failed']} | {r['retried_503']} |"
+        for n, r in rows
+    ]
+    body = "\n".join(
+        [
+            "## Swarm stack: API replicas (issue 14)",
+            "",
+            f"Machine: {machine()}; one node, so the replicas share its cores with nginx and the load client.",
+            f"Image `{image_tag}`, run {dt.date.today().isoformat()} by `bench/swarm_replicas.py`: closed loop through the",
+            f"stack's nginx on `chexnet_front`, a new HTTPS connection per request, {args.image.name} with the default heatmap (top finding),",
+            f"{args.warmup:.0f} s warm-up then {args.seconds:.0f} s per row.",
+            "",
+            *table,
+        ]
+    )
     print(body)
     if args.write:
         write_section(args.write, "swarm-replicas", body)

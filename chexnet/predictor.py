@@ -87,8 +87,14 @@ class Finding:
         return self.label.code
 
     def as_dict(self) -> dict:
-        return {"code": self.label.code, "name": self.label.name.en, "name_zh": self.label.name.zh,
-                "probability": self.probability, "threshold": self.label.threshold, "positive": self.positive}
+        return {
+            "code": self.label.code,
+            "name": self.label.name.en,
+            "name_zh": self.label.name.zh,
+            "probability": self.probability,
+            "threshold": self.label.threshold,
+            "positive": self.positive,
+        }
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,13 @@ class Prediction:
     def summary(self) -> dict:
         """Everything but the heatmap bytes and the source header, as JSON-ready data (each transport
         adds those its own way)."""
-        body = {"model": self.model.as_dict(), "image": self.image, "findings": [f.as_dict() for f in self.findings],
-                "warnings": self.warnings, "timing_ms": self.timing_ms}
+        body = {
+            "model": self.model.as_dict(),
+            "image": self.image,
+            "findings": [f.as_dict() for f in self.findings],
+            "warnings": self.warnings,
+            "timing_ms": self.timing_ms,
+        }
         if self.model.demo:
             body["notice"] = DEMO_NOTICE
         return body
@@ -128,10 +139,12 @@ ForwardOne = Callable[[np.ndarray], Forwarded]
 
 def batch_forward(engine: Engine) -> Callable[[Sequence[np.ndarray]], tuple[EngineOutput, float]]:
     """One engine call for a whole batch of preprocessed images: returns (EngineOutput, milliseconds)."""
+
     def forward(tensors: Sequence[np.ndarray]):
         start = time.perf_counter()
         output = engine.infer(np.stack(tensors).astype(np.float32, copy=False))
         return output, _ms(start)
+
     return forward
 
 
@@ -142,6 +155,7 @@ def direct_forward(engine: Engine) -> ForwardOne:
     def forward_one(tensor: np.ndarray) -> Forwarded:
         output, ms = forward([tensor])
         return Forwarded(output.probabilities[0], output.cams[0], ms)
+
     return forward_one
 
 
@@ -149,9 +163,15 @@ class Predictor:
     """One bundle on one engine, its forward step and its observers, all given at construction. Holds no
     per-request state; safe to share between threads."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, limits: DecodeLimits = DecodeLimits(),
-                 gate: DecodeGate | None = None, forward_one: ForwardOne | None = None,
-                 observers: Sequence[Observer] = ()):
+    def __init__(
+        self,
+        bundle: Bundle,
+        engine: Engine,
+        limits: DecodeLimits = DecodeLimits(),
+        gate: DecodeGate | None = None,
+        forward_one: ForwardOne | None = None,
+        observers: Sequence[Observer] = (),
+    ):
         self.bundle = bundle
         self.engine = engine
         self.limits = limits
@@ -163,15 +183,18 @@ class Predictor:
         self.decode_size = DecodeSize(m.input_size, heatmap.DEFAULT_LONG_SIDE)
         self.model_info = ModelInfo(m.id, m.version, m.demo, engine.name, engine.device, engine.precision)
 
-    def predict(self, read: Callable[[], bytes], options: PredictOptions = PredictOptions(),
-                caller: Caller = Caller()) -> Prediction:
+    def predict(
+        self, read: Callable[[], bytes], options: PredictOptions = PredictOptions(), caller: Caller = Caller()
+    ) -> Prediction:
         """read: returns the file's bytes; it runs inside a decode slot, so waiting uploads stay unread."""
         selected = self.heatmap_selector(options.heatmaps)
         with self.gate.slot() if self.gate else nullcontext():
             prepared = self.prepare(read())
         if options.output == "dicom" and prepared.image.source is None:
-            raise InvalidOption(f"output=dicom needs a DICOM input and this file is {prepared.image.format.upper()}; "
-                                "send the DICOM from the PACS, or ask for JSON.")
+            raise InvalidOption(
+                f"output=dicom needs a DICOM input and this file is {prepared.image.format.upper()}; "
+                "send the DICOM from the PACS, or ask for JSON."
+            )
         row = self.forward_one(prepared.tensor)
         heatmap_format = None if options.output == "dicom" else options.heatmap_format
         prediction = self.report(prepared, row, selected, heatmap_format)
@@ -186,24 +209,34 @@ class Predictor:
         start = time.perf_counter()
         m = self.bundle.manifest
         tensor = preprocess(image.pixels, m.input_size, m.mean, m.std)
-        return PreparedImage(image, tensor, hashlib.sha256(data).hexdigest(),
-                             {"decode": decode_ms, "preprocess": _ms(start)})
+        return PreparedImage(
+            image, tensor, hashlib.sha256(data).hexdigest(), {"decode": decode_ms, "preprocess": _ms(start)}
+        )
 
-    def report(self, prepared: PreparedImage, row: Forwarded, selected: Callable[[np.ndarray], list[int]],
-                heatmap_format: str | None) -> Prediction:
+    def report(
+        self,
+        prepared: PreparedImage,
+        row: Forwarded,
+        selected: Callable[[np.ndarray], list[int]],
+        heatmap_format: str | None,
+    ) -> Prediction:
         labels = self.bundle.manifest.labels
-        findings = [Finding(label, round(float(p), 6), bool(p >= label.threshold))
-                    for label, p in zip(labels, row.probabilities, strict=True)]
+        findings = [
+            Finding(label, round(float(p), 6), bool(p >= label.threshold))
+            for label, p in zip(labels, row.probabilities, strict=True)
+        ]
         start = time.perf_counter()
-        rendered = [Heatmap(labels[i], heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format))
-                    for i in selected(row.probabilities)]
+        rendered = [
+            Heatmap(labels[i], heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format))
+            for i in selected(row.probabilities)
+        ]
         timing = dict(prepared.timing_ms, inference=row.inference_ms, heatmap=_ms(start))
         timing["total"] = round(sum(timing.values()), 2)
-        image = {"format": prepared.image.format, "width": prepared.image.width,
-                 "height": prepared.image.height}
+        image = {"format": prepared.image.format, "width": prepared.image.width, "height": prepared.image.height}
         source = prepared.image.source
-        return Prediction(self.model_info, image, findings, rendered, timing, prepared.sha256,
-                          warnings_for(source), source)
+        return Prediction(
+            self.model_info, image, findings, rendered, timing, prepared.sha256, warnings_for(source), source
+        )
 
     def heatmap_selector(self, spec: str | tuple[str, ...]) -> Callable[[np.ndarray], list[int]]:
         """Check the heatmap choice against this model before any work; returns the selector."""
@@ -220,6 +253,7 @@ class Predictor:
         if unknown:
             raise InvalidOption(
                 f"heatmaps must be one of {', '.join(HEATMAP_MODES)} or label codes of model {self.bundle.id}; "
-                f"unknown: {', '.join(unknown)}.")
+                f"unknown: {', '.join(unknown)}."
+            )
         indices = [codes.index(code) for code in spec]
         return lambda p: indices

@@ -64,8 +64,10 @@ def configure() -> None:
 def _quiet(library: str) -> None:
     logging.getLogger(library).addFilter(_REDACT)
     module = re.compile(rf"{library}(\.|$)")
-    if not any(action == "ignore" and pattern == module and category is Warning and lineno == 0 and message is None
-               for action, message, category, pattern, lineno in warnings.filters):
+    if not any(
+        action == "ignore" and pattern == module and category is Warning and lineno == 0 and message is None
+        for action, message, category, pattern, lineno in warnings.filters
+    ):
         warnings.filterwarnings("ignore", module=module.pattern)
 
 

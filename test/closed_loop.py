@@ -36,17 +36,31 @@ class Tally:
 
     def summary(self, seconds: float) -> dict:
         with self.lock:
-            return {"requests": self.ok + self.failed, "ok": self.ok, "retried_503": self.retried, "failed": self.failed,
-                    "failures": list(self.failures), "seconds": round(seconds, 1),
-                    "requests_per_s": round(self.ok / seconds, 2) if seconds else 0.0}
+            return {
+                "requests": self.ok + self.failed,
+                "ok": self.ok,
+                "retried_503": self.retried,
+                "failed": self.failed,
+                "failures": list(self.failures),
+                "seconds": round(seconds, 1),
+                "requests_per_s": round(self.ok / seconds, 2) if seconds else 0.0,
+            }
 
 
 def one_prediction(url: str, token: str, image: bytes, tally: Tally) -> None:
     for _ in range(MAX_RETRIES):
         try:
-            response = requests.post(f"{url}/api/v1/predict", data=image, verify=False, timeout=120,
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
-                                              "Connection": "close"})
+            response = requests.post(
+                f"{url}/api/v1/predict",
+                data=image,
+                verify=False,
+                timeout=120,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/octet-stream",
+                    "Connection": "close",
+                },
+            )
         except requests.RequestException as exc:
             tally.add(failure=f"{type(exc).__name__}: {str(exc)[:160]}")
             return

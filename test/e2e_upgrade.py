@@ -21,7 +21,11 @@ SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared/data/nih/000000
 
 
 def env_file(site: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (site / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in (site / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     return dict(pairs)
 
 
@@ -37,45 +41,81 @@ def snapshot(site: Path) -> dict:
 
 
 def compose() -> list[str]:
-    return ["docker", "compose"] if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0 \
+    return (
+        ["docker", "compose"]
+        if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
         else [shutil.which("docker-compose")]
+    )
 
 
 def running_image(site: Path) -> str:
-    api = subprocess.run([*compose(), "ps", "-q", "api"], cwd=site, check=True, capture_output=True, text=True).stdout.strip()
-    return subprocess.run(["docker", "inspect", "-f", "{{.Config.Image}} {{.State.Health.Status}}", api],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    api = subprocess.run(
+        [*compose(), "ps", "-q", "api"], cwd=site, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return subprocess.run(
+        ["docker", "inspect", "-f", "{{.Config.Image}} {{.State.Health.Status}}", api],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def installed(args) -> None:
     site = Path(args.dir)
     settings = env_file(site)
-    expect(settings["CHEXNET_VERSION"] == args.version, f".env says version {settings['CHEXNET_VERSION']}, not {args.version}")
+    expect(
+        settings["CHEXNET_VERSION"] == args.version,
+        f".env says version {settings['CHEXNET_VERSION']}, not {args.version}",
+    )
     image = running_image(site)
-    expect(image == f"chexnet-api-cpu:{args.version} healthy", f"the API runs '{image}', not version {args.version} healthy")
+    expect(
+        image == f"chexnet-api-cpu:{args.version} healthy",
+        f"the API runs '{image}', not version {args.version} healthy",
+    )
     token = Path(args.token).read_text().strip()
     auth = {"Authorization": f"Bearer {token}"}
     ca = str(site / "certs/server.crt")
-    response = requests.post(f"{URL}/api/v1/predict", headers=auth, files={"image": SAMPLE.read_bytes()}, verify=ca, timeout=120)
-    expect(response.status_code == 200 and len(response.json()["findings"]) == 10, f"prediction: {response.status_code} {response.text[:200]}")
+    response = requests.post(
+        f"{URL}/api/v1/predict", headers=auth, files={"image": SAMPLE.read_bytes()}, verify=ca, timeout=120
+    )
+    expect(
+        response.status_code == 200 and len(response.json()["findings"]) == 10,
+        f"prediction: {response.status_code} {response.text[:200]}",
+    )
     model = response.json()["model"]
     if args.engine:
-        expect((model["engine"], model["precision"]) == (args.engine, args.precision),
-               f"the API answers with {model['engine']} {model['precision']}, not {args.engine} {args.precision} from .env")
-    too_big = requests.post(f"{URL}/api/v1/predict", headers={**auth, "Content-Type": "image/png"},
-                            data=b"\0" * ((args.max_upload_mb + 1) * 2**20 + 1), verify=ca, timeout=120)
-    expect(too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large",
-           f"the customer's upload limit of {args.max_upload_mb} MiB is not in force: {too_big.status_code}")
+        expect(
+            (model["engine"], model["precision"]) == (args.engine, args.precision),
+            f"the API answers with {model['engine']} {model['precision']}, not {args.engine} {args.precision} from .env",
+        )
+    too_big = requests.post(
+        f"{URL}/api/v1/predict",
+        headers={**auth, "Content-Type": "image/png"},
+        data=b"\0" * ((args.max_upload_mb + 1) * 2**20 + 1),
+        verify=ca,
+        timeout=120,
+    )
+    expect(
+        too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large",
+        f"the customer's upload limit of {args.max_upload_mb} MiB is not in force: {too_big.status_code}",
+    )
     if args.same_as:
         before, now = json.loads(Path(args.same_as).read_text()), snapshot(site)
         expect(now["certs"] == before["certs"], "the certificates changed")
         expect(now["models"] == before["models"], "the models folder changed")
-        expect(now["settings"] == before["settings"], f"the customer's .env settings changed: {before['settings']} → {now['settings']}")
-        expect(now["audit"][:len(before["audit"])] == before["audit"] and len(now["audit"]) > len(before["audit"]),
-               "the audit log lost records or recorded nothing new")
-    print(f"ok: version {args.version} healthy, predicting ({model['engine']} {model['precision']}), "
-          f"upload limit {args.max_upload_mb} MiB"
-          + (", certificates, models, .env and audit log kept" if args.same_as else ""))
+        expect(
+            now["settings"] == before["settings"],
+            f"the customer's .env settings changed: {before['settings']} → {now['settings']}",
+        )
+        expect(
+            now["audit"][: len(before["audit"])] == before["audit"] and len(now["audit"]) > len(before["audit"]),
+            "the audit log lost records or recorded nothing new",
+        )
+    print(
+        f"ok: version {args.version} healthy, predicting ({model['engine']} {model['precision']}), "
+        f"upload limit {args.max_upload_mb} MiB"
+        + (", certificates, models, .env and audit log kept" if args.same_as else "")
+    )
 
 
 def expect(condition: bool, message: str) -> None:

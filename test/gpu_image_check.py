@@ -83,7 +83,7 @@ def read_dynamic(path: Path) -> Dynamic:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         if m[:6] != b"\x7fELF\x02\x01":
             raise ValueError(f"{path} is not a 64-bit little-endian ELF file")
-        phoff, = struct.unpack_from("<Q", m, 0x20)
+        (phoff,) = struct.unpack_from("<Q", m, 0x20)
         phentsize, phnum = struct.unpack_from("<HH", m, 0x36)
         loads, dynamic = [], None
         for i in range(phnum):
@@ -104,13 +104,18 @@ def read_dynamic(path: Path) -> Dynamic:
         strtab = next(off + strtab - vaddr for vaddr, off, size in loads if vaddr <= strtab < vaddr + size)
 
         def text(offset: int) -> str:
-            return m[strtab + offset:m.find(b"\0", strtab + offset)].decode()
+            return m[strtab + offset : m.find(b"\0", strtab + offset)].decode()
 
         origin = str(Path(path).resolve().parent)
 
         def paths(tag: int) -> tuple[str, ...]:
-            return tuple(p.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
-                         for t, v in entries if t == tag for p in text(v).split(":") if p)
+            return tuple(
+                p.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
+                for t, v in entries
+                if t == tag
+                for p in text(v).split(":")
+                if p
+            )
 
         return Dynamic(tuple(text(v) for t, v in entries if t == _DT_NEEDED), paths(_DT_RUNPATH), paths(_DT_RPATH))
 
@@ -191,7 +196,9 @@ def check_ldd(report: Report, site: Path) -> None:
             report.skipped.append(f"{path.name}: optional network plugin, never loaded by a single-GPU service")
             continue
         missing = unresolved(path)
-        report.check(not missing, f"ldd {path.relative_to(site)}" + (f": not found {', '.join(missing)}" if missing else ""))
+        report.check(
+            not missing, f"ldd {path.relative_to(site)}" + (f": not found {', '.join(missing)}" if missing else "")
+        )
 
 
 def check_by_name(report: Report, site: Path, table=BY_NAME) -> None:
@@ -205,9 +212,16 @@ def check_by_name(report: Report, site: Path, table=BY_NAME) -> None:
         report.check(holds_string(opener, string), f"{opener_name} names '{string}' (the table is true of this build)")
         where = dlopen_finds(opener, name, cache, loaded)
         missing = unresolved(Path(where)) if where else []
-        report.check(where is not None and not missing, f"dlopen('{name}') from {opener_name} finds "
-                     + (f"{Path(where).relative_to(site) if Path(where).is_relative_to(site) else where}"
-                        + (f", but ldd finds no {', '.join(missing)}" if missing else "") if where else "nothing"))
+        report.check(
+            where is not None and not missing,
+            f"dlopen('{name}') from {opener_name} finds "
+            + (
+                f"{Path(where).relative_to(site) if Path(where).is_relative_to(site) else where}"
+                + (f", but ldd finds no {', '.join(missing)}" if missing else "")
+                if where
+                else "nothing"
+            ),
+        )
 
 
 def site_packages() -> Path:

@@ -40,8 +40,15 @@ def _with_options(line: str, options: str) -> str:
     return " ".join(filter(None, [command, options])) + (f" {bar.strip()} {rest}" if bar else "")
 
 
-def as_run(block: str, version: str, install_options: str, uuid_file: str | None, pacs: str | None = None,
-           deploy_options: str = "", manager_address: str = "") -> str:
+def as_run(
+    block: str,
+    version: str,
+    install_options: str,
+    uuid_file: str | None,
+    pacs: str | None = None,
+    deploy_options: str = "",
+    manager_address: str = "",
+) -> str:
     block = block.replace("<version>", version).replace("<manager-address>", manager_address)
     if pacs:
         ae, _, address = pacs.partition("@")
@@ -76,8 +83,20 @@ def main() -> int:
     args = parser.parse_args()
     found = blocks(args.guide.read_text(encoding="utf-8"), args.section)
     chosen = found if args.block is None else [found[args.block]]
-    sys.stdout.write("".join(as_run(b, args.version, args.install_options, args.uuid_file, args.pacs,
-                                     args.deploy_options, args.manager_address) for b in chosen))
+    sys.stdout.write(
+        "".join(
+            as_run(
+                b,
+                args.version,
+                args.install_options,
+                args.uuid_file,
+                args.pacs,
+                args.deploy_options,
+                args.manager_address,
+            )
+            for b in chosen
+        )
+    )
     return 0
 
 

@@ -37,12 +37,22 @@ class Context:
     conn_limit: int = 32
 
     def get(self, path: str, token: str | None = "default", **kwargs) -> requests.Response:
-        return requests.get(self.url + path, headers=self._headers(token, kwargs.pop("headers", {})),
-                            verify=self.ca_cert, timeout=60, **kwargs)
+        return requests.get(
+            self.url + path,
+            headers=self._headers(token, kwargs.pop("headers", {})),
+            verify=self.ca_cert,
+            timeout=60,
+            **kwargs,
+        )
 
     def post(self, path: str, token: str | None = "default", **kwargs) -> requests.Response:
-        return requests.post(self.url + path, headers=self._headers(token, kwargs.pop("headers", {})),
-                             verify=self.ca_cert, timeout=120, **kwargs)
+        return requests.post(
+            self.url + path,
+            headers=self._headers(token, kwargs.pop("headers", {})),
+            verify=self.ca_cert,
+            timeout=120,
+            **kwargs,
+        )
 
     def _headers(self, token, extra: dict) -> dict:
         token = self.token if token == "default" else token
@@ -60,9 +70,14 @@ def expect(condition: bool, message: str) -> None:
 
 
 def expect_error(response: requests.Response, status: int, code: str) -> dict:
-    expect(response.status_code == status, f"expected HTTP {status} {code}, got {response.status_code}: {response.text[:200]}")
-    expect(response.headers.get("Content-Type", "").startswith("application/json"),
-           f"error body is {response.headers.get('Content-Type')}, not JSON")
+    expect(
+        response.status_code == status,
+        f"expected HTTP {status} {code}, got {response.status_code}: {response.text[:200]}",
+    )
+    expect(
+        response.headers.get("Content-Type", "").startswith("application/json"),
+        f"error body is {response.headers.get('Content-Type')}, not JSON",
+    )
     body = response.json()
     expect(body.get("error", {}).get("code") == code, f"expected error code {code}, got {body}")
     expect(bool(body["error"].get("message")), "the error has no message")
@@ -78,6 +93,7 @@ def decode_heatmap(item: dict) -> bytes:
 
 
 # --- checks: each returns a short detail string or raises AssertionError / Skip ---------------------
+
 
 def check_health(ctx):
     response = ctx.get("/api/v1/health", token=None)
@@ -95,20 +111,29 @@ def check_models(ctx):
     response = ctx.get("/api/v1/models")
     expect(response.status_code == 200, f"models: {response.status_code} {response.text[:200]}")
     models = response.json()["models"]
-    expect(models and all({"id", "version", "demo", "engine", "device", "input_size", "labels"} <= set(m) for m in models),
-           "a model lacks contract fields")
-    return "; ".join(f"{m['id']} {m['version']}{' DEMO' if m['demo'] else ''} on {m['engine']}/{m['device']}" for m in models)
+    expect(
+        models and all({"id", "version", "demo", "engine", "device", "input_size", "labels"} <= set(m) for m in models),
+        "a model lacks contract fields",
+    )
+    return "; ".join(
+        f"{m['id']} {m['version']}{' DEMO' if m['demo'] else ''} on {m['engine']}/{m['device']}" for m in models
+    )
 
 
 def check_license(ctx):
     body = ctx.get("/api/v1/license").json()
-    expect({"customer", "subject", "features", "expires_at", "days_left", "product_uuid"} <= set(body), f"license: {body}")
+    expect(
+        {"customer", "subject", "features", "expires_at", "days_left", "product_uuid"} <= set(body), f"license: {body}"
+    )
     return f"{body['customer']} / {body['subject']}, {body['days_left']} days left"
 
 
 def _predict_file(ctx, relative: str, fmt: str, **params):
-    response = ctx.post("/api/v1/predict", params={"heatmaps": "top", **params},
-                        files={"image": (Path(relative).name, ctx.sample(relative))})
+    response = ctx.post(
+        "/api/v1/predict",
+        params={"heatmaps": "top", **params},
+        files={"image": (Path(relative).name, ctx.sample(relative))},
+    )
     expect(response.status_code == 200, f"{relative}: {response.status_code} {response.text[:300]}")
     body = response.json()
     expect(body["image"]["format"] == fmt, f"{relative}: format {body['image']['format']}")
@@ -138,8 +163,11 @@ def check_predict_dicom_j2k(ctx):
 
 
 def check_predict_raw_body(ctx):
-    response = ctx.post("/api/v1/predict?heatmaps=none", data=ctx.sample("dicom/RG3_RLE.dcm"),
-                        headers={"Content-Type": "application/dicom"})
+    response = ctx.post(
+        "/api/v1/predict?heatmaps=none",
+        data=ctx.sample("dicom/RG3_RLE.dcm"),
+        headers={"Content-Type": "application/dicom"},
+    )
     expect(response.status_code == 200 and response.json()["heatmaps"] == [], f"raw body: {response.text[:200]}")
     return "raw application/dicom body"
 
@@ -197,7 +225,8 @@ def check_bad_inputs(ctx):
     expect_error(ctx.post("/api/v1/predict", data=png[: len(png) // 2]), 400, "invalid_image")
     # The JPEG baseline sample relabelled as JPIP Referenced, a transfer syntax no codec decodes.
     jpip = ctx.sample("dicom/RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm").replace(
-        b"1.2.840.10008.1.2.4.50", b"1.2.840.10008.1.2.4.94", 1)
+        b"1.2.840.10008.1.2.4.50", b"1.2.840.10008.1.2.4.94", 1
+    )
     expect_error(ctx.post("/api/v1/predict", data=jpip), 415, "unsupported_media_type")
     expect_error(ctx.post("/api/v1/predict?heatmaps=bogus", data=png), 422, "invalid_option")
     expect_error(ctx.post("/api/v1/predict?model=no-such-model", data=png), 404, "model_not_found")
@@ -255,14 +284,18 @@ def check_tls_versions(ctx):
     host, port = _host_port(ctx.url)
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         context = _tls_context(ctx, minimum_version=version, maximum_version=version)
-        with context.wrap_socket(__import__("socket").create_connection((host, port), timeout=10), server_hostname=host):
+        with context.wrap_socket(
+            __import__("socket").create_connection((host, port), timeout=10), server_hostname=host
+        ):
             pass
     refused = []
     for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
         context = _tls_context(ctx, minimum_version=version, maximum_version=version)
         context.set_ciphers("ALL:@SECLEVEL=0")  # the client is willing; the server must say no
         try:
-            with context.wrap_socket(__import__("socket").create_connection((host, port), timeout=10), server_hostname=host):
+            with context.wrap_socket(
+                __import__("socket").create_connection((host, port), timeout=10), server_hostname=host
+            ):
                 pass
         except (ssl.SSLError, ConnectionResetError):
             refused.append(version.name)
@@ -273,7 +306,10 @@ def check_tls_versions(ctx):
 def check_security_headers(ctx):
     response = ctx.get("/api/v1/health", token=None, headers={"X-Request-ID": "qa-request-42"})
     expect("max-age=" in response.headers.get("Strict-Transport-Security", ""), "no HSTS header")
-    expect(response.headers.get("Server", "").lower() in ("nginx", ""), f"server header leaks a version: {response.headers.get('Server')}")
+    expect(
+        response.headers.get("Server", "").lower() in ("nginx", ""),
+        f"server header leaks a version: {response.headers.get('Server')}",
+    )
     expect(response.headers.get("X-Request-ID") == "qa-request-42", "X-Request-ID not passed through")
     expect_error(ctx.get("/metrics", token=None), 404, "not_found")
     return "HSTS, no version, request id passed, /metrics not published"
@@ -282,10 +318,13 @@ def check_security_headers(ctx):
 def check_http_redirect(ctx):
     if not ctx.http_url:
         raise Skip("no --http-url given")
-    response = requests.get(ctx.http_url + "/api/v1/health", allow_redirects=False, timeout=10,
-                            headers={"Host": "evil.example"})
+    response = requests.get(
+        ctx.http_url + "/api/v1/health", allow_redirects=False, timeout=10, headers={"Host": "evil.example"}
+    )
     location = response.headers.get("Location", "")
-    expect(response.status_code == 301 and location.startswith("https://"), f"HTTP gives {response.status_code} {location}")
+    expect(
+        response.status_code == 301 and location.startswith("https://"), f"HTTP gives {response.status_code} {location}"
+    )
     expect("evil.example" not in location, f"the redirect follows the client's Host header: {location}")
     return f"301 → {location} (a forged Host is ignored)"
 
@@ -308,16 +347,48 @@ def _raw_exchange(ctx, request: bytes, tls: bool = True) -> tuple[int, dict, byt
 def check_nginx_errors_are_json(ctx):
     host, _ = _host_port(ctx.url)
     cases = {
-        "414 long URI": (b"GET /api/v1/health?" + b"a" * 70000 + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\nConnection: close\r\n\r\n", True, 414, "uri_too_long"),
-        "400 malformed request": (b"GET /\x01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True, 400, "bad_request"),
-        "400 header too large": (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 70000 + b"\r\nConnection: close\r\n\r\n", True, 400, "bad_request"),
-        "405 TRACE": (b"TRACE /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", True, 405, "method_not_allowed"),
-        "400 plain HTTP to the HTTPS port": (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", False, 400, "bad_request"),
+        "414 long URI": (
+            b"GET /api/v1/health?"
+            + b"a" * 70000
+            + b" HTTP/1.1\r\nHost: "
+            + host.encode()
+            + b"\r\nConnection: close\r\n\r\n",
+            True,
+            414,
+            "uri_too_long",
+        ),
+        "400 malformed request": (
+            b"GET /\x01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            True,
+            400,
+            "bad_request",
+        ),
+        "400 header too large": (
+            b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 70000 + b"\r\nConnection: close\r\n\r\n",
+            True,
+            400,
+            "bad_request",
+        ),
+        "405 TRACE": (
+            b"TRACE /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            True,
+            405,
+            "method_not_allowed",
+        ),
+        "400 plain HTTP to the HTTPS port": (
+            b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            False,
+            400,
+            "bad_request",
+        ),
     }
     for name, (request, tls, status, code) in cases.items():
         got, headers, body = _raw_exchange(ctx, request, tls=tls)
         expect(got == status, f"{name}: HTTP {got}, expected {status}")
-        expect(headers.get("content-type", "").startswith("application/json"), f"{name}: {headers.get('content-type')} body, not JSON")
+        expect(
+            headers.get("content-type", "").startswith("application/json"),
+            f"{name}: {headers.get('content-type')} body, not JSON",
+        )
         expect(json.loads(body)["error"]["code"] == code, f"{name}: {body[:200]!r}")
         if status == 405:
             expect("POST" in headers.get("allow", ""), f"{name}: no Allow header")
@@ -331,9 +402,16 @@ def check_connection_limit(ctx):
     held = []
     try:
         for _ in range(ctx.conn_limit):  # each sends its headers and holds its body back: a request in progress
-            stream = _tls_context(ctx).wrap_socket(socket.create_connection((host, port), timeout=30), server_hostname=host)
-            stream.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: " + host.encode() + b"\r\nAuthorization: Bearer "
-                           + ctx.token.encode() + b"\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n")
+            stream = _tls_context(ctx).wrap_socket(
+                socket.create_connection((host, port), timeout=30), server_hostname=host
+            )
+            stream.sendall(
+                b"POST /api/v1/predict HTTP/1.1\r\nHost: "
+                + host.encode()
+                + b"\r\nAuthorization: Bearer "
+                + ctx.token.encode()
+                + b"\r\nContent-Type: image/png\r\nContent-Length: 1000000\r\n\r\n"
+            )
             held.append(stream)
         time.sleep(1)
         response = ctx.get("/api/v1/license")
@@ -353,12 +431,32 @@ def check_docs(ctx):
     return f"OpenAPI {doc['openapi']}"
 
 
-CHECKS = [check_health, check_ready, check_models, check_license, check_predict_png, check_predict_rgba_png,
-          check_predict_dicom_jpeg_baseline, check_predict_dicom_j2k, check_predict_raw_body, check_cxrnet_compat,
-          check_no_token, check_forged_token, check_token_in_query_refused, check_other_host_token,
-          check_expired_token, check_bad_inputs, check_upload_over_limit, check_security_headers,
-          check_http_redirect, check_nginx_errors_are_json, check_tls_versions, check_docs, check_connection_limit,
-          check_rate_limit]
+CHECKS = [
+    check_health,
+    check_ready,
+    check_models,
+    check_license,
+    check_predict_png,
+    check_predict_rgba_png,
+    check_predict_dicom_jpeg_baseline,
+    check_predict_dicom_j2k,
+    check_predict_raw_body,
+    check_cxrnet_compat,
+    check_no_token,
+    check_forged_token,
+    check_token_in_query_refused,
+    check_other_host_token,
+    check_expired_token,
+    check_bad_inputs,
+    check_upload_over_limit,
+    check_security_headers,
+    check_http_redirect,
+    check_nginx_errors_are_json,
+    check_tls_versions,
+    check_docs,
+    check_connection_limit,
+    check_rate_limit,
+]
 
 
 def _read(path: str | None) -> str | None:
@@ -366,8 +464,14 @@ def _read(path: str | None) -> str | None:
 
 
 def context_from(args) -> Context:
-    return Context(url=args.url.rstrip("/"), token=_read(args.token_file), ca_cert=args.ca_cert or False,
-                   http_url=args.http_url.rstrip("/") if args.http_url else None,
-                   wrong_host_token=_read(args.wrong_host_token_file), expired_token=_read(args.expired_token_file),
-                   samples=Path(args.samples) if args.samples else None, max_upload_mb=args.max_upload_mb,
-                   conn_limit=args.conn_limit)
+    return Context(
+        url=args.url.rstrip("/"),
+        token=_read(args.token_file),
+        ca_cert=args.ca_cert or False,
+        http_url=args.http_url.rstrip("/") if args.http_url else None,
+        wrong_host_token=_read(args.wrong_host_token_file),
+        expired_token=_read(args.expired_token_file),
+        samples=Path(args.samples) if args.samples else None,
+        max_upload_mb=args.max_upload_mb,
+        conn_limit=args.conn_limit,
+    )

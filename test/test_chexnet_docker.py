@@ -51,24 +51,36 @@ def parse_args(argv=None):
     parser.add_argument("--http-url", help="http://HOST[:PORT] to check the redirect to HTTPS")
     parser.add_argument("--wrong-host-token-file", help="a genuine token issued for another product_uuid")
     parser.add_argument("--expired-token-file", help="a genuine token that has expired")
-    parser.add_argument("--samples", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"),
-                        help="folder with nih/ and dicom/ sample files (default ../shared/data)")
+    parser.add_argument(
+        "--samples",
+        default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data"),
+        help="folder with nih/ and dicom/ sample files (default ../shared/data)",
+    )
     parser.add_argument("--max-upload-mb", type=int, default=64, help="the site's CHEXNET_MAX_UPLOAD_MB")
     parser.add_argument("--conn-limit", type=int, default=32, help="the site's NGINX_CONN_LIMIT")
     return parser.parse_args(argv)
 
 
 if pytest is not None:
+
     @pytest.fixture(scope="module")
     def qa_context():
         if not os.environ.get("CHEXNET_QA_URL"):
             pytest.skip("set CHEXNET_QA_URL, CHEXNET_QA_TOKEN_FILE and CHEXNET_QA_CA_CERT to run the QA checks")
         env = os.environ.get
-        return context_from(argparse.Namespace(
-            url=env("CHEXNET_QA_URL"), token_file=env("CHEXNET_QA_TOKEN_FILE"), ca_cert=env("CHEXNET_QA_CA_CERT"),
-            http_url=env("CHEXNET_QA_HTTP_URL"), wrong_host_token_file=env("CHEXNET_QA_WRONG_HOST_TOKEN_FILE"),
-            expired_token_file=env("CHEXNET_QA_EXPIRED_TOKEN_FILE"), samples=env("CHEXNET_QA_SAMPLES"),
-            max_upload_mb=int(env("CHEXNET_QA_MAX_UPLOAD_MB", "64")), conn_limit=int(env("CHEXNET_QA_CONN_LIMIT", "32"))))
+        return context_from(
+            argparse.Namespace(
+                url=env("CHEXNET_QA_URL"),
+                token_file=env("CHEXNET_QA_TOKEN_FILE"),
+                ca_cert=env("CHEXNET_QA_CA_CERT"),
+                http_url=env("CHEXNET_QA_HTTP_URL"),
+                wrong_host_token_file=env("CHEXNET_QA_WRONG_HOST_TOKEN_FILE"),
+                expired_token_file=env("CHEXNET_QA_EXPIRED_TOKEN_FILE"),
+                samples=env("CHEXNET_QA_SAMPLES"),
+                max_upload_mb=int(env("CHEXNET_QA_MAX_UPLOAD_MB", "64")),
+                conn_limit=int(env("CHEXNET_QA_CONN_LIMIT", "32")),
+            )
+        )
 
     @pytest.mark.e2e
     @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))

@@ -42,22 +42,26 @@ def compose(site: Path, *args: str) -> str:
 
 
 def inspect(container: str, template: str) -> str:
-    return subprocess.run(["docker", "inspect", "-f", template, container], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["docker", "inspect", "-f", template, container], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def node_metric(container: str, name: str) -> float:
-    script = ("import urllib.request as u; print(u.urlopen('http://127.0.0.1:9102/metrics', timeout=5).read().decode())")
-    run = subprocess.run(["docker", "exec", container, "python", "-c", script], capture_output=True, text=True,
-                         check=False)
+    script = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9102/metrics', timeout=5).read().decode())"
+    run = subprocess.run(
+        ["docker", "exec", container, "python", "-c", script], capture_output=True, text=True, check=False
+    )
     return sum(float(line.split()[-1]) for line in run.stdout.splitlines() if line.startswith(name))
 
 
 def study_instances(orthanc: str, study_uid: str) -> list[pydicom.Dataset]:
-    found = requests.post(f"{orthanc}/tools/find", json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}},
-                          timeout=30).json()
-    return [pydicom.dcmread(io.BytesIO(requests.get(f"{orthanc}/instances/{i}/file", timeout=30).content))
-            for i in found]
+    found = requests.post(
+        f"{orthanc}/tools/find", json={"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}, timeout=30
+    ).json()
+    return [
+        pydicom.dcmread(io.BytesIO(requests.get(f"{orthanc}/instances/{i}/file", timeout=30).content)) for i in found
+    ]
 
 
 def results_for(orthanc: str, source: pydicom.Dataset) -> dict:
@@ -83,16 +87,24 @@ def test_results_reach_the_pacs_in_the_source_study_through_a_crash_of_the_node(
     sent = storescu(int(port), "MODALITY", "ORTHANC", *[samples / n for n in CHEST + NOT_CHEST], host=host)
     assert sent.returncode == 0, sent.stderr
     # Orthanc routes each CR to the node; crash the node the moment it has acknowledged all of them.
-    wait_until(lambda: node_metric(node, "chexnet_dicom_received_total") >= len(CHEST + NOT_CHEST), 300,
-             "the node to accept every routed image")
+    wait_until(
+        lambda: node_metric(node, "chexnet_dicom_received_total") >= len(CHEST + NOT_CHEST),
+        300,
+        "the node to accept every routed image",
+    )
     os.kill(int(inspect(node, "{{.State.Pid}}")), signal.SIGKILL)
-    wait_until(lambda: int(inspect(node, "{{.RestartCount}}")) > restarts, 120, "the restart policy to restart the node")
+    wait_until(
+        lambda: int(inspect(node, "{{.RestartCount}}")) > restarts, 120, "the restart policy to restart the node"
+    )
     wait_until(lambda: inspect(node, "{{.State.Health.Status}}") == "healthy", 300, "the restarted node to be healthy")
 
     for name in CHEST:
         source = pydicom.dcmread(samples / name, stop_before_pixels=True)
-        results = wait_until(lambda source=source: (r := results_for(orthanc, source)) and len(r) == 2 and r, 300,
-                           f"the SR and heatmap of {name} in Orthanc")
+        results = wait_until(
+            lambda source=source: (r := results_for(orthanc, source)) and len(r) == 2 and r,
+            300,
+            f"the SR and heatmap of {name} in Orthanc",
+        )
         for ds in results.values():
             assert dciodvfy_errors(ds, tmp_path) == [], f"{name}: {ds.SOPClassUID.name}"
             assert (ds.PatientID, ds.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)

@@ -37,10 +37,19 @@ def qa():
     import argparse
 
     env = os.environ.get
-    return context_from(argparse.Namespace(
-        url=_env("CHEXNET_QA_URL"), token_file=_env("CHEXNET_QA_TOKEN_FILE"), ca_cert=env("CHEXNET_QA_CA_CERT"),
-        http_url=None, wrong_host_token_file=None, expired_token_file=env("CHEXNET_QA_EXPIRED_TOKEN_FILE"),
-        samples=env("CHEXNET_QA_SAMPLES"), max_upload_mb=64, conn_limit=32))
+    return context_from(
+        argparse.Namespace(
+            url=_env("CHEXNET_QA_URL"),
+            token_file=_env("CHEXNET_QA_TOKEN_FILE"),
+            ca_cert=env("CHEXNET_QA_CA_CERT"),
+            http_url=None,
+            wrong_host_token_file=None,
+            expired_token_file=env("CHEXNET_QA_EXPIRED_TOKEN_FILE"),
+            samples=env("CHEXNET_QA_SAMPLES"),
+            max_upload_mb=64,
+            conn_limit=32,
+        )
+    )
 
 
 def docker(*args: str, check: bool = True) -> str:
@@ -49,7 +58,9 @@ def docker(*args: str, check: bool = True) -> str:
 
 def api_container(site: Path) -> str:
     compose = shutil.which("docker-compose") and ["docker-compose"] or ["docker", "compose"]
-    return subprocess.run([*compose, "ps", "-q", "api"], cwd=site, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        [*compose, "ps", "-q", "api"], cwd=site, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def test_killed_api_is_restarted_and_nginx_answers_json_meanwhile(site, qa):
@@ -89,10 +100,25 @@ def test_corrupted_model_never_turns_ready_and_says_why_once(site, tmp_path):
     for path in tmp_path.rglob("*"):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     name = f"chexnet-corrupt-{os.getpid()}"
-    docker("run", "-d", "--name", name, "-v", f"{tmp_path}:/srv/chexnet/models:ro",
-           "-v", f"{site / 'license'}:/etc/chexnet/license:ro", "-v", f"{site / 'product_uuid'}:/etc/chexnet/product_uuid:ro",
-           "-e", "CHEXNET_MODELS_DIR=/srv/chexnet/models", "-e", "CHEXNET_LICENSE_KEYS=/etc/chexnet/license/keys",
-           "-e", "CHEXNET_PRODUCT_UUID_FILE=/etc/chexnet/product_uuid", image)
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-v",
+        f"{tmp_path}:/srv/chexnet/models:ro",
+        "-v",
+        f"{site / 'license'}:/etc/chexnet/license:ro",
+        "-v",
+        f"{site / 'product_uuid'}:/etc/chexnet/product_uuid:ro",
+        "-e",
+        "CHEXNET_MODELS_DIR=/srv/chexnet/models",
+        "-e",
+        "CHEXNET_LICENSE_KEYS=/etc/chexnet/license/keys",
+        "-e",
+        "CHEXNET_PRODUCT_UUID_FILE=/etc/chexnet/product_uuid",
+        image,
+    )
     try:
         wait_until(lambda: "start-up finished" in docker("logs", name), 120, "the start-up to finish")
         ready = subprocess.run(["docker", "exec", name, "python", "-m", "chexnet.api.healthcheck"], timeout=60)

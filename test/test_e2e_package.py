@@ -69,12 +69,30 @@ def repack(package: Path, signing_dir: Path | None) -> None:
     vendor's signature of the genuine one."""
     tarball = package.parent / f"{package.name}.tar.gz"
     tarball.unlink()
-    subprocess.run(f"tar -C {package.parent} --owner=0 --group=0 --numeric-owner -cf - {package.name} | pigz -1 > {tarball}",
-                   shell=True, check=True)
+    subprocess.run(
+        f"tar -C {package.parent} --owner=0 --group=0 --numeric-owner -cf - {package.name} | pigz -1 > {tarball}",
+        shell=True,
+        check=True,
+    )
     if signing_dir is not None:
         replace(Path(f"{tarball}.sig"), b"")
-        subprocess.run(["openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
-                        "-sign", str(signing_dir / "package_signing.key"), "-out", f"{tarball}.sig", str(tarball)], check=True)
+        subprocess.run(
+            [
+                "openssl",
+                "dgst",
+                "-sha256",
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:32",
+                "-sign",
+                str(signing_dir / "package_signing.key"),
+                "-out",
+                f"{tarball}.sig",
+                str(tarball),
+            ],
+            check=True,
+        )
 
 
 def replace(path: Path, data: bytes) -> None:
@@ -83,7 +101,9 @@ def replace(path: Path, data: bytes) -> None:
 
 
 def images() -> str:
-    return subprocess.run(["docker", "image", "ls", "-q", "--no-trunc"], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["docker", "image", "ls", "-q", "--no-trunc"], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def refused(package: Path, tmp_path: Path, *key_args: str, script: str = "install.sh") -> str:
@@ -106,13 +126,33 @@ def refused(package: Path, tmp_path: Path, *key_args: str, script: str = "instal
 
 
 def resign(package: Path, signing_dir: Path) -> None:
-    sums = subprocess.run("find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum",
-                          shell=True, cwd=package, check=True, capture_output=True, text=True).stdout
+    sums = subprocess.run(
+        "find . -type f ! -name SHA256SUMS ! -name SHA256SUMS.sig -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum",
+        shell=True,
+        cwd=package,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     replace(package / "SHA256SUMS", sums.encode())
     (package / "SHA256SUMS.sig").unlink()
-    subprocess.run(["openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
-                    "-sign", str(signing_dir / "package_signing.key"), "-out", str(package / "SHA256SUMS.sig"),
-                    str(package / "SHA256SUMS")], check=True)
+    subprocess.run(
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:32",
+            "-sign",
+            str(signing_dir / "package_signing.key"),
+            "-out",
+            str(package / "SHA256SUMS.sig"),
+            str(package / "SHA256SUMS"),
+        ],
+        check=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +161,9 @@ def attacker(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("attacker")
     python = str(ROOT / ".venv/bin/python")
     for command in ("keygen", "package-keygen"):
-        subprocess.run([python, "-m", "licensing", command, "--out", str(out)], check=True, capture_output=True, cwd=ROOT)
+        subprocess.run(
+            [python, "-m", "licensing", command, "--out", str(out)], check=True, capture_output=True, cwd=ROOT
+        )
     return out
 
 
@@ -132,17 +174,29 @@ def test_resigned_package_with_a_swapped_licence_key_is_refused(package, tmp_pat
     resign(package, attacker)
     repack(package, attacker)
     assert "does not verify" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
-    fingerprint = subprocess.run(["openssl", "x509", "-in", str(vendor / "vendor_package.crt"), "-noout", "-fingerprint", "-sha256"],
-                                 check=True, capture_output=True, text=True).stdout.split("=", 1)[1].strip()
+    fingerprint = (
+        subprocess.run(
+            ["openssl", "x509", "-in", str(vendor / "vendor_package.crt"), "-noout", "-fingerprint", "-sha256"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.split("=", 1)[1]
+        .strip()
+    )
     assert "does not match the fingerprint" in refused(package, tmp_path, "--vendor-fingerprint", fingerprint)
-    assert "does not verify" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"),
-                                        script="scripts/load-images.sh")
+    assert "does not verify" in refused(
+        package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"), script="scripts/load-images.sh"
+    )
 
 
 def test_unlisted_image_is_refused(package, tmp_path, vendor):
-    subprocess.run(f"tar -cf - --files-from /dev/null | docker import - {FORGED_IMAGE} >/dev/null && "
-                   f"docker save {FORGED_IMAGE} | gzip > {package / 'images/extra.tar.gz'} && docker rmi {FORGED_IMAGE} >/dev/null",
-                   shell=True, check=True)
+    subprocess.run(
+        f"tar -cf - --files-from /dev/null | docker import - {FORGED_IMAGE} >/dev/null && "
+        f"docker save {FORGED_IMAGE} | gzip > {package / 'images/extra.tar.gz'} && docker rmi {FORGED_IMAGE} >/dev/null",
+        shell=True,
+        check=True,
+    )
     repack(package, None)
     assert "does not verify" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
     repack(package, vendor)  # the vendor's own build, with an image its list does not name
@@ -190,7 +244,9 @@ def test_truncated_tarball_fails_the_guides_check_and_the_installer(tarball, ven
     shutil.copy(f"{tarball}.sig", carry)
     shutil.copy(vendor / "vendor_package.crt", carry)
     version = tarball.name.removeprefix("chexnet-offline-").removesuffix("-cpu.tar.gz")
-    verify, unpack = [as_run(b, version, "", None) for b in blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")[:2]]
+    verify, unpack = [
+        as_run(b, version, "", None) for b in blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")[:2]
+    ]
     check = subprocess.run(["bash", "-c", verify], cwd=carry, capture_output=True, text=True)
     assert check.returncode != 0 and "Verified OK" not in check.stdout
     # An engineer who unpacks it anyway gets a partial folder, whose installer checks the tarball beside it.

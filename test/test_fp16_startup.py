@@ -75,8 +75,9 @@ def test_service_serves_fp16_only_after_measuring_it(tmp_path, fp16_bundle, nih_
     assert measured["max_delta_bound"] == 0.01
     assert 0 < measured["max_delta"] <= 0.01  # fp16 moves something, within the bound
     assert measured["device"]  # the CPU (on a GPU: its name)
-    response = client.post("/api/v1/predict", data=nih_sample[0].read_bytes(), content_type="image/png",
-                           headers=env.auth())
+    response = client.post(
+        "/api/v1/predict", data=nih_sample[0].read_bytes(), content_type="image/png", headers=env.auth()
+    )
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["model"]["precision"] == "fp16"
 
@@ -91,17 +92,20 @@ def test_fp16_beyond_the_bundles_bound_is_not_served(tmp_path, fp16_bundle):
     assert len(reasons) == 1
     assert reasons[0].startswith("fp16 on this ")
     assert "moves bundle cxr10's probabilities by up to " in reasons[0]
-    assert reasons[0].endswith("on its 2 calibration images (limit 1e-09), so it is not served; "
-                               "set CHEXNET_PRECISION=fp32.")
+    assert reasons[0].endswith(
+        "on its 2 calibration images (limit 1e-09), so it is not served; set CHEXNET_PRECISION=fp32."
+    )
 
 
 def test_fp16_without_calibration_images_is_not_served(tmp_path, demo_bundle):
     env = make_env(tmp_path, demo_bundle.path, **FP16_ON_CPU)
     ready = ready_app(env).test_client().get("/api/v1/ready")
     assert ready.status_code == 503
-    assert any(reason.startswith("Bundle cxr10 carries no calibration images for fp16, so fp16 cannot be measured")
-               and "'bundle build --precision fp16 --calibration DIR'" in reason
-               for reason in ready.get_json()["reasons"])
+    assert any(
+        reason.startswith("Bundle cxr10 carries no calibration images for fp16, so fp16 cannot be measured")
+        and "'bundle build --precision fp16 --calibration DIR'" in reason
+        for reason in ready.get_json()["reasons"]
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: auto resolves to it")

@@ -15,8 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def dry(nih_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry", "--samples", str(nih_dir),
-                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry", "--samples", str(nih_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text(), run.stdout
 
@@ -51,7 +55,9 @@ def test_forward_measures_each_mode_and_batch(dry):
     measured = {r["mode"] for r in rows if r.get("images_per_s", 0) > 0}
     assert measured == {"eager NCHW fp32", "channels_last fp32", "engine.infer fp32 (host↔device, CAMs)"}
     assert {r["mode"] for r in rows if r.get("skipped") == "needs CUDA"} == {
-        "CUDA graph, channels_last fp32", "channels_last fp16 autocast"}
+        "CUDA graph, channels_last fp32",
+        "channels_last fp16 autocast",
+    }
 
 
 def _complete(row: dict) -> None:
@@ -82,10 +88,13 @@ def test_cpu_engine_rows(dry):
 def test_markdown_has_every_section_and_its_table(dry):
     _, markdown, stdout = dry
     assert markdown.startswith("## GPU check (`bench/gpu_check.py --dry`, CPU only, ")
-    for heading, table in (("### Environment", "| torch_built_for |"), ("### Bundle", "measured at start-up fp16"),
-                           ("### Correctness", "| torch fp32 on the device vs ONNX Runtime fp32 (CPU): max abs dp |"),
-                           ("### Bare forward", "| batch | eager NCHW fp32 | channels_last fp32 |"),
-                           ("### The service under load", "| max batch | precision | clients | requests/s |"),
-                           ("### CPU engines on this machine's cores", "| onnxruntime fp32 | 2 × 1 |")):
+    for heading, table in (
+        ("### Environment", "| torch_built_for |"),
+        ("### Bundle", "measured at start-up fp16"),
+        ("### Correctness", "| torch fp32 on the device vs ONNX Runtime fp32 (CPU): max abs dp |"),
+        ("### Bare forward", "| batch | eager NCHW fp32 | channels_last fp32 |"),
+        ("### The service under load", "| max batch | precision | clients | requests/s |"),
+        ("### CPU engines on this machine's cores", "| onnxruntime fp32 | 2 × 1 |"),
+    ):
         assert heading in markdown and table.split(" 2 × 1")[0] in markdown, heading
     assert "Failed" not in markdown and markdown in stdout

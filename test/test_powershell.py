@@ -26,8 +26,10 @@ from sample_data import ROOT
 
 PARSER = tree_sitter.Parser(tree_sitter.Language(tree_sitter_powershell.language()))
 TWINS = {  # name: (bash files, PowerShell files); the first of each is the script, the rest what it loads
-    "install": (["deployment_template/install.sh", "scripts/lib.sh", "scripts/package-trust.sh"],
-                ["deployment_template/install.ps1", "scripts/package-trust.ps1"]),
+    "install": (
+        ["deployment_template/install.sh", "scripts/lib.sh", "scripts/package-trust.sh"],
+        ["deployment_template/install.ps1", "scripts/package-trust.ps1"],
+    ),
     "load-images": (["scripts/load-images.sh"], ["scripts/load-images.ps1"]),
     "preflight": (["scripts/preflight.sh"], ["scripts/preflight.ps1"]),
     "product-uuid": (["scripts/product-uuid.sh"], ["scripts/product-uuid.ps1"]),
@@ -53,14 +55,20 @@ def _nodes(node: tree_sitter.Node, *types: str):
 
 
 def _text(node: tree_sitter.Node, source: bytes) -> str:
-    return source[node.start_byte:node.end_byte].decode()
+    return source[node.start_byte : node.end_byte].decode()
 
 
 # --- every .ps1 parses ------------------------------------------------------------------------------------
 
+
 def _ps1_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.ps1"],
-                            cwd=ROOT, capture_output=True, text=True, check=False)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.ps1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if listed.returncode == 0:
         return sorted({name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()})
     skip = {".git", ".venv", "build", "dist", "node_modules"}
@@ -72,9 +80,14 @@ def _ps1_files() -> list[str]:
 GRAMMAR_GAPS = {
     # Numeric literals with a multiplier suffix (1KB ... 1PB: about_Numeric_Literals) are valid; the grammar
     # parses the number and leaves the suffix as an ERROR node (preflight.ps1 divides by 1GB).
-    "multiplier suffix": (b"$gb = [math]::Floor($bytes / 1GB)\n",
-                          lambda node, source: node.is_error and source[node.start_byte:node.end_byte].upper()
-                          in (b"KB", b"MB", b"GB", b"TB", b"PB") and source[node.start_byte - 1:node.start_byte].isdigit()),
+    "multiplier suffix": (
+        b"$gb = [math]::Floor($bytes / 1GB)\n",
+        lambda node, source: (
+            node.is_error
+            and source[node.start_byte : node.end_byte].upper() in (b"KB", b"MB", b"GB", b"TB", b"PB")
+            and source[node.start_byte - 1 : node.start_byte].isdigit()
+        ),
+    ),
 }
 
 
@@ -103,19 +116,25 @@ def test_every_windows_twin_is_found():
 def test_powershell_parses_without_errors(path):
     tree, source = _tree(path)
     assert tree.root_node.type == "program" and tree.root_node.named_child_count > 0
-    problems = [f"{path}:{node.start_point[0] + 1}:{node.start_point[1] + 1}: {kind} at "
-                f"{source[node.start_byte:node.end_byte][:60]!r} in line {source.splitlines()[node.start_point[0]].strip()[:120]!r}"
-                for node, kind in _syntax_problems(source)]
+    problems = [
+        f"{path}:{node.start_point[0] + 1}:{node.start_point[1] + 1}: {kind} at "
+        f"{source[node.start_byte : node.end_byte][:60]!r} in line {source.splitlines()[node.start_point[0]].strip()[:120]!r}"
+        for node, kind in _syntax_problems(source)
+    ]
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("snippet", [
-    b"function Test-It {\n    if ($a) { 'x' }\n",                       # a brace never closed
-    b"$x = @(1, 2\n",                                                     # an array never closed
-    b"throw \"the package is not valid\n",                               # a string never closed
-    b"$driver = (& nvidia-smi --query-gpu=driver_version --format=csv,noheader)\n",  # the comma preflight.ps1 had
-    b"if ($a) { 'x' } else if ($b) { 'y' }\n",                            # 'else if' is not PowerShell
-], ids=["brace", "array", "string", "unquoted-comma", "else-if"])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        b"function Test-It {\n    if ($a) { 'x' }\n",  # a brace never closed
+        b"$x = @(1, 2\n",  # an array never closed
+        b'throw "the package is not valid\n',  # a string never closed
+        b"$driver = (& nvidia-smi --query-gpu=driver_version --format=csv,noheader)\n",  # the comma preflight.ps1 had
+        b"if ($a) { 'x' } else if ($b) { 'y' }\n",  # 'else if' is not PowerShell
+    ],
+    ids=["brace", "array", "string", "unquoted-comma", "else-if"],
+)
 def test_the_parse_check_finds_broken_powershell(snippet):
     assert _syntax_problems(snippet)
 
@@ -124,11 +143,13 @@ def test_the_parse_check_finds_broken_powershell(snippet):
 def test_each_allowed_grammar_gap_is_still_a_gap(name):
     snippet, known = GRAMMAR_GAPS[name]
     tree = PARSER.parse(snippet)
-    assert any(known(node, snippet) for node in _nodes(tree.root_node, "ERROR")), \
+    assert any(known(node, snippet) for node in _nodes(tree.root_node, "ERROR")), (
         f"tree-sitter-powershell now parses the {name}: take it off GRAMMAR_GAPS"
+    )
 
 
 # --- reading the bash twins -------------------------------------------------------------------------------
+
 
 def _closing(text: str, i: int, opening: str, closing: str) -> int:
     """The index after the bracket that closes the one at i (quoted text inside skipped)."""
@@ -150,8 +171,8 @@ def _closing(text: str, i: int, opening: str, closing: str) -> int:
 def _bash_string(text: str, i: int) -> str:
     """The quoted word at i, with every expansion ($X, ${X}, $(...)) read as {}."""
     if text[i] == "'":
-        return text[i + 1:text.index("'", i + 1)]
-    assert text[i] == '"', text[i:i + 40]
+        return text[i + 1 : text.index("'", i + 1)]
+    assert text[i] == '"', text[i : i + 40]
     out, j = [], i + 1
     while text[j] != '"':
         if text[j] == "\\":
@@ -206,6 +227,7 @@ def _bash_sentences(text: str, constants: dict[str, str]) -> list[str]:
 
 # --- reading the PowerShell twins ---------------------------------------------------------------------
 
+
 def _ps_string(node: tree_sitter.Node, source: bytes) -> str:
     """A string literal's text, with every expansion ($X, ${X}, $(...)) read as {} and backtick escapes undone."""
     literal = node.named_children[0] if node.type == "string_literal" else node
@@ -214,9 +236,9 @@ def _ps_string(node: tree_sitter.Node, source: bytes) -> str:
         return text[1:-1].replace("''", "'")
     out, position = [], literal.start_byte + 1
     for child in literal.named_children:
-        out += [source[position:child.start_byte].decode(), "{}"]
+        out += [source[position : child.start_byte].decode(), "{}"]
         position = child.end_byte
-    out.append(source[position:literal.end_byte - 1].decode())
+    out.append(source[position : literal.end_byte - 1].decode())
     return re.sub(r"`(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), "".join(out))
 
 
@@ -264,11 +286,14 @@ def _ps_functions(tree: tree_sitter.Tree, source: bytes) -> dict[str, tree_sitte
 def _ps_parameters(tree: tree_sitter.Tree, source: bytes) -> dict[str, bool]:
     """The script's parameters: name -> True for a [switch]."""
     block = next(n for n in tree.root_node.children if n.type == "param_block")
-    return {_text(next(_nodes(p, "variable")), source)[1:]: "[switch]" in _text(p, source).lower()
-            for p in _nodes(block, "script_parameter")}
+    return {
+        _text(next(_nodes(p, "variable")), source)[1:]: "[switch]" in _text(p, source).lower()
+        for p in _nodes(block, "script_parameter")
+    }
 
 
 # --- the same options ------------------------------------------------------------------------------------
+
 
 def _pascal(option: str) -> str:
     return "".join(part.capitalize() for part in option.lstrip("-").split("-"))
@@ -276,8 +301,8 @@ def _pascal(option: str) -> str:
 
 def _bash_options(text: str) -> dict[str, bool]:
     """The --options the script's 'case "$1"' loop takes: name -> True for a flag (no value)."""
-    loop = text[text.index('case "$1" in'):]
-    loop = loop[:loop.index("esac")]
+    loop = text[text.index('case "$1" in') :]
+    loop = loop[: loop.index("esac")]
     options = {}
     for arm in loop.split(";;"):
         m = re.match(r"\s*((?:-[-a-z|]+)+)\)", arm.split('case "$1" in')[-1])
@@ -291,10 +316,16 @@ def _bash_options(text: str) -> dict[str, bool]:
 BASH_ONLY_OPTIONS = {
     ("install", "-h"): "PowerShell's Get-Help reads the script's header",
     ("install", "--help"): "PowerShell's Get-Help reads the script's header",
-    ("install", "--uuid-file"): "Windows reads the SMBIOS UUID through WMI (product-uuid.ps1), there is no file to name",
+    (
+        "install",
+        "--uuid-file",
+    ): "Windows reads the SMBIOS UUID through WMI (product-uuid.ps1), there is no file to name",
     ("load-images", "-h"): "PowerShell's Get-Help reads the script's header",
     ("load-images", "--help"): "PowerShell's Get-Help reads the script's header",
-    ("preflight", "--uuid-file"): "Windows reads the SMBIOS UUID through WMI (product-uuid.ps1), there is no file to name",
+    (
+        "preflight",
+        "--uuid-file",
+    ): "Windows reads the SMBIOS UUID through WMI (product-uuid.ps1), there is no file to name",
 }
 PS_ONLY_OPTIONS = {
     ("product-uuid", "OutFile"): "install.sh redirects product-uuid.sh's output into the file; install.ps1 names it",
@@ -309,9 +340,11 @@ def test_twins_take_the_same_options(twin):
     ps = _ps_parameters(*_tree(ps_files[0]))
     expected = {_pascal(option): flag for option, flag in bash.items() if (twin, option) not in BASH_ONLY_OPTIONS}
     actual = {name: flag for name, flag in ps.items() if (twin, name) not in PS_ONLY_OPTIONS}
-    assert actual == expected, (f"{ps_files[0]} -> {bash_files[0]}: only in PowerShell {sorted(set(actual) - set(expected))}, "
-                                f"only in bash {sorted(set(expected) - set(actual))}, "
-                                f"flag or value differs {sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])}")
+    assert actual == expected, (
+        f"{ps_files[0]} -> {bash_files[0]}: only in PowerShell {sorted(set(actual) - set(expected))}, "
+        f"only in bash {sorted(set(expected) - set(actual))}, "
+        f"flag or value differs {sorted(k for k in set(actual) & set(expected) if actual[k] != expected[k])}"
+    )
     for name, option in [*BASH_ONLY_OPTIONS, *PS_ONLY_OPTIONS]:
         if name == twin:
             assert option in bash or option in ps, f"{option} is allowed for {twin} but neither twin has it: drop it"
@@ -324,20 +357,16 @@ PLATFORM_WORDS = {"or as root.": "or as Administrator."}
 BASH_ONLY_SENTENCES = {
     "unknown option {} (see -Help)": "PowerShell refuses an unknown parameter itself",
     "neither 'docker compose' nor 'docker-compose' is installed.": "Docker Desktop carries Compose v2; preflight.ps1 checks it",
-    "{} has other names (hard links), so it is not read; put a copy of the file there.":
-        "no hard-link count in .NET Framework; what Windows reads is copied once into a private file, and the site "
-        "folder is Administrators' with every item's owner reset",
-    "{} belongs to uid {}, not to root{}, so it is not read; chown it or put your own copy there.":
-        "Windows has no uid: install.ps1 makes every item of the install folder Administrators' (owner and entries)",
+    "{} has other names (hard links), so it is not read; put a copy of the file there.": "no hard-link count in .NET Framework; what Windows reads is copied once into a private file, and the site "
+    "folder is Administrators' with every item's owner reset",
+    "{} belongs to uid {}, not to root{}, so it is not read; chown it or put your own copy there.": "Windows has no uid: install.ps1 makes every item of the install folder Administrators' (owner and entries)",
     "unknown option {} (use -Variant, -Dir, -UuidFile, -Ports)": "PowerShell refuses an unknown parameter itself",
     "docker is not installed": "Windows: Docker Desktop not running and not installed are one finding",
     "the Docker daemon is not running or not reachable by this user": "Windows: 'Docker Desktop is not running (...)'",
     "neither 'docker compose' (v2) nor 'docker-compose' (v1) is installed": "Windows: Docker Desktop carries Compose v2",
     "{} is not readable: run the installer as root": "Windows reads the SMBIOS UUID through WMI, not a root-only file",
-    "{} does not exist (a VM without SMBIOS?): enable the BIOS UUID in the hypervisor, or ask the vendor how to bind this VM":
-        "Windows reads the SMBIOS UUID through WMI: 'cannot read the product UUID: {}'",
-    "nvidia-smi found no GPU/driver; install the NVIDIA driver (>= {}) and the NVIDIA Container Toolkit, or use -Variant cpu":
-        "Windows needs no Container Toolkit (Docker Desktop's WSL 2 GPU support): its own sentence",
+    "{} does not exist (a VM without SMBIOS?): enable the BIOS UUID in the hypervisor, or ask the vendor how to bind this VM": "Windows reads the SMBIOS UUID through WMI: 'cannot read the product UUID: {}'",
+    "nvidia-smi found no GPU/driver; install the NVIDIA driver (>= {}) and the NVIDIA Container Toolkit, or use -Variant cpu": "Windows needs no Container Toolkit (Docker Desktop's WSL 2 GPU support): its own sentence",
     "{} does not exist: this machine (or VM) exposes no SMBIOS UUID.": "Windows reads the SMBIOS UUID through WMI",
     "{} is readable by root only: run 'sudo {}'.": "Windows reads the SMBIOS UUID through WMI",
     "{} holds '{}', which is not a UUID.": "Windows: 'Win32_ComputerSystemProduct reports '{}', which is not a UUID; ...'",
@@ -348,23 +377,17 @@ PS_ONLY_SENTENCES = {
     "the smoke prediction failed (see above).": "bash's ERR trap names the failing command",
     "{} exists already; remove it and run this again.": "bash's mktemp makes a new name itself",
     "{} could not be removed ({}); remove it by hand.": "bash's rm -rf in its EXIT trap says nothing",
-    "{} is a link, a junction or a file; give -Dir a folder of its own.":
-        "C:\\ lets any user make a folder (or junction) there before the first install; /opt does not",
-    "{} cannot be made Administrators' and SYSTEM's alone ({}); remove it and run the installer again.":
-        "the ACLs of an install folder older installers left open (issue 25, item 9)",
+    "{} is a link, a junction or a file; give -Dir a folder of its own.": "C:\\ lets any user make a folder (or junction) there before the first install; /opt does not",
+    "{} cannot be made Administrators' and SYSTEM's alone ({}); remove it and run the installer again.": "the ACLs of an install folder older installers left open (issue 25, item 9)",
     "Docker Desktop is not running: the folders the containers mount in {} are shared with this account ({}); run the "
-    "installer again as the account Docker Desktop runs under if that is another one.":
-        "Docker Desktop opens bind mounts as the signed-in account, which needs its own access entry",
+    "installer again as the account Docker Desktop runs under if that is another one.": "Docker Desktop opens bind mounts as the signed-in account, which needs its own access entry",
     "{} is Windows Server, which Docker Desktop does not support: run the Linux package in a Linux VM (Hyper-V) on this "
     "server instead (see the field guide, 'Windows Server')": "Docker Desktop does not run on Windows Server",
-    "Docker Desktop is not running (sign in, start it and wait for \"Engine running\"; set it to start at sign-in)":
-        "bash: 'the Docker daemon is not running ...'",
+    'Docker Desktop is not running (sign in, start it and wait for "Engine running"; set it to start at sign-in)': "bash: 'the Docker daemon is not running ...'",
     "'docker compose' is not available (update Docker Desktop)": "bash: 'neither docker compose nor docker-compose ...'",
     "cannot read the product UUID: {}": "bash names the SMBIOS file's problem",
-    "nvidia-smi found no GPU; install the NVIDIA driver (>= {}) or use the cpu package":
-        "bash also names the NVIDIA Container Toolkit",
-    "Win32_ComputerSystemProduct reports '{}', which is not a UUID; ask the hardware vendor or hypervisor administrator to set one.":
-        "bash names the SMBIOS file",
+    "nvidia-smi found no GPU; install the NVIDIA driver (>= {}) or use the cpu package": "bash also names the NVIDIA Container Toolkit",
+    "Win32_ComputerSystemProduct reports '{}', which is not a UUID; ask the hardware vendor or hypervisor administrator to set one.": "bash names the SMBIOS file",
     "Win32_ComputerSystemProduct reports the placeholder {}, which identifies no machine.": "bash names the SMBIOS file",
 }
 
@@ -405,7 +428,8 @@ def test_twins_refuse_with_the_same_sentences(twin):
     missing_in_bash = sorted(set(ps) - set(bash) - set(PS_ONLY_SENTENCES))
     assert not missing_in_ps and not missing_in_bash, (
         f"{twin}: sentences the PowerShell twin lacks (or words differently): {missing_in_ps}; "
-        f"sentences only the PowerShell twin has: {missing_in_bash}")
+        f"sentences only the PowerShell twin has: {missing_in_bash}"
+    )
 
 
 def test_each_one_sided_sentence_is_still_said():
@@ -422,21 +446,49 @@ def test_each_one_sided_sentence_is_still_said():
 # --- the same functions, checking in the same order ----------------------------------------------------
 
 FUNCTION_TWINS = {  # bash function: its PowerShell twin
-    "setting": "Get-Setting", "compose": "Invoke-Compose", "installed": "Test-Installed", "preflight": "Invoke-Preflight",
-    "snapshot": "Save-Snapshot", "restore_snapshot": "Restore-Snapshot", "configure": "Set-Configuration",
-    "dicom_enabled": "Test-DicomEnabled", "wait_healthy": "Wait-Healthy", "runs_version": "Test-RunningVersion",
-    "up_and_wait": "Start-Version", "smoke": "Invoke-Smoke", "in_range": "Test-InRange", "check_env_value": "Test-EnvValue",
-    "check_site_env": "Test-SiteEnv", "env_value": "Get-EnvValue", "set_env": "Set-EnvValue",
-    "check_site_file": "Assert-SiteFile", "write_site_env": "Write-SiteEnv", "cert_fingerprint": "Get-CertFingerprint",
-    "verify_signature": "Test-VendorSignature", "private_copy": "Copy-PrivateFile", "vendor_cert": "Resolve-VendorCertificate",
-    "stage_package": "Initialize-PackageStaging", "remove_staging": "Remove-PackageStaging", "package_value": "Get-PackageValue",
-    "check_not_older": "Assert-NotOlder", "record_installed": "Save-InstalledSequence", "listed_files": "Get-ListedFiles",
-    "shown": "Format-Name", "check_entries": "Test-PackageEntries", "check_sums_lines": "Test-SumsLines",
-    "verify_package": "Test-Package", "copy_listed": "Copy-ListedFile", "load_images": "Import-PackageImages",
+    "setting": "Get-Setting",
+    "compose": "Invoke-Compose",
+    "installed": "Test-Installed",
+    "preflight": "Invoke-Preflight",
+    "snapshot": "Save-Snapshot",
+    "restore_snapshot": "Restore-Snapshot",
+    "configure": "Set-Configuration",
+    "dicom_enabled": "Test-DicomEnabled",
+    "wait_healthy": "Wait-Healthy",
+    "runs_version": "Test-RunningVersion",
+    "up_and_wait": "Start-Version",
+    "smoke": "Invoke-Smoke",
+    "in_range": "Test-InRange",
+    "check_env_value": "Test-EnvValue",
+    "check_site_env": "Test-SiteEnv",
+    "env_value": "Get-EnvValue",
+    "set_env": "Set-EnvValue",
+    "check_site_file": "Assert-SiteFile",
+    "write_site_env": "Write-SiteEnv",
+    "cert_fingerprint": "Get-CertFingerprint",
+    "verify_signature": "Test-VendorSignature",
+    "private_copy": "Copy-PrivateFile",
+    "vendor_cert": "Resolve-VendorCertificate",
+    "stage_package": "Initialize-PackageStaging",
+    "remove_staging": "Remove-PackageStaging",
+    "package_value": "Get-PackageValue",
+    "check_not_older": "Assert-NotOlder",
+    "record_installed": "Save-InstalledSequence",
+    "listed_files": "Get-ListedFiles",
+    "shown": "Format-Name",
+    "check_entries": "Test-PackageEntries",
+    "check_sums_lines": "Test-SumsLines",
+    "verify_package": "Test-Package",
+    "copy_listed": "Copy-ListedFile",
+    "load_images": "Import-PackageImages",
 }
 BASH_ONLY_FUNCTIONS = {
-    "log": "Write-Host '==> ...'", "warn": "Write-Warning", "die": "throw", "on_error": "PowerShell names the failing line",
-    "trap_errors": "$ErrorActionPreference = 'Stop'", "project_version": "the build's, not the installer's",
+    "log": "Write-Host '==> ...'",
+    "warn": "Write-Warning",
+    "die": "throw",
+    "on_error": "PowerShell names the failing line",
+    "trap_errors": "$ErrorActionPreference = 'Stop'",
+    "project_version": "the build's, not the installer's",
     "compose_command": "Docker Desktop carries Compose v2 only",
     "copy_site_file": "the token is copied once by Copy-PrivateFile, then given its own ACL",
     "configure_and_start": "install.ps1 runs Set-Configuration and Start-Version in one try block",
@@ -466,9 +518,13 @@ def _install_functions():
 
 def test_every_bash_function_has_its_powershell_twin():
     bash, _, ps, _ = _install_functions()
-    assert not set(bash) - set(FUNCTION_TWINS) - set(BASH_ONLY_FUNCTIONS), "give these a twin in install.ps1 or package-trust.ps1"
+    assert not set(bash) - set(FUNCTION_TWINS) - set(BASH_ONLY_FUNCTIONS), (
+        "give these a twin in install.ps1 or package-trust.ps1"
+    )
     assert not {FUNCTION_TWINS[name] for name in bash if name in FUNCTION_TWINS} - set(ps)
-    assert not (set(FUNCTION_TWINS) | set(BASH_ONLY_FUNCTIONS)) - set(bash), "the bash twin no longer has these: drop them"
+    assert not (set(FUNCTION_TWINS) | set(BASH_ONLY_FUNCTIONS)) - set(bash), (
+        "the bash twin no longer has these: drop them"
+    )
 
 
 def _in_same_order(first: list[str], second: list[str]) -> bool:
@@ -497,7 +553,7 @@ def _bash_code(text: str) -> str:
                     i += 2
                 elif text.startswith("$(", i):
                     end = _closing(text, i + 1, "(", ")")
-                    out.append(" " + _bash_code(text[i + 2:end - 1]) + " ")
+                    out.append(" " + _bash_code(text[i + 2 : end - 1]) + " ")
                     i = end
                 else:
                     i += 1
@@ -569,12 +625,19 @@ def test_twin_functions_check_in_the_same_order(name):
     assert not not_called, f"{name}: the PowerShell twin does not call {sorted(not_called)}"
     assert _in_same_order(mapped, ps_calls), f"{name}: bash calls {mapped}, PowerShell {ps_calls}"
     if name not in UNORDERED:
-        assert _in_same_order(bash_sentences, ps_sentences), f"{name}: bash says {bash_sentences}, PowerShell {ps_sentences}"
+        assert _in_same_order(bash_sentences, ps_sentences), (
+            f"{name}: bash says {bash_sentences}, PowerShell {ps_sentences}"
+        )
 
 
 def _outside_functions(tree: tree_sitter.Tree) -> list[tree_sitter.Node]:
-    return [child for child in tree.root_node.children if child.type != "param_block"
-            for child in ([child] if child.type != "statement_list" else child.children) if child.type != "function_statement"]
+    return [
+        child
+        for child in tree.root_node.children
+        if child.type != "param_block"
+        for child in ([child] if child.type != "statement_list" else child.children)
+        if child.type != "function_statement"
+    ]
 
 
 def _ps_sentences_outside_functions(tree, source, constants) -> list[str]:
@@ -593,6 +656,7 @@ def test_unordered_twins_still_check_the_same_things():
 
 
 # --- the same patterns, the same verdicts --------------------------------------------------------------
+
 
 def _net_pattern(pattern: str) -> re.Pattern:
     """A .NET pattern of the twins (ASCII classes, anchors, \\z), compiled by Python, which reads them alike."""
@@ -618,10 +682,15 @@ def _ps_install() -> tuple[str, dict[str, str]]:
 def _ps_env_rules() -> list[tuple[set[str], tuple[int, int] | str, str]]:
     text, constants = _ps_install()
     rules = []
-    for m in re.finditer(r"@\{ Names = ,? ?([^;]+); (?:Range = (\d+), (\d+)|Pattern = ('[^']*'|\$\w+)); Rule = '([^']+)' \}", text):
+    for m in re.finditer(
+        r"@\{ Names = ,? ?([^;]+); (?:Range = (\d+), (\d+)|Pattern = ('[^']*'|\$\w+)); Rule = '([^']+)' \}", text
+    ):
         names = set(re.findall(r"'([A-Z_]+)'", m.group(1)))
-        check = (int(m.group(2)), int(m.group(3))) if m.group(2) else (
-            m.group(4)[1:-1] if m.group(4).startswith("'") else constants[m.group(4).lower()])
+        check = (
+            (int(m.group(2)), int(m.group(3)))
+            if m.group(2)
+            else (m.group(4)[1:-1] if m.group(4).startswith("'") else constants[m.group(4).lower()])
+        )
         rules.append((names, check, m.group(5)))
     return rules
 
@@ -635,11 +704,11 @@ def _bash_env_rules() -> list[tuple[set[str], tuple[int, int] | str, str]]:
         test = m.group(2)
         if r := re.search(r'in_range "\$\{value\}" (\d+) (\d+)', test):
             check = (int(r.group(1)), int(r.group(2)))
-        elif r := re.search(r'=~ (\S+) \]\]', test):
+        elif r := re.search(r"=~ (\S+) \]\]", test):
             pattern = r.group(1)
             check = _bash_pattern(constants[pattern[2:-1]] if pattern.startswith("${") else pattern)
         else:
-            words = re.findall(r'== (\w+)', test)
+            words = re.findall(r"== (\w+)", test)
             assert words, test
             check = "^(" + "|".join(words) + ")\\z"
         rules.append((set(m.group(1).split("|")), check, m.group(3)))
@@ -674,44 +743,61 @@ def _ps_env_verdict(name: str, value: str) -> str:
     return "ok"
 
 
-ENV_VALUES = [
-    ("HTTPS_PORT", v) for v in ("443", "0", "65535", "65536", "0443", "443\r", "443\n", "+443", "443 ", "١٢٣")
-] + [
-    ("BIND_ADDRESS", v) for v in ("0.0.0.0", "10.0.0.256", "10.0.0.1\n", "010.0.0.1", "10.0.0.1:22", "::1")
-] + [
-    ("TLS_HOSTNAME", v) for v in ("chexnet.local", "chexnet.local\nevil", "-x", "x-", "a" * 253, "a" * 254, "x;y", "x y",
-                                  "chexnet.local$(id)", "chexnet.local`id`", "é.local", "chexnet.local\u212a")
-] + [
-    ("NGINX_RATE_LIMIT", v) for v in ("20r/s", "20r/h", "0r/s", "20r/s\n")
-] + [
-    ("NGINX_RATE_BURST", v) for v in ("0", "999999", "1000000", "-1")
-] + [
-    ("API_MEM_LIMIT", v) for v in ("3g", "4096m", "3G", "3gb", "0g")
-] + [
-    ("CHEXNET_VARIANT", v) for v in ("cpu", "gpu", "CPU", "cpu\n", "tpu")
-] + [
-    ("CHEXNET_VERSION", v) for v in ("0.1.0", "1.0.0+build.1", ".1", "0.1.0\n", "a" * 65)
-] + [
-    ("COMPOSE_PROFILES", v) for v in ("dicom", "dicom,extra", "dicom,", "DICOM", ",".join(["p"] * 9))
-] + [
-    ("API_REPLICAS", v) for v in ("1", "99", "100")
-] + [
-    ("CHEXNET_MODELS", v) for v in ("cxr10,cxr14", "cxr10\nEVIL=1", "cxr10'", 'cxr10"', "x" * 1024, "x" * 1025, "")
-]
+ENV_VALUES = (
+    [("HTTPS_PORT", v) for v in ("443", "0", "65535", "65536", "0443", "443\r", "443\n", "+443", "443 ", "١٢٣")]
+    + [("BIND_ADDRESS", v) for v in ("0.0.0.0", "10.0.0.256", "10.0.0.1\n", "010.0.0.1", "10.0.0.1:22", "::1")]
+    + [
+        ("TLS_HOSTNAME", v)
+        for v in (
+            "chexnet.local",
+            "chexnet.local\nevil",
+            "-x",
+            "x-",
+            "a" * 253,
+            "a" * 254,
+            "x;y",
+            "x y",
+            "chexnet.local$(id)",
+            "chexnet.local`id`",
+            "é.local",
+            "chexnet.local\u212a",
+        )
+    ]
+    + [("NGINX_RATE_LIMIT", v) for v in ("20r/s", "20r/h", "0r/s", "20r/s\n")]
+    + [("NGINX_RATE_BURST", v) for v in ("0", "999999", "1000000", "-1")]
+    + [("API_MEM_LIMIT", v) for v in ("3g", "4096m", "3G", "3gb", "0g")]
+    + [("CHEXNET_VARIANT", v) for v in ("cpu", "gpu", "CPU", "cpu\n", "tpu")]
+    + [("CHEXNET_VERSION", v) for v in ("0.1.0", "1.0.0+build.1", ".1", "0.1.0\n", "a" * 65)]
+    + [("COMPOSE_PROFILES", v) for v in ("dicom", "dicom,extra", "dicom,", "DICOM", ",".join(["p"] * 9))]
+    + [("API_REPLICAS", v) for v in ("1", "99", "100")]
+    + [("CHEXNET_MODELS", v) for v in ("cxr10,cxr14", "cxr10\nEVIL=1", "cxr10'", 'cxr10"', "x" * 1024, "x" * 1025, "")]
+)
 
 
 def test_env_values_get_the_same_verdict_from_both_twins(tmp_path):
     """bash's check_env_value, run, against the PowerShell twin's rules, value for value (hostile ones too)."""
-    script = ('source "$1"; DIR="$2"; shift 2\n'
-              'while [[ $# -gt 0 ]]; do (check_env_value "$1" "$2" && echo "ok") 2>&1 | tail -n 1; printf "\\0"; shift 2; done')
+    script = (
+        'source "$1"; DIR="$2"; shift 2\n'
+        'while [[ $# -gt 0 ]]; do (check_env_value "$1" "$2" && echo "ok") 2>&1 | tail -n 1; printf "\\0"; shift 2; done'
+    )
     arguments = [item for pair in ENV_VALUES for item in pair]
-    result = subprocess.run(["bash", "-c", script, "bash", str(ROOT / "scripts/lib.sh"), str(tmp_path), *arguments],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["bash", "-c", script, "bash", str(ROOT / "scripts/lib.sh"), str(tmp_path), *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     outputs = result.stdout.split("\0")[:-1]
     assert len(outputs) == len(ENV_VALUES), result.stderr
     for (name, value), output in zip(ENV_VALUES, outputs, strict=True):
         output = output.strip()
-        bash = "ok" if output == "ok" else "chars" if "may hold only" in output else output.split(" must be ")[-1].rstrip(".")
+        bash = (
+            "ok"
+            if output == "ok"
+            else "chars"
+            if "may hold only" in output
+            else output.split(" must be ")[-1].rstrip(".")
+        )
         assert _ps_env_verdict(name, value) == bash, (name, value, output)
 
 
@@ -720,13 +806,17 @@ def _ps_sums_verdict(data: bytes) -> str:
     _, constants = _ps_install()
     trust = _read("scripts/package-trust.ps1")
     dots = re.search(r"\$line -cmatch '(\(  \|/\)[^']*)'", trust).group(1)
-    test_sums = _text(_ps_functions(*_tree("scripts/package-trust.ps1"))["Test-SumsLines"], _tree("scripts/package-trust.ps1")[1])
+    test_sums = _text(
+        _ps_functions(*_tree("scripts/package-trust.ps1"))["Test-SumsLines"], _tree("scripts/package-trust.ps1")[1]
+    )
     comparer = re.search(r"\[System\.StringComparer\]::(\w+)", test_sums).group(1)
     if not data:
         return "line"
     text = data.decode("latin-1")
     lines = text.removesuffix("\n").split("\n")
-    if any(not _net_pattern(constants["$script:sumsline"]).match(line) or _net_pattern(dots).search(line) for line in lines):
+    if any(
+        not _net_pattern(constants["$script:sumsline"]).match(line) or _net_pattern(dots).search(line) for line in lines
+    ):
         return "line"
     paths = [line[66:].lower() if comparer == "OrdinalIgnoreCase" else line[66:] for line in lines]
     assert comparer in ("OrdinalIgnoreCase", "Ordinal"), comparer  # not a culture's: one whose 'I' is not 'i
@@ -765,9 +855,20 @@ def test_sums_files_get_the_same_verdict_from_both_twins(tmp_path):
     for name, data in SUMS_FILES.items():
         sums = tmp_path / "SHA256SUMS"
         sums.write_bytes(data)
-        result = subprocess.run(["bash", "-c", 'source "$1"; source "$2"; check_sums_lines "$3" && echo ok', "bash",
-                                 str(ROOT / "scripts/lib.sh"), str(ROOT / "scripts/package-trust.sh"), str(sums)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [
+                "bash",
+                "-c",
+                'source "$1"; source "$2"; check_sums_lines "$3" && echo ok',
+                "bash",
+                str(ROOT / "scripts/lib.sh"),
+                str(ROOT / "scripts/package-trust.sh"),
+                str(sums),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         bash = "ok" if result.stdout == "ok\n" else "twice" if "more than once" in result.stderr else "line"
         assert "is not '<sha256>" in result.stderr or bash != "line", (name, result.stderr)
         assert _ps_sums_verdict(data) == bash, (name, result.stderr)
@@ -782,17 +883,24 @@ def test_path_and_package_patterns_are_bash_s():
     assert "(  |/)\\.\\.?(/|\\z)" in _read("scripts/package-trust.ps1") and "(  |/)\\.\\.?(/|$)" in trust_sh
     chars = re.search(r"(?m)^PORTABLE_PATH_CHARS='([^']*)'", trust_sh).group(1)
     portable = _net_pattern(constants["$script:portablepath"])
-    assert all(portable.match(c) for c in chars) and not any(portable.match(chr(c)) for c in range(256) if chr(c) not in chars)
+    assert all(portable.match(c) for c in chars) and not any(
+        portable.match(chr(c)) for c in range(256) if chr(c) not in chars
+    )
     # SEQUENCE, VERSION and VARIANT as package_value reads them.
-    bash_values = {m.group(1): _bash_pattern(m.group(2)) for m in re.finditer(r"package_value (\w+) '([^']*)'", trust_sh + install_sh)}
+    bash_values = {
+        m.group(1): _bash_pattern(m.group(2))
+        for m in re.finditer(r"package_value (\w+) '([^']*)'", trust_sh + install_sh)
+    }
     ps_values = {m.group(1): m.group(2) for m in re.finditer(r"Get-PackageValue '(\w+)' '([^']*)'", text)}
-    ps_values |= {m.group(1): constants[m.group(2).lower()] for m in re.finditer(r"Get-PackageValue '(\w+)' (\$script:\w+)", text)}
+    ps_values |= {
+        m.group(1): constants[m.group(2).lower()] for m in re.finditer(r"Get-PackageValue '(\w+)' (\$script:\w+)", text)
+    }
     assert set(bash_values) == {"SEQUENCE", "VERSION", "VARIANT"} and ps_values == bash_values
 
 
 def test_option_patterns_are_install_sh_s():
     install_sh = _read("deployment_template/install.sh")
-    loop = install_sh[install_sh.index('case "$1" in'):install_sh.index("esac")]
+    loop = install_sh[install_sh.index('case "$1" in') : install_sh.index("esac")]
     bash = {_bash_pattern(p) for p in re.findall(r'\[\[ "\$2" =~ (\S+)', loop)}
     text, constants = _ps_install()
     ps = set(re.findall(r"-cnotmatch '([^']*)'", text)) | {constants["$dnsname"], constants["$ipv4"]}
@@ -809,9 +917,30 @@ def test_env_lines_are_read_as_check_site_env_reads_them():
 
 # --- what issue 25 found in the Windows twins, read from the syntax trees ---------------------------------
 
-PATH_CMDLETS = {"Get-Item", "Get-ChildItem", "Test-Path", "Remove-Item", "Copy-Item", "Move-Item", "Rename-Item",
-                "Get-Content", "Set-Content", "Add-Content", "Clear-Content", "Out-File", "Push-Location", "Set-Location",
-                "Get-FileHash", "Get-Acl", "Set-Acl", "Resolve-Path", "New-Item", "Split-Path", "Import-Csv", "Export-Csv"}
+PATH_CMDLETS = {
+    "Get-Item",
+    "Get-ChildItem",
+    "Test-Path",
+    "Remove-Item",
+    "Copy-Item",
+    "Move-Item",
+    "Rename-Item",
+    "Get-Content",
+    "Set-Content",
+    "Add-Content",
+    "Clear-Content",
+    "Out-File",
+    "Push-Location",
+    "Set-Location",
+    "Get-FileHash",
+    "Get-Acl",
+    "Set-Acl",
+    "Resolve-Path",
+    "New-Item",
+    "Split-Path",
+    "Import-Csv",
+    "Export-Csv",
+}
 
 
 def _commands(path: str):
@@ -836,8 +965,9 @@ def test_scripts_are_dot_sourced_from_their_text(path):
     for command in _nodes(tree.root_node, "command"):
         operator = next((c for c in command.children if c.type == "command_invokation_operator"), None)
         if operator is not None and _text(operator, source) == ".":
-            assert _text(command, source).startswith(". ([scriptblock]::Create([System.IO.File]::ReadAllText("), \
+            assert _text(command, source).startswith(". ([scriptblock]::Create([System.IO.File]::ReadAllText("), (
                 f"{path}:{command.start_point[0] + 1}: {_text(command, source)}"
+            )
 
 
 @pytest.mark.parametrize("path", _ps1_files())
@@ -851,7 +981,7 @@ def test_folders_are_listed_with_hidden_files(path):
 def test_access_is_granted_by_well_known_sid(path):
     tree, source = _tree(path)
     for comment in sorted(_nodes(tree.root_node, "comment"), key=lambda n: -n.start_byte):
-        source = source[:comment.start_byte] + source[comment.end_byte:]  # the code, not what its comments say
+        source = source[: comment.start_byte] + source[comment.end_byte :]  # the code, not what its comments say
     text = source.decode()
     assert "NTAccount" not in text and "BUILTIN\\" not in text and "NT AUTHORITY\\" not in text
     if path in ("scripts/package-trust.ps1",):
@@ -864,18 +994,24 @@ def test_no_native_error_stream_is_redirected_under_stop(path):
     $ErrorActionPreference is 'Stop': each redirection sits in a function that sets 'Continue' first."""
     tree, source = _tree(path)
     # The grammar reads '2>$null' written without a space as a bare word, not as a redirection: both are looked at.
-    redirections = [node for node in _nodes(tree.root_node, "redirection", "generic_token")
-                    if node.type == "redirection" or re.match(r"[1-6*]?>", _text(node, source))]
+    redirections = [
+        node
+        for node in _nodes(tree.root_node, "redirection", "generic_token")
+        if node.type == "redirection" or re.match(r"[1-6*]?>", _text(node, source))
+    ]
     assert redirections or path not in ("deployment_template/install.ps1", "scripts/preflight.ps1")
     for redirection in redirections:
-        if not re.match(r"\s*([2-6*]>|[1-6*]?>&[12])", _text(redirection, source)) and "$null" not in _text(redirection, source):
+        if not re.match(r"\s*([2-6*]>|[1-6*]?>&[12])", _text(redirection, source)) and "$null" not in _text(
+            redirection, source
+        ):
             continue  # stdout into a file is no native error stream
         node = redirection
         while node is not None and node.type != "function_statement":
             node = node.parent
         body = _text(node, source) if node is not None else ""
-        assert "$ErrorActionPreference = 'Continue'" in body, \
+        assert "$ErrorActionPreference = 'Continue'" in body, (
             f"{path}:{redirection.start_point[0] + 1}: {_text(redirection.parent, source)[:80]}"
+        )
 
 
 @pytest.mark.parametrize("path", _ps1_files())
@@ -895,7 +1031,9 @@ def test_no_variable_is_spelt_two_ways_in_one_function(path):
                 m = re.match(r"[$@]((?:script|global):)?([A-Za-z_][A-Za-z0-9_]*)", _text(variable, source))
                 if m and not m.group(1):
                     spellings.setdefault(m.group(2).lower(), set()).add(m.group(2))
-        assert not [s for s in spellings.values() if len(s) > 1], f"{path}, {name}: {[s for s in spellings.values() if len(s) > 1]}"
+        assert not [s for s in spellings.values() if len(s) > 1], (
+            f"{path}, {name}: {[s for s in spellings.values() if len(s) > 1]}"
+        )
 
 
 def _inside_function(node: tree_sitter.Node, top: tree_sitter.Node) -> bool:
@@ -924,8 +1062,8 @@ def test_a_failed_upgrade_is_rolled_back_whatever_failed():
     """Everything after the snapshot runs inside one try whose failure leads to Restore-Snapshot."""
     tree, source = _tree("deployment_template/install.ps1")
     main = "".join(_text(node, source) for node in _outside_functions(tree))
-    after = main[main.index("Save-Snapshot"):]
-    block = after[after.index("try {"):after.index("Restore-Snapshot")]
+    after = main[main.index("Save-Snapshot") :]
+    block = after[after.index("try {") : after.index("Restore-Snapshot")]
     assert "Set-Configuration" in block and "Start-Version $version" in block and "catch" in block
     start = _text(_ps_functions(tree, source)["Start-Version"], source)
     assert "Test-RunningVersion $Value" in start, "success only when every container runs the new version"

@@ -13,8 +13,15 @@ import yaml
 
 from sample_data import ROOT
 
-SCRIPTS = sorted([*ROOT.glob("scripts/*.sh"), ROOT / "deployment_template/install.sh", ROOT / "nginx/entrypoint.sh",
-                  ROOT / "test/e2e.sh", ROOT / ".ci/run"])
+SCRIPTS = sorted(
+    [
+        *ROOT.glob("scripts/*.sh"),
+        ROOT / "deployment_template/install.sh",
+        ROOT / "nginx/entrypoint.sh",
+        ROOT / "test/e2e.sh",
+        ROOT / ".ci/run",
+    ]
+)
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (.ci/run installs it)")
@@ -23,20 +30,27 @@ def test_shell_scripts_are_clean_under_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("content, ok, fragment", [
-    ("4C4C4544-0047-3510-8051-B4C04F4E4E32\n", True, "4c4c4544-0047-3510-8051-b4c04f4e4e32"),
-    ("00000000-0000-0000-0000-000000000000\n", False, "placeholder"),
-    ("Not Settable\n", False, "not a UUID"),
-])
+@pytest.mark.parametrize(
+    "content, ok, fragment",
+    [
+        ("4C4C4544-0047-3510-8051-B4C04F4E4E32\n", True, "4c4c4544-0047-3510-8051-b4c04f4e4e32"),
+        ("00000000-0000-0000-0000-000000000000\n", False, "placeholder"),
+        ("Not Settable\n", False, "not a UUID"),
+    ],
+)
 def test_product_uuid_script(tmp_path, content, ok, fragment):
     (tmp_path / "uuid").write_text(content)
-    result = subprocess.run([str(ROOT / "scripts/product-uuid.sh"), str(tmp_path / "uuid")], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(ROOT / "scripts/product-uuid.sh"), str(tmp_path / "uuid")], capture_output=True, text=True
+    )
     assert (result.returncode == 0) is ok
     assert fragment in (result.stdout if ok else result.stderr)
 
 
 def test_product_uuid_script_without_smbios(tmp_path):
-    result = subprocess.run([str(ROOT / "scripts/product-uuid.sh"), str(tmp_path / "absent")], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(ROOT / "scripts/product-uuid.sh"), str(tmp_path / "absent")], capture_output=True, text=True
+    )
     assert result.returncode == 1 and "exposes no SMBIOS UUID" in result.stderr
 
 
@@ -65,7 +79,9 @@ def test_compose_template_is_valid(tmp_path, compose, gpu):
     services = yaml.safe_load(result.stdout)["services"]
     api, nginx = services["api"], services["nginx"]
     assert api["restart"] == nginx["restart"] == "unless-stopped"
-    if not (major == 1 and gpu):  # Compose v1 leaves pull_policy out of a merged config (it never pulls a local image anyway)
+    if not (
+        major == 1 and gpu
+    ):  # Compose v1 leaves pull_policy out of a merged config (it never pulls a local image anyway)
         assert api["pull_policy"] == nginx["pull_policy"] == "never"
     assert "8080" in api["expose"] and "ports" not in api, "the API must not be published"
     assert (api["image"] == "chexnet-api-gpu:0.1.0") is gpu
@@ -83,6 +99,7 @@ def test_compose_template_is_valid(tmp_path, compose, gpu):
 
 # --- offline package trust, on a small package with no images (no Docker needed) -------------------
 
+
 def _run(*command, cwd=None, env=None, timeout=60):
     return subprocess.run([str(c) for c in command], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
@@ -98,7 +115,11 @@ def vendor_keys(tmp_path_factory):
 
 def _sign(package: Path, keys: Path) -> None:
     """SHA256SUMS of PACKAGE's files signed with KEYS, then the tarball packed and signed with KEYS."""
-    files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.sig"))
+    files = sorted(
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*")
+        if p.is_file() and p.name not in ("SHA256SUMS", "SHA256SUMS.sig")
+    )
     sums = "".join(f"{hashlib.sha256((package / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
     _sign_sums(package, keys, sums.encode())
 
@@ -107,16 +128,39 @@ def _pack(package: Path, keys: Path) -> Path:
     """<PACKAGE>.tar.gz beside the folder, as package-offline.sh packs it (root's, no group/other write), and
     its .sig made with KEYS: what the engineer carries. The folder stays, as the guide's unpacking leaves it."""
     tarball = package.parent / f"{package.name}.tar.gz"
-    packed = _run("tar", "-C", package.parent, "--owner=0", "--group=0", "--numeric-owner", "--mode=go-w", "--sort=name",
-                  "-czf", tarball, package.name)
+    packed = _run(
+        "tar",
+        "-C",
+        package.parent,
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        "--mode=go-w",
+        "--sort=name",
+        "-czf",
+        tarball,
+        package.name,
+    )
     assert packed.returncode == 0, packed.stderr
     _openssl_sign(keys, tarball)
     return tarball
 
 
 def _openssl_sign(keys: Path, file: Path) -> None:
-    signed = _run("openssl", "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32",
-                  "-sign", keys / "package_signing.key", "-out", f"{file}.sig", file)
+    signed = _run(
+        "openssl",
+        "dgst",
+        "-sha256",
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:32",
+        "-sign",
+        keys / "package_signing.key",
+        "-out",
+        f"{file}.sig",
+        file,
+    )
     assert signed.returncode == 0, signed.stderr
 
 
@@ -142,23 +186,30 @@ def _load(package, *args, env=None):
 def test_genuine_package_verifies_with_the_out_of_band_key_or_fingerprint(small_package, vendor_keys):
     result = _load(small_package, "--vendor-key", vendor_keys / "vendor_package.crt")
     assert result.returncode == 0 and "vendor signature OK" in result.stderr, result.stderr
-    fingerprint = _run("openssl", "x509", "-in", vendor_keys / "vendor_package.crt", "-noout", "-fingerprint", "-sha256").stdout
-    result = _load(small_package, "--vendor-fingerprint", fingerprint.split("=", 1)[1].strip())  # colons and capitals as openssl prints
+    fingerprint = _run(
+        "openssl", "x509", "-in", vendor_keys / "vendor_package.crt", "-noout", "-fingerprint", "-sha256"
+    ).stdout
+    result = _load(
+        small_package, "--vendor-fingerprint", fingerprint.split("=", 1)[1].strip()
+    )  # colons and capitals as openssl prints
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("forgery, key_kind, message", [
-    ("none", "none", "no vendor key given"),
-    ("resigned", "key", "does not verify with the vendor's certificate"),
-    ("resigned", "fingerprint", "does not match the fingerprint"),
-    ("tarball-swapped", "key", "does not verify with the vendor's certificate"),
-    ("no-tarball", "key", "keep chexnet-offline-0.0.1-cpu.tar.gz and its .sig beside the unpacked folder"),
-    ("tarball-link", "key", "cannot be read as a plain file"),
-    ("unlisted", "key", "which SHA256SUMS does not list"),
-    ("altered", "key", "damaged or missing"),
-    ("symlink", "key", "not a plain file"),
-    ("path", "key", "not '<sha256>  <relative path>'"),
-])
+@pytest.mark.parametrize(
+    "forgery, key_kind, message",
+    [
+        ("none", "none", "no vendor key given"),
+        ("resigned", "key", "does not verify with the vendor's certificate"),
+        ("resigned", "fingerprint", "does not match the fingerprint"),
+        ("tarball-swapped", "key", "does not verify with the vendor's certificate"),
+        ("no-tarball", "key", "keep chexnet-offline-0.0.1-cpu.tar.gz and its .sig beside the unpacked folder"),
+        ("tarball-link", "key", "cannot be read as a plain file"),
+        ("unlisted", "key", "which SHA256SUMS does not list"),
+        ("altered", "key", "damaged or missing"),
+        ("symlink", "key", "not a plain file"),
+        ("path", "key", "not '<sha256>  <relative path>'"),
+    ],
+)
 def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, tmp_path, forgery, key_kind, message):
     tarball = small_package.parent / f"{small_package.name}.tar.gz"
     if forgery in ("resigned", "path"):
@@ -168,7 +219,11 @@ def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, t
         shutil.copy(attacker / "vendor_package.crt", small_package / "vendor_package.crt")
         _sign(small_package, attacker)
         if forgery == "path":
-            _sign_sums(small_package, attacker, (small_package / "SHA256SUMS").read_bytes() + f"{'0' * 64}  ../../etc/passwd\n".encode())
+            _sign_sums(
+                small_package,
+                attacker,
+                (small_package / "SHA256SUMS").read_bytes() + f"{'0' * 64}  ../../etc/passwd\n".encode(),
+            )
             key_kind = "attacker"
     elif forgery == "tarball-swapped":  # the vendor's .sig kept beside another tarball
         signature = Path(f"{tarball}.sig").read_bytes()
@@ -188,9 +243,15 @@ def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, t
         elif forgery == "symlink":
             (small_package / "scripts/link").symlink_to("/etc/passwd")
         _pack(small_package, vendor_keys)
-    fingerprint = hashlib.sha256(_run_bytes("openssl", "x509", "-in", vendor_keys / "vendor_package.crt", "-outform", "DER")).hexdigest()
-    args = {"none": [], "key": ["--vendor-key", vendor_keys / "vendor_package.crt"], "fingerprint": ["--vendor-fingerprint", fingerprint],
-            "attacker": ["--vendor-key", tmp_path / "attacker/vendor_package.crt"]}[key_kind]
+    fingerprint = hashlib.sha256(
+        _run_bytes("openssl", "x509", "-in", vendor_keys / "vendor_package.crt", "-outform", "DER")
+    ).hexdigest()
+    args = {
+        "none": [],
+        "key": ["--vendor-key", vendor_keys / "vendor_package.crt"],
+        "fingerprint": ["--vendor-fingerprint", fingerprint],
+        "attacker": ["--vendor-key", tmp_path / "attacker/vendor_package.crt"],
+    }[key_kind]
     result = _load(small_package, *args)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode != 0 and len(errors) == 1 and message in errors[0], result.stderr
@@ -218,7 +279,10 @@ def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
     found = blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")
     assert len(found) == 5
     assert "openssl dgst" in found[0] and "-verify" in found[0] and ".tar.gz.sig" in found[0]
-    assert found[1].startswith("tar --no-same-owner --no-same-permissions -xzf") and "cd chexnet-offline-<version>-cpu" in found[1]
+    assert (
+        found[1].startswith("tar --no-same-owner --no-same-permissions -xzf")
+        and "cd chexnet-offline-<version>-cpu" in found[1]
+    )
     assert "scripts/product-uuid.sh" in found[2]
     assert "./install.sh" in found[3] and "--vendor-key" in found[3] and "--token-file" in found[3]
     assert ".env.example" in found[4] and "/opt/chexnet/.env" in found[4]
@@ -235,16 +299,27 @@ def test_field_guide_regional_centre_blocks_are_the_ones_the_e2e_suite_runs():
     assert "docker swarm init --advertise-addr <manager-address>" in found[1]
     assert "scripts/swarm-deploy.sh" in found[2] and "--nodes ../nodes.txt" in found[2] and "--token-file" in found[2]
     # the site's options go to the command, before the pipe
-    assert as_run(found[0], "1", "", "../site-uuid.txt").strip().endswith("--uuid-file ../site-uuid.txt | tee -a ../nodes.txt")
+    assert (
+        as_run(found[0], "1", "", "../site-uuid.txt")
+        .strip()
+        .endswith("--uuid-file ../site-uuid.txt | tee -a ../nodes.txt")
+    )
 
 
 # --- the Swarm stack and its scripts ---------------------------------------------------------------
+
 
 def _stack_config(tmp_path, env_overrides: dict, hashes: bool = True, gpu: bool = False) -> subprocess.CompletedProcess:
     """`docker stack config` (the Docker CLI alone, no daemon) of the stack files as swarm-deploy.sh deploys them."""
     for name in ("docker-stack.yml", "docker-stack.gpu.yml", "docker-stack.ports.yml"):
         shutil.copy(ROOT / "deployment_template" / name, tmp_path / name)
-    for name in ("swarm/license-keys.pem", "swarm/product_uuids", "swarm/revocations.jwt", "swarm/server.crt", "swarm/server.key"):
+    for name in (
+        "swarm/license-keys.pem",
+        "swarm/product_uuids",
+        "swarm/revocations.jwt",
+        "swarm/server.crt",
+        "swarm/server.key",
+    ):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHEXNET_", "API_", "NGINX_"))}
@@ -253,9 +328,16 @@ def _stack_config(tmp_path, env_overrides: dict, hashes: bool = True, gpu: bool 
             key, _, value = line.partition("=")
             env[key] = value
     if hashes:
-        env.update({f"{name}_SHA": f"{name.lower()}12" for name in ("LICENSE_KEYS", "PRODUCT_UUIDS", "REVOCATIONS", "TLS_CERTIFICATE", "TLS_KEY")})
+        env.update(
+            {
+                f"{name}_SHA": f"{name.lower()}12"
+                for name in ("LICENSE_KEYS", "PRODUCT_UUIDS", "REVOCATIONS", "TLS_CERTIFICATE", "TLS_KEY")
+            }
+        )
     env.update(env_overrides, DOCKER_HOST="unix:///nonexistent")
-    files = ["-c", "docker-stack.yml"] + (["-c", "docker-stack.gpu.yml"] if gpu else []) + ["-c", "docker-stack.ports.yml"]
+    files = (
+        ["-c", "docker-stack.yml"] + (["-c", "docker-stack.gpu.yml"] if gpu else []) + ["-c", "docker-stack.ports.yml"]
+    )
     return subprocess.run(["docker", "stack", "config", *files], cwd=tmp_path, capture_output=True, text=True, env=env)
 
 
@@ -270,7 +352,9 @@ def test_stack_file_is_valid_and_keeps_the_contract(tmp_path):
     for service in (api, nginx):  # start-first (api) and automatic rollback on failed health; contained
         assert service["deploy"]["update_config"]["failure_action"] == "rollback"
         assert service["read_only"] is True and "ALL" in service["cap_drop"]
-        assert all(volume["type"] != "bind" for volume in service["volumes"]), "a stack takes configs and secrets, not bind mounts"
+        assert all(volume["type"] != "bind" for volume in service["volumes"]), (
+            "a stack takes configs and secrets, not bind mounts"
+        )
     assert api["deploy"]["update_config"]["order"] == "start-first"
     assert api["environment"]["CHEXNET_NODE_NAME"] == "{{.Node.Hostname}}"
     assert api["environment"]["CHEXNET_PRODUCT_UUID_FILE"] == "/etc/chexnet/product_uuids"
@@ -293,8 +377,9 @@ def test_gpu_stack_override_places_one_torch_task_per_gpu_on_labelled_nodes(tmp_
     assert api["image"] == "chexnet-api-gpu:0.1.0"
     assert environment["CHEXNET_ENGINE"] == "torch" and environment["CHEXNET_PRECISION"] == "fp32"
     assert "node.labels.chexnet.gpu == true" in deploy["placement"]["constraints"]
-    assert [resource["discrete_resource_spec"] for resource in deploy["resources"]["reservations"]["generic_resources"]] \
-        == [{"kind": "NVIDIA-GPU", "value": 1}]
+    assert [
+        resource["discrete_resource_spec"] for resource in deploy["resources"]["reservations"]["generic_resources"]
+    ] == [{"kind": "NVIDIA-GPU", "value": 1}]
     assert deploy["resources"]["limits"]["memory"] == "12884901888" and deploy["endpoint_mode"] == "dnsrr"
     assert deploy["update_config"]["order"] == "start-first"
 
@@ -321,27 +406,47 @@ def _one_error(result) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("nodes, message", [
-    ("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\nvm2 not-a-uuid\n", "'vm2 not-a-uuid' is not '<node hostname> <product_uuid>'"),
-    ("4c4c4544-0047-3510-8051-b4c04f4e4e32\n", "is not '<node hostname> <product_uuid>'"),
-    ("vm;rm -rf / 4c4c4544-0047-3510-8051-b4c04f4e4e32\n", "is not '<node hostname> <product_uuid>'"),
-    ("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\nVM 5c4c4544-0047-3510-8051-b4c04f4e4e32\n", "lists node VM twice with different product_uuids"),
-])
+@pytest.mark.parametrize(
+    "nodes, message",
+    [
+        (
+            "vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\nvm2 not-a-uuid\n",
+            "'vm2 not-a-uuid' is not '<node hostname> <product_uuid>'",
+        ),
+        ("4c4c4544-0047-3510-8051-b4c04f4e4e32\n", "is not '<node hostname> <product_uuid>'"),
+        ("vm;rm -rf / 4c4c4544-0047-3510-8051-b4c04f4e4e32\n", "is not '<node hostname> <product_uuid>'"),
+        (
+            "vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\nVM 5c4c4544-0047-3510-8051-b4c04f4e4e32\n",
+            "lists node VM twice with different product_uuids",
+        ),
+    ],
+)
 def test_swarm_deploy_refuses_a_malformed_node_list(swarm_package, vendor_keys, tmp_path, nodes, message):
     (tmp_path / "nodes.txt").write_text(nodes)
-    result = _run("bash", swarm_package / "scripts/swarm-deploy.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
-                  "--nodes", tmp_path / "nodes.txt", "--dir", tmp_path / "site")
+    result = _run(
+        "bash",
+        swarm_package / "scripts/swarm-deploy.sh",
+        "--vendor-key",
+        vendor_keys / "vendor_package.crt",
+        "--nodes",
+        tmp_path / "nodes.txt",
+        "--dir",
+        tmp_path / "site",
+    )
     assert message in _one_error(result)
     assert not (tmp_path / "site").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "give the cluster's node list with --nodes"),
-    (["--nodes", "/nonexistent/nodes.txt"], "cannot be read"),
-    (["--nodes", "nodes.txt", "--replicas", "0"], "--replicas must be a number of API tasks from 1 to 99"),
-    (["--nodes", "nodes.txt", "--https-port", "70000"], "--https-port must be a port number"),
-    (["--nodes", "nodes.txt", "--hostname", "a b"], "--hostname must be a DNS name"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give the cluster's node list with --nodes"),
+        (["--nodes", "/nonexistent/nodes.txt"], "cannot be read"),
+        (["--nodes", "nodes.txt", "--replicas", "0"], "--replicas must be a number of API tasks from 1 to 99"),
+        (["--nodes", "nodes.txt", "--https-port", "70000"], "--https-port must be a port number"),
+        (["--nodes", "nodes.txt", "--hostname", "a b"], "--hostname must be a DNS name"),
+    ],
+)
 def test_swarm_deploy_refuses_bad_options_in_one_sentence(swarm_package, tmp_path, args, message):
     (tmp_path / "nodes.txt").write_text("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
     result = _run("bash", swarm_package / "scripts/swarm-deploy.sh", *args, cwd=tmp_path)
@@ -351,25 +456,45 @@ def test_swarm_deploy_refuses_bad_options_in_one_sentence(swarm_package, tmp_pat
 def test_swarm_scripts_refuse_a_forged_package_before_running_anything_of_it(swarm_package, vendor_keys, tmp_path):
     """A tarball altered after signing: refused before the package's product-uuid.sh runs (with no identity
     here, running it first would have said so instead), and before either script reads the node list."""
-    (swarm_package / "scripts/product-uuid.sh").write_text("#!/bin/sh\ntouch \"$0.ran\"\n")
+    (swarm_package / "scripts/product-uuid.sh").write_text('#!/bin/sh\ntouch "$0.ran"\n')
     tarball = swarm_package.parent / f"{swarm_package.name}.tar.gz"
     signature = Path(f"{tarball}.sig").read_bytes()
     assert _run("tar", "-C", swarm_package.parent, "-czf", tarball, swarm_package.name).returncode == 0
     Path(f"{tarball}.sig").write_bytes(signature)
     (tmp_path / "nodes.txt").write_text("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
-    node = _run("bash", swarm_package / "scripts/swarm-node.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
-                "--uuid-file", tmp_path / "absent")
+    node = _run(
+        "bash",
+        swarm_package / "scripts/swarm-node.sh",
+        "--vendor-key",
+        vendor_keys / "vendor_package.crt",
+        "--uuid-file",
+        tmp_path / "absent",
+    )
     assert "does not verify" in _one_error(node) and node.stdout == ""
-    deploy = _run("bash", swarm_package / "scripts/swarm-deploy.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
-                  "--nodes", tmp_path / "nodes.txt", "--dir", tmp_path / "site")
+    deploy = _run(
+        "bash",
+        swarm_package / "scripts/swarm-deploy.sh",
+        "--vendor-key",
+        vendor_keys / "vendor_package.crt",
+        "--nodes",
+        tmp_path / "nodes.txt",
+        "--dir",
+        tmp_path / "site",
+    )
     assert "does not verify" in _one_error(deploy)
     assert not (swarm_package / "scripts/product-uuid.sh.ran").exists() and not (tmp_path / "site").exists()
     assert not _staging_left()
 
 
 def test_swarm_node_without_an_identity_says_so_before_loading(swarm_package, vendor_keys, tmp_path):
-    result = _run("bash", swarm_package / "scripts/swarm-node.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
-                  "--uuid-file", tmp_path / "absent")
+    result = _run(
+        "bash",
+        swarm_package / "scripts/swarm-node.sh",
+        "--vendor-key",
+        vendor_keys / "vendor_package.crt",
+        "--uuid-file",
+        tmp_path / "absent",
+    )
     assert "exposes no SMBIOS UUID" in result.stderr and result.returncode != 0 and result.stdout == ""
 
 
@@ -473,7 +598,9 @@ def test_files_swapped_in_the_unpacked_folder_while_images_load_are_never_used(i
     genuine = hashlib.sha256((image_package / "images/chexnet-0.0.1-cpu.tar.gz").read_bytes()).hexdigest()
     (image_package / "images/chexnet-0.0.1-cpu.tar.gz").write_bytes(b"swapped before the run")
     swap = f"printf 'swapped during the load' > {image_package}/images/chexnet-0.0.1-cpu.tar.gz"
-    result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env={**env, "FAKE_DOCKER_ON_LOAD": swap})
+    result = _load(
+        image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env={**env, "FAKE_DOCKER_ON_LOAD": swap}
+    )
     assert result.returncode == 0, result.stderr
     assert _loaded(folder) == [f"{genuine} 700 0"]
 
@@ -488,21 +615,27 @@ def _plant(package: Path, kind: str, name: str) -> None:
         os.mkfifo(path)
 
 
-@pytest.mark.parametrize("kind, name", [
-    ("file", "x\n"),                          # sorts first: the empty first line that turned the checks off
-    ("file", "\nevil.sh"),
-    ("file", "images/x\n"),
-    ("file", "images/evil\n.tar.gz"),
-    ("file", "scripts/a\tb.sh"),
-    ("file", "scripts/evil\r"),
-    ("file", "license/keys/evil key.pem"),
-    ("file", "scripts/\u00e9vil.sh"),
-    ("symlink", "link\n"),
-    ("symlink", "\nlink"),
-    ("fifo", "scripts/fifo"),
-    ("fifo", "fifo\n"),
-], ids=repr)
-def test_an_unlisted_entry_with_any_name_is_refused_before_anything_is_loaded(image_package, vendor_keys, fake_docker, kind, name):
+@pytest.mark.parametrize(
+    "kind, name",
+    [
+        ("file", "x\n"),  # sorts first: the empty first line that turned the checks off
+        ("file", "\nevil.sh"),
+        ("file", "images/x\n"),
+        ("file", "images/evil\n.tar.gz"),
+        ("file", "scripts/a\tb.sh"),
+        ("file", "scripts/evil\r"),
+        ("file", "license/keys/evil key.pem"),
+        ("file", "scripts/\u00e9vil.sh"),
+        ("symlink", "link\n"),
+        ("symlink", "\nlink"),
+        ("fifo", "scripts/fifo"),
+        ("fifo", "fifo\n"),
+    ],
+    ids=repr,
+)
+def test_an_unlisted_entry_with_any_name_is_refused_before_anything_is_loaded(
+    image_package, vendor_keys, fake_docker, kind, name
+):
     env, folder = fake_docker
     _plant(image_package, kind, name)
     _pack(image_package, vendor_keys)  # in a tarball the vendor's key signed: the package's own checks must catch it
@@ -517,19 +650,53 @@ def _sums_of(package: Path) -> list[str]:
     return (package / "SHA256SUMS").read_text().splitlines()
 
 
-@pytest.mark.parametrize("forge, message", [
-    (lambda lines: "".join(f"{line}\r\n" for line in lines), "is not '<sha256>  <relative path>'"),
-    (lambda lines: "\ufeff" + "".join(f"{line}\n" for line in lines), "is not '<sha256>  <relative path>'"),
-    (lambda lines: "".join(f"{line}\n" for line in lines) + "\n", "is not '<sha256>  <relative path>'"),
-    (lambda lines: "".join(f"{line}\n" for line in lines + lines[:1]), "more than once"),
-    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + lines[0][66:].upper()]), "more than once"),
-    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "./" + lines[0][66:]]), "is not '<sha256>  <relative path>'"),
-    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license//x.pem"]), "is not '<sha256>  <relative path>'"),
-    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license/./x.pem"]), "is not '<sha256>  <relative path>'"),
-    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license/"]), "is not '<sha256>  <relative path>'"),
-    (lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "a\tb"]), "is not '<sha256>  <relative path>'"),
-    (lambda lines: "", "is not '<sha256>  <relative path>'"),
-], ids=["crlf", "bom", "empty-line", "duplicate", "duplicate-by-case", "dot", "double-slash", "dot-part", "trailing-slash", "tab", "empty"])
+@pytest.mark.parametrize(
+    "forge, message",
+    [
+        (lambda lines: "".join(f"{line}\r\n" for line in lines), "is not '<sha256>  <relative path>'"),
+        (lambda lines: "\ufeff" + "".join(f"{line}\n" for line in lines), "is not '<sha256>  <relative path>'"),
+        (lambda lines: "".join(f"{line}\n" for line in lines) + "\n", "is not '<sha256>  <relative path>'"),
+        (lambda lines: "".join(f"{line}\n" for line in lines + lines[:1]), "more than once"),
+        (
+            lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + lines[0][66:].upper()]),
+            "more than once",
+        ),
+        (
+            lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "./" + lines[0][66:]]),
+            "is not '<sha256>  <relative path>'",
+        ),
+        (
+            lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license//x.pem"]),
+            "is not '<sha256>  <relative path>'",
+        ),
+        (
+            lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license/./x.pem"]),
+            "is not '<sha256>  <relative path>'",
+        ),
+        (
+            lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "license/"]),
+            "is not '<sha256>  <relative path>'",
+        ),
+        (
+            lambda lines: "".join(f"{line}\n" for line in lines + [lines[0][:66] + "a\tb"]),
+            "is not '<sha256>  <relative path>'",
+        ),
+        (lambda lines: "", "is not '<sha256>  <relative path>'"),
+    ],
+    ids=[
+        "crlf",
+        "bom",
+        "empty-line",
+        "duplicate",
+        "duplicate-by-case",
+        "dot",
+        "double-slash",
+        "dot-part",
+        "trailing-slash",
+        "tab",
+        "empty",
+    ],
+)
 def test_a_signed_list_with_odd_lines_is_refused(image_package, vendor_keys, fake_docker, forge, message):
     env, folder = fake_docker
     _sign_sums(image_package, vendor_keys, forge(_sums_of(image_package)).encode())
@@ -556,15 +723,26 @@ def entrypoint(tmp_path):
         (folder / "bin" / name).chmod(0o755)
 
     def run(**values):
-        env = {"PATH": f"{folder / 'bin'}:/usr/bin:/bin", "FAKE_NGINX_LOG": str(folder / "log"),
-               "CHEXNET_NGINX_CERTS": str(folder / "certs"), "CHEXNET_NGINX_GENERATED": str(folder / "generated"), **values}
+        env = {
+            "PATH": f"{folder / 'bin'}:/usr/bin:/bin",
+            "FAKE_NGINX_LOG": str(folder / "log"),
+            "CHEXNET_NGINX_CERTS": str(folder / "certs"),
+            "CHEXNET_NGINX_GENERATED": str(folder / "generated"),
+            **values,
+        }
         return _run(dash, ROOT / "nginx/entrypoint.sh", "nginx", "-g", "daemon off;", env=env)
+
     return run, folder
 
 
 def test_nginx_entrypoint_renders_valid_settings(entrypoint):
     run, folder = entrypoint
-    result = run(TLS_HOSTNAME="chexnet.hospital.local", PUBLIC_HTTPS_PORT="8443", NGINX_RATE_LIMIT="600r/m", NGINX_API_TASKS="tasks.api")
+    result = run(
+        TLS_HOSTNAME="chexnet.hospital.local",
+        PUBLIC_HTTPS_PORT="8443",
+        NGINX_RATE_LIMIT="600r/m",
+        NGINX_API_TASKS="tasks.api",
+    )
     assert result.returncode == 0, result.stderr
     generated = folder / "generated"
     assert (generated / "redirect.conf").read_text() == "return 301 https://chexnet.hospital.local:8443$request_uri;\n"
@@ -576,56 +754,66 @@ def test_nginx_entrypoint_renders_valid_settings(entrypoint):
 INJECTED = "\nlocation /k { alias /etc/nginx/certs/server.key; }"
 
 
-@pytest.mark.parametrize("name, value", [
-    ("TLS_HOSTNAME", "chexnet.local" + INJECTED),
-    ("TLS_HOSTNAME", "chexnet.local\\n" + INJECTED[1:]),  # dash's echo made this '\n' a line break
-    ("TLS_HOSTNAME", "chexnet.local;"),
-    ("TLS_HOSTNAME", "-chexnet.local"),
-    ("TLS_HOSTNAME", "a" * 254),
-    ("NGINX_RATE_LIMIT", "20r/s" + INJECTED),
-    ("NGINX_RATE_LIMIT", "20r/s\\n" + INJECTED[1:] + " 20r/s"),
-    ("NGINX_RATE_LIMIT", "20r/s;" + INJECTED[1:] + "#r/s"),
-    ("NGINX_RATE_LIMIT", "020r/s"),
-    ("NGINX_RATE_LIMIT", "1234567r/s"),
-    ("NGINX_API_TASKS", "tasks.api" + INJECTED),
-    ("NGINX_API_TASKS", "tasks.api;"),
-    ("NGINX_RATE_BURST", "40" + INJECTED),
-    ("NGINX_RATE_BURST", "1234567"),
-    ("NGINX_CONN_LIMIT", "0"),
-    ("CHEXNET_MAX_UPLOAD_MB", "64\n"),
-    ("CHEXNET_MAX_UPLOAD_MB", "2048"),
-    ("PUBLIC_HTTPS_PORT", "443" + INJECTED),
-    ("PUBLIC_HTTPS_PORT", "65536"),
-    ("PUBLIC_HTTPS_PORT", "0443"),
-], ids=repr)
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("TLS_HOSTNAME", "chexnet.local" + INJECTED),
+        ("TLS_HOSTNAME", "chexnet.local\\n" + INJECTED[1:]),  # dash's echo made this '\n' a line break
+        ("TLS_HOSTNAME", "chexnet.local;"),
+        ("TLS_HOSTNAME", "-chexnet.local"),
+        ("TLS_HOSTNAME", "a" * 254),
+        ("NGINX_RATE_LIMIT", "20r/s" + INJECTED),
+        ("NGINX_RATE_LIMIT", "20r/s\\n" + INJECTED[1:] + " 20r/s"),
+        ("NGINX_RATE_LIMIT", "20r/s;" + INJECTED[1:] + "#r/s"),
+        ("NGINX_RATE_LIMIT", "020r/s"),
+        ("NGINX_RATE_LIMIT", "1234567r/s"),
+        ("NGINX_API_TASKS", "tasks.api" + INJECTED),
+        ("NGINX_API_TASKS", "tasks.api;"),
+        ("NGINX_RATE_BURST", "40" + INJECTED),
+        ("NGINX_RATE_BURST", "1234567"),
+        ("NGINX_CONN_LIMIT", "0"),
+        ("CHEXNET_MAX_UPLOAD_MB", "64\n"),
+        ("CHEXNET_MAX_UPLOAD_MB", "2048"),
+        ("PUBLIC_HTTPS_PORT", "443" + INJECTED),
+        ("PUBLIC_HTTPS_PORT", "65536"),
+        ("PUBLIC_HTTPS_PORT", "0443"),
+    ],
+    ids=repr,
+)
 def test_nginx_entrypoint_refuses_a_value_that_is_not_valid_whole_and_renders_nothing(entrypoint, name, value):
     run, folder = entrypoint
     result = run(**{name: value})
-    assert result.returncode == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, (
+        result.stderr
+    )
     assert name.removeprefix("PUBLIC_") in result.stderr
     assert not (folder / "generated").exists() and not (folder / "log").exists()
     assert list((folder / "certs").iterdir()) == []
 
 
-@pytest.mark.parametrize("name, value", [
-    ("TLS_HOSTNAME", "chexnet.local" + INJECTED),
-    ("TLS_HOSTNAME", "chexnet.local$(id)"),
-    ("TLS_HOSTNAME", "chexnet.local`id`"),
-    ("TLS_HOSTNAME", '"chexnet.local"'),
-    ("CHEXNET_MODELS", "cxr10\nEVIL=1"),
-    ("CHEXNET_MODELS", "cxr10$HOME"),
-    ("CHEXNET_MODELS", "cxr10`id`"),
-    ("CHEXNET_MODELS", "cxr10'"),
-    ("CHEXNET_MODELS", "cxr10 # a comment"),
-    ("CHEXNET_REVOCATION_LIST", "/etc/chexnet/license/revocations.jwt\\"),
-    ("HTTPS_PORT", "443\r"),
-    ("HTTPS_PORT", "443:8443"),
-    ("BIND_ADDRESS", "0.0.0.0:22"),
-    ("NGINX_RATE_LIMIT", "20r/s\n"),
-    ("API_REPLICAS", "100"),
-    ("CHEXNET_VARIANT", "cpu\n"),
-    ("COMPOSE_PROFILES", "dicom,"),
-], ids=repr)
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("TLS_HOSTNAME", "chexnet.local" + INJECTED),
+        ("TLS_HOSTNAME", "chexnet.local$(id)"),
+        ("TLS_HOSTNAME", "chexnet.local`id`"),
+        ("TLS_HOSTNAME", '"chexnet.local"'),
+        ("CHEXNET_MODELS", "cxr10\nEVIL=1"),
+        ("CHEXNET_MODELS", "cxr10$HOME"),
+        ("CHEXNET_MODELS", "cxr10`id`"),
+        ("CHEXNET_MODELS", "cxr10'"),
+        ("CHEXNET_MODELS", "cxr10 # a comment"),
+        ("CHEXNET_REVOCATION_LIST", "/etc/chexnet/license/revocations.jwt\\"),
+        ("HTTPS_PORT", "443\r"),
+        ("HTTPS_PORT", "443:8443"),
+        ("BIND_ADDRESS", "0.0.0.0:22"),
+        ("NGINX_RATE_LIMIT", "20r/s\n"),
+        ("API_REPLICAS", "100"),
+        ("CHEXNET_VARIANT", "cpu\n"),
+        ("COMPOSE_PROFILES", "dicom,"),
+    ],
+    ids=repr,
+)
 def test_lib_refuses_an_env_value_that_is_not_valid_whole(tmp_path, name, value):
     script = 'source "$1"; DIR="$2"; check_env_value "$3" "$4"; echo accepted'
     result = _run("bash", "-c", script, "bash", ROOT / "scripts/lib.sh", tmp_path, name, value)
@@ -635,10 +823,18 @@ def test_lib_refuses_an_env_value_that_is_not_valid_whole(tmp_path, name, value)
 def test_lib_accepts_the_example_env_and_plain_values(tmp_path):
     shutil.copy(ROOT / "deployment_template/.env.example", tmp_path / ".env")
     with open(tmp_path / ".env", "a") as env:
-        env.write("CHEXNET_DICOM_DESTINATION=PACS@10.0.0.5:104\nAPI_MEM_LIMIT=4096m\nCOMPOSE_PROFILES=dicom\n"
-                  "CHEXNET_MODELS=cxr10,cxr14\n   \n  # indented comment\nCHEXNET_REVOCATION_LIST=/etc/chexnet/license/revocations.jwt")
-    result = _run("bash", "-c", 'source "$1"; DIR="$2"; check_site_env; set_env TLS_HOSTNAME x.example; echo accepted',
-                  "bash", ROOT / "scripts/lib.sh", tmp_path)
+        env.write(
+            "CHEXNET_DICOM_DESTINATION=PACS@10.0.0.5:104\nAPI_MEM_LIMIT=4096m\nCOMPOSE_PROFILES=dicom\n"
+            "CHEXNET_MODELS=cxr10,cxr14\n   \n  # indented comment\nCHEXNET_REVOCATION_LIST=/etc/chexnet/license/revocations.jwt"
+        )
+    result = _run(
+        "bash",
+        "-c",
+        'source "$1"; DIR="$2"; check_site_env; set_env TLS_HOSTNAME x.example; echo accepted',
+        "bash",
+        ROOT / "scripts/lib.sh",
+        tmp_path,
+    )
     assert result.returncode == 0 and result.stdout == "accepted\n", result.stderr
     assert "TLS_HOSTNAME=x.example\n" in (tmp_path / ".env").read_text()
 
@@ -664,8 +860,19 @@ def swarm_site(swarm_package, vendor_keys, tmp_path, fake_docker):
     env, folder = fake_docker
 
     def deploy(*args):
-        return _run("bash", swarm_package / "scripts/swarm-deploy.sh", "--vendor-key", vendor_keys / "vendor_package.crt",
-                    "--nodes", tmp_path / "nodes.txt", "--dir", site, *args, env=env)
+        return _run(
+            "bash",
+            swarm_package / "scripts/swarm-deploy.sh",
+            "--vendor-key",
+            vendor_keys / "vendor_package.crt",
+            "--nodes",
+            tmp_path / "nodes.txt",
+            "--dir",
+            site,
+            *args,
+            env=env,
+        )
+
     return deploy, site, folder
 
 
@@ -688,7 +895,10 @@ def test_swarm_deploy_refuses_an_older_package_than_the_one_deployed(swarm_site)
     deploy, site, folder = swarm_site
     (site / ".package-sequence").write_text("200 0.0.2\n")
     error = _one_error(deploy())
-    assert "this package (version 0.0.1, sequence 100) is older than the one installed" in error and "--allow-downgrade" in error
+    assert (
+        "this package (version 0.0.1, sequence 100) is older than the one installed" in error
+        and "--allow-downgrade" in error
+    )
     assert "stack deploy" not in _calls(folder)
     allowed = deploy("--allow-downgrade")
     assert allowed.returncode == 0, allowed.stderr
@@ -697,7 +907,11 @@ def test_swarm_deploy_refuses_an_older_package_than_the_one_deployed(swarm_site)
 
 def _never_read(site: Path, folder: Path, planted: Path | None = None) -> None:
     """Nothing reached Swarm, and the secret is in no file of the install folder (but the one planted)."""
-    assert "stack deploy" not in _calls(folder) and "config create" not in _calls(folder) and "secret create" not in _calls(folder)
+    assert (
+        "stack deploy" not in _calls(folder)
+        and "config create" not in _calls(folder)
+        and "secret create" not in _calls(folder)
+    )
     for path in site.rglob("*"):
         if path.is_file() and not path.is_symlink() and path != planted:
             assert "shadow-file" not in path.read_text(errors="replace"), path
@@ -797,8 +1011,22 @@ def install_site(small_package, vendor_keys, tmp_path, fake_docker):
     env, folder = fake_docker
 
     def install(*args, package=small_package, extra_env=None):
-        return _run("bash", package / "install.sh", "--vendor-key", vendor_keys / "vendor_package.crt", "--dir", site,
-                    "--uuid-file", tmp_path / "uuid", "--skip-preflight", "--timeout", "5", *args, env={**env, **(extra_env or {})})
+        return _run(
+            "bash",
+            package / "install.sh",
+            "--vendor-key",
+            vendor_keys / "vendor_package.crt",
+            "--dir",
+            site,
+            "--uuid-file",
+            tmp_path / "uuid",
+            "--skip-preflight",
+            "--timeout",
+            "5",
+            *args,
+            env={**env, **(extra_env or {})},
+        )
+
     return install, site, folder
 
 
@@ -806,7 +1034,14 @@ def install_site(small_package, vendor_keys, tmp_path, fake_docker):
 def test_install_with_the_fake_docker_configures_and_starts(install_site, tmp_path):
     install, site, folder = install_site
     (tmp_path / "token.txt").write_text("token\n")
-    result = install("--token-file", tmp_path / "token.txt", "--dicom-destination", "PACS@10.0.0.5:104", "--dicom-allowed-aes", "MOD1")
+    result = install(
+        "--token-file",
+        tmp_path / "token.txt",
+        "--dicom-destination",
+        "PACS@10.0.0.5:104",
+        "--dicom-allowed-aes",
+        "MOD1",
+    )
     assert result.returncode == 0, result.stderr
     assert "up -d --remove-orphans" in _calls(folder)
     assert (site / "license/keys/0011223344556677.pem").read_text() == "licence key\n"
@@ -837,9 +1072,11 @@ def test_install_refuses_a_linked_token_file(install_site, tmp_path):
 
 # --- upgrades: only the verified copy is used, nothing older goes in, a failed upgrade is a failure ---
 
+
 @pytest.fixture
 def release(tmp_path, vendor_keys):
     """release(version, sequence): an installer package of that version and sequence, in a carry folder of its own."""
+
     def make(version: str, sequence: int) -> Path:
         package = tmp_path / f"carry-{version}-{sequence}" / f"chexnet-offline-{version}-cpu"
         if package.exists():
@@ -852,13 +1089,16 @@ def release(tmp_path, vendor_keys):
         shutil.copy(ROOT / "deployment_template/.env.example", package / ".env.example")
         shutil.copy(vendor_keys / "vendor_package.crt", package / "vendor_package.crt")
         return _make_installer(package, version, sequence, vendor_keys)
+
     return make
 
 
 def _site_state(site: Path) -> dict:
-    return {"version": re.search(r"^CHEXNET_VERSION=(.*)$", (site / ".env").read_text(), re.M).group(1),
-            "recorded": (site / ".package-sequence").read_text(),
-            "key": (site / "license/keys/0011223344556677.pem").read_text()}
+    return {
+        "version": re.search(r"^CHEXNET_VERSION=(.*)$", (site / ".env").read_text(), re.M).group(1),
+        "recorded": (site / ".package-sequence").read_text(),
+        "key": (site / "license/keys/0011223344556677.pem").read_text(),
+    }
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
@@ -871,13 +1111,22 @@ def test_an_older_package_is_refused_before_anything_changes_unless_allowed(inst
     for version, sequence in (("0.0.1", 100), ("0.0.2", 150)):
         calls = _calls(folder)
         error = _one_error(install(package=release(version, sequence)))
-        assert f"this package (version {version}, sequence {sequence}) is older than the one installed in {site} (version 0.0.2, sequence 200)" in error
+        assert (
+            f"this package (version {version}, sequence {sequence}) is older than the one installed in {site} (version 0.0.2, sequence 200)"
+            in error
+        )
         assert "--allow-downgrade" in error
-        assert _calls(folder)[len(calls):] == "compose version\n" and _site_state(site) == installed  # nothing loaded, nothing changed
+        assert (
+            _calls(folder)[len(calls) :] == "compose version\n" and _site_state(site) == installed
+        )  # nothing loaded, nothing changed
     assert install(package=release("0.0.2", 200)).returncode == 0  # the same package again: a reinstall
     allowed = install("--allow-downgrade", package=release("0.0.1", 100))
     assert allowed.returncode == 0 and "--allow-downgrade" in allowed.stderr, allowed.stderr
-    assert _site_state(site) == {"version": "0.0.1", "recorded": "100 0.0.1\n", "key": "licence key of 0.0.1, sequence 100\n"}
+    assert _site_state(site) == {
+        "version": "0.0.1",
+        "recorded": "100 0.0.1\n",
+        "key": "licence key of 0.0.1, sequence 100\n",
+    }
 
 
 def test_a_site_installed_before_sequences_refuses_an_older_version(install_site, release):
@@ -885,15 +1134,24 @@ def test_a_site_installed_before_sequences_refuses_an_older_version(install_site
     site.mkdir()
     (site / ".env").write_text("CHEXNET_VERSION=0.0.10\n")
     error = _one_error(install(package=release("0.0.9", 900)))
-    assert "version 0.0.9, sequence 900) is older than the one installed" in error and "(version 0.0.10, sequence unknown)" in error
+    assert (
+        "version 0.0.9, sequence 900) is older than the one installed" in error
+        and "(version 0.0.10, sequence unknown)" in error
+    )
     assert "load" not in _calls(folder)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
-@pytest.mark.parametrize("fault, says", [
-    ("FAKE_DOCKER_UP_FAILS", "docker compose up -d failed for 0.0.2"),  # the old containers keep running
-    ("FAKE_DOCKER_UP_IGNORED", "api is not chexnet-api-cpu:0.0.2, running and healthy (it is: chexnet-api-cpu:0.0.1 running healthy)"),
-])
+@pytest.mark.parametrize(
+    "fault, says",
+    [
+        ("FAKE_DOCKER_UP_FAILS", "docker compose up -d failed for 0.0.2"),  # the old containers keep running
+        (
+            "FAKE_DOCKER_UP_IGNORED",
+            "api is not chexnet-api-cpu:0.0.2, running and healthy (it is: chexnet-api-cpu:0.0.1 running healthy)",
+        ),
+    ],
+)
 def test_an_upgrade_that_did_not_happen_is_rolled_back_and_fails(install_site, release, fault, says):
     install, site, folder = install_site
     assert install(package=release("0.0.1", 100)).returncode == 0
@@ -912,8 +1170,16 @@ def test_a_failed_upgrade_that_added_the_dicom_node_rolls_back_to_the_site_witho
     install, site, folder = install_site
     assert install(package=release("0.0.1", 100)).returncode == 0
     (tmp_path / "token.txt").write_text("token\n")
-    result = install("--token-file", tmp_path / "token.txt", "--dicom-destination", "PACS@10.0.0.5:104", "--dicom-allowed-aes", "MOD1",
-                     package=release("0.0.2", 200), extra_env={"FAKE_DOCKER_UP_FAILS": "0.0.2"})
+    result = install(
+        "--token-file",
+        tmp_path / "token.txt",
+        "--dicom-destination",
+        "PACS@10.0.0.5:104",
+        "--dicom-allowed-aes",
+        "MOD1",
+        package=release("0.0.2", 200),
+        extra_env={"FAKE_DOCKER_UP_FAILS": "0.0.2"},
+    )
     assert _one_error(result) == "error: upgrade to 0.0.2 failed and was rolled back to 0.0.1.", result.stderr
     assert "\nCOMPOSE_PROFILES=\n" in (site / ".env").read_text() and (folder / "running").read_text() == "0.0.1\n"
 
@@ -924,15 +1190,23 @@ def test_install_uses_only_the_verified_copy_while_the_unpacked_folder_changes(i
     pre-flight while docker load runs (minutes on site): the site gets the signed files all the same."""
     install, site, folder = install_site
     package = release("0.0.1", 100)
-    genuine = {name: (package / name).read_bytes() for name in ("docker-compose.yml", "license/keys/0011223344556677.pem", ".env.example")}
-    swap = "; ".join(f"printf 'services: {{}}\\n' > {package / name}" for name in genuine) + f"; printf 'touch {package}/pwned' > {package}/scripts/product-uuid.sh"
+    genuine = {
+        name: (package / name).read_bytes()
+        for name in ("docker-compose.yml", "license/keys/0011223344556677.pem", ".env.example")
+    }
+    swap = (
+        "; ".join(f"printf 'services: {{}}\\n' > {package / name}" for name in genuine)
+        + f"; printf 'touch {package}/pwned' > {package}/scripts/product-uuid.sh"
+    )
     result = install(package=package, extra_env={"FAKE_DOCKER_ON_LOAD": swap})
     assert result.returncode == 0, result.stderr
     assert {name: (site / name).read_bytes() for name in genuine} == genuine
     assert not (package / "pwned").exists() and not _staging_left()
 
 
-def test_package_offline_packs_root_s_files_with_a_sequence_that_the_installer_reads(tmp_path, vendor_keys, fake_docker):
+def test_package_offline_packs_root_s_files_with_a_sequence_that_the_installer_reads(
+    tmp_path, vendor_keys, fake_docker
+):
     """The vendor's packer on a copy of the tree (it writes dist/ beside its scripts), with a docker that only
     saves a few bytes: what it packs is root's (0:0), never group- or other-writable, and carries SEQUENCE."""
     env, folder = fake_docker
@@ -941,14 +1215,27 @@ def test_package_offline_packs_root_s_files_with_a_sequence_that_the_installer_r
         shutil.copytree(ROOT / name, tree / name)
     for name in ("README.md", "BENCHMARKS.md", "pyproject.toml"):
         shutil.copy(ROOT / name, tree / name)
-    (tree / "deployment_template/install.sh").chmod(0o777)  # a careless build checkout: packed without group/other write
+    (tree / "deployment_template/install.sh").chmod(
+        0o777
+    )  # a careless build checkout: packed without group/other write
     (tmp_path / "licence.pem").write_bytes(_run_bytes("openssl", "genpkey", "-algorithm", "ed25519"))
     public = _run("openssl", "pkey", "-in", tmp_path / "licence.pem", "-pubout", "-out", tmp_path / "vendor_public.pem")
     assert public.returncode == 0, public.stderr
 
     def pack(*args):
-        return _run("bash", tree / "scripts/package-offline.sh", "--signing-key", vendor_keys / "package_signing.key",
-                    "--license-key", tmp_path / "vendor_public.pem", "--version", "0.0.3", *args, env=env)
+        return _run(
+            "bash",
+            tree / "scripts/package-offline.sh",
+            "--signing-key",
+            vendor_keys / "package_signing.key",
+            "--license-key",
+            tmp_path / "vendor_public.pem",
+            "--version",
+            "0.0.3",
+            *args,
+            env=env,
+        )
+
     assert "--sequence must be a whole number" in _one_error(pack("--sequence", "0x10"))
     result = pack("--sequence", "300")
     assert result.returncode == 0, result.stderr
@@ -965,9 +1252,16 @@ def test_package_offline_packs_root_s_files_with_a_sequence_that_the_installer_r
     assert (unpacked / "chexnet-offline-0.0.3-cpu/SEQUENCE").read_text() == "300\n"
     # The licence key's file name is its kid, derived by openssl in the packer as licensing derives it.
     from licensing.keys import key_id, load_public_key
+
     kid = key_id(load_public_key(tmp_path / "vendor_public.pem"))
     assert [p.name for p in (unpacked / "chexnet-offline-0.0.3-cpu/license/keys").iterdir()] == [f"{kid}.pem"]
-    loaded = _run("bash", unpacked / "chexnet-offline-0.0.3-cpu/scripts/load-images.sh", "--vendor-key", tree / "dist/vendor_package.crt", env=env)
+    loaded = _run(
+        "bash",
+        unpacked / "chexnet-offline-0.0.3-cpu/scripts/load-images.sh",
+        "--vendor-key",
+        tree / "dist/vendor_package.crt",
+        env=env,
+    )
     assert loaded.returncode == 0 and "tarball verified" in loaded.stderr, loaded.stderr
     archive = unpacked / "chexnet-offline-0.0.3-cpu/images/chexnet-0.0.3-cpu.tar.gz"
     assert _run_bytes("pigz", "-dc", archive) == b"image bytes"
@@ -975,6 +1269,7 @@ def test_package_offline_packs_root_s_files_with_a_sequence_that_the_installer_r
 
 
 # --- one rule, one default: the installers' copies of the service's rules are pinned to them ------------
+
 
 def _defined(path: str, pattern: str) -> list[str]:
     """Each value PATTERN's group captures in the file at PATH (relative to the repository)."""
@@ -992,12 +1287,19 @@ def test_the_installers_rules_and_defaults_are_the_services():
     assert len(_defined("deployment_template/install.ps1", rf"'\^{ae}[@(,\\]")) == 3
     # The DICOM port: the node's default, the container port compose publishes, the host port's defaults.
     assert _defined("deployment_template/docker-compose.yml", r'CHEXNET_DICOM_PORT: "(\d+)"') == [str(DICOM_PORT)]
-    assert _defined("deployment_template/docker-compose.yml", r"\$\{DICOM_PORT:-(\d+)\}:(\d+)") == [(str(DICOM_PORT),) * 2]
+    assert _defined("deployment_template/docker-compose.yml", r"\$\{DICOM_PORT:-(\d+)\}:(\d+)") == [
+        (str(DICOM_PORT),) * 2
+    ]
     assert _defined("deployment_template/.env.example", r"^DICOM_PORT=(\d+)$") == [str(DICOM_PORT)]
     assert _defined("deployment_template/install.sh", r"setting DICOM_PORT (\d+)") == [str(DICOM_PORT)]
     assert _defined("deployment_template/install.ps1", r"Get-Setting 'DICOM_PORT' '(\d+)'") == [str(DICOM_PORT)]
     # Where the host's identity is read.
-    for path in ("deployment_template/install.sh", "scripts/preflight.sh", "scripts/swarm-node.sh", "scripts/dev-up.sh"):
+    for path in (
+        "deployment_template/install.sh",
+        "scripts/preflight.sh",
+        "scripts/swarm-node.sh",
+        "scripts/dev-up.sh",
+    ):
         assert _defined(path, r"^UUID_FILE=(\S+)$") == [DEFAULT_UUID_FILE], path
     assert _defined("scripts/product-uuid.sh", r'file="\$\{1:-([^}]+)\}"') == [DEFAULT_UUID_FILE]
     # The licence clock leeway.

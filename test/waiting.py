@@ -35,6 +35,7 @@ def _docker(*args: str) -> str:
 
 def _replaced(service: str, victim: str) -> str:
     """Swarm has replaced the killed task: as many running tasks as wanted again, the victim not among them."""
+
     def done():
         running = _docker("ps", "-q", "--filter", f"name={service}.").split()
         wanted = _docker("service", "inspect", "-f", "{{.Spec.Mode.Replicated.Replicas}}", service)
@@ -45,12 +46,17 @@ def _replaced(service: str, victim: str) -> str:
 
 def _image(service: str, version: str) -> str:
     """SERVICE runs VERSION with every task up (after an update or a rollback has finished)."""
+
     def done():
         image = _docker("service", "inspect", "-f", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", service)
         state = _docker("service", "inspect", "-f", "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}", service)
         replicas = _docker("service", "ls", "--filter", f"name={service}", "--format", "{{.Replicas}}").split("\n")[0]
         converged = replicas.split("/")[0] == replicas.split("/")[-1]
-        return image.split("@")[0].endswith(f":{version}") and state in ("", "completed", "rollback_completed") and converged
+        return (
+            image.split("@")[0].endswith(f":{version}")
+            and state in ("", "completed", "rollback_completed")
+            and converged
+        )
 
     return wait_until(done, 300, f"{service} to run {version}") and version
 

@@ -14,19 +14,42 @@ from licensing import errors as licence_errors
 
 # Every error class the API answers with (a new one is added here; a test checks none is missing).
 API_ERRORS: tuple[type[ErrorProtocol], ...] = (
-    errors.ServiceError, errors.InvalidImage, errors.UnsupportedMediaType, errors.PayloadTooLarge,
-    errors.InvalidOption, errors.ModelNotFound, errors.BundleError, errors.EngineUnavailable, errors.Overloaded,
+    errors.ServiceError,
+    errors.InvalidImage,
+    errors.UnsupportedMediaType,
+    errors.PayloadTooLarge,
+    errors.InvalidOption,
+    errors.ModelNotFound,
+    errors.BundleError,
+    errors.EngineUnavailable,
+    errors.Overloaded,
     errors.NotReady,
-    api_errors.BadRequest, api_errors.NotFound, api_errors.MethodNotAllowed,
-    licence_errors.TokenMissing, licence_errors.TokenInvalid, licence_errors.TokenExpired,
-    licence_errors.TokenRevoked, licence_errors.WrongHost, licence_errors.ModelNotLicensed,
-    licence_errors.LicenseConfigError, licence_errors.LicenseNotReady,
+    api_errors.BadRequest,
+    api_errors.NotFound,
+    api_errors.MethodNotAllowed,
+    licence_errors.TokenMissing,
+    licence_errors.TokenInvalid,
+    licence_errors.TokenExpired,
+    licence_errors.TokenRevoked,
+    licence_errors.WrongHost,
+    licence_errors.ModelNotLicensed,
+    licence_errors.LicenseConfigError,
+    licence_errors.LicenseNotReady,
 )
 
 # Statuses nginx answers by itself in front of the service (nginx/errors.conf), with their codes.
-NGINX_ERRORS = {400: ["bad_request"], 404: ["not_found"], 405: ["method_not_allowed"], 413: ["payload_too_large"],
-                414: ["uri_too_long"], 429: ["rate_limited"], 500: ["internal_error"], 502: ["not_ready"],
-                503: ["overloaded", "not_ready"], 504: ["overloaded"]}
+NGINX_ERRORS = {
+    400: ["bad_request"],
+    404: ["not_found"],
+    405: ["method_not_allowed"],
+    413: ["payload_too_large"],
+    414: ["uri_too_long"],
+    429: ["rate_limited"],
+    500: ["internal_error"],
+    502: ["not_ready"],
+    503: ["overloaded", "not_ready"],
+    504: ["overloaded"],
+}
 
 
 def error_codes_by_status() -> dict[int, list[str]]:
@@ -57,65 +80,168 @@ def _json(name: str, description: str) -> dict:
 
 
 _NUMBER01 = {"type": "number", "minimum": 0, "maximum": 1}
-_MODEL_REF = _obj({"id": {"type": "string"}, "version": {"type": "string"}, "demo": {"type": "boolean"},
-                   "engine": {"enum": list(ENGINES)}, "device": {"enum": [d for d in DEVICES if d != "auto"]},
-                   "precision": {"enum": list(PRECISIONS)}})
-_LABEL = _obj({"code": {"type": "string"}, "threshold": _NUMBER01,
-               "name": _obj({"en": {"type": "string"}, "zh": {"type": ["string", "null"]}}, ["en"])})
+_MODEL_REF = _obj(
+    {
+        "id": {"type": "string"},
+        "version": {"type": "string"},
+        "demo": {"type": "boolean"},
+        "engine": {"enum": list(ENGINES)},
+        "device": {"enum": [d for d in DEVICES if d != "auto"]},
+        "precision": {"enum": list(PRECISIONS)},
+    }
+)
+_LABEL = _obj(
+    {
+        "code": {"type": "string"},
+        "threshold": _NUMBER01,
+        "name": _obj({"en": {"type": "string"}, "zh": {"type": ["string", "null"]}}, ["en"]),
+    }
+)
 
 SCHEMAS = {
-    "Error": _obj({"error": _obj({"code": {"enum": _ERROR_CODES}, "message": {"type": "string"},
-                                  "request_id": {"type": ["string", "null"]}})}),
+    "Error": _obj(
+        {
+            "error": _obj(
+                {
+                    "code": {"enum": _ERROR_CODES},
+                    "message": {"type": "string"},
+                    "request_id": {"type": ["string", "null"]},
+                }
+            )
+        }
+    ),
     "Health": _obj({"status": {"const": "ok"}}),
-    "Ready": _obj({"status": {"const": "ready"}, "models": {"type": "array", "items": {"type": "string"}},
-                   "default_model": {"type": "string"},
-                   "warnings": {"type": "array", "items": {"type": "string"}, "description":
-                                "Sentences for an operator while ready, e.g. a refused revocation list with the "
-                                "earlier list still in force; empty when all is well."}}),
-    "NotReady": _obj({"status": {"const": "not_ready"}, "reasons": {"type": "array", "items": {"type": "string"}},
-                      "error": {"type": "object"}}),
-    "Models": _obj({"models": {"type": "array", "items": _obj({
-        **_MODEL_REF["properties"], "input_size": {"type": "integer"}, "licensed": {"type": "boolean"},
-        "description": {"type": "string"}, "labels": {"type": "array", "items": _LABEL},
-        "variants": {"type": "object", "description": "Validated reduced-precision variants (CHEXNET_PRECISION) "
-                     "and how far each moved probabilities from fp32 on the calibration images: bf16 and int8 "
-                     "when the bundle was built (measured: build, on that CPU), fp16 on this service's GPU when it "
-                     "started, listed only when it is served (measured: start-up).",
-                     "additionalProperties": _obj({"max_delta": _NUMBER01, "max_delta_bound": _NUMBER01,
-                                                   "flips": {"type": "integer"}, "decisions": {"type": "integer"},
-                                                   "images": {"type": "integer"},
-                                                   "measured": {"enum": ["build", "start-up"]},
-                                                   "device": {"type": "string"}},
-                                                  ["max_delta", "flips", "decisions", "images", "measured"])}})}}),
-    "License": _obj({"customer": {"type": "string"}, "subject": {"type": "string"},
-                     "features": {"type": "array", "items": {"type": "string"}},
-                     "expires_at": {"type": "string", "format": "date-time"},
-                     "days_left": {"type": "integer", "minimum": 0},
-                     # one server's UUID, or a cluster licence's list of its nodes' UUIDs
-                     "product_uuid": {"oneOf": [{"type": "string"},
-                                                {"type": "array", "items": {"type": "string"}, "minItems": 2}]}}),
-    "Prediction": _obj({
-        "request_id": {"type": "string"}, "model": _MODEL_REF,
-        "image": _obj({"format": {"enum": ["png", "jpeg", "dicom"]}, "width": {"type": "integer"},
-                       "height": {"type": "integer"}}),
-        "findings": {"type": "array", "items": _obj({
-            "code": {"type": "string"}, "name": {"type": "string"}, "name_zh": {"type": ["string", "null"]},
-            "probability": _NUMBER01, "threshold": _NUMBER01, "positive": {"type": "boolean"}})},
-        "heatmaps": {"type": "array", "items": _obj({
-            "code": {"type": "string"}, "mime": {"enum": ["image/jpeg", "image/png"]},
-            "width": {"type": "integer"}, "height": {"type": "integer"},
-            "data": {"type": "string", "contentEncoding": "base64"}})},
-        "warnings": {"type": "array", "items": {"enum": list(WARNINGS)}, "description": "eligibility from the "
-                     "DICOM's own tags: " + "; ".join(f"{code}: {text}" for code, text in WARNINGS.items())
-                     + " An absent tag, and a PNG or JPEG, give no warning."},
-        "timing_ms": _obj({k: {"type": "number"} for k in ("decode", "preprocess", "inference", "heatmap", "total")}),
-        "notice": {"type": "string", "description": "present for demo bundles: the output is not a diagnosis"},
-    }, ["request_id", "model", "image", "findings", "heatmaps", "warnings", "timing_ms"]),
-    "CXRNetPrediction": _obj({
-        "answer": {"type": "array", "items": _NUMBER01}, "gradcam": {"type": "string", "contentEncoding": "base64"},
-        "category": {"type": "array", "items": {"type": "string"}}, "status": {"const": "OK"},
-        "demo": {"type": "boolean"}, "request_id": {"type": "string"}}),
+    "Ready": _obj(
+        {
+            "status": {"const": "ready"},
+            "models": {"type": "array", "items": {"type": "string"}},
+            "default_model": {"type": "string"},
+            "warnings": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Sentences for an operator while ready, e.g. a refused revocation list with the "
+                "earlier list still in force; empty when all is well.",
+            },
+        }
+    ),
+    "NotReady": _obj(
+        {
+            "status": {"const": "not_ready"},
+            "reasons": {"type": "array", "items": {"type": "string"}},
+            "error": {"type": "object"},
+        }
+    ),
+    "Models": _obj(
+        {
+            "models": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        **_MODEL_REF["properties"],
+                        "input_size": {"type": "integer"},
+                        "licensed": {"type": "boolean"},
+                        "description": {"type": "string"},
+                        "labels": {"type": "array", "items": _LABEL},
+                        "variants": {
+                            "type": "object",
+                            "description": "Validated reduced-precision variants (CHEXNET_PRECISION) "
+                            "and how far each moved probabilities from fp32 on the calibration images: bf16 and int8 "
+                            "when the bundle was built (measured: build, on that CPU), fp16 on this service's GPU when it "
+                            "started, listed only when it is served (measured: start-up).",
+                            "additionalProperties": _obj(
+                                {
+                                    "max_delta": _NUMBER01,
+                                    "max_delta_bound": _NUMBER01,
+                                    "flips": {"type": "integer"},
+                                    "decisions": {"type": "integer"},
+                                    "images": {"type": "integer"},
+                                    "measured": {"enum": ["build", "start-up"]},
+                                    "device": {"type": "string"},
+                                },
+                                ["max_delta", "flips", "decisions", "images", "measured"],
+                            ),
+                        },
+                    }
+                ),
+            }
+        }
+    ),
+    "License": _obj(
+        {
+            "customer": {"type": "string"},
+            "subject": {"type": "string"},
+            "features": {"type": "array", "items": {"type": "string"}},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "days_left": {"type": "integer", "minimum": 0},
+            # one server's UUID, or a cluster licence's list of its nodes' UUIDs
+            "product_uuid": {
+                "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 2}]
+            },
+        }
+    ),
+    "Prediction": _obj(
+        {
+            "request_id": {"type": "string"},
+            "model": _MODEL_REF,
+            "image": _obj(
+                {
+                    "format": {"enum": ["png", "jpeg", "dicom"]},
+                    "width": {"type": "integer"},
+                    "height": {"type": "integer"},
+                }
+            ),
+            "findings": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "code": {"type": "string"},
+                        "name": {"type": "string"},
+                        "name_zh": {"type": ["string", "null"]},
+                        "probability": _NUMBER01,
+                        "threshold": _NUMBER01,
+                        "positive": {"type": "boolean"},
+                    }
+                ),
+            },
+            "heatmaps": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "code": {"type": "string"},
+                        "mime": {"enum": ["image/jpeg", "image/png"]},
+                        "width": {"type": "integer"},
+                        "height": {"type": "integer"},
+                        "data": {"type": "string", "contentEncoding": "base64"},
+                    }
+                ),
+            },
+            "warnings": {
+                "type": "array",
+                "items": {"enum": list(WARNINGS)},
+                "description": "eligibility from the "
+                "DICOM's own tags: "
+                + "; ".join(f"{code}: {text}" for code, text in WARNINGS.items())
+                + " An absent tag, and a PNG or JPEG, give no warning.",
+            },
+            "timing_ms": _obj(
+                {k: {"type": "number"} for k in ("decode", "preprocess", "inference", "heatmap", "total")}
+            ),
+            "notice": {"type": "string", "description": "present for demo bundles: the output is not a diagnosis"},
+        },
+        ["request_id", "model", "image", "findings", "heatmaps", "warnings", "timing_ms"],
+    ),
+    "CXRNetPrediction": _obj(
+        {
+            "answer": {"type": "array", "items": _NUMBER01},
+            "gradcam": {"type": "string", "contentEncoding": "base64"},
+            "category": {"type": "array", "items": {"type": "string"}},
+            "status": {"const": "OK"},
+            "demo": {"type": "boolean"},
+            "request_id": {"type": "string"},
+        }
+    ),
 }
+
 
 def _options(models: dict[str, list[str]]) -> dict[str, dict]:
     """Each option's schema; with the loaded models, their ids and label codes are enums too."""
@@ -125,16 +251,22 @@ def _options(models: dict[str, list[str]]) -> dict[str, dict]:
     choice = f"{modes}|({one})(\\s*,\\s*({one}))*" if codes else f"{modes}|[^,]+(,[^,]+)*"
     heatmaps: dict = {"type": "string", "pattern": f"^\\s*({choice})?\\s*$"}
     return {
-        "model": {"schema": {"enum": ["", *models]} if models else {"type": "string"},
-                  "description": "bundle id (empty or absent: the server's default model)"},
-        "heatmaps": {"schema": {**heatmaps, "default": "top"},
-                     "description": f"{' | '.join(HEATMAP_MODES)} | a comma list of label codes of the model; "
-                                    "an empty option means its default"},
+        "model": {
+            "schema": {"enum": ["", *models]} if models else {"type": "string"},
+            "description": "bundle id (empty or absent: the server's default model)",
+        },
+        "heatmaps": {
+            "schema": {**heatmaps, "default": "top"},
+            "description": f"{' | '.join(HEATMAP_MODES)} | a comma list of label codes of the model; "
+            "an empty option means its default",
+        },
         "heatmap_format": {"schema": {"enum": ["", *FORMATS], "default": "jpeg"}},
-        "output": {"schema": {"enum": ["", *OUTPUTS], "default": "json"},
-                   "description": "dicom: a multipart/related body of DICOM objects (a Comprehensive SR and one "
-                                  "secondary capture per heatmap) for a DICOM input; the same as "
-                                  "Accept: multipart/related; type=\"application/dicom\". Not for PNG/JPEG (422)."},
+        "output": {
+            "schema": {"enum": ["", *OUTPUTS], "default": "json"},
+            "description": "dicom: a multipart/related body of DICOM objects (a Comprehensive SR and one "
+            "secondary capture per heatmap) for a DICOM input; the same as "
+            'Accept: multipart/related; type="application/dicom". Not for PNG/JPEG (422).',
+        },
     }
 
 
@@ -145,56 +277,87 @@ def _parameters(options: dict[str, dict], names: tuple[str, ...]) -> list[dict]:
 def _upload() -> dict:
     binary = {"type": "string", "format": "binary"}
     form = _obj({"image": {**binary, "description": "the radiograph: PNG, JPEG or DICOM (sniffed from its bytes)"}})
-    return {"required": True, "description": "The options are query parameters; browser forms may send them as "
-            "form fields of the same names instead (one place only: both is a 422).",
-            "content": {"multipart/form-data": {"schema": form},
-                                          **{mime: {"schema": binary} for mime in
-                                             ("image/png", "image/jpeg", "application/dicom")}}}
+    return {
+        "required": True,
+        "description": "The options are query parameters; browser forms may send them as "
+        "form fields of the same names instead (one place only: both is a 422).",
+        "content": {
+            "multipart/form-data": {"schema": form},
+            **{mime: {"schema": binary} for mime in ("image/png", "image/jpeg", "application/dicom")},
+        },
+    }
 
 
 _PREDICTION_EXAMPLE = {
     "request_id": "4f7c0e0b2a5d4c1e9a1b2c3d4e5f6a7b",
-    "model": {"id": "cxr10", "version": "0.0.0-demo", "demo": True, "engine": "onnxruntime", "device": "cpu",
-              "precision": "fp32"},
+    "model": {
+        "id": "cxr10",
+        "version": "0.0.0-demo",
+        "demo": True,
+        "engine": "onnxruntime",
+        "device": "cpu",
+        "precision": "fp32",
+    },
     "image": {"format": "dicom", "width": 1841, "height": 1955},
-    "findings": [{"code": "atelectasis", "name": "Atelectasis", "name_zh": "肺不张", "probability": 0.4873,
-                  "threshold": 0.5, "positive": False}],
+    "findings": [
+        {
+            "code": "atelectasis",
+            "name": "Atelectasis",
+            "name_zh": "肺不张",
+            "probability": 0.4873,
+            "threshold": 0.5,
+            "positive": False,
+        }
+    ],
     "heatmaps": [{"code": "atelectasis", "mime": "image/jpeg", "width": 482, "height": 512, "data": "/9j/4AAQ…"}],
     "warnings": [],
     "timing_ms": {"decode": 57.1, "preprocess": 4.2, "inference": 28.0, "heatmap": 6.3, "total": 95.6},
     "notice": "Demo model with untrained weights: its output is not a diagnosis.",
 }
-_ERROR_EXAMPLE = {"error": {"code": "invalid_option", "message": "output must be one of json, dicom, not 'hl7'.",
-                            "request_id": "4f7c0e0b2a5d4c1e9a1b2c3d4e5f6a7b"}}
+_ERROR_EXAMPLE = {
+    "error": {
+        "code": "invalid_option",
+        "message": "output must be one of json, dicom, not 'hl7'.",
+        "request_id": "4f7c0e0b2a5d4c1e9a1b2c3d4e5f6a7b",
+    }
+}
 
 
 def _error(status: int, description: str) -> dict:
     response = _json("Error", f"{description}; error.code is one of: {', '.join(error_codes_by_status()[status])}")
     response["content"]["application/json"]["example"] = _ERROR_EXAMPLE
     if status in (429, 503):
-        response["headers"] = {"Retry-After": {"description": "seconds to wait before retrying",
-                                               "schema": {"type": "integer"}}}
+        response["headers"] = {
+            "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+        }
     return response
 
 
-_AUTH_ERRORS = {"401": _error(401, "no token, malformed, bad signature, expired, not yet valid or revoked"),
-                "403": _error(403, "a valid token for another host, or for a model it does not license"),
-                "503": _error(503, "not ready or overloaded (Retry-After)")}
-_PREDICT_ERRORS = {**_AUTH_ERRORS, "400": _error(400, "the file cannot be decoded"),
-                   "404": _error(404, "unknown model"), "413": _error(413, "too many bytes or pixels"),
-                   "415": _error(415, "not PNG, JPEG or DICOM, or an unsupported DICOM codec"),
-                   "422": _error(422, "an option has a wrong value"),
-                   "429": _error(429, "rate limited (nginx)")}
+_AUTH_ERRORS = {
+    "401": _error(401, "no token, malformed, bad signature, expired, not yet valid or revoked"),
+    "403": _error(403, "a valid token for another host, or for a model it does not license"),
+    "503": _error(503, "not ready or overloaded (Retry-After)"),
+}
+_PREDICT_ERRORS = {
+    **_AUTH_ERRORS,
+    "400": _error(400, "the file cannot be decoded"),
+    "404": _error(404, "unknown model"),
+    "413": _error(413, "too many bytes or pixels"),
+    "415": _error(415, "not PNG, JPEG or DICOM, or an unsupported DICOM codec"),
+    "422": _error(422, "an option has a wrong value"),
+    "429": _error(429, "rate limited (nginx)"),
+}
 
 
 def _prediction_ok() -> dict:
     response = _json("Prediction", "findings for every label, heatmaps as asked (JSON, the default)")
     response["content"]["application/json"]["example"] = _PREDICTION_EXAMPLE
-    response["content"]["multipart/related; type=\"application/dicom\""] = {
+    response["content"]['multipart/related; type="application/dicom"'] = {
         "schema": {"type": "string", "format": "binary"},
         "description": "output=dicom: one part per DICOM instance (Content-Type: application/dicom), as DICOMweb "
-                       "returns instances: the Comprehensive SR (TID 1500), then one secondary capture per heatmap, "
-                       "all in the source study and referencing the source instance"}
+        "returns instances: the Comprehensive SR (TID 1500), then one secondary capture per heatmap, "
+        "all in the source study and referencing the source instance",
+    }
     return response
 
 
@@ -205,34 +368,97 @@ def openapi_document(models: dict[str, list[str]] | None = None) -> dict:
     predict_options = ("model", "heatmaps", "heatmap_format", "output")
     return {
         "openapi": "3.1.0",
-        "info": {"title": "CheXNet on-premise API", "version": __version__,
-                 "description": "Chest X-ray findings and Grad-CAM heatmaps. Demo bundles (model.demo = true) "
-                                "have untrained weights: their output is not a diagnosis."},
+        "info": {
+            "title": "CheXNet on-premise API",
+            "version": __version__,
+            "description": "Chest X-ray findings and Grad-CAM heatmaps. Demo bundles (model.demo = true) "
+            "have untrained weights: their output is not a diagnosis.",
+        },
         "servers": [{"url": "/"}],
-        "components": {"schemas": SCHEMAS,
-                       "securitySchemes": {"bearer": {
-                           "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                           "description": "the licence token (token.txt) the vendor issued for this server"}}},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "the licence token (token.txt) the vendor issued for this server",
+                }
+            },
+        },
         "paths": {
-            "/api/v1/health": {"get": {"operationId": "health", "summary": "liveness", "responses": {"200": _json("Health", "the process lives")}}},
-            "/api/v1/ready": {"get": {"operationId": "ready", "summary": "readiness", "responses": {
-                "200": _json("Ready", "models loaded and warmed up, licence keys usable"),
-                "503": _json("NotReady", "not ready, with reasons")}}},
-            "/api/v1/models": {"get": {"operationId": "models", "summary": "loaded models", "security": bearer, "responses": {
-                "200": _json("Models", "every loaded model and whether the token licenses it"), **_AUTH_ERRORS}}},
-            "/api/v1/license": {"get": {"operationId": "license", "summary": "the caller's licence", "security": bearer, "responses": {
-                "200": _json("License", "claims of the presented token"), **_AUTH_ERRORS}}},
-            "/api/v1/predict": {"post": {"operationId": "predict", "summary": "findings and heatmaps for one radiograph", "security": bearer,
-                                         "parameters": _parameters(options, predict_options),
-                                         "requestBody": _upload(), "responses": {
-                "200": _prediction_ok(), **_PREDICT_ERRORS}}},
-            "/api/v1/CXRNet/predict": {"post": {"operationId": "cxrnetPredict", "summary": "the source project's front-end format", "security": bearer,
-                                                "parameters": _parameters(options, ("model",)),
-                                                "requestBody": _upload(), "responses": {
-                "200": _json("CXRNetPrediction", "probabilities, one Grad-CAM JPEG, category names"),
-                **_PREDICT_ERRORS}}},
-            "/api/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-            "/api/v1/docs": {"get": {"operationId": "docs", "summary": "this reference (Swagger UI, served offline)",
-                                     "responses": {"200": {"description": "HTML"}}}},
+            "/api/v1/health": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "liveness",
+                    "responses": {"200": _json("Health", "the process lives")},
+                }
+            },
+            "/api/v1/ready": {
+                "get": {
+                    "operationId": "ready",
+                    "summary": "readiness",
+                    "responses": {
+                        "200": _json("Ready", "models loaded and warmed up, licence keys usable"),
+                        "503": _json("NotReady", "not ready, with reasons"),
+                    },
+                }
+            },
+            "/api/v1/models": {
+                "get": {
+                    "operationId": "models",
+                    "summary": "loaded models",
+                    "security": bearer,
+                    "responses": {
+                        "200": _json("Models", "every loaded model and whether the token licenses it"),
+                        **_AUTH_ERRORS,
+                    },
+                }
+            },
+            "/api/v1/license": {
+                "get": {
+                    "operationId": "license",
+                    "summary": "the caller's licence",
+                    "security": bearer,
+                    "responses": {"200": _json("License", "claims of the presented token"), **_AUTH_ERRORS},
+                }
+            },
+            "/api/v1/predict": {
+                "post": {
+                    "operationId": "predict",
+                    "summary": "findings and heatmaps for one radiograph",
+                    "security": bearer,
+                    "parameters": _parameters(options, predict_options),
+                    "requestBody": _upload(),
+                    "responses": {"200": _prediction_ok(), **_PREDICT_ERRORS},
+                }
+            },
+            "/api/v1/CXRNet/predict": {
+                "post": {
+                    "operationId": "cxrnetPredict",
+                    "summary": "the source project's front-end format",
+                    "security": bearer,
+                    "parameters": _parameters(options, ("model",)),
+                    "requestBody": _upload(),
+                    "responses": {
+                        "200": _json("CXRNetPrediction", "probabilities, one Grad-CAM JPEG, category names"),
+                        **_PREDICT_ERRORS,
+                    },
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "this document",
+                    "responses": {"200": {"description": "OpenAPI 3.1"}},
+                }
+            },
+            "/api/v1/docs": {
+                "get": {
+                    "operationId": "docs",
+                    "summary": "this reference (Swagger UI, served offline)",
+                    "responses": {"200": {"description": "HTML"}},
+                }
+            },
         },
     }

@@ -31,21 +31,44 @@ def demo_state_dict(num_classes: int, seed: int) -> dict:
     return CheXNet(num_classes).state_dict()
 
 
-def write_demo_bundle(out: str | Path, label_set: str, *, seed: int = 0, input_size: int = 224,
-                      bundle_id: str | None = None, version: str = "0.0.0-demo",
-                      variants: VariantRequest | None = None) -> Path:
+def write_demo_bundle(
+    out: str | Path,
+    label_set: str,
+    *,
+    seed: int = 0,
+    input_size: int = 224,
+    bundle_id: str | None = None,
+    version: str = "0.0.0-demo",
+    variants: VariantRequest | None = None,
+) -> Path:
     """torchvision densenet121 with seeded random weights, marked demo everywhere."""
     labels = load_labels(label_set)
     return write_bundle(
-        out, demo_state_dict(len(labels), seed), labels, bundle_id=bundle_id or Path(out).name,
-        version=version, input_size=input_size, demo=True, variants=variants,
+        out,
+        demo_state_dict(len(labels), seed),
+        labels,
+        bundle_id=bundle_id or Path(out).name,
+        version=version,
+        input_size=input_size,
+        demo=True,
+        variants=variants,
         description=f"DEMO: densenet121 with seeded random weights (seed {seed}), label set {label_set}. "
-                    "Untrained; not for diagnosis.",
+        "Untrained; not for diagnosis.",
     )
 
 
-def write_bundle(out: str | Path, state: dict, labels: list[Label], *, bundle_id: str, version: str,
-                 input_size: int, demo: bool, description: str, variants: VariantRequest | None = None) -> Path:
+def write_bundle(
+    out: str | Path,
+    state: dict,
+    labels: list[Label],
+    *,
+    bundle_id: str,
+    version: str,
+    input_size: int,
+    demo: bool,
+    description: str,
+    variants: VariantRequest | None = None,
+) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out} already exists and is not empty; choose another --out or remove it.")
@@ -61,18 +84,33 @@ def write_bundle(out: str | Path, state: dict, labels: list[Label], *, bundle_id
         check_parity(model, staging / MODEL_ONNX, input_size)
         files, built = [WEIGHTS_PT, MODEL_ONNX], BuiltVariants({}, {}, [])
         if variants and variants.precisions:
-            built = build_variants(staging, labels, input_size, Manifest.model_fields["mean"].default,
-                                   Manifest.model_fields["std"].default, variants)
+            built = build_variants(
+                staging,
+                labels,
+                input_size,
+                Manifest.model_fields["mean"].default,
+                Manifest.model_fields["std"].default,
+                variants,
+            )
             files += built.files
         manifest = Manifest(
-            id=bundle_id, version=version, input_size=input_size, labels=labels, demo=demo,
+            id=bundle_id,
+            version=version,
+            input_size=input_size,
+            labels=labels,
+            demo=demo,
             created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            description=description, variants=built.variants, startup_variants=built.startup_variants,
-            files={name: FileEntry(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size)
-                   for name in files},
+            description=description,
+            variants=built.variants,
+            startup_variants=built.startup_variants,
+            files={
+                name: FileEntry(sha256=sha256_file(staging / name), bytes=(staging / name).stat().st_size)
+                for name in files
+            },
         )
         (staging / MANIFEST).write_text(
-            json.dumps(manifest.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            json.dumps(manifest.model_dump(mode="json"), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
         if out.exists():
             out.rmdir()
         staging.rename(out)
@@ -89,9 +127,14 @@ def export_onnx(model: CheXNet, path: Path, input_size: int) -> None:
         # graph here is a plain CNN that the TorchScript exporter handles exactly.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(path), input_names=["input"], output_names=["logits", "features"],
+            model,
+            (dummy,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits", "features"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=ONNX_OPSET, dynamo=False,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
         )
 
 
@@ -106,7 +149,9 @@ def check_parity(model: CheXNet, onnx_path: Path, input_size: int) -> float:
     onnx_logits, _ = session.run(["logits", "features"], {"input": x})
     diff = float(np.abs(torch.sigmoid(logits).numpy() - 1 / (1 + np.exp(-onnx_logits))).max())
     if not diff <= PARITY_TOLERANCE:
-        raise BundleError(f"ONNX Runtime and PyTorch disagree by {diff:.2e} (limit {PARITY_TOLERANCE}); bundle not written.")
+        raise BundleError(
+            f"ONNX Runtime and PyTorch disagree by {diff:.2e} (limit {PARITY_TOLERANCE}); bundle not written."
+        )
     return diff
 
 
@@ -124,7 +169,10 @@ def check_keys(expected: dict, state: dict, num_labels: int) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    problems = [f"{what}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-                for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    problems = [
+        f"{what}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if keys
+    ]
     if problems:
         raise BundleError("The checkpoint is not a densenet121 state_dict (" + "; ".join(problems) + ").")

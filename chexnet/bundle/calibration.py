@@ -32,7 +32,9 @@ def calibration_tensors(directory: Path, input_size: int, mean: Sequence[float],
             skipped += 1
             continue
         except ChexnetError as exc:
-            raise BundleError(f"Calibration image {path} cannot be read ({exc.message}); remove it or fix it.") from None
+            raise BundleError(
+                f"Calibration image {path} cannot be read ({exc.message}); remove it or fix it."
+            ) from None
         tensors.append(preprocess(image.pixels, input_size, mean, std))
     if not tensors:
         raise BundleError(f"--calibration {directory} holds no PNG, JPEG or DICOM image.")
@@ -59,8 +61,10 @@ def load_inputs(bundle: Bundle, name: str, images: int) -> np.ndarray:
     except (OSError, KeyError, ValueError) as exc:
         raise BundleError(f"Bundle {bundle.id}: {name} is not a readable calibration set ({exc}).") from None
     if kept.dtype != np.uint8 or kept.shape != (images, m.input_size, m.input_size):
-        raise BundleError(f"Bundle {bundle.id}: {name} holds {kept.dtype} {tuple(kept.shape)}, not the "
-                          f"{images} uint8 {m.input_size}x{m.input_size} images the manifest lists.")
+        raise BundleError(
+            f"Bundle {bundle.id}: {name} holds {kept.dtype} {tuple(kept.shape)}, not the "
+            f"{images} uint8 {m.input_size}x{m.input_size} images the manifest lists."
+        )
     return _tensors(kept, m.mean, m.std)
 
 

@@ -15,7 +15,9 @@ from chexnet.errors import BundleError
 
 _WRAPPER_PREFIXES = ("module.", "densenet121.", "model.")
 # torchvision's own rule for checkpoints saved before 0.3 (denselayer norm.1 / relu.1 / conv.1).
-_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
@@ -25,7 +27,9 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise BundleError(f"Checkpoint {path} does not exist.") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, zipfile errors...
-        raise BundleError(f"Checkpoint {path} is not a loadable PyTorch state_dict ({type(exc).__name__}: {exc}).") from None
+        raise BundleError(
+            f"Checkpoint {path} is not a loadable PyTorch state_dict ({type(exc).__name__}: {exc})."
+        ) from None
     return normalise_state_dict(_unwrap(obj, path))
 
 
@@ -44,7 +48,7 @@ def normalise_key(key: str) -> str:
         stripped = False
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
+                key, stripped = key[len(prefix) :], True
     key = _LEGACY.sub(lambda m: m.group(1) + m.group(2), key)
     return key.replace("classifier.0.", "classifier.", 1) if key.startswith("classifier.0.") else key
 
@@ -52,5 +56,7 @@ def normalise_key(key: str) -> str:
 def normalise_state_dict(state: dict) -> dict[str, torch.Tensor]:
     out = {normalise_key(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if "classifier.weight" not in out:
-        raise BundleError("The checkpoint has no classifier weight (expected 'classifier.weight' or 'classifier.0.weight').")
+        raise BundleError(
+            "The checkpoint has no classifier weight (expected 'classifier.weight' or 'classifier.0.weight')."
+        )
     return out

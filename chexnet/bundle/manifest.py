@@ -112,7 +112,9 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _variant_files(self) -> "Manifest":
         for precision, variant in self.variants.items():
-            needed = [variant.graph] + ([variant.graph.removesuffix(".xml") + ".bin"] if variant.graph.endswith(".xml") else [])
+            needed = [variant.graph] + (
+                [variant.graph.removesuffix(".xml") + ".bin"] if variant.graph.endswith(".xml") else []
+            )
             missing = [name for name in needed if name not in self.files]
             if missing:
                 raise ValueError(f"the {precision} variant's {', '.join(missing)} must be listed in files")

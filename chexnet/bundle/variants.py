@@ -53,8 +53,14 @@ class BuiltVariants:
     files: list[str]  # written into the staging directory
 
 
-def build_variants(staging: Path, labels: list[Label], input_size: int, mean: Sequence[float], std: Sequence[float],
-                   request: VariantRequest) -> BuiltVariants:
+def build_variants(
+    staging: Path,
+    labels: list[Label],
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    request: VariantRequest,
+) -> BuiltVariants:
     """Write and validate the requested variants in staging."""
     x = calibration_tensors(request.calibration, input_size, mean, std)
     built = BuiltVariants({}, {}, [])
@@ -69,8 +75,9 @@ def build_variants(staging: Path, labels: list[Label], input_size: int, mean: Se
     return built
 
 
-def _measure_openvino(staging: Path, labels: list[Label], x: np.ndarray, precisions: list[str], max_delta: float,
-                      built: BuiltVariants) -> None:
+def _measure_openvino(
+    staging: Path, labels: list[Label], x: np.ndarray, precisions: list[str], max_delta: float, built: BuiltVariants
+) -> None:
     import onnxruntime as ort
     import openvino as ov
 
@@ -78,11 +85,17 @@ def _measure_openvino(staging: Path, labels: list[Label], x: np.ndarray, precisi
 
     core = ov.Core()
     if "bf16" in precisions and not cpu_runs_bf16(core):
-        raise BundleError("This CPU has neither AMX nor AVX512-BF16, so a bf16 variant cannot be measured here; "
-                          "build it on such a CPU, or leave out --precision bf16.")
+        raise BundleError(
+            "This CPU has neither AMX nor AVX512-BF16, so a bf16 variant cannot be measured here; "
+            "build it on such a CPU, or leave out --precision bf16."
+        )
     session = ort.InferenceSession(str(staging / MODEL_ONNX), providers=["CPUExecutionProvider"])
-    reference = np.concatenate([_sigmoid(session.run(["logits"], {"input": x[i:i + _REFERENCE_BATCH]})[0])
-                                for i in range(0, len(x), _REFERENCE_BATCH)])
+    reference = np.concatenate(
+        [
+            _sigmoid(session.run(["logits"], {"input": x[i : i + _REFERENCE_BATCH]})[0])
+            for i in range(0, len(x), _REFERENCE_BATCH)
+        ]
+    )
     for precision in precisions:
         graph = MODEL_INT8 if precision == "int8" else MODEL_ONNX
         if precision == "int8":
@@ -90,17 +103,24 @@ def _measure_openvino(staging: Path, labels: list[Label], x: np.ndarray, precisi
             built.files.extend([MODEL_INT8, MODEL_INT8.removesuffix(".xml") + ".bin"])
         compiled = compile_graph(core, staging / graph, precision, threads=len(os.sched_getaffinity(0)))
         infer = compiled.create_infer_request().infer
-        probabilities = np.concatenate([_sigmoid(infer({0: x[i:i + 1]})["logits"]) for i in range(len(x))])
+        probabilities = np.concatenate([_sigmoid(infer({0: x[i : i + 1]})["logits"]) for i in range(len(x))])
         delta, flips = agreement(reference, probabilities, labels)
         log.info("%s variant: max |Δp| %.2e, %d of %d decisions flipped", precision, delta, flips, reference.size)
         if not delta <= max_delta:
             raise BundleError(
                 f"The {precision} variant moves probabilities by up to {delta:.4f} on the {len(x)} calibration "
                 f"images (limit {max_delta}); bundle not written. Calibrate with more representative "
-                f"images, raise --max-delta if that is clinically acceptable, or leave out --precision {precision}.")
+                f"images, raise --max-delta if that is clinically acceptable, or leave out --precision {precision}."
+            )
         built.variants[precision] = Variant(
-            graph=graph, max_delta=delta, max_delta_bound=max_delta, flips=flips, decisions=int(reference.size),
-            images=len(x), cpu=core.get_property("CPU", "FULL_DEVICE_NAME") or platform.processor())
+            graph=graph,
+            max_delta=delta,
+            max_delta_bound=max_delta,
+            flips=flips,
+            decisions=int(reference.size),
+            images=len(x),
+            cpu=core.get_property("CPU", "FULL_DEVICE_NAME") or platform.processor(),
+        )
 
 
 def _quantize(core, staging: Path, x: np.ndarray) -> None:
@@ -112,9 +132,12 @@ def _quantize(core, staging: Path, x: np.ndarray) -> None:
 
     nncf.set_log_level(logging.WARNING)
     quantized = nncf.quantize(
-        core.read_model(str(staging / MODEL_ONNX)), nncf.Dataset([x[i:i + 1] for i in range(len(x))]),
-        subset_size=len(x), preset=nncf.QuantizationPreset.MIXED,
-        ignored_scope=nncf.IgnoredScope(types=["MatMul"]))  # the classifier (the graph's only MatMul)
+        core.read_model(str(staging / MODEL_ONNX)),
+        nncf.Dataset([x[i : i + 1] for i in range(len(x))]),
+        subset_size=len(x),
+        preset=nncf.QuantizationPreset.MIXED,
+        ignored_scope=nncf.IgnoredScope(types=["MatMul"]),
+    )  # the classifier (the graph's only MatMul)
     ov.save_model(quantized, str(staging / MODEL_INT8), compress_to_fp16=False)
 
 

@@ -34,8 +34,14 @@ DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = tuple(dict.fromkeys(p for kind in ENGINES.values() for p in kind.precisions))
 
 
-def create_engine(bundle: Bundle, engine: str = DEFAULT_ENGINE, device: str = "auto", precision: str = "fp32",
-                  threads: int | None = None, concurrency: int = 1) -> Engine:
+def create_engine(
+    bundle: Bundle,
+    engine: str = DEFAULT_ENGINE,
+    device: str = "auto",
+    precision: str = "fp32",
+    threads: int | None = None,
+    concurrency: int = 1,
+) -> Engine:
     """threads: CPU threads per engine call (default: the cores); concurrency: how many calls the service
     makes at once (its engine workers; OpenVINO gives each a stream of its own)."""
     kind = ENGINES.get(engine)

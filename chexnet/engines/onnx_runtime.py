@@ -14,22 +14,24 @@ from chexnet.errors import EngineUnavailable
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                 concurrency: int = 1):
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "cpu",
+        precision: str = "fp32",
+        threads: int | None = None,
+        concurrency: int = 1,
+    ):
         """concurrency: unused, one session serves concurrent calls."""
         if device not in ("cpu", "auto"):
-            raise EngineUnavailable(
-                "The onnxruntime engine runs on the CPU only; use the torch engine for CUDA."
-            )
+            raise EngineUnavailable("The onnxruntime engine runs on the CPU only; use the torch engine for CUDA.")
         self.device = "cpu"
         self.precision = precision
         model, self.weight = read_onnx(bundle)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def infer(self, batch: np.ndarray) -> EngineOutput:
         logits, features = self.session.run(["logits", "features"], {"input": batch})

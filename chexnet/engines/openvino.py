@@ -34,12 +34,19 @@ def compile_graph(core: ov.Core, path, precision: str, threads: int, streams: in
     if precision == "bf16" and not cpu_runs_bf16(core):
         raise EngineUnavailable(
             "This CPU has neither AMX nor AVX512-BF16, so bf16 would run as slow emulation; "
-            "set CHEXNET_PRECISION=fp32 (or int8 where the bundle carries it).")
+            "set CHEXNET_PRECISION=fp32 (or int8 where the bundle carries it)."
+        )
     try:
         model = core.read_model(str(path))
-        return core.compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": _HINTS[precision], "NUM_STREAMS": streams,
-            "INFERENCE_NUM_THREADS": threads * streams})
+        return core.compile_model(
+            model,
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": _HINTS[precision],
+                "NUM_STREAMS": streams,
+                "INFERENCE_NUM_THREADS": threads * streams,
+            },
+        )
     except RuntimeError as exc:
         raise BundleError(f"OpenVINO cannot load {os.path.basename(str(path))} ({str(exc).splitlines()[0]}).") from None
 
@@ -52,15 +59,22 @@ def graph_for(bundle: Bundle, precision: str) -> str:
     if variant is None:
         raise EngineUnavailable(
             f"Bundle {bundle.id} carries no validated {precision} variant; rebuild it with "
-            f"'bundle build --precision {precision} --calibration DIR', or set CHEXNET_PRECISION=fp32.")
+            f"'bundle build --precision {precision} --calibration DIR', or set CHEXNET_PRECISION=fp32."
+        )
     return variant.graph
 
 
 class OpenVinoEngine(Engine):
     name = "openvino"
 
-    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                 concurrency: int = 1):
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "cpu",
+        precision: str = "fp32",
+        threads: int | None = None,
+        concurrency: int = 1,
+    ):
         """threads: per call; concurrency: how many calls may run at once (one OpenVINO stream each)."""
         if device not in ("cpu", "auto"):
             raise EngineUnavailable("The openvino engine runs on the CPU only; use the torch engine for CUDA.")

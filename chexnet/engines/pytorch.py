@@ -55,8 +55,14 @@ def load_model(bundle: Bundle) -> CheXNet:
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "fp32", threads: int | None = None,
-                 concurrency: int = 1):
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        precision: str = "fp32",
+        threads: int | None = None,
+        concurrency: int = 1,
+    ):
         """threads, concurrency: unused; PyTorch sizes its own pool, and one module serves concurrent calls."""
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
@@ -64,7 +70,8 @@ class TorchEngine(Engine):
             raise EngineUnavailable(
                 "CHEXNET_PRECISION=fp16 needs a CUDA device and none is visible (check the NVIDIA driver and that "
                 "the container was started with GPU access); set CHEXNET_PRECISION=fp32, or CHEXNET_DEVICE=cpu to "
-                "measure and run fp16 on the CPU.")
+                "measure and run fp16 on the CPU."
+            )
         self.precision = precision
         self.fp16 = precision == "fp16"
         model = load_model(bundle).to(self.torch_device)
@@ -101,9 +108,7 @@ class TorchEngine(Engine):
         logits, features = logits.float(), features.float()
         h, w = features.shape[2:]
         cams = torch.relu(torch.einsum("ck,bkhw->bchw", self.weight, features)) / (h * w)
-        return EngineOutput(
-            torch.sigmoid(logits).float().cpu().numpy(), cams.float().cpu().numpy()
-        )
+        return EngineOutput(torch.sigmoid(logits).float().cpu().numpy(), cams.float().cpu().numpy())
 
 
 def _cpu_name() -> str:

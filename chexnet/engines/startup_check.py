@@ -43,7 +43,8 @@ def measure_at_start(bundle: Bundle, engine: Engine, reference: Engine, device_n
         raise EngineUnavailable(
             f"Bundle {bundle.id} carries no calibration images for {precision}, so {precision} cannot be measured "
             f"on this {device_name}; rebuild it with 'bundle build --precision {precision} --calibration DIR', "
-            "or set CHEXNET_PRECISION=fp32.")
+            "or set CHEXNET_PRECISION=fp32."
+        )
     x = load_inputs(bundle, spec.inputs, spec.images)
     served = _probabilities(engine, x)
     delta, flips = agreement(_probabilities(reference, x), served, bundle.manifest.labels)
@@ -51,9 +52,10 @@ def measure_at_start(bundle: Bundle, engine: Engine, reference: Engine, device_n
         raise EngineUnavailable(
             f"{precision} on this {device_name} moves bundle {bundle.id}'s probabilities by up to {delta:.4f} on "
             f"its {len(x)} calibration images (limit {spec.max_delta_bound}), so it is not served; "
-            "set CHEXNET_PRECISION=fp32.")
+            "set CHEXNET_PRECISION=fp32."
+        )
     return Measurement(precision, delta, spec.max_delta_bound, flips, int(served.size), len(x), device_name)
 
 
 def _probabilities(engine: Engine, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([engine.infer(x[i:i + _BATCH]).probabilities for i in range(0, len(x), _BATCH)])
+    return np.concatenate([engine.infer(x[i : i + _BATCH]).probabilities for i in range(0, len(x), _BATCH)])

@@ -5,5 +5,15 @@ from chexnet.service.observability import AuditLog, Metrics, configure_logging
 from chexnet.service.service import LoadedModel, Service
 from chexnet.service.settings import DICOM_NODE, HTTP_API, Settings, SettingsError, Workload
 
-__all__ = ["AuditLog", "Metrics", "configure_logging", "LoadedModel", "Service", "DICOM_NODE", "HTTP_API", "Settings",
-           "SettingsError", "Workload"]
+__all__ = [
+    "AuditLog",
+    "Metrics",
+    "configure_logging",
+    "LoadedModel",
+    "Service",
+    "DICOM_NODE",
+    "HTTP_API",
+    "Settings",
+    "SettingsError",
+    "Workload",
+]

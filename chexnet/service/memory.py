@@ -67,8 +67,9 @@ class MemoryEstimate:
     def describe(self) -> str:
         parts = [f"{_count(self.decodes, 'decode')} at once at {gib(self.per_decode)} each"]
         if self.requests_past_decode:
-            parts.append(f"{_count(self.requests_past_decode, 'request')} past decoding "
-                         f"at {gib(self.per_request)} each")
+            parts.append(
+                f"{_count(self.requests_past_decode, 'request')} past decoding at {gib(self.per_request)} each"
+            )
         parts.append(f"{gib(self.base)} for the runtime and {_count(self.bundles, 'model bundle')}")
         if self.buffers:
             parts.append(f"{gib(self.buffers)} of connection buffers")
@@ -83,15 +84,27 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def estimate(*, engine: str, bundles: int, max_pixels: int, max_upload_bytes: int, decodes: int,
-             past_decode: int, engine_calls: int, http: bool) -> MemoryEstimate:
+def estimate(
+    *,
+    engine: str,
+    bundles: int,
+    max_pixels: int,
+    max_upload_bytes: int,
+    decodes: int,
+    past_decode: int,
+    engine_calls: int,
+    http: bool,
+) -> MemoryEstimate:
     """decodes: decode slots in use at once; past_decode: requests holding a decoded image outside a slot;
     engine_calls: forward passes at once; http: whether waitress's connection buffers count."""
     base = RUNTIME_MIB.get(engine, max(RUNTIME_MIB.values())) * MIB
     base += bundles * (BUNDLE_MIB.get(engine, max(BUNDLE_MIB.values())) + max(1, engine_calls) * ENGINE_CALL_MIB) * MIB
     return MemoryEstimate(
-        base=base, bundles=bundles, decodes=decodes,
+        base=base,
+        bundles=bundles,
+        decodes=decodes,
         per_decode=UPLOAD_COPIES * max_upload_bytes + DECODE_BYTES_PER_PIXEL * max_pixels,
-        requests_past_decode=max(0, past_decode), per_request=max_pixels + REQUEST_MIB * MIB,
+        requests_past_decode=max(0, past_decode),
+        per_request=max_pixels + REQUEST_MIB * MIB,
         buffers=WAITRESS_CONNECTIONS * WAITRESS_BUFFER_BYTES if http else 0,
     )

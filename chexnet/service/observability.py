@@ -28,7 +28,9 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
         }
         if request_id.get():
             entry["request_id"] = request_id.get()
@@ -53,15 +55,36 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("chexnet_requests_total", "HTTP requests by endpoint, status and error code",
-                                ["endpoint", "status", "code"], registry=self.registry)
-        self.latency = Histogram("chexnet_request_seconds", "Request latency by endpoint", ["endpoint"],
-                                 registry=self.registry, buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.stage = Histogram("chexnet_stage_seconds", "Latency per inference stage", ["model", "stage"],
-                               registry=self.registry, buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self.batch_size = Histogram("chexnet_batch_size", "Images per engine call", ["model"],
-                                    registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64))
-        self.queue_depth = Gauge("chexnet_queue_depth", "Images waiting for the engine", ["model"], registry=self.registry)
+        self.requests = Counter(
+            "chexnet_requests_total",
+            "HTTP requests by endpoint, status and error code",
+            ["endpoint", "status", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "chexnet_request_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.stage = Histogram(
+            "chexnet_stage_seconds",
+            "Latency per inference stage",
+            ["model", "stage"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.batch_size = Histogram(
+            "chexnet_batch_size",
+            "Images per engine call",
+            ["model"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+        self.queue_depth = Gauge(
+            "chexnet_queue_depth", "Images waiting for the engine", ["model"], registry=self.registry
+        )
 
     def watch_revocations(self, watcher: Callable[[], RevocationWatcher | None]) -> None:
         """The revocation list's state, read at each scrape (the watcher exists once the keys load)."""
@@ -81,11 +104,17 @@ class RevocationCollector(Collector):
         if watcher is None:
             return
         current, standing, counts = watcher.current, watcher.standing_refusals(), dict(watcher.refusals)
-        yield GaugeMetricFamily("chexnet_revocation_sequence", "Sequence of the revocation list in force (0: none)",
-                                value=current.seq if current else 0)
-        refused = GaugeMetricFamily("chexnet_revocation_refused", "1 while a revocation list is refused for this reason",
-                                    labels=["reason"])
-        total = CounterMetricFamily("chexnet_revocation_refusals", "Revocation lists refused, by reason", labels=["reason"])
+        yield GaugeMetricFamily(
+            "chexnet_revocation_sequence",
+            "Sequence of the revocation list in force (0: none)",
+            value=current.seq if current else 0,
+        )
+        refused = GaugeMetricFamily(
+            "chexnet_revocation_refused", "1 while a revocation list is refused for this reason", labels=["reason"]
+        )
+        total = CounterMetricFamily(
+            "chexnet_revocation_refusals", "Revocation lists refused, by reason", labels=["reason"]
+        )
         for reason in REFUSAL_REASONS:
             refused.add_metric([reason], 1 if reason in standing else 0)
             total.add_metric([reason], counts.get(reason, 0))
@@ -103,8 +132,9 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def write(self, record: dict) -> None:
-        line = json.dumps({"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), **record},
-                          ensure_ascii=False)
+        line = json.dumps(
+            {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), **record}, ensure_ascii=False
+        )
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()

@@ -48,15 +48,27 @@ class LoadedModel:
     @property
     def info(self) -> dict:
         m = self.predictor.bundle.manifest
-        variants = {p: {**v.model_dump(include={"max_delta", "max_delta_bound", "flips", "decisions", "images"}),
-                        "measured": "build", "device": v.cpu} for p, v in m.variants.items()}
+        variants = {
+            p: {
+                **v.model_dump(include={"max_delta", "max_delta_bound", "flips", "decisions", "images"}),
+                "measured": "build",
+                "device": v.cpu,
+            }
+            for p, v in m.variants.items()
+        }
         measured = self.predictor.engine.measurement  # fp16: measured on this device at start-up
         if measured is not None:
             variants[measured.precision] = measured.as_dict()
-        return {**self.predictor.model_info.as_dict(), "input_size": m.input_size, "description": m.description,
-                "variants": variants,
-                "labels": [{"code": label.code, "name": label.name.model_dump(), "threshold": label.threshold}
-                           for label in m.labels]}
+        return {
+            **self.predictor.model_info.as_dict(),
+            "input_size": m.input_size,
+            "description": m.description,
+            "variants": variants,
+            "labels": [
+                {"code": label.code, "name": label.name.model_dump(), "threshold": label.threshold}
+                for label in m.labels
+            ],
+        }
 
 
 class Service:
@@ -94,8 +106,16 @@ class Service:
             self._done.set()
         for problem in self.problems:
             log.error("not ready: %s", problem)
-        log.info("start-up finished", extra={"fields": {
-            "models": list(self.models), "ready": not self.problems, "seconds": round(time.monotonic() - started, 1)}})
+        log.info(
+            "start-up finished",
+            extra={
+                "fields": {
+                    "models": list(self.models),
+                    "ready": not self.problems,
+                    "seconds": round(time.monotonic() - started, 1),
+                }
+            },
+        )
 
     def _load_licence(self) -> None:
         s = self.settings
@@ -141,11 +161,23 @@ class Service:
         s, layout = self.settings, self.layout
         engine = create_engine(bundle, s.engine, s.device, s.precision, layout.engine_threads, layout.engine_workers)
         engine.warmup(bundle.manifest.input_size)
-        batcher = MicroBatcher(batch_forward(engine), bundle.id, s.max_batch, s.batch_wait_ms, s.queue_size,
-                               self.metrics, layout.engine_workers)
-        predictor = Predictor(bundle, engine, self.limits, self.gate,
-                              forward_one=lambda tensor: batcher.run(tensor, s.request_timeout_s),
-                              observers=(self._observe_stages, self._audit))
+        batcher = MicroBatcher(
+            batch_forward(engine),
+            bundle.id,
+            s.max_batch,
+            s.batch_wait_ms,
+            s.queue_size,
+            self.metrics,
+            layout.engine_workers,
+        )
+        predictor = Predictor(
+            bundle,
+            engine,
+            self.limits,
+            self.gate,
+            forward_one=lambda tensor: batcher.run(tensor, s.request_timeout_s),
+            observers=(self._observe_stages, self._audit),
+        )
         return LoadedModel(predictor, batcher)
 
     # --- serving ---------------------------------------------------------------------------
@@ -172,8 +204,9 @@ class Service:
             raise ModelNotFound(f"No model '{model_id}' is loaded here (loaded: {known}).")
         return self.models[model_id]
 
-    def predict(self, read: Callable[[], bytes], options: PredictOptions, claims: Claims,
-                request_id: str | None) -> Prediction:
+    def predict(
+        self, read: Callable[[], bytes], options: PredictOptions, claims: Claims, request_id: str | None
+    ) -> Prediction:
         """The one entry for every transport: the model the options name, licensed by the claims."""
         loaded = self.model(options.model)
         claims.require_feature(loaded.id)
@@ -190,10 +223,21 @@ class Service:
                 self.metrics.stage.labels(prediction.model.id, stage).observe(ms / 1000.0)
 
     def _audit(self, prediction: Prediction, caller: Caller) -> None:
-        self.audit.write({
-            "request_id": caller.request_id, "sub": caller.sub, "customer": caller.customer,
-            "model": {"id": prediction.model.id, "version": prediction.model.version, "demo": prediction.model.demo},
-            "input_sha256": prediction.input_sha256, "image": prediction.image,
-            "findings": [{"code": f.code, "probability": f.probability, "positive": f.positive} for f in prediction.findings],
-            "warnings": prediction.warnings,
-        })
+        self.audit.write(
+            {
+                "request_id": caller.request_id,
+                "sub": caller.sub,
+                "customer": caller.customer,
+                "model": {
+                    "id": prediction.model.id,
+                    "version": prediction.model.version,
+                    "demo": prediction.model.demo,
+                },
+                "input_sha256": prediction.input_sha256,
+                "image": prediction.image,
+                "findings": [
+                    {"code": f.code, "probability": f.probability, "positive": f.positive} for f in prediction.findings
+                ],
+                "warnings": prediction.warnings,
+            }
+        )

@@ -87,8 +87,13 @@ class Settings:
     dicom_uid_root: str = PYDICOM_ROOT_UID  # new UIDs of DICOM results; a site sets its registered root
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, *, workload: Workload = HTTP_API,
-                 memory_limit_files: Sequence[Path] = CGROUP_MEMORY_LIMITS) -> "Settings":
+    def from_env(
+        cls,
+        env: Mapping[str, str] = os.environ,
+        *,
+        workload: Workload = HTTP_API,
+        memory_limit_files: Sequence[Path] = CGROUP_MEMORY_LIMITS,
+    ) -> "Settings":
         """The settings, checked against the memory this process is given (read from
         memory_limit_files, chexnet.cpu.available_memory): see :meth:`fitted`."""
         env_ = Environment(env, "CHEXNET_", SettingsError)
@@ -103,7 +108,9 @@ class Settings:
         def choice(name: str, allowed) -> str:
             return env_.choice(name, getattr(cls, name.lower()), allowed)
 
-        license_keys = env_.required("LICENSE_KEYS", "must name the vendor public key file or a directory of <kid>.pem files.")
+        license_keys = env_.required(
+            "LICENSE_KEYS", "must name the vendor public key file or a directory of <kid>.pem files."
+        )
         models_dir = get("MODELS_DIR", cls.models_dir)
         assert models_dir is not None
         if not Path(models_dir).is_dir():
@@ -111,21 +118,32 @@ class Settings:
         models = tuple(m.strip() for m in (get("MODELS", "") or "").split(",") if m.strip())
         uid_root = (get("DICOM_UID_ROOT", cls.dicom_uid_root) or "").rstrip(".") + "."
         if not _UID_ROOT.match(uid_root) or len(uid_root) > 40:
-            raise SettingsError(f"CHEXNET_DICOM_UID_ROOT must be a UID root of digits and dots (at most 40 "
-                                f"characters, e.g. 1.2.826.0.1.3680043.8.498), not '{uid_root[:64]}'.")
+            raise SettingsError(
+                f"CHEXNET_DICOM_UID_ROOT must be a UID root of digits and dots (at most 40 "
+                f"characters, e.g. 1.2.826.0.1.3680043.8.498), not '{uid_root[:64]}'."
+            )
         settings = cls(
-            license_keys=license_keys, models_dir=models_dir, models=models, default_model=get("DEFAULT_MODEL"),
-            engine=choice("ENGINE", tuple(ENGINES)), device=choice("DEVICE", DEVICES),
+            license_keys=license_keys,
+            models_dir=models_dir,
+            models=models,
+            default_model=get("DEFAULT_MODEL"),
+            engine=choice("ENGINE", tuple(ENGINES)),
+            device=choice("DEVICE", DEVICES),
             product_uuid_file=get("PRODUCT_UUID_FILE", cls.product_uuid_file),
             node_name=get("NODE_NAME", cls.node_name) or "",
-            revocation_list=get("REVOCATION_LIST"), revocation_state=get("REVOCATION_STATE"),
+            revocation_list=get("REVOCATION_LIST"),
+            revocation_state=get("REVOCATION_STATE"),
             license_leeway_s=integer("LICENSE_LEEWAY_S", 0, MAX_LICENSE_LEEWAY_S),
             max_upload_mb=integer("MAX_UPLOAD_MB", 1, 1024),
             max_pixels=integer("MAX_PIXELS", 1_000_000, 400_000_000),
-            audit_log=get("AUDIT_LOG", cls.audit_log), host=get("HOST", cls.host),
-            port=integer("PORT", 1, 65535), threads=integer("THREADS", 0, 512),
-            max_batch=integer("MAX_BATCH", 1, 256), engine_workers=integer("ENGINE_WORKERS", 0, 64),
-            engine_threads=integer("ENGINE_THREADS", 0, 256), batch_wait_ms=number("BATCH_WAIT_MS", 0.0, 1000.0),
+            audit_log=get("AUDIT_LOG", cls.audit_log),
+            host=get("HOST", cls.host),
+            port=integer("PORT", 1, 65535),
+            threads=integer("THREADS", 0, 512),
+            max_batch=integer("MAX_BATCH", 1, 256),
+            engine_workers=integer("ENGINE_WORKERS", 0, 64),
+            engine_threads=integer("ENGINE_THREADS", 0, 256),
+            batch_wait_ms=number("BATCH_WAIT_MS", 0.0, 1000.0),
             queue_size=integer("QUEUE_SIZE", 1, 100_000),
             request_timeout_s=number("REQUEST_TIMEOUT_S", 1.0, 3600.0),
             decode_concurrency=integer("DECODE_CONCURRENCY", 0, 64),
@@ -148,8 +166,10 @@ class Settings:
         if not self.threads and workload.predictions is None:
             # never fewer threads than decode slots and one request past its decode, so that the decode
             # concurrency asked for (or derived) is what the estimate counts
-            while fitted.memory_estimate(workload).total > memory.bytes \
-                    and fitted.layout.http_threads > fitted.layout.decode_concurrency + 1:
+            while (
+                fitted.memory_estimate(workload).total > memory.bytes
+                and fitted.layout.http_threads > fitted.layout.decode_concurrency + 1
+            ):
                 fitted = replace(fitted, threads=fitted.layout.http_threads - 1)
         need = fitted.memory_estimate(workload)
         if need.total > memory.bytes:
@@ -162,10 +182,16 @@ class Settings:
         decodes = layout.decode_concurrency
         if not workload.shared_decode_slots:
             decodes = min(decodes, predictions)
-        return estimate(engine=self.engine, bundles=self.bundle_count, max_pixels=self.max_pixels,
-                        max_upload_bytes=self.max_upload_bytes, decodes=decodes,
-                        past_decode=predictions if workload.shared_decode_slots else predictions - decodes,
-                        engine_calls=min(layout.engine_workers, predictions), http=workload.http)
+        return estimate(
+            engine=self.engine,
+            bundles=self.bundle_count,
+            max_pixels=self.max_pixels,
+            max_upload_bytes=self.max_upload_bytes,
+            decodes=decodes,
+            past_decode=predictions if workload.shared_decode_slots else predictions - decodes,
+            engine_calls=min(layout.engine_workers, predictions),
+            http=workload.http,
+        )
 
     @property
     def bundle_count(self) -> int:
@@ -179,14 +205,19 @@ class Settings:
 
     def _too_much(self, need: MemoryEstimate, memory: MemoryLimit, workload: Workload) -> str:
         layout = self.layout
-        given = [f"CHEXNET_MAX_PIXELS={self.max_pixels}", f"CHEXNET_MAX_UPLOAD_MB={self.max_upload_mb}",
-                 f"CHEXNET_DECODE_CONCURRENCY={layout.decode_concurrency}"]
+        given = [
+            f"CHEXNET_MAX_PIXELS={self.max_pixels}",
+            f"CHEXNET_MAX_UPLOAD_MB={self.max_upload_mb}",
+            f"CHEXNET_DECODE_CONCURRENCY={layout.decode_concurrency}",
+        ]
         if workload.predictions is None:
             given.append(f"CHEXNET_THREADS={layout.http_threads}")
         given.append(f"CHEXNET_ENGINE_WORKERS={layout.engine_workers}")
-        return (f"{_listed(given)} need up to {gib(need.total)} of memory at worst "
-                f"({need.describe()}), more than the {gib(memory.bytes)} this process is given "
-                f"({memory.source}); {self._remedy(memory, workload)}, or give the process more memory.")
+        return (
+            f"{_listed(given)} need up to {gib(need.total)} of memory at worst "
+            f"({need.describe()}), more than the {gib(memory.bytes)} this process is given "
+            f"({memory.source}); {self._remedy(memory, workload)}, or give the process more memory."
+        )
 
     def _remedy(self, memory: MemoryLimit, workload: Workload) -> str:
         """What to lower: up to two settings that fit each on its own (with the largest value that fits),
@@ -195,8 +226,10 @@ class Settings:
         knobs = [("DECODE_CONCURRENCY", "decode_concurrency", 1, layout.decode_concurrency, 1)]
         if workload.predictions is None and self.threads:
             knobs.append(("THREADS", "threads", layout.decode_concurrency + 1, layout.http_threads, 1))
-        knobs += [("MAX_PIXELS", "max_pixels", 1_000_000, self.max_pixels, 1_000_000),
-                  ("MAX_UPLOAD_MB", "max_upload_mb", 1, self.max_upload_mb, 1)]
+        knobs += [
+            ("MAX_PIXELS", "max_pixels", 1_000_000, self.max_pixels, 1_000_000),
+            ("MAX_UPLOAD_MB", "max_upload_mb", 1, self.max_upload_mb, 1),
+        ]
         if self.engine_workers:
             knobs.append(("ENGINE_WORKERS", "engine_workers", 1, layout.engine_workers, 1))
 
@@ -217,8 +250,11 @@ class Settings:
                 low, high = (middle, high) if fits(changed(start, field, middle)) else (low, middle)
             return low
 
-        alone = [f"CHEXNET_{name} to {value}" for name, field, low, high, step in knobs
-                 if (value := largest(self, field, low, high, step)) is not None]
+        alone = [
+            f"CHEXNET_{name} to {value}"
+            for name, field, low, high, step in knobs
+            if (value := largest(self, field, low, high, step)) is not None
+        ]
         if alone:
             return "lower " + " or ".join(alone[:2])
         together, current = [], self
