@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from guide import as_run, blocks
+from package_helpers import pack, vendor_sign
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,37 +65,6 @@ def package(genuine, tarball, tmp_path) -> Path:
     return copy
 
 
-def repack(package: Path, signing_dir: Path | None) -> None:
-    """The tarball beside PACKAGE packed again from it; signed with SIGNING_DIR's key, or (None) keeping the
-    vendor's signature of the genuine one."""
-    tarball = package.parent / f"{package.name}.tar.gz"
-    tarball.unlink()
-    subprocess.run(
-        f"tar -C {package.parent} --owner=0 --group=0 --numeric-owner -cf - {package.name} | pigz -1 > {tarball}",
-        shell=True,
-        check=True,
-    )
-    if signing_dir is not None:
-        replace(Path(f"{tarball}.sig"), b"")
-        subprocess.run(
-            [
-                "openssl",
-                "dgst",
-                "-sha256",
-                "-sigopt",
-                "rsa_padding_mode:pss",
-                "-sigopt",
-                "rsa_pss_saltlen:32",
-                "-sign",
-                str(signing_dir / "package_signing.key"),
-                "-out",
-                f"{tarball}.sig",
-                str(tarball),
-            ],
-            check=True,
-        )
-
-
 def replace(path: Path, data: bytes) -> None:
     path.unlink(missing_ok=True)
     path.write_bytes(data)
@@ -135,24 +105,7 @@ def resign(package: Path, signing_dir: Path) -> None:
         text=True,
     ).stdout
     replace(package / "SHA256SUMS", sums.encode())
-    (package / "SHA256SUMS.sig").unlink()
-    subprocess.run(
-        [
-            "openssl",
-            "dgst",
-            "-sha256",
-            "-sigopt",
-            "rsa_padding_mode:pss",
-            "-sigopt",
-            "rsa_pss_saltlen:32",
-            "-sign",
-            str(signing_dir / "package_signing.key"),
-            "-out",
-            str(package / "SHA256SUMS.sig"),
-            str(package / "SHA256SUMS"),
-        ],
-        check=True,
-    )
+    vendor_sign(signing_dir, package / "SHA256SUMS")
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +125,7 @@ def test_resigned_package_with_a_swapped_licence_key_is_refused(package, tmp_pat
     replace(key, (attacker / "vendor_public.pem").read_bytes())
     replace(package / "vendor_package.crt", (attacker / "vendor_package.crt").read_bytes())
     resign(package, attacker)
-    repack(package, attacker)
+    pack(package, attacker)
     assert "does not verify" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
     fingerprint = (
         subprocess.run(
@@ -197,9 +150,9 @@ def test_unlisted_image_is_refused(package, tmp_path, vendor):
         shell=True,
         check=True,
     )
-    repack(package, None)
+    pack(package, None)
     assert "does not verify" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
-    repack(package, vendor)  # the vendor's own build, with an image its list does not name
+    pack(package, vendor)  # the vendor's own build, with an image its list does not name
     message = refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
     assert "images/extra.tar.gz" in message and "does not list" in message
     assert subprocess.run(["docker", "image", "inspect", FORGED_IMAGE], capture_output=True).returncode != 0
@@ -207,21 +160,21 @@ def test_unlisted_image_is_refused(package, tmp_path, vendor):
 
 def test_unlisted_licence_key_is_refused(package, tmp_path, vendor, attacker):
     shutil.copy(attacker / "vendor_public.pem", package / "license/keys/0123456789abcdef.pem")
-    repack(package, vendor)
+    pack(package, vendor)
     message = refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
     assert "license/keys/0123456789abcdef.pem" in message and "does not list" in message
 
 
 def test_symlink_in_the_package_is_refused(package, tmp_path, vendor):
     (package / "docs/passwd").symlink_to("/etc/passwd")
-    repack(package, vendor)
+    pack(package, vendor)
     assert "not a plain file" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
 
 
 def test_altered_listed_file_is_refused(package, tmp_path, vendor):
     compose = package / "docker-compose.yml"
     replace(compose, compose.read_bytes().replace(b"read_only: true", b"read_only: false"))
-    repack(package, vendor)
+    pack(package, vendor)
     assert "damaged or missing" in refused(package, tmp_path, "--vendor-key", str(vendor / "vendor_package.crt"))
 
 

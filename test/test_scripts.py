@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from package_helpers import pack, vendor_sign
 from sample_data import ROOT
 
 SCRIPTS = sorted(
@@ -124,46 +125,6 @@ def _sign(package: Path, keys: Path) -> None:
     _sign_sums(package, keys, sums.encode())
 
 
-def _pack(package: Path, keys: Path) -> Path:
-    """<PACKAGE>.tar.gz beside the folder, as package-offline.sh packs it (root's, no group/other write), and
-    its .sig made with KEYS: what the engineer carries. The folder stays, as the guide's unpacking leaves it."""
-    tarball = package.parent / f"{package.name}.tar.gz"
-    packed = _run(
-        "tar",
-        "-C",
-        package.parent,
-        "--owner=0",
-        "--group=0",
-        "--numeric-owner",
-        "--mode=go-w",
-        "--sort=name",
-        "-czf",
-        tarball,
-        package.name,
-    )
-    assert packed.returncode == 0, packed.stderr
-    _openssl_sign(keys, tarball)
-    return tarball
-
-
-def _openssl_sign(keys: Path, file: Path) -> None:
-    signed = _run(
-        "openssl",
-        "dgst",
-        "-sha256",
-        "-sigopt",
-        "rsa_padding_mode:pss",
-        "-sigopt",
-        "rsa_pss_saltlen:32",
-        "-sign",
-        keys / "package_signing.key",
-        "-out",
-        f"{file}.sig",
-        file,
-    )
-    assert signed.returncode == 0, signed.stderr
-
-
 @pytest.fixture
 def small_package(tmp_path, vendor_keys):
     package = tmp_path / "chexnet-offline-0.0.1-cpu"
@@ -226,10 +187,8 @@ def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, t
             )
             key_kind = "attacker"
     elif forgery == "tarball-swapped":  # the vendor's .sig kept beside another tarball
-        signature = Path(f"{tarball}.sig").read_bytes()
         (small_package / "license/keys/0011223344556677.pem").write_text("the attacker's licence key\n")
-        assert _run("tar", "-C", small_package.parent, "-czf", tarball, small_package.name).returncode == 0
-        Path(f"{tarball}.sig").write_bytes(signature)
+        pack(small_package, None)
     elif forgery == "no-tarball":
         tarball.unlink()
     elif forgery == "tarball-link":
@@ -242,7 +201,7 @@ def test_forged_package_is_refused_in_one_sentence(small_package, vendor_keys, t
             (small_package / "license/keys/0011223344556677.pem").write_text("changed\n")
         elif forgery == "symlink":
             (small_package / "scripts/link").symlink_to("/etc/passwd")
-        _pack(small_package, vendor_keys)
+        pack(small_package, vendor_keys)
     fingerprint = hashlib.sha256(
         _run_bytes("openssl", "x509", "-in", vendor_keys / "vendor_package.crt", "-outform", "DER")
     ).hexdigest()
@@ -406,6 +365,20 @@ def _one_error(result) -> str:
     return errors[0]
 
 
+def _swarm_deploy(package: Path, keys: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The package's swarm-deploy.sh with the vendor's key, TMP_PATH/nodes.txt and the install folder TMP_PATH/site."""
+    return _run(
+        "bash",
+        package / "scripts/swarm-deploy.sh",
+        "--vendor-key",
+        keys / "vendor_package.crt",
+        "--nodes",
+        tmp_path / "nodes.txt",
+        "--dir",
+        tmp_path / "site",
+    )
+
+
 @pytest.mark.parametrize(
     "nodes, message",
     [
@@ -423,17 +396,7 @@ def _one_error(result) -> str:
 )
 def test_swarm_deploy_refuses_a_malformed_node_list(swarm_package, vendor_keys, tmp_path, nodes, message):
     (tmp_path / "nodes.txt").write_text(nodes)
-    result = _run(
-        "bash",
-        swarm_package / "scripts/swarm-deploy.sh",
-        "--vendor-key",
-        vendor_keys / "vendor_package.crt",
-        "--nodes",
-        tmp_path / "nodes.txt",
-        "--dir",
-        tmp_path / "site",
-    )
-    assert message in _one_error(result)
+    assert message in _one_error(_swarm_deploy(swarm_package, vendor_keys, tmp_path))
     assert not (tmp_path / "site").exists()
 
 
@@ -457,10 +420,7 @@ def test_swarm_scripts_refuse_a_forged_package_before_running_anything_of_it(swa
     """A tarball altered after signing: refused before the package's product-uuid.sh runs (with no identity
     here, running it first would have said so instead), and before either script reads the node list."""
     (swarm_package / "scripts/product-uuid.sh").write_text('#!/bin/sh\ntouch "$0.ran"\n')
-    tarball = swarm_package.parent / f"{swarm_package.name}.tar.gz"
-    signature = Path(f"{tarball}.sig").read_bytes()
-    assert _run("tar", "-C", swarm_package.parent, "-czf", tarball, swarm_package.name).returncode == 0
-    Path(f"{tarball}.sig").write_bytes(signature)
+    pack(swarm_package, None)  # the vendor's .sig kept beside an altered tarball
     (tmp_path / "nodes.txt").write_text("vm 4c4c4544-0047-3510-8051-b4c04f4e4e32\n")
     node = _run(
         "bash",
@@ -471,17 +431,7 @@ def test_swarm_scripts_refuse_a_forged_package_before_running_anything_of_it(swa
         tmp_path / "absent",
     )
     assert "does not verify" in _one_error(node) and node.stdout == ""
-    deploy = _run(
-        "bash",
-        swarm_package / "scripts/swarm-deploy.sh",
-        "--vendor-key",
-        vendor_keys / "vendor_package.crt",
-        "--nodes",
-        tmp_path / "nodes.txt",
-        "--dir",
-        tmp_path / "site",
-    )
-    assert "does not verify" in _one_error(deploy)
+    assert "does not verify" in _one_error(_swarm_deploy(swarm_package, vendor_keys, tmp_path))
     assert not (swarm_package / "scripts/product-uuid.sh.ran").exists() and not (tmp_path / "site").exists()
     assert not _staging_left()
 
@@ -563,8 +513,8 @@ def _sign_sums(package: Path, keys: Path, sums: bytes) -> None:
     """SHA256SUMS exactly as given, signed with KEYS, in a tarball signed with KEYS: the vendor's own
     signatures over a hostile list."""
     (package / "SHA256SUMS").write_bytes(sums)
-    _openssl_sign(keys, package / "SHA256SUMS")
-    _pack(package, keys)
+    vendor_sign(keys, package / "SHA256SUMS")
+    pack(package, keys)
 
 
 @pytest.fixture
@@ -638,7 +588,7 @@ def test_an_unlisted_entry_with_any_name_is_refused_before_anything_is_loaded(
 ):
     env, folder = fake_docker
     _plant(image_package, kind, name)
-    _pack(image_package, vendor_keys)  # in a tarball the vendor's key signed: the package's own checks must catch it
+    pack(image_package, vendor_keys)  # in a tarball the vendor's key signed: the package's own checks must catch it
     result = _load(image_package, "--vendor-key", vendor_keys / "vendor_package.crt", env=env)
     error = _one_error(result)
     assert "do not install this package" in error and "package verified" not in result.stderr, result.stderr
