@@ -64,6 +64,8 @@ limit_req_zone \$binary_remote_addr zone=chexnet_api:10m rate=${RATE};
 limit_conn_zone \$binary_remote_addr zone=chexnet_conn:10m;
 CONF
 printf 'limit_req zone=chexnet_api burst=%s nodelay;\nlimit_conn chexnet_conn %s;\n' "${BURST}" "${CONNECTIONS}" > "${GENERATED}/limits.conf"
+# nginx's own 413 says what the API's says: the limit and the setting that sets it.
+printf '%s\n' "return 413 '{\"error\":{\"code\":\"payload_too_large\",\"message\":\"The upload is larger than the upload limit of ${MAX_UPLOAD_MB} MiB (CHEXNET_MAX_UPLOAD_MB).\",\"request_id\":\"\$chexnet_request_id\"}}';" > "${GENERATED}/too-large.conf"
 # Redirect to the configured name and published HTTPS port, never to the Host header a client sent.
 case "${HTTPS_PORT_PUBLIC}" in
   443) printf "return 301 https://%s\$request_uri;\n" "${HOSTNAME_TLS}" ;;

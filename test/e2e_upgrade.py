@@ -96,7 +96,9 @@ def installed(args) -> None:
         timeout=120,
     )
     expect(
-        too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large",
+        too_big.status_code == 413
+        and too_big.json()["error"]["code"] == "payload_too_large"
+        and f"upload limit of {args.max_upload_mb} MiB" in too_big.json()["error"]["message"],
         f"the customer's upload limit of {args.max_upload_mb} MiB is not in force: {too_big.status_code}",
     )
     if args.same_as:

@@ -263,6 +263,8 @@ def check_upload_over_limit(ctx):
     body = json.loads(response.read())
     connection.close()
     expect(response.status == 413 and body["error"]["code"] == "payload_too_large", f"got {response.status} {body}")
+    limit = f"the upload limit of {ctx.max_upload_mb} MiB (CHEXNET_MAX_UPLOAD_MB)"
+    expect(limit in body["error"]["message"], f"nginx's 413 does not name {limit}: {body}")
     return f"413 for a declared {size // 2**20} MiB body"
 
 

@@ -1,6 +1,7 @@
 """The shell side, without Docker: shellcheck, the product UUID script, the compose template."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -692,9 +693,19 @@ def test_nginx_entrypoint_renders_valid_settings(entrypoint):
         PUBLIC_HTTPS_PORT="8443",
         NGINX_RATE_LIMIT="600r/m",
         NGINX_API_TASKS="tasks.api",
+        CHEXNET_MAX_UPLOAD_MB="8",
     )
     assert result.returncode == 0, result.stderr
     generated = folder / "generated"
+    # nginx's own 413 (a body past client_max_body_size never reaches the API) names the limit and setting.
+    too_large = (generated / "too-large.conf").read_text()
+    body = json.loads(too_large.removeprefix("return 413 '").removesuffix("';\n").replace("$chexnet_request_id", "r"))
+    assert body["error"] == {
+        "code": "payload_too_large",
+        "message": "The upload is larger than the upload limit of 8 MiB (CHEXNET_MAX_UPLOAD_MB).",
+        "request_id": "r",
+    }
+    assert "client_max_body_size 9m;" in (generated / "http.conf").read_text()
     assert (generated / "redirect.conf").read_text() == "return 301 https://chexnet.hospital.local:8443$request_uri;\n"
     assert "rate=600r/m;" in (generated / "http.conf").read_text()
     assert "set $chexnet_api_tasks tasks.api;" in (generated / "proxy.conf").read_text()
