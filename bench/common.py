@@ -4,7 +4,9 @@ import os
 import platform
 import re
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -55,3 +57,14 @@ def write_section(path: Path, name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text, encoding="utf-8")
+
+
+def concurrently(clients: int, client: Callable[[int], None]) -> float:
+    """Run client(0) .. client(clients - 1) at once, each on its own thread; the wall seconds until all end."""
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - began

@@ -22,7 +22,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentile  # noqa: E402
+from common import concurrently, percentile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_UUID = "4c4c4544-0047-3510-8051-b4c04f4e4e32"
@@ -209,13 +209,7 @@ def closed_loop(url: str, token: str, images: list[bytes], clients: int, seconds
                     errors[status] = errors.get(status, 0) + 1
             i += clients
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    began = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - began
+    wall = concurrently(clients, client)
     return {
         "clients": clients,
         "requests": len(latencies),

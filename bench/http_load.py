@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, percentile, write_section  # noqa: E402
+from common import concurrently, machine, percentile, write_section  # noqa: E402
 
 HOST_UUID = "4c4c4544-0047-3510-8051-b4c04f4e4e32"
 
@@ -123,13 +123,7 @@ def run_clients(url: str, token: str, model: str, images: list[bytes], clients: 
                     errors[response.status_code] = errors.get(response.status_code, 0) + 1
             i += clients
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    began = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - began
+    wall = concurrently(clients, client)
     return {
         "clients": clients,
         "ok": len(latencies),
