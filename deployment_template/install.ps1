@@ -422,6 +422,7 @@ function Invoke-Smoke {
 }
 
 try {
+    Enter-OneAtATime
     # 1. verify the tarball, in a private copy that is all this script uses from then on (no impact)
     Initialize-PackageStaging $unpacked $Package $VendorKey $VendorFingerprint
     $staged = $script:Staged

@@ -208,6 +208,7 @@ smoke() {
   dd if="${TOKEN_FILE}" iflag=nofollow,nonblock status=none | compose exec -T api python -m chexnet.api.smoke --url https://nginx:8443
 }
 
+one_at_a_time /run/chexnet-install.lock
 trap remove_staging EXIT
 stage_package "${UNPACKED}" "${PACKAGE_FILE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
 PACKAGE="${STAGED}"

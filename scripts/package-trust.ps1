@@ -200,6 +200,21 @@ function Resolve-VendorCertificate([string]$Package, [string]$VendorKey, [string
     }
 }
 
+# Unless this is the only install.ps1 running on this host, throws: two at once would snapshot, configure and
+# roll back the same folder over each other. As one_at_a_time: the lock is a file held open without sharing in
+# $env:ProgramData\chexnet, a folder only Administrators and SYSTEM may write; Windows drops it when the
+# process ends, however it ends.
+function Enter-OneAtATime {
+    $parent = Join-Path ([Environment]::GetFolderPath('CommonApplicationData')) 'chexnet'
+    if (-not (Test-Entry $parent)) { New-PrivateFolder $parent }
+    Set-PrivateAccess $parent
+    try {
+        $script:InstallLock = [System.IO.File]::Open((Join-Path $parent 'install.lock'), 'OpenOrCreate', 'ReadWrite', 'None')
+    } catch [System.IO.IOException] {
+        throw 'another install or upgrade is running on this host; wait until it has finished, then run this again.'
+    }
+}
+
 # A new folder under $env:ProgramData\chexnet that only Administrators and SYSTEM may open (as bash's mktemp
 # -d, 0700 root): Staging. Its parent is made Administrators' too, since whoever may rename what a folder
 # holds could swap the staging folder for another.

@@ -94,6 +94,14 @@ stage_package() {
   verify_package "${STAGED}" "${VENDOR_CERT}"
 }
 
+# one_at_a_time LOCK: dies unless this is the only install.sh or swarm-deploy.sh running on this host: two at
+# once would snapshot, configure and roll back the same folder over each other. LOCK is in /run, where only
+# root writes (a lock file in a folder any user may write could be planted by one).
+one_at_a_time() {
+  exec 9> "$1" || die "cannot open $1 (run this as root)."
+  flock -n 9 || die "another install or upgrade is running on this host; wait until it has finished, then run this again."
+}
+
 # remove_staging: what stage_package made goes (an EXIT trap calls it).
 remove_staging() {
   [[ -z "${STAGING}" ]] || rm -rf -- "${STAGING}"

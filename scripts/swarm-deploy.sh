@@ -220,6 +220,7 @@ smoke() {
         python -m chexnet.api.smoke --url https://nginx:8443
 }
 
+one_at_a_time /run/chexnet-install.lock
 trap remove_staging EXIT
 stage_package "$(cd "${HERE}/.." && pwd)" "${PACKAGE_FILE}" "${VENDOR_KEY}" "${VENDOR_FINGERPRINT}"
 PACKAGE="${STAGED}"

@@ -355,6 +355,8 @@ def test_twins_take_the_same_options(twin):
 # How a sentence is spelt on Windows where the bash one names Linux (applied to bash's side before comparing).
 PLATFORM_WORDS = {"or as root.": "or as Administrator."}
 BASH_ONLY_SENTENCES = {
+    "cannot open {} (run this as root).": "Windows holds its lock in ProgramData\\chexnet, which the installer makes "
+    "Administrators' first",
     "unknown option {} (see -Help)": "PowerShell refuses an unknown parameter itself",
     "neither 'docker compose' nor 'docker-compose' is installed.": "Docker Desktop carries Compose v2; preflight.ps1 checks it",
     "{} has other names (hard links), so it is not read; put a copy of the file there.": "no hard-link count in .NET Framework; what Windows reads is copied once into a private file, and the site "
@@ -471,6 +473,7 @@ FUNCTION_TWINS = {  # bash function: its PowerShell twin
     "vendor_cert": "Resolve-VendorCertificate",
     "stage_package": "Initialize-PackageStaging",
     "remove_staging": "Remove-PackageStaging",
+    "one_at_a_time": "Enter-OneAtATime",
     "package_value": "Get-PackageValue",
     "check_not_older": "Assert-NotOlder",
     "record_installed": "Save-InstalledSequence",

@@ -1267,3 +1267,17 @@ def test_the_installers_rules_and_defaults_are_the_services():
     assert _defined("deployment_template/.env.example", r"^CHEXNET_LICENSE_LEEWAY_S=(\d+)$") == [str(DEFAULT_LEEWAY_S)]
     for path in ("deployment_template/docker-compose.yml", "deployment_template/docker-stack.yml"):
         assert set(_defined(path, r"\$\{CHEXNET_LICENSE_LEEWAY_S:-(\d+)\}")) == {str(DEFAULT_LEEWAY_S)}, path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the lock is in /run, where only root writes")
+def test_a_second_installer_at_once_is_refused_before_anything_changes(install_site):
+    """Two installs at once would snapshot, configure and roll back the same folder over each other."""
+    import fcntl
+
+    install, site, folder = install_site
+    with open("/run/chexnet-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # an install.sh (or swarm-deploy.sh) running meanwhile
+        error = _one_error(install())
+    assert "another install or upgrade is running on this host" in error
+    assert not site.exists() and "load" not in _calls(folder)
+    assert install().returncode == 0  # once it has finished
