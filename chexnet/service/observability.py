@@ -1,4 +1,4 @@
-"""JSON logs on stdout, Prometheus metrics and the audit log: what every transport of the service shares.
+"""JSON logs on stdout and Prometheus metrics: what every transport of the service shares (the audit log is chexnet.service.audit).
 
 Logs and audit records carry request ids, token subjects, model ids and input hashes, never
 patient identifiers: nothing from a DICOM header other than pixel geometry leaves the decoder.
@@ -7,12 +7,9 @@ patient identifiers: nothing from a DICOM header other than pixel geometry leave
 import datetime as dt
 import json
 import logging
-import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -121,21 +118,3 @@ class RevocationCollector(Collector):
         yield refused
         yield total
 
-
-class AuditLog:
-    """Append-only JSON lines; each record is flushed and fsynced before the response leaves."""
-
-    def __init__(self, path: str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")
-        self._lock = threading.Lock()
-
-    def write(self, record: dict) -> None:
-        line = json.dumps(
-            {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"), **record}, ensure_ascii=False
-        )
-        with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())

@@ -21,7 +21,8 @@ from chexnet.imaging import DecodeLimits
 from chexnet.imaging.gate import DecodeGate
 from chexnet.options import PredictOptions
 from chexnet.predictor import Caller, Prediction, Predictor, batch_forward
-from chexnet.service.observability import AuditLog, Metrics
+from chexnet.service.audit import AuditLog
+from chexnet.service.observability import Metrics
 from chexnet.service.settings import Settings
 from licensing.errors import LicenseError
 from licensing.host import read_host_uuid
