@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter, Gauge, start_http_server
 from pydicom import Dataset
@@ -30,6 +31,7 @@ from chexnet.dicom_node.receiving import ReceivedFiles
 from chexnet.dicom_node.sender import Sender
 from chexnet.dicom_node.settings import NodeSettings
 from chexnet.dicom_node.spool import QUEUES, Spool
+from chexnet.dicom_node.stow import Outcome, StowService, http_server
 from chexnet.dicom_results import encode
 from chexnet.eligibility import WARNINGS, warnings_for
 from chexnet.errors import PayloadTooLarge, ServiceError
@@ -117,11 +119,12 @@ class DicomNode:
         self._stop = threading.Event()
         self._work = threading.Event()
         self._outgoing = threading.Event()
-        self.sender = Sender(node, self.spool, self.node_metrics, self.audit, self._stop, self._prune)
+        self.sender = self._sender()
         self._moved = {queue: time.monotonic() for queue in ("incoming", "outgoing")}
         self._thread_failure_logged = 0.0
         self._prune_lock = threading.Lock()
         self._server: BoundedServer | None = None
+        self._http: Any = None  # the STOW-RS server (waitress), when CHEXNET_DICOMWEB_PORT is set
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -158,6 +161,8 @@ class DicomNode:
         assert isinstance(server, BoundedServer)  # an instance of the server_class given
         self._server = server
         self._start_thread("dicom-listener", server.serve_forever)
+        if self.node.dicomweb.port:
+            self._start_stow()
         if self.node.metrics_port:
             start_http_server(self.node.metrics_port, registry=self.metrics.registry)
         self._start_thread(
@@ -172,7 +177,8 @@ class DicomNode:
                     "bind": self.node.bind,
                     "port": self.node.port,
                     "allowed": list(self.node.allowed_aes),
-                    "destination": str(self.node.destination),
+                    "destination": str(self.node.destination or self.node.dicomweb.destination),
+                    "dicomweb_port": self.node.dicomweb.port or None,
                     "max_associations": self.node.max_associations,
                     "max_per_peer": self.node.max_per_peer,
                     "max_instance_mb": self.received.cap_bytes // 2**20,
@@ -181,6 +187,46 @@ class DicomNode:
                 }
             },
         )
+
+    def _sender(self) -> Sender:
+        """C-STORE to CHEXNET_DICOM_DESTINATION, or STOW-RS to CHEXNET_DICOMWEB_DESTINATION."""
+        parts = (self.node, self.spool, self.node_metrics, self.audit, self._stop, self._prune)
+        if self.node.dicomweb.destination:
+            from chexnet.dicom_node.dicomweb_sender import DicomwebSender
+
+            return DicomwebSender(*parts)
+        return Sender(*parts)
+
+    def _start_stow(self) -> None:
+        """STOW-RS in (:mod:`chexnet.dicom_node.stow`): the same spool, bounds and checks as C-STORE."""
+        app = StowService(
+            verifier=lambda: self.service.verifier,
+            spool=self.spool,
+            cap_bytes=self.received.cap_bytes,
+            min_free_bytes=self.received.min_free_bytes,
+            free_bytes=self.received.free_bytes,
+            header=self._header,
+            classes=STORAGE_CLASSES,
+            syntaxes=DECODABLE_SYNTAXES,
+            on_part=self._on_stow_part,
+        )
+        web = self.node.dicomweb
+        server = http_server(
+            app, self.node.bind, web.port, web.threads, web.max_request_mb * 2**20, self.spool.receiving
+        )
+        self._http = server
+        self._start_thread("dicomweb-listener", server.run)
+
+    def _on_stow_part(self, outcome: Outcome) -> None:
+        if outcome.failure is None:
+            self.node_metrics.received.inc()
+            self._work.set()
+        else:
+            self.node_metrics.refused_stores.labels(outcome.reason).inc()
+            log.warning(
+                "refused a STOW-RS part",
+                extra={"fields": {"reason": outcome.reason, "status": f"0x{outcome.failure:04X}"}},
+            )
 
     def _start_thread(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -193,6 +239,8 @@ class DicomNode:
         self._outgoing.set()
         if self._server is not None:
             self._server.shutdown()
+        if self._http is not None:
+            self._http.close()
         for thread in self._threads:
             thread.join(timeout=30)
 

@@ -73,6 +73,7 @@ class Sender:
 
     def _send(self, paths: list[Path]) -> None:
         destination = self.node.destination
+        assert destination is not None  # this transport is chosen only when CHEXNET_DICOM_DESTINATION is set
         ae = AE(ae_title=self.node.ae_title)
         for sop_class in RESULT_CLASSES:
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)

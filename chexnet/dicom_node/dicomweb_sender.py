@@ -1,0 +1,115 @@
+"""STOW-RS out: the sender's transport when CHEXNET_DICOMWEB_DESTINATION is set (instead of C-STORE).
+
+The queue, its order, the per-object retry schedule, the whole-queue backoff and what is set aside are
+the C-STORE sender's (:class:`chexnet.dicom_node.sender.Sender`); only ``_send`` differs. Each result
+object is one STOW-RS request (``POST {destination}/studies``, one ``application/dicom`` part), so the
+destination's answer is about that object alone:
+
+- 200, or a Store Instances Response that lists it in ReferencedSOPSequence: stored, removed from the spool;
+- a FailedSOPSequence entry with a permanent reason (0xA9xx, 0xCxxx, 0x01xx, as for C-STORE), or HTTP 400,
+  413 or 415 without one: refused for good, set aside in refused/ with an audit row;
+- any other failure reason or HTTP status (409 and 5xx included): retried with its own backoff;
+- no answer (connection refused, TLS failure, timeout), 401/403 (the credentials) or 404 (the URL): the
+  destination cannot take anything now, so the whole queue backs off.
+
+An object is removed only after the destination's answer said it was stored, so a crash between the two
+sends it again (the same SOP instance, which a PACS files once), exactly as with C-STORE. The
+Authorization header is read from CHEXNET_DICOMWEB_AUTH_FILE for every round (a rotated secret is picked
+up) and never logged; https is verified against CHEXNET_DICOMWEB_CA when set, else the system's CAs.
+"""
+
+import logging
+import uuid
+from pathlib import Path
+
+import requests
+
+from chexnet.dicom_node.sender import Sender, Unreachable, is_permanent, is_stored
+from chexnet.dicom_node.settings import auth_header
+
+log = logging.getLogger("chexnet.dicom_node")
+_TIMEOUT_S = (10, 120)  # connect, then each read: a large capture over a slow link
+_PERMANENT_HTTP = (400, 413, 415)
+_QUEUE_HTTP = (401, 403, 404, 407)
+_REFERENCED, _FAILED, _FAILURE_REASON = "00081199", "00081198", "00081197"
+
+
+class DicomwebSender(Sender):
+    def _send(self, paths: list[Path]) -> None:
+        web = self.node.dicomweb
+        assert web.destination is not None  # chosen by DicomNode only when it is set
+        with requests.Session() as session:
+            session.verify = web.ca or True
+            if web.auth_file:
+                try:
+                    name, value = auth_header(web.auth_file)
+                except ValueError:
+                    raise Unreachable("CHEXNET_DICOMWEB_AUTH_FILE cannot be read as one header line") from None
+                session.headers[name] = value
+            for path in paths:
+                if self._stop.is_set():
+                    return
+                self._post(session, f"{web.destination}/studies", path)
+
+    def _post(self, session: requests.Session, url: str, path: Path) -> None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # taken by a concurrent prune: nothing left to send
+            return
+        boundary = uuid.uuid4().hex
+        body = b"".join(
+            (
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+                data,
+                f"\r\n--{boundary}--\r\n".encode(),
+            )
+        )
+        try:
+            answer = session.post(
+                url,
+                data=body,
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                    "Accept": "application/dicom+json",
+                },
+                timeout=_TIMEOUT_S,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise Unreachable(f"the destination did not answer ({type(exc).__name__})") from None
+        status = answer.status_code
+        if status in _QUEUE_HTTP:
+            raise Unreachable(f"the destination answered HTTP {status} (check the URL and the credentials)")
+        reason = _failure_reason(answer)
+        if reason is None and (status == 200 or _referenced(answer)):
+            self.spool.discard(path)
+            self._retry.pop(path.name, None)
+            self.metrics.sent.inc()
+        elif reason is not None and is_permanent(reason) and not is_stored(reason):
+            self._refused(path, reason, f"STOW-RS FailureReason 0x{reason:04X} (HTTP {status})")
+        elif reason is None and status in _PERMANENT_HTTP:
+            self._refused(path, status, f"STOW-RS answered HTTP {status}")
+        else:
+            self._failed(path, f"STOW-RS HTTP {status}" + (f" FailureReason 0x{reason:04X}" if reason else ""))
+
+
+def _store_response(answer: requests.Response) -> dict:
+    try:
+        body = answer.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _referenced(answer: requests.Response) -> bool:
+    return bool(_store_response(answer).get(_REFERENCED, {}).get("Value"))
+
+
+def _failure_reason(answer: requests.Response) -> int | None:
+    """The FailureReason of the one object sent, when the destination listed it as failed."""
+    for item in _store_response(answer).get(_FAILED, {}).get("Value") or []:
+        values = (item.get(_FAILURE_REASON) or {}).get("Value") or [] if isinstance(item, dict) else []
+        if values and isinstance(values[0], int):
+            return values[0]
+        return 0x0110  # listed as failed without a reason: a processing failure, retried
+    return None

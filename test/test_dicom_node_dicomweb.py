@@ -1,0 +1,199 @@
+"""DICOMweb in and out of the DICOM node (DESIGN.md "DICOM results and the DICOM node"): a study sent by
+STOW-RS to ``python -m chexnet dicom-node`` is spooled before the answer, predicted through the core, and
+every result object reaches Debian's Orthanc (with its DICOMweb plugin, on 127.0.0.1) by STOW-RS, where
+QIDO-RS finds it in the source study and WADO-RS gives back a file dciodvfy passes. Bad STOW-RS requests
+get a 4xx or a failure entry with a sentence, and leave nothing half-written in the spool."""
+
+import subprocess
+import sys
+
+import pydicom
+import pytest
+import requests
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+
+from api_helpers import make_env
+from dicom_node_helpers import CHEST, NOT_CHEST, Node, free_port
+from dicom_tools import dciodvfy_errors
+from orthanc_helpers import Orthanc, stow_body
+from waiting import wait_until
+
+REFERENCED, FAILED, REASON = "00081199", "00081198", "00081197"
+SOP_CLASS, SOP_INSTANCE = "00081150", "00081155"
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
+RESULT_CLASSES = {ComprehensiveSRStorage, SecondaryCaptureImageStorage, PARAMETRIC_MAP}
+
+
+@pytest.fixture()
+def orthanc(tmp_path):
+    pacs = Orthanc(tmp_path)
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture()
+def make_node(tmp_path, demo_bundle):
+    """A node factory (not started) with STOW-RS in on a free port; stopped afterwards."""
+    nodes = []
+
+    def make(**settings: str) -> Node:
+        env = make_env(tmp_path / f"site{len(nodes)}", demo_bundle.path)
+        node = Node(env, tmp_path, free_port(), CHEXNET_DICOMWEB_PORT=str(free_port()), **settings)
+        node.token, node.stow_url = env.token(), f"http://127.0.0.1:{node.env['CHEXNET_DICOMWEB_PORT']}"
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.stop()
+
+
+def stow(node: Node, files: list[bytes], path: str = "/dicomweb/studies", **headers: str) -> requests.Response:
+    body, content_type = stow_body(files)
+    return requests.post(
+        node.stow_url + path,
+        data=body,
+        headers={"Authorization": f"Bearer {node.token}", "Content-Type": content_type, **headers},
+        timeout=120,
+    )
+
+
+def items(answer: requests.Response, sequence: str) -> list[dict]:
+    return answer.json().get(sequence, {}).get("Value", [])
+
+
+def half_written(node: Node) -> list:
+    return list((node.spool / "receiving").iterdir())
+
+
+def test_a_study_sent_by_stow_rs_comes_back_to_orthanc_by_stow_rs(make_node, orthanc, dicom_dir, tmp_path):
+    node = make_node(CHEXNET_DICOM_DESTINATION="", CHEXNET_DICOMWEB_DESTINATION=orthanc.dicomweb)
+    node.start()
+    sources = [pydicom.dcmread(dicom_dir / name) for name in (*CHEST, NOT_CHEST)]
+    answer = stow(node, [(dicom_dir / name).read_bytes() for name in (*CHEST, NOT_CHEST)])
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"].startswith("application/dicom+json")
+    assert [item[SOP_INSTANCE]["Value"][0] for item in items(answer, REFERENCED)] == [
+        ds.SOPInstanceUID for ds in sources
+    ]
+    assert FAILED not in answer.json() and half_written(node) == []
+
+    # Orthanc is not up yet: the results wait in the spool and the failed sends are counted.
+    wait_until(lambda: node.metric("chexnet_dicom_send_failures_total") >= 1, 120, "a failed STOW-RS send")
+    orthanc.start()
+    wait_until(
+        lambda: not node.files("incoming") and not node.files("outgoing"), 180, "every result delivered to Orthanc"
+    )
+    assert node.files("refused") == [] and node.files("rejected") == []
+
+    arrived = 0
+    for source in sources[: len(CHEST)]:
+        found = orthanc.instances(source.StudyInstanceUID)
+        classes = [item["00080016"]["Value"][0] for item in found]
+        assert {ComprehensiveSRStorage, SecondaryCaptureImageStorage} <= set(classes) <= RESULT_CLASSES, classes
+        for item in found:
+            data = orthanc.retrieve(source.StudyInstanceUID, item["0020000E"]["Value"][0], item["00080018"]["Value"][0])
+            ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+            assert (ds.PatientID, ds.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
+            assert dciodvfy_errors(ds, tmp_path) == [], ds.SOPClassUID.name
+        arrived += len(found)
+    assert arrived == node.metric("chexnet_dicom_sent_total"), "every result object the node made is in Orthanc"
+    assert orthanc.instances(sources[-1].StudyInstanceUID) == [], "the tibia is not a chest image: no results"
+
+
+def test_bad_stow_rs_requests_get_a_sentence_and_leave_nothing_half_written(make_node, dicom_dir, tmp_path):
+    node = make_node(CHEXNET_MAX_UPLOAD_MB="5")
+    node.start()
+    good = (dicom_dir / CHEST[0]).read_bytes()  # 4.1 MiB
+    too_large = (dicom_dir / "RG1_UNCR.dcm").read_bytes()  # 6.9 MiB, over the 5 MiB limit
+    ct = pydicom.dcmread(dicom_dir / CHEST[1])
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ct.save_as(tmp_path / "ct.dcm")
+    not_dicom = b"%PDF-1.4 this is a report, not an image\n" * 100
+
+    body, content_type = stow_body([good])
+    for headers, status, code in [
+        ({"Content-Type": content_type}, 401, "token_missing"),
+        ({"Content-Type": content_type, "Authorization": "Bearer not-a-token"}, 401, "token_invalid"),
+        ({"Content-Type": "application/dicom", "Authorization": f"Bearer {node.token}"}, 415, None),
+        (
+            {
+                "Content-Type": content_type.replace("application/dicom", "application/dicom+xml"),
+                "Authorization": f"Bearer {node.token}",
+            },
+            415,
+            None,
+        ),
+    ]:
+        answer = requests.post(node.stow_url + "/dicomweb/studies", data=body, headers=headers, timeout=60)
+        assert answer.status_code == status, answer.text
+        error = answer.json()["error"]
+        assert error["message"].endswith(".") and error["request_id"]
+        assert code is None or error["code"] == code
+    assert requests.get(node.stow_url + "/dicomweb/studies", timeout=10).status_code == 405
+    assert node.metric("chexnet_dicom_received_total") == 0
+
+    mixed = stow(node, [not_dicom, good, (tmp_path / "ct.dcm").read_bytes(), too_large])
+    assert mixed.status_code == 202, mixed.text
+    assert [item[SOP_INSTANCE]["Value"][0] for item in items(mixed, REFERENCED)] == [
+        pydicom.dcmread(dicom_dir / CHEST[0], stop_before_pixels=True).SOPInstanceUID
+    ]
+    assert [item[REASON]["Value"][0] for item in items(mixed, FAILED)] == [0xC000, 0x0122, 0xA700]
+    assert items(mixed, FAILED)[1][SOP_CLASS]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
+    warnings = mixed.headers["Warning"]
+    assert "not a DICOM file" in warnings and "SOP class" in warnings and "CHEXNET_MAX_UPLOAD_MB" in warnings
+    assert node.metric("chexnet_dicom_received_total") == 1
+
+    none_stored = stow(node, [not_dicom])
+    assert none_stored.status_code == 409 and items(none_stored, FAILED)[0][REASON]["Value"] == [0xC000]
+    other_study = stow(node, [good], path="/dicomweb/studies/1.2.3.4")
+    assert other_study.status_code == 409 and items(other_study, FAILED)[0][REASON]["Value"] == [0xA900]
+
+    body, content_type = stow_body([good, good])
+    cut = body[: len(good) + len(good) // 2]  # the second part ends mid-way, with no closing boundary
+    truncated = requests.post(
+        node.stow_url + "/dicomweb/studies",
+        data=cut,
+        headers={"Authorization": f"Bearer {node.token}", "Content-Type": content_type},
+        timeout=60,
+    )
+    assert truncated.status_code == 202 and len(items(truncated, REFERENCED)) == 1
+    assert node.metric("chexnet_dicom_received_total") == 2
+    assert half_written(node) == []
+    assert "Traceback" not in node.log.read_text()
+
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"CHEXNET_DICOMWEB_DESTINATION": "pacs.example/dicom-web"}, "CHEXNET_DICOMWEB_DESTINATION"),
+        ({"CHEXNET_DICOMWEB_PORT": "70000"}, "CHEXNET_DICOMWEB_PORT"),
+        (
+            {
+                "CHEXNET_DICOMWEB_DESTINATION": "http://pacs.example/dicom-web",
+                "CHEXNET_DICOMWEB_AUTH_FILE": "/etc/hosts",
+            },
+            "CHEXNET_DICOMWEB_AUTH_FILE is only sent over HTTPS",
+        ),
+        ({"CHEXNET_DICOMWEB_DESTINATION": "https://pacs.example/dicom-web"}, "both set"),
+        (
+            {
+                "CHEXNET_DICOMWEB_DESTINATION": "https://pacs.example/dicom-web",
+                "CHEXNET_DICOMWEB_CA": "/nonexistent.pem",
+            },
+            "CHEXNET_DICOMWEB_CA",
+        ),
+    ],
+)
+def test_bad_dicomweb_settings_stop_the_node_with_a_sentence(make_node, settings, fragment):
+    node = make_node()
+    run = subprocess.run(
+        [sys.executable, "-m", "chexnet", "dicom-node"],
+        env={**node.env, **settings},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2 and fragment in run.stderr and "Traceback" not in run.stderr, run.stderr
