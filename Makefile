@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := cpu,torch,dicom,quantize,test
+EXTRAS := cpu,torch,dicom,quantize,report,test
 MODELS_DIR ?= models
 SAMPLES ?= ../shared/data
 BUNDLES := $(MODELS_DIR)/cxr10/manifest.json $(MODELS_DIR)/cxr25/manifest.json $(MODELS_DIR)/chestxray14/manifest.json

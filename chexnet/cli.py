@@ -1,4 +1,4 @@
-"""``python -m chexnet``: bundle demo|build, predict, serve, dicom-node (DESIGN.md "Command line")."""
+"""``python -m chexnet``: bundle demo|build, predict, calibrate, serve, dicom-node (DESIGN.md "Command line")."""
 
 import argparse
 import base64
@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from chexnet.bundle.manifest import DEFAULT_MAX_DELTA, VARIANT_PRECISIONS
-from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES
+from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.errors import ServiceError
 from chexnet.heatmap import FORMATS
 from chexnet.runtime import configure
@@ -96,6 +96,25 @@ def _predict(args: argparse.Namespace) -> int:
             result = {"error": {"code": "unreadable_file", "message": f"Cannot read {path}: {exc.strerror}."}}
         print(json.dumps({"file": str(path), **result}, ensure_ascii=False), flush=True)
     return 1 if failures else 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from chexnet.calibration.run import calibrate
+
+    thresholds, report = calibrate(
+        args.bundle,
+        args.images,
+        args.labels,
+        args.target,
+        args.out,
+        engine=args.engine,
+        device=args.device,
+        precision=args.precision,
+        resamples=args.bootstrap,
+        seed=args.seed,
+    )
+    print(f"site thresholds written to {thresholds}, report to {report}", file=sys.stderr)
+    return 0
 
 
 def _not_here(args: argparse.Namespace) -> int:
@@ -199,6 +218,47 @@ def build_parser(services: Mapping[str, Command] | None = None) -> argparse.Argu
     predict.add_argument("--json", action="store_true", help="JSON lines on stdout (the only output format)")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(func=_predict)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="site thresholds from the site's labelled images: site-thresholds.json (CHEXNET_SITE_THRESHOLDS) "
+        "and an HTML report",
+    )
+    calibrate.add_argument("--bundle", required=True)
+    calibrate.add_argument("--images", required=True, metavar="DIR", help="the site's PNG/JPEG/DICOM images")
+    calibrate.add_argument(
+        "--labels",
+        required=True,
+        metavar="CSV",
+        help="a column 'image' (file in DIR) and one 0/1 column per label code",
+    )
+    calibrate.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        required=True,
+        help="sensitivity=0.90 | specificity=0.95 | youden for every class, or code:sensitivity=0.95 for one "
+        "(repeatable)",
+    )
+    calibrate.add_argument("--out", default=".", help="folder for site-thresholds.json and calibration-report.html")
+    calibrate.add_argument(
+        "--engine",
+        choices=tuple(ENGINES),
+        default=os.environ.get("CHEXNET_ENGINE") or DEFAULT_ENGINE,
+        help=f"as the service will run it: default CHEXNET_ENGINE, else {DEFAULT_ENGINE}",
+    )
+    calibrate.add_argument("--device", choices=DEVICES, default=os.environ.get("CHEXNET_DEVICE") or "auto")
+    calibrate.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("CHEXNET_PRECISION") or "fp32",
+        help="as the service will run it (default CHEXNET_PRECISION, else fp32); the service refuses the file in another",
+    )
+    calibrate.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)"
+    )
+    calibrate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    calibrate.set_defaults(func=_calibrate)
 
     serve = commands.add_parser("serve", help="the REST API on waitress (settings from CHEXNET_* variables)")
     serve.add_argument("--host", help="listen address (default CHEXNET_HOST or 0.0.0.0)")

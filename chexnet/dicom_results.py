@@ -146,8 +146,14 @@ def _uid(settings: ResultSettings, prediction: Prediction, *role: str) -> str:
     m, source = prediction.model, prediction.source
     assert source is not None  # result_objects makes results only for a DICOM source
     return generate_uid(
-        prefix=settings.uid_root, entropy_srcs=[str(source.SOPInstanceUID), m.id, m.version, m.precision, *role]
+        prefix=settings.uid_root,
+        # site thresholds change present/absent, so they make other instances (the bundle's keep their UIDs)
+        entropy_srcs=[str(source.SOPInstanceUID), m.id, m.version, m.precision, *_site(m.thresholds), *role],
     )
+
+
+def _site(thresholds: str) -> list[str]:
+    return [] if thresholds == "bundle" else [thresholds]
 
 
 def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
@@ -156,6 +162,7 @@ def _algorithm(prediction: Prediction) -> AlgorithmIdentification:
         f"engine={m.engine}",
         f"device={m.device}",
         f"precision={m.precision}",
+        f"thresholds={m.thresholds}",
         f"demo={'true' if m.demo else 'false'}",
     ]
     if m.demo:

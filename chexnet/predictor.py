@@ -69,6 +69,7 @@ class ModelInfo:
     engine: str
     device: str
     precision: str
+    thresholds: str = "bundle"  # which thresholds decide: the bundle's, or site@<hash12> (chexnet.site_thresholds)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +172,7 @@ class Predictor:
         gate: DecodeGate | None = None,
         forward_one: ForwardOne | None = None,
         observers: Sequence[Observer] = (),
+        thresholds: str = "bundle",
     ):
         self.bundle = bundle
         self.engine = engine
@@ -181,7 +183,7 @@ class Predictor:
         m = bundle.manifest
         # Decode no larger than the model input and the heatmap overlay need (imaging.reduced).
         self.decode_size = DecodeSize(m.input_size, heatmap.DEFAULT_LONG_SIDE)
-        self.model_info = ModelInfo(m.id, m.version, m.demo, engine.name, engine.device, engine.precision)
+        self.model_info = ModelInfo(m.id, m.version, m.demo, engine.name, engine.device, engine.precision, thresholds)
 
     def predict(
         self, read: Callable[[], bytes], options: PredictOptions = PredictOptions(), caller: Caller = Caller()

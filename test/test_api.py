@@ -100,6 +100,7 @@ def test_predict_multipart_png(client, env, nih_sample):
         "engine": "onnxruntime",
         "device": "cpu",
         "precision": "fp32",
+        "thresholds": "bundle",
     }
     assert body["image"] == {"format": "png", "width": 1024, "height": 1024}
     assert len(body["findings"]) == 10 and len(body["heatmaps"]) == 10 and "not a diagnosis" in body["notice"]
@@ -372,7 +373,12 @@ def test_audit_log_has_no_patient_identifiers(client, env, nih_sample, capsys):
     assert response.status_code == 200
     lines = (env.root / "audit.jsonl").read_text().splitlines()
     record = json.loads(next(line for line in lines if "audit-check-1" in line))
-    assert record["sub"] == "pacs-1" and record["model"] == {"id": "cxr10", "version": "0.0.0-demo", "demo": True}
+    assert record["sub"] == "pacs-1" and record["model"] == {
+        "id": "cxr10",
+        "version": "0.0.0-demo",
+        "demo": True,
+        "thresholds": "bundle",
+    }
     assert len(record["input_sha256"]) == 64 and len(record["findings"]) == 10
     body = {k: v for k, v in response.get_json().items() if k != "heatmaps"}
     everything = (env.root / "audit.jsonl").read_text() + capsys.readouterr().out + json.dumps(body)

@@ -181,6 +181,7 @@ def test_service_names_engine_and_precision(tmp_path, variant_bundle, nih_sample
         "engine": "openvino",
         "device": "cpu",
         "precision": "int8",
+        "thresholds": "bundle",
     }
 
 

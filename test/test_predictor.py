@@ -27,6 +27,7 @@ def test_prediction_shape(onnx_predictor, nih_sample):
         "engine": "onnxruntime",
         "device": "cpu",
         "precision": "fp32",
+        "thresholds": "bundle",
     }
     assert body["image"] == {"format": "png", "width": 1024, "height": 1024}
     assert "not a diagnosis" in body["notice"]

@@ -88,6 +88,12 @@ _MODEL_REF = _obj(
         "engine": {"enum": list(ENGINES)},
         "device": {"enum": [d for d in DEVICES if d != "auto"]},
         "precision": {"enum": list(PRECISIONS)},
+        "thresholds": {
+            "type": "string",
+            "pattern": "^(bundle|site@[0-9a-f]{12})$",
+            "description": "Which thresholds decided positive/negative: the bundle's own, or the site's calibration "
+            "(CHEXNET_SITE_THRESHOLDS, python -m chexnet calibrate) named by its content hash.",
+        },
     }
 )
 _LABEL = _obj(
@@ -297,6 +303,7 @@ _PREDICTION_EXAMPLE = {
         "engine": "onnxruntime",
         "device": "cpu",
         "precision": "fp32",
+        "thresholds": "bundle",
     },
     "image": {"format": "dicom", "width": 1841, "height": 1955},
     "findings": [

@@ -24,6 +24,7 @@ from chexnet.predictor import Caller, Prediction, Predictor, batch_forward
 from chexnet.service.audit import AuditLog
 from chexnet.service.observability import Metrics
 from chexnet.service.settings import Settings
+from chexnet.site_thresholds import BUNDLE_THRESHOLDS, apply_site_thresholds
 from licensing.errors import LicenseError
 from licensing.host import read_host_uuid
 from licensing.keys import TrustedKeys
@@ -138,6 +139,7 @@ class Service:
 
     def _load_models(self) -> None:
         s = self.settings
+        self._site_matched = False
         for path in self._bundle_dirs():
             try:
                 loaded = self._assemble(load_bundle(path))
@@ -146,6 +148,11 @@ class Service:
                 continue
             self.models[loaded.id] = loaded
             log.info("model ready", extra={"fields": loaded.predictor.model_info.as_dict()})
+        if s.site is not None and not self._site_matched:
+            self.problems.append(
+                f"Site thresholds {s.site_thresholds} (CHEXNET_SITE_THRESHOLDS) were made for bundle {s.site.bundle.id}, "
+                f"which is not loaded here (loaded: {', '.join(self.models) or 'none'}); load it or remove the setting."
+            )
         if not self.models and not self.problems:
             self.problems.append(f"No model bundle found in {s.models_dir} (CHEXNET_MODELS_DIR).")
         wanted = s.default_model or next(iter(self.models), None)
@@ -160,6 +167,7 @@ class Service:
         bundle's calibration images as it is made, and refuses beyond the bundle's bound: the model then does
         not load and /ready gives the engine's sentence (chexnet.engines.startup_check)."""
         s, layout = self.settings, self.layout
+        bundle, thresholds = self._site_thresholds(bundle)
         engine = create_engine(bundle, s.engine, s.device, s.precision, layout.engine_threads, layout.engine_workers)
         engine.warmup(bundle.manifest.input_size)
         batcher = MicroBatcher(
@@ -177,9 +185,24 @@ class Service:
             self.limits,
             self.gate,
             forward_one=lambda tensor: batcher.run(tensor, s.request_timeout_s),
+            thresholds=thresholds,
             observers=(self._observe_stages, self._audit),
         )
         return LoadedModel(predictor, batcher)
+
+    def _site_thresholds(self, bundle: Bundle) -> tuple[Bundle, str]:
+        """The bundle with CHEXNET_SITE_THRESHOLDS in its labels where that file was made for it, and the name of
+        the thresholds that decide (chexnet.site_thresholds). A file made for this bundle id but another version,
+        manifest or precision refuses the model (a /ready problem naming the file and what differs); the other
+        models load with their own thresholds."""
+        s = self.settings
+        if s.site is None or s.site.bundle.id != bundle.id:
+            return bundle, BUNDLE_THRESHOLDS
+        self._site_matched = True
+        assert s.site_thresholds is not None
+        bundle = apply_site_thresholds(s.site, bundle, s.precision, f"{s.site_thresholds} (CHEXNET_SITE_THRESHOLDS)")
+        log.info("site thresholds applied", extra={"fields": {"model": bundle.id, "thresholds": s.site.tag}})
+        return bundle, s.site.tag
 
     # --- serving ---------------------------------------------------------------------------
     def readiness(self) -> list[str]:
@@ -233,6 +256,7 @@ class Service:
                     "id": prediction.model.id,
                     "version": prediction.model.version,
                     "demo": prediction.model.demo,
+                    "thresholds": prediction.model.thresholds,
                 },
                 "input_sha256": prediction.input_sha256,
                 "image": prediction.image,

@@ -15,6 +15,7 @@ from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from chexnet.service.memory import MemoryEstimate, estimate, gib
+from chexnet.site_thresholds import SiteThresholds, SiteThresholdsError, read_site_thresholds
 from licensing.environment import Environment
 from licensing.host import DEFAULT_UUID_FILE
 from licensing.tokens import DEFAULT_LEEWAY_S, MAX_LEEWAY_S
@@ -85,6 +86,8 @@ class Settings:
     precision: str = "fp32"
     log_level: str = "INFO"
     dicom_uid_root: str = PYDICOM_ROOT_UID  # new UIDs of DICOM results; a site sets its registered root
+    site_thresholds: str | None = None  # CHEXNET_SITE_THRESHOLDS: the file python -m chexnet calibrate wrote
+    site: SiteThresholds | None = None  # that file, read and checked (schema, content hash) at start
 
     @classmethod
     def from_env(
@@ -122,6 +125,11 @@ class Settings:
                 f"CHEXNET_DICOM_UID_ROOT must be a UID root of digits and dots (at most 40 "
                 f"characters, e.g. 1.2.826.0.1.3680043.8.498), not '{uid_root[:64]}'."
             )
+        site_file = get("SITE_THRESHOLDS") or None
+        try:
+            site = read_site_thresholds(site_file) if site_file else None
+        except SiteThresholdsError as exc:
+            raise SettingsError(f"CHEXNET_SITE_THRESHOLDS: {exc.message}") from None
         settings = cls(
             license_keys=license_keys,
             models_dir=models_dir,
@@ -151,6 +159,8 @@ class Settings:
             precision=choice("PRECISION", PRECISIONS),
             log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
             dicom_uid_root=uid_root,
+            site_thresholds=site_file,
+            site=site,
         )
         return settings.fitted(available_memory(memory_limit_files), workload)
 
