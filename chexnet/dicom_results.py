@@ -6,14 +6,22 @@ DICOM node"), built with highdicom:
   qualitative evaluation (the class: SCT Present/Absent at the threshold), the algorithm's name, version
   and demo flag ("NOT FOR DIAGNOSIS" for demo bundles);
 - a Secondary Capture per heatmap: the overlay, with "DEMO - NOT FOR DIAGNOSIS" burned in for demo
-  bundles.
+  bundles;
+- a Parametric Map per heatmap: the class activation map as float values in 0..1 (a unitless real-world
+  value mapping whose quantity is the class, 99CHEXNET) on the source image's rows and columns, which the
+  SR's measurement group of that class references next to the source image (as IHE AI Results does).
+  CHEXNET_DICOM_MAPS (sc, pm or both) chooses which of the last two are made.
 
-Both copy the patient and study modules of the source, reference its SOP instance and get new UIDs,
+All copy the patient and study modules of the source, reference its SOP instance and get new UIDs,
 derived from the source instance and the model under the configured root (asked again, the same
-instances). The REST API and the DICOM node call :func:`result_objects`.
+instances). What of the source is copied is decided in one place, :func:`_checked_source`: a value is
+copied when it is valid in the repertoire the source declares, else left empty (type 2) or out (type 3),
+with a log line naming the attribute. The REST API and the DICOM node call :func:`result_objects`.
 """
 
 import io
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -34,6 +42,8 @@ from highdicom.sr import (
     SourceImageForMeasurementGroup,
     TrackingIdentifier,
 )
+from pydicom.charset import decode_bytes, encode_string, python_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
@@ -44,6 +54,8 @@ from chexnet.predictor import Finding, Prediction
 MANUFACTURER = "CheXNet on-premise"
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
+PM_SERIES_NUMBER = 9903
+MAPS = ("sc", "pm", "both")  # CHEXNET_DICOM_MAPS: which heatmap objects are made
 NOT_FOR_DIAGNOSIS = "DEMO - NOT FOR DIAGNOSIS"
 SCHEME = "99CHEXNET"  # a private coding scheme ("99" prefix) for the model's own concepts
 THRESHOLD = CodedConcept("threshold", SCHEME, "Decision threshold")
@@ -63,6 +75,11 @@ _TYPE2 = {
     "AccessionNumber": "SH",
 }
 _CHARACTER_SETS = {v.value for v in hd.valuerep.SpecificCharacterSetValues}
+# Text values whose bytes depend on the Specific Character Set (chexnet.imaging.dicom keeps them as read).
+_CHARACTER_SET_VRS = {"SH", "LO", "ST", "LT", "UT", "PN", "UC"}
+UTF8 = "ISO_IR 192"
+
+log = logging.getLogger(__name__)
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -70,10 +87,24 @@ _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SO
 class ResultSettings:
     uid_root: str = pydicom.uid.PYDICOM_ROOT_UID  # CHEXNET_DICOM_UID_ROOT
     station_name: str = "CHEXNET"
+    maps: str = "both"  # CHEXNET_DICOM_MAPS: one of MAPS
+
+    @property
+    def secondary_captures(self) -> bool:
+        return self.maps in ("sc", "both")
+
+    @property
+    def parametric_maps(self) -> bool:
+        return self.maps in ("pm", "both")
 
 
 def _checked_source(source: pydicom.Dataset) -> pydicom.Dataset:
-    """The source header with its UIDs checked and every type 2 patient/study attribute present."""
+    """The source header with its UIDs checked, as results may carry it: the one place that decides, value by
+    value, what is copied. A value is copied when its bytes are valid in the repertoire the source declares
+    (:func:`_in_repertoire`) and the value is fit for its attribute (:func:`_fit`); otherwise it is left
+    empty where the attribute is type 2 (every one of ``_TYPE2`` is present) and left out where it is not, and
+    a log line names the attribute (never its value). The result declares the character set its values need
+    (:func:`_result_character_sets`)."""
     for keyword in _REQUIRED_UIDS:
         value = str(source.get(keyword) or "").strip("\0 ")
         if not value or not pydicom.uid.UID(value).is_valid:
@@ -81,25 +112,85 @@ def _checked_source(source: pydicom.Dataset) -> pydicom.Dataset:
                 f"The DICOM has no valid {keyword}, so results cannot be filed with its study; "
                 "export it again from the PACS."
             )
-    charsets = _character_sets(source)
+    declared = _character_sets(source)
     complete = pydicom.Dataset()
-    for element in source:
-        if element.keyword != "SpecificCharacterSet":
-            complete.add_new(element.tag, element.VR, element.value if _fit(element, charsets) else None)
+    texts = []
+    for tag in list(source.keys()):
+        raw = source.get_item(tag)  # the bytes as read, before pydicom converts them on access
+        element = source[tag]
+        if element.keyword == "SpecificCharacterSet":
+            continue
+        name = element.keyword or str(element.tag)
+        if not _in_repertoire(raw, element, declared):
+            problem = f"not valid in its declared character set ({', '.join(declared) or 'none: ASCII'})"
+        elif not _fit(element, declared):
+            problem = f"not a valid {element.VR} value"
+        else:
+            complete.add_new(element.tag, element.VR, element.value)
+            if element.VR in _CHARACTER_SET_VRS:
+                texts.append(_text(element))
+            continue
+        kept = element.keyword in _TYPE2
+        log.warning("DICOM results: the source's %s is %s; left %s.", name, problem, "empty" if kept else "out")
+        if kept:
+            complete.add_new(element.tag, element.VR, None)
+    charsets = _result_character_sets(texts, declared)
     if charsets:
         complete.SpecificCharacterSet = charsets
-    elif "SpecificCharacterSet" in complete:
-        del complete.SpecificCharacterSet
     for keyword, vr in _TYPE2.items():
         if keyword not in complete:
             complete.add_new(keyword, vr, None)
     return complete
 
 
+def _text(element: pydicom.DataElement) -> str:
+    value = element.value
+    items = list(value) if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+    return "\\".join(str(item if item is not None else "") for item in items)
+
+
+def _in_repertoire(
+    raw: pydicom.DataElement | RawDataElement, element: pydicom.DataElement, declared: list[str]
+) -> bool:
+    """Whether a text value's bytes, as the source sent them, are valid in the repertoire it declares: ASCII
+    where it declares none, a strict decode where it declares one set, and where it declares ISO 2022 code
+    extensions, pydicom's decode switching on the escape sequences without replacing a byte. Latin-1 bytes
+    with no declaration, or under ISO_IR 192 (UTF-8), are not: they are never guessed at."""
+    if element.VR not in _CHARACTER_SET_VRS or not isinstance(raw, RawDataElement) or raw.value is None:
+        return True
+    data = bytes(raw.value)
+    if not declared:
+        return data.isascii()
+    if len(declared) == 1 and not declared[0].startswith("ISO 2022"):
+        try:
+            data.decode(python_encoding[declared[0]])
+        except (UnicodeDecodeError, LookupError):
+            return False
+        return True
+    return "\ufffd" not in _text(element)
+
+
+def _result_character_sets(texts: list[str], declared: list[str]) -> list[str]:
+    """The Specific Character Set of the results: none when every copied value is ASCII; the source's own
+    when it encodes every copied value back (the values were valid in it); otherwise, where pydicom's
+    ISO 2022 encoder cannot give a value back as it was, ISO_IR 192: the values transcoded to UTF-8."""
+    if all(text.isascii() for text in texts):
+        return []
+    encodings = [python_encoding[term] for term in declared]
+    for text in texts:
+        try:
+            encoded = encode_string(text, encodings)
+            if decode_bytes(encoded, encodings, {ord(c) for c in "^=\\"}) != text:
+                return [UTF8]
+        except (UnicodeError, LookupError, ValueError):
+            return [UTF8]
+    return declared
+
+
 def _fit(element: pydicom.DataElement, charsets: list[str]) -> bool:
     """Whether a source value may be copied as it is: valid for its VR (pydicom's check: an Age String
     "62" is not), as many values as the element takes, person-name groups of at most 64 characters, no control characters (ESC only under
-    an ISO 2022 character set), and PatientSex one of M, F, O. What is not fit is copied empty."""
+    an ISO 2022 character set), and PatientSex one of M, F, O."""
     value = element.value
     items = list(value) if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
     escapes = any(c.startswith("ISO 2022") for c in charsets)
@@ -107,10 +198,11 @@ def _fit(element: pydicom.DataElement, charsets: list[str]) -> bool:
         return False  # a backslash in a single-valued element
     try:
         for item in items:
-            validate_value(element.VR, item, pydicom.config.RAISE)
+            # pydicom's own IS/DS numbers are checked as the strings they were read from
+            validate_value(element.VR, str(item) if element.VR in ("IS", "DS") else item, pydicom.config.RAISE)
             text = str(item if item is not None else "")
-            if any(ord(c) < 0x20 and not (c == "\x1b" and escapes) for c in text):
-                return False
+            if any(ord(c) < 0x20 and not (c == "\x1b" and escapes) or 0x7F <= ord(c) <= 0x9F for c in text):
+                return False  # control characters (C0 but ESC under ISO 2022, DEL, C1) are in no DICOM text
             if element.VR == "PN" and any(len(group) > 64 for group in text.split("=")):
                 return False
     except (ValueError, TypeError):
@@ -178,6 +270,7 @@ def _group(
     source: pydicom.Dataset,
     finding: Finding,
     algorithm: AlgorithmIdentification,
+    parametric_map: pydicom.Dataset | None = None,
 ) -> MeasurementsAndQualitativeEvaluations:
     presence = codes.SCT.Present if finding.positive else codes.SCT.Absent
     concept = CodedConcept(finding.code, SCHEME, finding.label.name.en)
@@ -193,7 +286,13 @@ def _group(
         ],
         # the class itself, present or absent at its threshold
         qualitative_evaluations=[QualitativeEvaluation(concept, presence)],
-        source_images=[SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)],
+        # the radiograph, then the finding's Parametric Map where one was made (IHE AI Results: a viewer finds
+        # the map of a finding among its group's image references, by its SOP class)
+        source_images=[
+            SourceImageForMeasurementGroup(image.SOPClassUID, image.SOPInstanceUID)
+            for image in (source, parametric_map)
+            if image is not None
+        ],
     )
 
 
@@ -203,7 +302,14 @@ def _series_description(prediction: Prediction, what: str) -> str:
     return f"{text} {NOT_FOR_DIAGNOSIS}" if m.demo else text
 
 
-def structured_report(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset) -> ComprehensiveSR:
+def structured_report(
+    settings: ResultSettings,
+    prediction: Prediction,
+    source: pydicom.Dataset,
+    parametric_maps: Sequence[pydicom.Dataset] = (),
+) -> ComprehensiveSR:
+    """The TID 1500 report; each finding's group references the finding's Parametric Map among
+    ``parametric_maps`` (by the quantity of its real-world value mapping)."""
     m = prediction.model
     device = DeviceObserverIdentifyingAttributes(
         uid=generate_uid(prefix=settings.uid_root, entropy_srcs=[settings.station_name, m.id, m.version]),
@@ -215,12 +321,16 @@ def structured_report(settings: ResultSettings, prediction: Prediction, source: 
         observer_device_context=ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
     )
     algorithm = _algorithm(prediction)
-    groups = [_group(settings, prediction, source, finding, algorithm) for finding in prediction.findings]
+    maps = {_map_code(pm): pm for pm in parametric_maps}
+    groups = [
+        _group(settings, prediction, source, finding, algorithm, maps.get(finding.code))
+        for finding in prediction.findings
+    ]
     report = MeasurementReport(
         observation_context=context, procedure_reported=CHEST_RADIOGRAPH, imaging_measurements=groups
     )
     sr = ComprehensiveSR(
-        evidence=[source],
+        evidence=[source, *parametric_maps],
         content=report[0],
         series_instance_uid=_uid(settings, prediction, "sr-series"),
         series_number=SR_SERIES_NUMBER,
@@ -299,13 +409,109 @@ def secondary_captures(
     return captures
 
 
+# --- Parametric Maps --------------------------------------------------------------------------------------
+_DIRECTIONS = {"L": (1, 0, 0), "R": (-1, 0, 0), "P": (0, 1, 0), "A": (0, -1, 0), "H": (0, 0, 1), "F": (0, 0, -1)}
+
+
+def _positive(value) -> list[float] | None:
+    try:
+        numbers = [float(v) for v in (value or [])]
+    except (TypeError, ValueError):
+        return None
+    return numbers if len(numbers) == 2 and min(numbers) > 0 else None
+
+
+def _map_geometry(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset) -> pydicom.Dataset:
+    """The source as highdicom derives a Parametric Map's plane from it. A source with a frame of reference,
+    position, orientation and pixel spacing (a DX "for processing" or a tomosynthesis plane) lends them as
+    they are, so the map lies in its patient space. A projection radiograph (CR, most DX) has none, and the
+    Parametric Map IOD requires them: the map gets a frame of reference of its own (a UID derived like the
+    others: no other object shares it), its first pixel at the origin, the orientation the source's Patient
+    Orientation names (L\\F, the PA convention, where it names none) and the source's Pixel Spacing, else its
+    Imager Pixel Spacing, else 1 mm. Either way the map has the source's rows and columns and references it
+    with Spatial Locations Preserved YES: a viewer overlays it pixel on pixel."""
+    geometry = pydicom.Dataset()
+    geometry.update(source)
+    if "SliceThickness" not in geometry:  # highdicom reads it for the pixel measures; unknown for a projection
+        geometry.SliceThickness = None
+    spacing = _positive(source.get("PixelSpacing"))
+    spatial = all(source.get(k) for k in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient"))
+    if spatial and spacing and len(source.ImageOrientationPatient) == 6 and len(source.ImagePositionPatient) == 3:
+        return geometry
+    along_rows, along_columns = _orientation(source) or ("L", "F")
+    geometry.FrameOfReferenceUID = _uid(settings, prediction, "frame-of-reference")
+    geometry.PositionReferenceIndicator = None
+    geometry.ImagePositionPatient = [0.0, 0.0, 0.0]
+    geometry.ImageOrientationPatient = [float(c) for c in (*_DIRECTIONS[along_rows], *_DIRECTIONS[along_columns])]
+    geometry.PixelSpacing = spacing or _positive(source.get("ImagerPixelSpacing")) or [1.0, 1.0]
+    return geometry
+
+
+def _map_code(pm: pydicom.Dataset) -> str:
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    return str(mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue)
+
+
+def parametric_maps(
+    settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset
+) -> list[hd.pm.ParametricMap]:
+    """One Parametric Map per heatmap: the CAM (min-max normalised, 0..1) resampled bilinearly from the
+    model's grid over the whole image to the source's rows and columns, stored as 32-bit floats."""
+    if not prediction.heatmaps:
+        return []
+    m = prediction.model
+    geometry = _map_geometry(settings, prediction, source)
+    rows, columns = int(source.Rows), int(source.Columns)
+    series_uid = _uid(settings, prediction, "pm-series")
+    maps = []
+    for number, heatmap in enumerate(prediction.heatmaps, start=1):
+        name = heatmap.label.name.en
+        values = cv2.resize(heatmap.cam.astype(np.float32), (columns, rows), interpolation=cv2.INTER_LINEAR)
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label="CAM",
+            lut_explanation=f"Class activation, unitless 0-1: {name}"[:64],
+            unit=UNITLESS,
+            value_range=(0.0, 1.0),
+            slope=1.0,
+            intercept=0.0,
+            quantity_definition=CodedConcept(heatmap.label.code, SCHEME, name),
+        )
+        pm = hd.pm.ParametricMap(
+            source_images=[geometry],
+            pixel_array=np.clip(values, 0.0, 1.0),
+            series_instance_uid=series_uid,
+            series_number=PM_SERIES_NUMBER,
+            sop_instance_uid=_uid(settings, prediction, "pm", heatmap.label.code),
+            instance_number=number,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=f"{m.id} {m.version}"[:64],
+            software_versions=m.version,
+            device_serial_number=settings.station_name,
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+            content_label="DEMO_CAM" if m.demo else "CAM",
+            content_description=(f"CAM {name}" + (f" {NOT_FOR_DIAGNOSIS}" if m.demo else ""))[:64],
+            derived_pixel_contrast=hd.pm.DerivedPixelContrastValues.QUANTITY,
+            series_description=_series_description(prediction, "CAM"),
+        )
+        # General Series Laterality is type 2C: the source's value when it is one, else present and empty.
+        pm.Laterality = source.Laterality if str(source.get("Laterality") or "") in ("R", "L") else None
+        pm.BurnedInAnnotation = "NO"
+        maps.append(pm)
+    return maps
+
+
 def result_objects(settings: ResultSettings, prediction: Prediction) -> list[pydicom.Dataset]:
-    """The SR, then one secondary capture per heatmap of the prediction."""
+    """The SR, then one secondary capture per heatmap, then one Parametric Map per heatmap (as
+    ``settings.maps`` asks); the SR references each map from its finding's measurement group."""
     if prediction.source is None:
         raise ValueError("DICOM results need a DICOM source (checked where the options are read)")
     source = _checked_source(prediction.source)
     try:
-        return [structured_report(settings, prediction, source), *secondary_captures(settings, prediction, source)]
+        maps = parametric_maps(settings, prediction, source) if settings.parametric_maps else []
+        captures = secondary_captures(settings, prediction, source) if settings.secondary_captures else []
+        return [structured_report(settings, prediction, source, maps), *captures, *maps]
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         # highdicom validates what it copies: a malformed patient or study attribute in the source, or a
         # SOP class it has no module table for (KeyError).

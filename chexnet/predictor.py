@@ -104,6 +104,7 @@ class Heatmap:
 
     label: Label
     rendered: heatmap.RenderedHeatmap
+    cam: np.ndarray  # h×w float32 in [0, 1] (heatmap.normalise) over the whole model input: DICOM Parametric Maps
 
 
 @dataclass
@@ -229,7 +230,11 @@ class Predictor:
         ]
         start = time.perf_counter()
         rendered = [
-            Heatmap(labels[i], heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format))
+            Heatmap(
+                labels[i],
+                heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format),
+                heatmap.normalise(row.cams[i]),
+            )
             for i in selected(row.probabilities)
         ]
         timing = dict(prepared.timing_ms, inference=row.inference_ms, heatmap=_ms(start))

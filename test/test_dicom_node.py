@@ -8,7 +8,7 @@ import sys
 
 import pydicom
 import pytest
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
 
 from dicom_node_helpers import CHEST, NOT_CHEST
 from dicom_tools import dciodvfy_errors, storescu
@@ -32,15 +32,17 @@ def test_accepted_instances_survive_a_sigkill_and_results_arrive_once_the_pacs_i
 
     destination.start()
     wait_until(
-        lambda: len(destination.received) >= 4 and not list((node.spool / "outgoing").glob("*.dcm")),
+        lambda: len(destination.received) >= 6 and not list((node.spool / "outgoing").glob("*.dcm")),
         120,
         "the results at the destination",
     )
-    assert len(destination.received) == 4, "one SR and one capture per chest image; the tibia is skipped"
+    assert len(destination.received) == 6, "an SR, a capture and a Parametric Map per chest image; the tibia is skipped"
     for name in CHEST:
         source = pydicom.dcmread(dicom_dir / name, stop_before_pixels=True)
         mine = [ds for ds in destination.received if ds.StudyInstanceUID == source.StudyInstanceUID]
-        assert sorted(ds.SOPClassUID for ds in mine) == sorted([ComprehensiveSRStorage, SecondaryCaptureImageStorage])
+        assert sorted(ds.SOPClassUID for ds in mine) == sorted(
+            [ComprehensiveSRStorage, SecondaryCaptureImageStorage, ParametricMapStorage]
+        )
         for ds in mine:
             assert dciodvfy_errors(ds, tmp_path) == []
             assert ds.PatientID == source.PatientID

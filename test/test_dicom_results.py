@@ -1,18 +1,22 @@
-"""DICOM results over REST (DESIGN.md "DICOM results and the DICOM node"): a Comprehensive SR (TID 1500)
-and heatmap secondary captures, filed with the source study, valid per dciodvfy (dicom3tools), and
-eligibility warnings from the tags."""
+"""DICOM results over REST (DESIGN.md "DICOM results and the DICOM node"): a Comprehensive SR (TID 1500),
+heatmap secondary captures and Parametric Maps (CHEXNET_DICOM_MAPS), filed with the source study, valid per
+dciodvfy (dicom3tools) whatever character set the source declares or fails to declare, and eligibility
+warnings from the tags."""
 
 import email
 import email.policy
 import io
 import json
+import logging
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage, generate_uid
 
 from api_helpers import assert_error, make_env, predict, ready_app
+from chexnet.dicom_results import ResultSettings, result_objects
+from chexnet.options import PredictOptions
 from chexnet.service import SettingsError
 from dicom_factory import make_dicom
 from dicom_tools import dciodvfy_errors
@@ -51,9 +55,9 @@ def test_accept_multipart_related_returns_a_valid_sr_and_capture_in_the_source_s
 ):
     source = pydicom.dcmread(dicom_dir / name, stop_before_pixels=True)
     response = predict(client, env, (dicom_dir / name).read_bytes(), headers={**env.auth(), "Accept": DICOM_ACCEPT})
-    sr, capture = dicom_parts(response)
+    sr, capture, parametric_map = dicom_parts(response)
 
-    for ds in (sr, capture):
+    for ds in (sr, capture, parametric_map):
         assert dciodvfy_errors(ds, tmp_path) == []
         assert ds.StudyInstanceUID == source.StudyInstanceUID
         assert (ds.PatientID, ds.PatientName) == (source.PatientID, source.PatientName)
@@ -98,13 +102,32 @@ def test_accept_multipart_related_returns_a_valid_sr_and_capture_in_the_source_s
     assert capture.BurnedInAnnotation == "YES" and "NOT FOR DIAGNOSIS" in capture.DerivationDescription
     assert capture.pixel_array.shape == (capture.Rows, capture.Columns, 3)
 
+    assert parametric_map.SOPClassUID == ParametricMapStorage
+    assert (parametric_map.Rows, parametric_map.Columns) == (source.Rows, source.Columns)
+    assert "NOT FOR DIAGNOSIS" in parametric_map.SeriesDescription and "DEMO" in parametric_map.ContentLabel
+    derivation = parametric_map.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert derivation.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert derivation.SourceImageSequence[0].SpatialLocationsPreserved == "YES"
+    mapping = parametric_map.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    quantity = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+    top = json_body["findings"]
+    assert (quantity.CodingSchemeDesignator, quantity.CodeValue) == (
+        "99CHEXNET",
+        max(top, key=lambda f: f["probability"])["code"],
+    )
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
+    values = parametric_map.pixel_array
+    assert values.dtype == np.float32 and 0.0 <= values.min() <= values.max() <= 1.0
+
 
 def test_output_option_and_every_heatmap(client, env, dicom_dir):
     data = (dicom_dir / "RG1_UNCR.dcm").read_bytes()
     parts = dicom_parts(predict(client, env, data, query="?output=dicom&heatmaps=all"))
-    assert [p.SOPClassUID for p in parts] == [ComprehensiveSRStorage] + [SecondaryCaptureImageStorage] * 10
-    assert len({p.SOPInstanceUID for p in parts}) == 11
-    assert [p.InstanceNumber for p in parts[1:]] == list(range(1, 11))
+    assert [p.SOPClassUID for p in parts] == (
+        [ComprehensiveSRStorage] + [SecondaryCaptureImageStorage] * 10 + [ParametricMapStorage] * 10
+    )
+    assert len({p.SOPInstanceUID for p in parts}) == 21
+    assert [p.InstanceNumber for p in parts[1:11]] == [p.InstanceNumber for p in parts[11:]] == list(range(1, 11))
 
 
 def test_output_param_beats_accept_and_json_is_the_default(client, env, dicom_dir):
@@ -135,17 +158,17 @@ def test_invalid_source_values_are_left_empty_not_copied(client, env, tmp_path):
         PatientAge="62",
         PatientBirthDate="1970-01-01",
     )
-    sr, capture = dicom_parts(predict(client, env, data, query="?output=dicom"))
-    for ds in (sr, capture):
+    parts = dicom_parts(predict(client, env, data, query="?output=dicom"))
+    for ds in parts:
         assert dciodvfy_errors(ds, tmp_path) == []
-    assert not sr.get("PatientAge") and not sr.get("PatientBirthDate")
+        assert "PatientAge" not in ds and "PatientBirthDate" in ds and not ds.PatientBirthDate  # type 3 out, 2 empty
 
 
 def test_patient_data_reach_the_results_but_never_the_audit_file_or_logs(client, env, dicom_dir, capsys):
     data = (dicom_dir / "RG1_UNCR.dcm").read_bytes()
-    sr, _ = dicom_parts(
+    sr = dicom_parts(
         predict(client, env, data, headers={**env.auth(), "Accept": DICOM_ACCEPT, "X-Request-ID": "dicom-audit-1"})
-    )
+    )[0]
     assert str(sr.PatientName) == "CompressedSamples^RG1"
     audit = (env.root / "audit.jsonl").read_text()
     assert "dicom-audit-1" in audit
@@ -237,3 +260,175 @@ def test_source_headers_results_cannot_carry_are_a_400(client, env, tags, fragme
     )
     body = assert_error(predict(client, env, data, query="?output=dicom"), 400, "invalid_image")
     assert fragment in body["error"]["message"]
+
+
+# --- Parametric Maps (CHEXNET_DICOM_MAPS) ---------------------------------------------------------------
+def group_images(sr: pydicom.Dataset) -> dict[str, list[str]]:
+    """Each measurement group's finding code → the SOP instances its IMAGE items reference."""
+    found = {}
+    for group in (i for i in content_items(sr) if i.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Group"):
+        items = list(content_items(group))
+        code = next(
+            str(i.ConceptCodeSequence[0].CodeValue)
+            for i in items
+            if i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+        )
+        found[code] = [
+            str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for i in items if i.ValueType == "IMAGE"
+        ]
+    return found
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RG1_J2KR.dcm",
+        "RG1_UNCR.dcm",
+        "RG3_JPLY.dcm",
+        "RG3_RLE.dcm",
+        "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm",
+    ],
+)
+def test_every_sample_gives_an_sr_capture_and_parametric_map_dciodvfy_accepts(client, env, dicom_dir, tmp_path, name):
+    source = pydicom.dcmread(dicom_dir / name, stop_before_pixels=True)
+    parts = dicom_parts(predict(client, env, (dicom_dir / name).read_bytes(), query="?output=dicom"))
+    assert [p.SOPClassUID for p in parts] == [
+        ComprehensiveSRStorage,
+        SecondaryCaptureImageStorage,
+        ParametricMapStorage,
+    ]
+    for ds in parts:
+        assert dciodvfy_errors(ds, tmp_path) == [], f"{name}: {ds.SOPClassUID.name}"
+        assert (ds.StudyInstanceUID, ds.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    sr, _, parametric_map = parts
+    # the SR's group of the mapped finding references the source image and the map, and lists both as evidence
+    code = parametric_map.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    code = str(code.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue)
+    images = group_images(sr)
+    assert images[code] == [source.SOPInstanceUID, parametric_map.SOPInstanceUID]
+    assert all(refs == [source.SOPInstanceUID] for c, refs in images.items() if c != code)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert evidence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert [s.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for s in evidence[1:]] == [
+        parametric_map.SOPInstanceUID
+    ]
+    # a projection radiograph has no frame of reference: the map has its own, on the source's pixel grid
+    assert "FrameOfReferenceUID" not in source and parametric_map.FrameOfReferenceUID != ""
+    spacing = parametric_map.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    given = [float(v) for v in source.get("PixelSpacing") or [0, 0]]
+    assert [float(v) for v in spacing] == (given if min(given) > 0 else [1.0, 1.0])
+
+
+def test_the_same_input_gives_the_same_instances(client, env, dicom_dir):
+    data = (dicom_dir / "RG3_RLE.dcm").read_bytes()
+    first, again = (dicom_parts(predict(client, env, data, query="?output=dicom&heatmaps=all")) for _ in range(2))
+    assert [p.SOPInstanceUID for p in first] == [p.SOPInstanceUID for p in again]
+    assert (
+        len({p.SeriesInstanceUID for p in first}) == 3
+        and first[-1].FrameOfReferenceUID == again[-1].FrameOfReferenceUID
+    )
+
+
+def test_parametric_map_values_are_the_cam_on_the_source_grid(app, dicom_dir):
+    """At the centre of each CAM cell, bilinear resampling gives the cell's value exactly; the nearest pixel
+    is at most half a pixel away, where the map changes by at most (cell step ≤ 1)·(cells per pixel)/2: so
+    each sampled pixel equals the cell within half the cells-per-pixel ratio (≈0.002 for 1955 rows over 7)."""
+    predictor = app.extensions["chexnet"].models["cxr10"].predictor
+    data = (dicom_dir / "RG1_UNCR.dcm").read_bytes()
+    prediction = predictor.predict(lambda: data, PredictOptions(output="dicom", heatmaps="all"))
+    objects = result_objects(ResultSettings(maps="pm"), prediction)
+    assert [o.SOPClassUID for o in objects] == [ComprehensiveSRStorage] + [ParametricMapStorage] * 10
+    for heatmap, parametric_map in zip(prediction.heatmaps, objects[1:], strict=True):
+        mapping = parametric_map.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        assert mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == heatmap.label.code
+        values, cam = parametric_map.pixel_array, heatmap.cam
+        rows, columns = values.shape
+        (h, w), tolerance = cam.shape, 0.5 * max(cam.shape[0] / rows, cam.shape[1] / columns) + 1e-6
+        assert 0.0 <= cam.min() <= cam.max() <= 1.0 and (rows, columns) == (1955, 1841)
+        centres_y = np.rint((np.arange(h) + 0.5) * rows / h - 0.5).astype(int)
+        centres_x = np.rint((np.arange(w) + 0.5) * columns / w - 0.5).astype(int)
+        np.testing.assert_allclose(values[np.ix_(centres_y, centres_x)], cam, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "maps, classes",
+    [
+        ("sc", [ComprehensiveSRStorage, SecondaryCaptureImageStorage]),
+        ("pm", [ComprehensiveSRStorage, ParametricMapStorage]),
+    ],
+)
+def test_the_maps_setting_chooses_captures_or_parametric_maps(tmp_path, demo_bundle, dicom_dir, maps, classes):
+    env = make_env(tmp_path, demo_bundle.path, CHEXNET_DICOM_MAPS=maps)
+    client = ready_app(env).test_client()
+    parts = dicom_parts(predict(client, env, (dicom_dir / "RG3_RLE.dcm").read_bytes(), query="?output=dicom"))
+    assert [p.SOPClassUID for p in parts] == classes
+    referenced = {uid for refs in group_images(parts[0]).values() for uid in refs}
+    assert (parts[1].SOPInstanceUID in referenced) == (maps == "pm")
+
+
+def test_a_bad_maps_setting_stops_start_with_a_sentence(tmp_path, demo_bundle):
+    with pytest.raises(SettingsError, match="CHEXNET_DICOM_MAPS must be one of sc, pm, both"):
+        make_env(tmp_path, demo_bundle.path, CHEXNET_DICOM_MAPS="overlay")
+
+
+# --- character sets that do not lie ----------------------------------------------------------------------
+NAME, LATIN1_NAME = b"Mxller^Jxrgen", "Müller^Jürgen".encode("latin-1")
+PLACE, LATIN1_PLACE = b"Klinikum Nxrnberg", "Klinikum Nürnberg".encode("latin-1")
+
+
+def eight_bit_source(**tags) -> bytes:
+    """A source whose names are Latin-1 bytes, whatever it declares (as an old modality sends them)."""
+    data = make_dicom(
+        np.tile(np.arange(256, dtype=np.uint8), (256, 1)),
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        PatientName=NAME.decode(),
+        InstitutionName=PLACE.decode(),
+        **tags,
+    )
+    return data.replace(NAME, LATIN1_NAME).replace(PLACE, LATIN1_PLACE)
+
+
+@pytest.mark.parametrize(
+    "declared, copied, charset",
+    [
+        (None, False, None),
+        ("ISO_IR 100", True, "ISO_IR 100"),
+        ("ISO_IR 192", False, None),
+    ],
+    ids=["undeclared", "latin1-declared", "latin1-under-utf8"],
+)
+def test_eight_bit_names_are_copied_only_where_the_declared_set_says_so(
+    client, env, tmp_path, caplog, declared, copied, charset
+):
+    data = eight_bit_source(**({"SpecificCharacterSet": declared} if declared else {}))
+    caplog.set_level(logging.WARNING, logger="chexnet.dicom_results")
+    parts = dicom_parts(predict(client, env, data, query="?output=dicom"))
+    assert [p.SOPClassUID for p in parts] == [
+        ComprehensiveSRStorage,
+        SecondaryCaptureImageStorage,
+        ParametricMapStorage,
+    ]
+    for ds in parts:
+        assert dciodvfy_errors(ds, tmp_path) == [], ds.SOPClassUID.name
+        assert ds.get("SpecificCharacterSet") == charset
+        if copied:
+            assert str(ds.PatientName) == "Müller^Jürgen"
+        else:  # type 2: present and empty; InstitutionName (type 3): left out
+            assert "PatientName" in ds and not ds.PatientName and "InstitutionName" not in ds
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name == "chexnet.dicom_results")
+    assert ("PatientName" in logged and "InstitutionName" in logged) == (not copied)
+    assert "ller" not in logged and "Klinikum" not in logged, "the log names the attribute, never its value"
+
+
+def test_valid_utf8_names_are_copied_under_iso_ir_192(client, env, tmp_path):
+    data = make_dicom(
+        np.tile(np.arange(256, dtype=np.uint8), (256, 1)),
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        SpecificCharacterSet="ISO_IR 192",
+        PatientName="Müller^Jürgen",
+    )
+    for ds in dicom_parts(predict(client, env, data, query="?output=dicom")):
+        assert dciodvfy_errors(ds, tmp_path) == []
+        assert (str(ds.PatientName), ds.SpecificCharacterSet) == ("Müller^Jürgen", "ISO_IR 192")

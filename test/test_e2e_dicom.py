@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
 
 from dicom_tools import dciodvfy_errors, storescu
 from waiting import wait_until
@@ -74,6 +74,10 @@ def results_for(orthanc: str, source: pydicom.Dataset) -> dict:
         elif ds.SOPClassUID == SecondaryCaptureImageStorage and "SourceImageSequence" in ds:
             if ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID:
                 found["sc"] = ds
+        elif ds.SOPClassUID == ParametricMapStorage:
+            derivation = ds.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+            if derivation.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID:
+                found["pm"] = ds
     return found
 
 
@@ -101,9 +105,9 @@ def test_results_reach_the_pacs_in_the_source_study_through_a_crash_of_the_node(
     for name in CHEST:
         source = pydicom.dcmread(samples / name, stop_before_pixels=True)
         results = wait_until(
-            lambda source=source: (r := results_for(orthanc, source)) and len(r) == 2 and r,
+            lambda source=source: (r := results_for(orthanc, source)) and len(r) == 3 and r,
             300,
-            f"the SR and heatmap of {name} in Orthanc",
+            f"the SR, heatmap capture and Parametric Map of {name} in Orthanc",
         )
         for ds in results.values():
             assert dciodvfy_errors(ds, tmp_path) == [], f"{name}: {ds.SOPClassUID.name}"

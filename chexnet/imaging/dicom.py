@@ -22,6 +22,8 @@ from contextvars import ContextVar
 import numpy as np
 import pydicom
 from pydicom import filereader
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_partial
@@ -105,7 +107,19 @@ SOURCE_KEYWORDS = (
     "SeriesNumber",
     "InstanceNumber",
     "InstitutionName",
+    # the geometry a Parametric Map of the image takes over (chexnet.dicom_results)
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "FrameOfReferenceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
 )
+# Values in the Specific Character Set: kept as their bytes, so that chexnet.dicom_results decides, byte for
+# byte, whether they are valid in the repertoire the source declares (pydicom's conversion would replace or
+# reinterpret what is not).
+CHARACTER_SET_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 # The elements the decoder reads; every other element is skipped unparsed.
 _READ = [
     "Rows",
@@ -205,11 +219,16 @@ def _decode(data: bytes, limits: DecodeLimits, size: DecodeSize | None) -> Decod
 
 
 def _source(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """The header results and eligibility read, each value converted now so damage is a 400 here
-    (:mod:`chexnet.dicom_results` decides which values are fit to copy)."""
+    """The header results and eligibility read, each value converted now so damage is a 400 here, but for
+    the text in the character set, kept as read (:mod:`chexnet.dicom_results` decides which values are fit
+    to copy, and in what repertoire)."""
     source = pydicom.Dataset()
     for keyword in SOURCE_KEYWORDS:
         if keyword in ds:
+            raw = ds.get_item(keyword)
+            if isinstance(raw, RawDataElement) and dictionary_VR(raw.tag) in CHARACTER_SET_VRS:
+                source[raw.tag] = raw  # converted on access, under the source's Specific Character Set
+                continue
             element = ds[keyword]
             source.add_new(element.tag, element.VR, element.value)
     return source

@@ -78,7 +78,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.audit = audit
-        self.result_settings = ResultSettings(uid_root=settings.dicom_uid_root)
+        self.result_settings = ResultSettings(uid_root=settings.dicom_uid_root, maps=settings.dicom_maps)
         self.layout = settings.layout
         self.gate = DecodeGate(self.layout.decode_concurrency, settings.decode_wait_s)
         self.limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
@@ -237,7 +237,7 @@ class Service:
         return loaded.predictor.predict(read, options, Caller(request_id, claims.sub, claims.customer))
 
     def dicom_results(self, prediction: Prediction) -> list[pydicom.Dataset]:
-        """The SR and heatmap secondary captures of a prediction made with output=dicom."""
+        """The SR and the heatmaps (secondary captures, Parametric Maps) of a prediction made with output=dicom."""
         return result_objects(self.result_settings, prediction)
 
     # --- observers of every prediction ---------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from pydicom.uid import PYDICOM_ROOT_UID
 
 from chexnet.cpu import CGROUP_MEMORY_LIMITS, MemoryLimit, available_cores, available_memory, engine_layout
+from chexnet.dicom_results import MAPS
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -86,6 +87,7 @@ class Settings:
     precision: str = "fp32"
     log_level: str = "INFO"
     dicom_uid_root: str = PYDICOM_ROOT_UID  # new UIDs of DICOM results; a site sets its registered root
+    dicom_maps: str = "both"  # CHEXNET_DICOM_MAPS: heatmaps as secondary captures (sc), Parametric Maps (pm) or both
     site_thresholds: str | None = None  # CHEXNET_SITE_THRESHOLDS: the file python -m chexnet calibrate wrote
     site: SiteThresholds | None = None  # that file, read and checked (schema, content hash) at start
 
@@ -159,6 +161,7 @@ class Settings:
             precision=choice("PRECISION", PRECISIONS),
             log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
             dicom_uid_root=uid_root,
+            dicom_maps=choice("DICOM_MAPS", MAPS),
             site_thresholds=site_file,
             site=site,
         )
