@@ -7,12 +7,12 @@ below that werkzeug's HTTP errors are mapped to; one handler writes both bases w
 
 import logging
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from chexnet.errors import ErrorProtocol, PayloadTooLarge, ServiceError, error_body
 from chexnet.imaging.types import UPLOAD_SETTING
-from licensing.errors import LicensingError
+from licensing.errors import LicenseError, LicensingError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,15 @@ def _http_error(err: HTTPException) -> Response:
     return error_response(bad)
 
 
+def _licence_refused(err: LicenseError) -> Response:
+    """A token refused with 401 or 403 is also a DICOM audit event for the hospital's audit repository
+    (chexnet.service.atna; nothing is sent unless CHEXNET_AUDIT_SYSLOG is set)."""
+    service = current_app.extensions.get("chexnet")
+    if err.status in (401, 403) and service is not None:
+        service.atna.licence_refused(err.status, err.code, request.remote_addr, request.path)
+    return error_response(err)
+
+
 def _unexpected(err: Exception) -> Response:
     log.error("unhandled error: %s", type(err).__name__, exc_info=err)
     return error_response(ServiceError("The server failed on this request; quote the request id to support."))
@@ -86,5 +95,6 @@ def _unexpected(err: Exception) -> Response:
 def init_app(app: Flask) -> None:
     for base in ERROR_BASES:
         app.register_error_handler(base, error_response)
+    app.register_error_handler(LicenseError, _licence_refused)  # the more specific class: Flask picks this one
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import sys
 
 from chexnet.api.app import create_app
@@ -22,6 +23,8 @@ def serve(host: str | None = None, port: int | None = None) -> int:
     import waitress
 
     app = create_app(settings)
+    # SIGTERM (docker stop) ends waitress's loop as Ctrl-C does, so the stop is audited (chexnet.service.atna)
+    signal.signal(signal.SIGTERM, _exit)
     layout = settings.layout
     logging.getLogger("chexnet").info(
         "listening", extra={"fields": {"host": settings.host, "port": settings.port, **vars(layout)}}
@@ -37,4 +40,9 @@ def serve(host: str | None = None, port: int | None = None) -> int:
         connection_limit=WAITRESS_CONNECTIONS,
         clear_untrusted_proxy_headers=True,
     )
+    app.extensions["chexnet"].stop()
     return 0
+
+
+def _exit(*_) -> None:
+    raise SystemExit(0)

@@ -111,7 +111,7 @@ class DicomNode:
         self.node = node
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit_log)
-        self.service = Service(settings, self.metrics, self.audit)
+        self.service = Service(settings, self.metrics, self.audit, application="chexnet-dicom-node")
         self.spool = Spool(node.spool)
         self.received = ReceivedFiles(self.spool.receiving, settings.max_upload_bytes, node.min_free_mb * 2**20)
         self.node_metrics = NodeMetrics(self.metrics, self.spool)
@@ -120,6 +120,11 @@ class DicomNode:
         self._work = threading.Event()
         self._outgoing = threading.Event()
         self.sender = self._sender()
+        if isinstance(self.sender, Sender) and node.destination is not None:
+            destination = node.destination
+            self.sender.on_stored = functools.partial(
+                self.service.atna.results_sent, node.ae_title, destination.ae_title, destination.host
+            )
         self._moved = {queue: time.monotonic() for queue in ("incoming", "outgoing")}
         self._thread_failure_logged = 0.0
         self._prune_lock = threading.Lock()
@@ -243,6 +248,7 @@ class DicomNode:
             self._http.close()
         for thread in self._threads:
             thread.join(timeout=30)
+        self.service.stop()
 
     def wait(self) -> None:
         self._stop.wait()

@@ -9,6 +9,7 @@ When the destination cannot be reached at all, the whole queue backs off."""
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -44,6 +45,8 @@ class Sender:
         self._prune = prune  # keeps what is set aside within its bounds
         self._pause = _FIRST_PAUSE_S  # the whole queue's pause after the destination could not be reached
         self._retry: dict[str, tuple[float, float]] = {}  # file name → (its pause, when it is due again)
+        # called with each result object the destination stored (the node audits it: chexnet.service.atna)
+        self.on_stored: Callable[[pydicom.Dataset], None] = lambda dataset: None
 
     def send_waiting(self, waiting: list[Path]) -> None:
         now = time.monotonic()
@@ -105,6 +108,7 @@ class Sender:
             self.spool.discard(path)
             self._retry.pop(path.name, None)
             self.metrics.sent.inc()
+            self.on_stored(dataset)
         elif is_permanent(code):
             self._refused(path, code, str(getattr(status, "ErrorComment", "") or ""))
         else:

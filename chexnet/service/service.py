@@ -21,6 +21,7 @@ from chexnet.imaging import DecodeLimits
 from chexnet.imaging.gate import DecodeGate
 from chexnet.options import PredictOptions
 from chexnet.predictor import Caller, Prediction, Predictor, batch_forward
+from chexnet.service.atna import AtnaAudit
 from chexnet.service.audit import AuditLog
 from chexnet.service.observability import Metrics
 from chexnet.service.settings import Settings
@@ -74,10 +75,12 @@ class LoadedModel:
 
 
 class Service:
-    def __init__(self, settings: Settings, metrics: Metrics, audit: AuditLog):
+    def __init__(self, settings: Settings, metrics: Metrics, audit: AuditLog, application: str = "chexnet-api"):
         self.settings = settings
         self.metrics = metrics
         self.audit = audit
+        # DICOM audit messages to the hospital's audit repository (CHEXNET_AUDIT_SYSLOG), else a no-op
+        self.atna = AtnaAudit.open(settings.audit_syslog, metrics.registry, application)
         self.result_settings = ResultSettings(uid_root=settings.dicom_uid_root, maps=settings.dicom_maps)
         self.layout = settings.layout
         self.gate = DecodeGate(self.layout.decode_concurrency, settings.decode_wait_s)
@@ -93,7 +96,13 @@ class Service:
 
     # --- start-up --------------------------------------------------------------------------
     def start(self) -> None:
+        self.atna.start()
         threading.Thread(target=self._load, name="loader", daemon=True).start()
+
+    def stop(self) -> None:
+        """At the end of the process: the application stop is audited and queued audit messages get a few
+        seconds to reach the audit repository (what does not stays queued on disk for the next start)."""
+        self.atna.stop()
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -186,7 +195,7 @@ class Service:
             self.gate,
             forward_one=lambda tensor: batcher.run(tensor, s.request_timeout_s),
             thresholds=thresholds,
-            observers=(self._observe_stages, self._audit),
+            observers=(self._observe_stages, self._audit, self.atna.prediction),
         )
         return LoadedModel(predictor, batcher)
 

@@ -16,6 +16,7 @@ from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
 from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from chexnet.service.memory import MemoryEstimate, estimate, gib
+from chexnet.service.syslog_tls import AuditSyslogSettings
 from chexnet.site_thresholds import SiteThresholds, SiteThresholdsError, read_site_thresholds
 from licensing.environment import Environment
 from licensing.host import DEFAULT_UUID_FILE
@@ -73,6 +74,7 @@ class Settings:
     max_upload_mb: int = DEFAULT_MAX_BYTES // 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
     audit_log: str = "logs/audit.jsonl"
+    audit_syslog: AuditSyslogSettings | None = None  # CHEXNET_AUDIT_SYSLOG and its TLS files; None: not sent
     host: str = "0.0.0.0"
     port: int = 8080
     threads: int = 0  # waitress threads; 0: enough to keep every engine worker and decode slot busy
@@ -147,6 +149,7 @@ class Settings:
             max_upload_mb=integer("MAX_UPLOAD_MB", 1, 1024),
             max_pixels=integer("MAX_PIXELS", 1_000_000, 400_000_000),
             audit_log=get("AUDIT_LOG", cls.audit_log),
+            audit_syslog=AuditSyslogSettings.from_env(env_, get("AUDIT_LOG", cls.audit_log)),
             host=get("HOST", cls.host),
             port=integer("PORT", 1, 65535),
             threads=integer("THREADS", 0, 512),
