@@ -117,7 +117,7 @@ def _class_entry(label, scores: np.ndarray, truth: np.ndarray | None, target: Ta
     entry.update(
         source="site" if site else "bundle",
         reason=reason,
-        threshold=stats.threshold if site and stats else label.threshold,  # exact: the float32 score itself
+        threshold=stats.threshold if site and stats else label.threshold,  # decides the calibration images as reported
         threshold_interval=_interval(stats.threshold_interval) if site and stats else None,
         positives=positives,
         negatives=negatives,

@@ -107,7 +107,23 @@ def _auroc_sorted(positives: np.ndarray, negatives: np.ndarray) -> float | None:
 def choose_threshold(scores: np.ndarray, truth: np.ndarray, target: Target) -> float:
     """The threshold meeting the target on these scores (both groups must be non-empty)."""
     positives, negatives = _split(scores, truth)
-    return _choose_sorted(positives, negatives, target)
+    return readable(_choose_sorted(positives, negatives, target), positives, negatives)
+
+
+def readable(threshold: float, positives: np.ndarray, negatives: np.ndarray) -> float:
+    """The shortest decimal that decides every one of these scores as threshold does: any value above the highest
+    score below it, up to the lowest score at or above it, does; so 0.4547 rather than 0.45465022325515747. Both
+    bounds are compared as float32, as the predictor compares."""
+    scores = np.concatenate([positives, negatives])
+    below, at = scores[scores < threshold], scores[scores >= threshold]
+    lower = float(below.max()) if below.size else -1.0
+    upper = float(at.min()) if at.size else threshold
+    for digits in range(1, 9):
+        scale = 10**digits
+        candidate = math.floor(upper * scale) / scale
+        if lower < float(np.float32(candidate)) <= upper and 0.0 <= candidate <= 1.0:
+            return candidate
+    return threshold
 
 
 def _choose_sorted(positives: np.ndarray, negatives: np.ndarray, target: Target) -> float:
@@ -171,7 +187,7 @@ def class_statistics(
     resampled apart, so each resample keeps both counts and the area stays defined)."""
     positives, negatives = _split(scores, truth)
     if target is not None:
-        threshold = _choose_sorted(positives, negatives, target)
+        threshold = readable(_choose_sorted(positives, negatives, target), positives, negatives)
     assert threshold is not None
     sensitivity, specificity = rates_at(positives, negatives, np.array([threshold]))
     area = _auroc_sorted(positives, negatives)
