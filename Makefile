@@ -10,7 +10,7 @@ SAMPLES ?= ../shared/data
 BUNDLES := $(MODELS_DIR)/cxr10/manifest.json $(MODELS_DIR)/cxr25/manifest.json $(MODELS_DIR)/chestxray14/manifest.json
 PYTEST_MARKERS ?= not e2e and not gpu
 
-.PHONY: setup bundles demo up down test e2e bench clean
+.PHONY: setup bundles vendor-js demo up down test e2e bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	touch $@
 
 bundles: $(BUNDLES)
+
+# The browser pages' JavaScript, fetched at build time at pinned versions and hashes (requirements/js-packages.txt).
+VENDOR_JS := chexnet/api/vendor/chart.umd.min.js
+vendor-js: $(VENDOR_JS)
+$(VENDOR_JS): requirements/js-packages.txt scripts/vendor-js.sh
+	PYTHON=$(PYTHON) scripts/vendor-js.sh
 
 $(MODELS_DIR)/%/manifest.json: | setup
 	CALIBRATION=$(SAMPLES)/nih PYTHON=$(PY) scripts/demo-bundles.sh $(MODELS_DIR) $*
@@ -35,7 +41,7 @@ up: setup
 down:
 	cd build/dev-site && (docker compose down 2>/dev/null || docker-compose down)
 
-test: setup
+test: setup $(VENDOR_JS)
 	$(PY) -m pytest -m "$(PYTEST_MARKERS)"
 
 # Needs Docker and root: images, offline package, install, QA script, faults, GPU image on CPU.

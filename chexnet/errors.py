@@ -126,3 +126,11 @@ class NotReady(ChexnetError):
     code = "not_ready"
     status = 503
     retry_after_s = 5
+
+
+class MonitorUnavailable(ChexnetError):
+    """The monitoring roll-up is off, or its file cannot be used (CHEXNET_MONITOR_DB)."""
+
+    code = "monitor_unavailable"
+    status = 503
+    retry_after_s = 60

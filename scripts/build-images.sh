@@ -96,6 +96,7 @@ mkdir -p "${BUILD}"
 prune_ours
 build_base
 build_bundles
+"${ROOT}/scripts/vendor-js.sh"  # the chart library the /monitor page draws with goes into our wheel
 log "docker build chexnet-nginx:${VERSION}"
 docker build --quiet --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION=${VERSION}" \
   --build-arg "REVISION=${REVISION}" -t "chexnet-nginx:${VERSION}" "${ROOT}/nginx" >/dev/null

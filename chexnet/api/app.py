@@ -6,7 +6,7 @@ import time
 from flask import Flask, g, request
 from flask.json.provider import DefaultJSONProvider
 
-from chexnet.api import errors, routes
+from chexnet.api import errors, monitor, routes
 from chexnet.api.observability import REQUEST_ID_HEADER, request_id_from_headers
 from chexnet.runtime import configure
 from chexnet.service import AuditLog, Metrics, Service, Settings
@@ -32,6 +32,7 @@ def create_app(settings: Settings, *, start: bool = True) -> Flask:
     errors.init_app(app)
     app.register_blueprint(routes.api)
     app.register_blueprint(routes.pages)
+    monitor.init_app(app)  # /monitor, its data, and refused predictions counted into the roll-up
     _register_request_hooks(app, metrics, settings)
     if start:
         service.start()

@@ -5,6 +5,7 @@ and model ids and label codes from the models the server has loaded."""
 
 from chexnet import __version__, errors
 from chexnet.api import errors as api_errors
+from chexnet.api.monitor_schema import MONITOR_DESCRIPTION, MONITOR_PARAMETERS, MONITOR_SCHEMA
 from chexnet.eligibility import WARNINGS
 from chexnet.engines import DEVICES, ENGINES, PRECISIONS
 from chexnet.errors import ErrorProtocol
@@ -27,6 +28,7 @@ API_ERRORS: tuple[type[ErrorProtocol], ...] = (
     api_errors.BadRequest,
     api_errors.NotFound,
     api_errors.MethodNotAllowed,
+    errors.MonitorUnavailable,
     licence_errors.TokenMissing,
     licence_errors.TokenInvalid,
     licence_errors.TokenExpired,
@@ -236,6 +238,7 @@ SCHEMAS = {
         },
         ["request_id", "model", "image", "findings", "heatmaps", "warnings", "timing_ms"],
     ),
+    "Monitor": MONITOR_SCHEMA,
     "CXRNetPrediction": _obj(
         {
             "answer": {"type": "array", "items": _NUMBER01},
@@ -450,6 +453,22 @@ def openapi_document(models: dict[str, list[str]] | None = None) -> dict:
                     "responses": {
                         "200": _json("CXRNetPrediction", "probabilities, one Grad-CAM JPEG, category names"),
                         **_PREDICT_ERRORS,
+                    },
+                }
+            },
+            "/api/v1/monitor": {
+                "get": {
+                    "operationId": "monitor",
+                    "summary": "monitoring roll-up: score distributions and drift, positive rates, input mix, latency",
+                    "description": MONITOR_DESCRIPTION,
+                    "security": bearer,
+                    "parameters": MONITOR_PARAMETERS,
+                    "responses": {
+                        "200": _json("Monitor", "the last day or week, per model and hour"),
+                        "401": _AUTH_ERRORS["401"],
+                        "403": _AUTH_ERRORS["403"],
+                        "422": _error(422, "an unknown window"),
+                        "503": _error(503, "monitoring off or its file unusable (monitor_unavailable), or not ready"),
                     },
                 }
             },

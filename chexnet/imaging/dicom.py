@@ -24,6 +24,7 @@ import pydicom
 from pydicom import filereader
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_partial
@@ -231,6 +232,9 @@ def _source(ds: pydicom.Dataset) -> pydicom.Dataset:
                 continue
             element = ds[keyword]
             source.add_new(element.tag, element.VR, element.value)
+    if "TransferSyntaxUID" in ds.file_meta:  # how it was encoded (the monitor's input mix); a deflated one is
+        source.file_meta = FileMetaDataset()  # read as the Explicit VR Little Endian it inflates to
+        source.file_meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
     return source
 
 

@@ -4,6 +4,7 @@ predictor, with the metrics and the audit log as its observers. Loading runs in 
 /health answers at once and /ready tells the truth."""
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -16,13 +17,14 @@ from chexnet.batching import MicroBatcher
 from chexnet.bundle import Bundle, load_bundle
 from chexnet.dicom_results import ResultSettings, result_objects
 from chexnet.engines import create_engine
-from chexnet.errors import ChexnetError, ModelNotFound, NotReady
+from chexnet.errors import ChexnetError, ModelNotFound, MonitorUnavailable, NotReady
 from chexnet.imaging import DecodeLimits
 from chexnet.imaging.gate import DecodeGate
 from chexnet.options import PredictOptions
 from chexnet.predictor import Caller, Prediction, Predictor, batch_forward
 from chexnet.service.atna import AtnaAudit
 from chexnet.service.audit import AuditLog
+from chexnet.service.monitoring import DriftCollector, LoadedInfo, MonitorSettings, Rollup, report, site_reference
 from chexnet.service.observability import Metrics
 from chexnet.service.settings import Settings
 from chexnet.site_thresholds import BUNDLE_THRESHOLDS, apply_site_thresholds
@@ -93,6 +95,9 @@ class Service:
         self.loading = True
         self._done = threading.Event()
         metrics.watch_revocations(lambda: self.revocations)
+        self.monitor: Rollup | None = None
+        self.monitor_problem: str | None = None  # why /monitor has no data: the roll-up's file cannot be used
+        self._open_monitor()
 
     # --- start-up --------------------------------------------------------------------------
     def start(self) -> None:
@@ -195,7 +200,7 @@ class Service:
             self.gate,
             forward_one=lambda tensor: batcher.run(tensor, s.request_timeout_s),
             thresholds=thresholds,
-            observers=(self._observe_stages, self._audit, self.atna.prediction),
+            observers=(self._observe_stages, self._audit, self._observe_monitor, self.atna.prediction),
         )
         return LoadedModel(predictor, batcher)
 
@@ -248,6 +253,46 @@ class Service:
     def dicom_results(self, prediction: Prediction) -> list[pydicom.Dataset]:
         """The SR and the heatmaps (secondary captures, Parametric Maps) of a prediction made with output=dicom."""
         return result_objects(self.result_settings, prediction)
+
+    # --- monitoring (chexnet.service.monitoring) ---------------------------------------------------
+    def _open_monitor(self) -> None:
+        """The roll-up in CHEXNET_MONITOR_DB (beside the audit log by default) and the PSI gauge; a file that
+        cannot be opened leaves the service serving, and /api/v1/monitor says why."""
+        s = self.settings
+        path = s.monitor_db_file
+        if path is None:
+            self.monitor_problem = "Monitoring is off on this server (CHEXNET_MONITOR_DB=off)."
+            return
+        try:
+            self.monitor = Rollup(
+                MonitorSettings(path, s.monitor_reference_days, s.monitor_retention_days, s.monitor_flush_s),
+                site_reference(getattr(s, "site_thresholds", None)),
+            )
+        except (OSError, sqlite3.Error) as exc:
+            self.monitor_problem = (
+                f"The monitoring roll-up {path} cannot be opened ({exc}); check CHEXNET_MONITOR_DB and that "
+                "its folder is writable."
+            )
+            log.error("%s", self.monitor_problem)
+            return
+        self.metrics.registry.register(DriftCollector(self.monitor, self._loaded_versions))
+
+    def _loaded_versions(self) -> dict[str, str]:
+        return {m: loaded.predictor.model_info.version for m, loaded in list(self.models.items())}
+
+    def monitor_report(self, window: str) -> dict:
+        """The /monitor data over the last day or week (chexnet.service.monitoring.report)."""
+        if self.monitor is None:
+            raise MonitorUnavailable(self.monitor_problem or "Monitoring is not available on this server.")
+        loaded = {
+            m: LoadedInfo(loaded.predictor.model_info.version, loaded.predictor.model_info.demo, tuple(loaded.codes))
+            for m, loaded in list(self.models.items())
+        }
+        return report(self.monitor, window, loaded)
+
+    def _observe_monitor(self, prediction: Prediction, caller: Caller) -> None:
+        if self.monitor is not None:
+            self.monitor.observe(prediction, caller)
 
     # --- observers of every prediction ---------------------------------------------------------
     def _observe_stages(self, prediction: Prediction, caller: Caller) -> None:

@@ -89,6 +89,10 @@ class Settings:
     precision: str = "fp32"
     log_level: str = "INFO"
     dicom_uid_root: str = PYDICOM_ROOT_UID  # new UIDs of DICOM results; a site sets its registered root
+    monitor_db: str | None = None  # the /monitor roll-up (SQLite); None: monitor.sqlite beside the audit log
+    monitor_reference_days: int = 7  # without site calibration histograms: the first days of data are the reference
+    monitor_retention_days: int = 400
+    monitor_flush_s: float = 10.0  # how often the roll-up is written (a crash loses at most this much of it)
     dicom_maps: str = "both"  # CHEXNET_DICOM_MAPS: heatmaps as secondary captures (sc), Parametric Maps (pm) or both
     site_thresholds: str | None = None  # CHEXNET_SITE_THRESHOLDS: the file python -m chexnet calibrate wrote
     site: SiteThresholds | None = None  # that file, read and checked (schema, content hash) at start
@@ -164,10 +168,19 @@ class Settings:
             precision=choice("PRECISION", PRECISIONS),
             log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
             dicom_uid_root=uid_root,
+            monitor_db=get("MONITOR_DB"),
+            monitor_reference_days=integer("MONITOR_REFERENCE_DAYS", 1, 365),
+            monitor_retention_days=integer("MONITOR_RETENTION_DAYS", 1, 3650),
+            monitor_flush_s=number("MONITOR_FLUSH_S", 0.1, 3600.0),
             dicom_maps=choice("DICOM_MAPS", MAPS),
             site_thresholds=site_file,
             site=site,
         )
+        if settings.monitor_reference_days > settings.monitor_retention_days:
+            raise SettingsError(
+                f"CHEXNET_MONITOR_REFERENCE_DAYS ({settings.monitor_reference_days}) must not exceed "
+                f"CHEXNET_MONITOR_RETENTION_DAYS ({settings.monitor_retention_days})."
+            )
         return settings.fitted(available_memory(memory_limit_files), workload)
 
     # --- memory (DESIGN.md "Resource bounds") ---------------------------------------------------
@@ -293,6 +306,13 @@ class Settings:
         threads = self.engine_threads or (threads if not self.engine_workers else max(1, cores // workers))
         decodes = self.decode_concurrency or default_concurrency(cores)
         return Layout(cores, workers, threads, decodes, self.threads or max(8, 2 * workers + decodes))
+
+    @property
+    def monitor_db_file(self) -> str | None:
+        """The monitoring roll-up's SQLite file, persisted with the audit log; None: CHEXNET_MONITOR_DB=off."""
+        if self.monitor_db == "off":
+            return None
+        return self.monitor_db or str(Path(self.audit_log).parent / "monitor.sqlite")
 
     @property
     def revocation_state_file(self) -> str:
