@@ -14,6 +14,7 @@ CONNECTIONS="${NGINX_CONN_LIMIT:-32}"
 HOSTNAME_TLS="${TLS_HOSTNAME:-chexnet.local}"
 HTTPS_PORT_PUBLIC="${PUBLIC_HTTPS_PORT:-443}"
 API_TASKS="${NGINX_API_TASKS:-}"
+DICOMWEB_MAX_MB="${CHEXNET_DICOMWEB_MAX_REQUEST_MB:-1024}"
 
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
@@ -45,6 +46,7 @@ number CHEXNET_MAX_UPLOAD_MB "${MAX_UPLOAD_MB}" 1 1024
 number NGINX_RATE_BURST "${BURST}" 0 999999
 number NGINX_CONN_LIMIT "${CONNECTIONS}" 1 999999
 number HTTPS_PORT "${HTTPS_PORT_PUBLIC}" 1 65535
+number CHEXNET_DICOMWEB_MAX_REQUEST_MB "${DICOMWEB_MAX_MB}" 1 65536
 case "${RATE}" in
   [123456789]*r/s|[123456789]*r/m) ;;
   *) fail "NGINX_RATE_LIMIT must look like 20r/s or 600r/m." ;;
@@ -66,6 +68,9 @@ CONF
 printf 'limit_req zone=chexnet_api burst=%s nodelay;\nlimit_conn chexnet_conn %s;\n' "${BURST}" "${CONNECTIONS}" > "${GENERATED}/limits.conf"
 # nginx's own 413 says what the API's says: the limit and the setting that sets it.
 printf '%s\n' "return 413 '{\"error\":{\"code\":\"payload_too_large\",\"message\":\"The upload is larger than the upload limit of ${MAX_UPLOAD_MB} MiB (CHEXNET_MAX_UPLOAD_MB).\",\"request_id\":\"\$chexnet_request_id\"}}';" > "${GENERATED}/too-large.conf"
+# STOW-RS to the DICOM node (/dicomweb/): its own body limit, the node's, and the sentence that names it.
+printf 'client_max_body_size %sm;\n' "${DICOMWEB_MAX_MB}" > "${GENERATED}/dicomweb.conf"
+printf '%s\n' "return 413 '{\"error\":{\"code\":\"payload_too_large\",\"message\":\"The STOW-RS request is larger than the limit of ${DICOMWEB_MAX_MB} MiB (CHEXNET_DICOMWEB_MAX_REQUEST_MB); send the study in several requests.\",\"request_id\":\"\$chexnet_request_id\"}}';" > "${GENERATED}/dicomweb-too-large.conf"
 # Redirect to the configured name and published HTTPS port, never to the Host header a client sent.
 case "${HTTPS_PORT_PUBLIC}" in
   443) printf "return 301 https://%s\$request_uri;\n" "${HOSTNAME_TLS}" ;;

@@ -98,12 +98,13 @@ carry() {
 }
 
 # guide VERSION FOLDER BLOCK...: run the guide's Linux blocks (SECTION=… for another section; PACS=AE@HOST:PORT
-# for its <pacs-…> placeholders), word for word, in FOLDER (one shell: 'cd' carries on).
+# and PACS_DICOMWEB=URL for its <pacs-…> placeholders), word for word, in FOLDER (one shell: 'cd' carries on).
 guide() {
   local version="$1" folder="$2" script="" block
   shift 2
   for block in "$@"; do
     script+="$("${PYTHON}" "${ROOT}/test/guide.py" "${GUIDE}" --section "${SECTION:-Linux}" ${PACS:+--pacs "${PACS}"} \
+               ${PACS_DICOMWEB:+--pacs-dicomweb "${PACS_DICOMWEB}"} \
                --version "${version}" --block "${block}" --deploy-options "${DEPLOY_OPTIONS:-}" \
                --install-options "${SITE_OPTIONS}" ${UUID_FILE_ARG:+--uuid-file "${UUID_FILE_ARG}"} \
                | sed "s|/opt/chexnet|${DIR}|g")"$'\n'
@@ -160,12 +161,20 @@ docker run -d --name chexnet-e2e-orthanc --network "${network}" --network-alias 
   -p 127.0.0.1:14242:4242 -p 127.0.0.1:18042:8042 chexnet-e2e-orthanc >/dev/null
 SECTION="DICOM node (optional)" PACS="ORTHANC@orthanc:4242" SITE_OPTIONS="${SITE_OPTIONS} --dicom-bind 127.0.0.1" \
   guide "${VERSION}" "${WORK}/carry/chexnet-offline-${VERSION}-cpu" 0
-if ! (cd "${ROOT}" && CHEXNET_E2E_ORTHANC_URL=http://127.0.0.1:18042 CHEXNET_E2E_ORTHANC_DICOM=127.0.0.1:14242 \
-      "${PYTHON}" -m pytest -m e2e test/test_e2e_dicom.py -p no:cacheprovider -q); then
-  docker logs --tail 60 "$(cd "${DIR}" && ${COMPOSE} ps -q dicom-node)" >&2 || true
-  docker logs --tail 30 chexnet-e2e-orthanc >&2 || true
-  die "the DICOM node end to end failed; the node's and Orthanc's last log lines are above."
-fi
+# dicom_e2e EXPR: the DICOM node's end-to-end tests pytest -k EXPR selects (C-STORE first, then dicomweb after the guide's
+# DICOMweb step: STOW-RS in through nginx, results out to Orthanc's DICOMweb plugin by STOW-RS).
+dicom_e2e() {
+  if ! (cd "${ROOT}" && CHEXNET_E2E_ORTHANC_URL=http://127.0.0.1:18042 CHEXNET_E2E_ORTHANC_DICOM=127.0.0.1:14242 \
+        "${PYTHON}" -m pytest -m e2e test/test_e2e_dicom.py -k "$1" -p no:cacheprovider -q); then
+    docker logs --tail 60 "$(cd "${DIR}" && ${COMPOSE} ps -q dicom-node)" >&2 || true
+    docker logs --tail 30 chexnet-e2e-orthanc >&2 || true
+    die "the DICOM node end to end ($1) failed; the node's and Orthanc's last log lines are above."
+  fi
+}
+dicom_e2e "not dicomweb"
+SECTION="DICOM node (optional)" PACS="ORTHANC@orthanc:4242" PACS_DICOMWEB="http://orthanc:8042/dicom-web" \
+  SITE_OPTIONS="${SITE_OPTIONS} --dicom-bind 127.0.0.1" guide "${VERSION}" "${WORK}/carry/chexnet-offline-${VERSION}-cpu" 1
+dicom_e2e dicomweb
 docker rm -f chexnet-e2e-orthanc >/dev/null
 log "peak memory of the running containers (sizes mem_limit): $(docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' | tr '\n' ';')"
 (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)

@@ -4,7 +4,8 @@
 [--block N]`` prints the ```bash blocks of one section of the guide as one script, in order (or only
 block N, counted from 0). The only changes are the ones an engineer makes when reading the guide:
 - ``<version>`` becomes the version of the package carried;
-- ``<pacs-ae>``, ``<pacs-host>``, ``<pacs-port>`` become the site's PACS (``--pacs AE@HOST:PORT``);
+- ``<pacs-ae>``, ``<pacs-host>``, ``<pacs-port>`` become the site's PACS (``--pacs AE@HOST:PORT``), and
+  ``<pacs-dicomweb-url>`` its DICOMweb root (``--pacs-dicomweb URL``);
 - the install command gets the options the guide lists for this site (``--install-options``), and so
   does the swarm deploy command (``--deploy-options``);
 - ``<manager-address>`` becomes the swarm manager's address (``--manager-address``);
@@ -48,8 +49,11 @@ def as_run(
     pacs: str | None = None,
     deploy_options: str = "",
     manager_address: str = "",
+    pacs_dicomweb: str | None = None,
 ) -> str:
     block = block.replace("<version>", version).replace("<manager-address>", manager_address)
+    if pacs_dicomweb:
+        block = block.replace("<pacs-dicomweb-url>", pacs_dicomweb)
     if pacs:
         ae, _, address = pacs.partition("@")
         host, _, port = address.rpartition(":")
@@ -78,6 +82,7 @@ def main() -> int:
     parser.add_argument("--uuid-file")
     parser.add_argument("--block", type=int)
     parser.add_argument("--pacs", help="the site's PACS as AE@HOST:PORT, for the <pacs-…> placeholders")
+    parser.add_argument("--pacs-dicomweb", help="the site's PACS DICOMweb root, for <pacs-dicomweb-url>")
     parser.add_argument("--deploy-options", default="", help="options for scripts/swarm-deploy.sh")
     parser.add_argument("--manager-address", default="127.0.0.1", help="for <manager-address>")
     args = parser.parse_args()
@@ -93,6 +98,7 @@ def main() -> int:
                 args.pacs,
                 args.deploy_options,
                 args.manager_address,
+                args.pacs_dicomweb,
             )
             for b in chosen
         )

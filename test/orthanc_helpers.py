@@ -75,6 +75,11 @@ class Orthanc:
         answer.raise_for_status()
         return single_part(answer)
 
+    def origin(self, sop_instance_uid: str) -> str:
+        """How the instance reached Orthanc (its Origin metadata): DicomProtocol for C-STORE, Plugins for the DICOMweb plugin (STOW-RS)."""
+        found = requests.post(f"{self.url}/tools/lookup", data=sop_instance_uid, timeout=30).json()
+        return requests.get(f"{self.url}/instances/{found[0]['ID']}/metadata/Origin", timeout=30).text
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

@@ -1,10 +1,13 @@
 """End to end with a real PACS (run by test/e2e.sh after the field guide's "DICOM node" section): Orthanc
 from Debian plays the hospital PACS and routes CR/DX to the installed node; dcmtk's storescu plays the
 modality. The node is killed with SIGKILL as soon as it has accepted the images, its restart policy
-brings it back, and every result must reach Orthanc in the source study and pass dciodvfy.
+brings it back, and every result must reach Orthanc in the source study and pass dciodvfy. Then, after the
+guide's DICOMweb step (results to Orthanc's DICOMweb plugin), a study sent by STOW-RS through nginx must come
+back to Orthanc by STOW-RS (``-k dicomweb``; test/e2e.sh runs the two stages around that step).
 
 Environment: CHEXNET_E2E_SITE (the install folder), CHEXNET_E2E_ORTHANC_URL (its REST API),
-CHEXNET_E2E_ORTHANC_DICOM (host:port of its DICOM listener), CHEXNET_QA_SAMPLES (../shared/data)."""
+CHEXNET_E2E_ORTHANC_DICOM (host:port of its DICOM listener), CHEXNET_QA_SAMPLES (../shared/data), and for
+STOW-RS through nginx CHEXNET_QA_URL, CHEXNET_QA_CA_CERT and CHEXNET_QA_TOKEN_FILE (the QA script's)."""
 
 import io
 import os
@@ -15,7 +18,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
+from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage, generate_uid
 
 from dicom_tools import dciodvfy_errors, storescu
 from waiting import wait_until
@@ -120,3 +123,47 @@ def test_results_reach_the_pacs_in_the_source_study_through_a_crash_of_the_node(
     audit = (site / "audit" / "dicom-node.jsonl").read_text()
     assert audit.count('"event": "dicom_skipped"') >= len(NOT_CHEST)
     assert "CompressedSamples" not in audit, "no patient name in the audit file"
+
+
+def test_a_study_sent_by_stow_rs_through_nginx_comes_back_to_the_pacs_by_dicomweb(site, orthanc, tmp_path):
+    """After the guide's DICOMweb step: STOW-RS in through nginx (token required), every result out by STOW-RS."""
+    node = compose(site, "ps", "-q", "dicom-node")
+    wait_until(lambda: inspect(node, "{{.State.Health.Status}}") == "healthy", 300, "the recreated node to be healthy")
+    assert "CHEXNET_DICOMWEB_DESTINATION=http://orthanc:8042/dicom-web" in inspect(node, "{{json .Config.Env}}")
+    source = pydicom.dcmread(Path(os.environ["CHEXNET_QA_SAMPLES"]) / "dicom" / CHEST[1])
+    source.StudyInstanceUID, source.SeriesInstanceUID = generate_uid(), generate_uid()  # a study new to Orthanc
+    source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    data = io.BytesIO()
+    source.save_as(data, enforce_file_format=True)
+    boundary = "chexnet-e2e-stow"
+    body = b"".join(
+        (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+            data.getvalue(),
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    url, ca = f"{os.environ['CHEXNET_QA_URL']}/dicomweb/studies", os.environ["CHEXNET_QA_CA_CERT"]
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    refused = requests.post(url, data=body, headers={"Content-Type": content_type}, verify=ca, timeout=60)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "token_missing", refused.text
+    token = Path(os.environ["CHEXNET_QA_TOKEN_FILE"]).read_text().strip()
+    answer = requests.post(
+        url,
+        data=body,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
+        verify=ca,
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["00081199"]["Value"][0]["00081155"]["Value"] == [source.SOPInstanceUID]
+
+    results = wait_until(
+        lambda: (r := results_for(orthanc, source)) and len(r) == 3 and r, 300, "the SR, capture and map in Orthanc"
+    )
+    for ds in results.values():
+        assert dciodvfy_errors(ds, tmp_path) == [], ds.SOPClassUID.name
+        assert (ds.PatientID, ds.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
+        found = requests.post(f"{orthanc}/tools/lookup", data=ds.SOPInstanceUID, timeout=30).json()
+        origin = requests.get(f"{orthanc}/instances/{found[0]['ID']}/metadata/Origin", timeout=30).text
+        assert origin == "Plugins", "stored by Orthanc's DICOMweb plugin (STOW-RS), not by C-STORE"

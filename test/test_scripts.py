@@ -694,6 +694,7 @@ def test_nginx_entrypoint_renders_valid_settings(entrypoint):
         NGINX_RATE_LIMIT="600r/m",
         NGINX_API_TASKS="tasks.api",
         CHEXNET_MAX_UPLOAD_MB="8",
+        CHEXNET_DICOMWEB_MAX_REQUEST_MB="256",
     )
     assert result.returncode == 0, result.stderr
     generated = folder / "generated"
@@ -706,6 +707,11 @@ def test_nginx_entrypoint_renders_valid_settings(entrypoint):
         "request_id": "r",
     }
     assert "client_max_body_size 9m;" in (generated / "http.conf").read_text()
+    # /dicomweb/ (STOW-RS to the DICOM node) has its own limit, and its 413 names it.
+    assert (generated / "dicomweb.conf").read_text() == "client_max_body_size 256m;\n"
+    stow = (generated / "dicomweb-too-large.conf").read_text()
+    stow_body = json.loads(stow.removeprefix("return 413 '").removesuffix("';\n").replace("$chexnet_request_id", "r"))
+    assert "256 MiB (CHEXNET_DICOMWEB_MAX_REQUEST_MB)" in stow_body["error"]["message"]
     assert (generated / "redirect.conf").read_text() == "return 301 https://chexnet.hospital.local:8443$request_uri;\n"
     assert "rate=600r/m;" in (generated / "http.conf").read_text()
     assert "set $chexnet_api_tasks tasks.api;" in (generated / "proxy.conf").read_text()
@@ -735,6 +741,8 @@ INJECTED = "\nlocation /k { alias /etc/nginx/certs/server.key; }"
         ("NGINX_CONN_LIMIT", "0"),
         ("CHEXNET_MAX_UPLOAD_MB", "64\n"),
         ("CHEXNET_MAX_UPLOAD_MB", "2048"),
+        ("CHEXNET_DICOMWEB_MAX_REQUEST_MB", "0"),
+        ("CHEXNET_DICOMWEB_MAX_REQUEST_MB", "1024" + INJECTED),
         ("PUBLIC_HTTPS_PORT", "443" + INJECTED),
         ("PUBLIC_HTTPS_PORT", "65536"),
         ("PUBLIC_HTTPS_PORT", "0443"),
