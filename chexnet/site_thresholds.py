@@ -7,6 +7,7 @@ that decided it: ``bundle`` or ``site@<first 12 hex digits of the content hash>`
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -72,28 +73,32 @@ def with_hash(document: dict) -> dict:
     return {**{k: v for k, v in document.items() if k != HASH_FIELD}, HASH_FIELD: content_hash(document)}
 
 
-def read_site_thresholds(path: str | Path) -> SiteThresholds:
-    """The file, checked: JSON of this schema whose content hash matches (nothing edited since it was written)."""
+def read_site_thresholds(path: str | Path, name: str | None = None) -> SiteThresholds:
+    """The file, checked: JSON of this schema whose content hash matches (nothing edited since it was written).
+    name: how sentences name the file (default: its path)."""
+    shown = name or str(path)
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SiteThresholdsError(f"Site thresholds file {path} does not exist.") from None
+        raise SiteThresholdsError(f"Site thresholds file {shown} does not exist.") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SiteThresholdsError(f"Site thresholds file {path} is not readable JSON ({exc}).") from None
+        raise SiteThresholdsError(f"Site thresholds file {shown} is not readable JSON ({exc}).") from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise SiteThresholdsError(
-            f"{path} is not a site thresholds file ('schema' must be {SCHEMA}); make it with python -m chexnet calibrate."
+            f"{shown} is not a site thresholds file ('schema' must be {SCHEMA}); make it with python -m chexnet calibrate."
         )
     try:
         site = SiteThresholds.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "file"
-        raise SiteThresholdsError(f"Site thresholds file {path}: field '{where}' is invalid: {first['msg']}.") from None
+        raise SiteThresholdsError(
+            f"Site thresholds file {shown}: field '{where}' is invalid: {first['msg']}."
+        ) from None
     if content_hash(raw) != site.content_sha256:
         raise SiteThresholdsError(
-            f"Site thresholds file {path} was changed after calibrate wrote it (its content hash does not match); "
+            f"Site thresholds file {shown} was changed after calibrate wrote it (its content hash does not match); "
             "run calibrate again rather than editing it."
         )
     return site
@@ -153,3 +158,19 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def main(argv: list[str]) -> int:
+    """python -m chexnet.site_thresholds FILE [NAME]: the installers' check, with the product's own reader, before
+    they install a file; prints the thresholds' name and the bundle they are for, or one sentence (exit 1)."""
+    try:
+        site = read_site_thresholds(argv[0], argv[1] if len(argv) > 1 else None)
+    except SiteThresholdsError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    print(f"{site.tag} for {site.bundle.id} {site.bundle.version} ({site.bundle.precision})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

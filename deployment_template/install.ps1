@@ -12,6 +12,7 @@
 #            [-HttpsPort 443] [-HttpPort 80]
 #            [-DicomDestination AE@host:port -DicomAllowedAes AE,... [-DicomAeTitle CHEXNET]
 #             [-DicomPort 11112] [-DicomBind ADDRESS]]   (the optional DICOM node; needs -TokenFile)
+#            [-SiteThresholds site-thresholds.json]   (python -m chexnet calibrate's file for this package's bundle)
 #            [-Variant cpu|gpu] [-SkipPreflight] [-Timeout 600]
 [CmdletBinding()]
 param(
@@ -21,6 +22,7 @@ param(
     [string]$VendorKey,
     [string]$VendorFingerprint,
     [string]$TokenFile,
+    [string]$SiteThresholds,
     [string]$Hostname,
     [string]$Bind,
     [string]$HttpsPort,
@@ -87,6 +89,12 @@ if ($TokenFile) {
     if (-not (Test-Path -LiteralPath $TokenFile -PathType Leaf)) { throw "-TokenFile $TokenFile cannot be read." }
     # Read elevated: a plain file, never through a link.
     Assert-SiteFile $TokenFile
+}
+if ($SiteThresholds) {
+    if (-not (Test-Path -LiteralPath $SiteThresholds -PathType Leaf)) { throw "-SiteThresholds $SiteThresholds cannot be read." }
+    Assert-SiteFile $SiteThresholds
+    # in license\ (mounted read-only into the containers, kept and rolled back with it)
+    $settings['CHEXNET_SITE_THRESHOLDS'] = '/etc/chexnet/license/site-thresholds.json'
 }
 
 # --- values from .env: each checked whole before compose or nginx takes it (as lib.sh) --------------------
@@ -235,6 +243,16 @@ function Invoke-Compose([string[]]$Arguments, [switch]$Quiet, [string]$InputText
 function Get-ContainerId([string]$Service) {
     try { return "$(@(Invoke-Compose @('ps', '-q', $Service) -Quiet)[0])" } catch { return '' }
 }
+# The product's own reader, in the image just loaded, checks the file before anything starts with it: JSON
+# that parses, written by calibrate and unedited since. Which bundle it fits is checked as the API loads it
+# (an install or upgrade whose bundle it does not fit is not healthy, and is rolled back).
+function Test-SiteThresholds([string]$File) {
+    $ErrorActionPreference = 'Continue'  # the check's own sentence on stderr is its answer, not an error here
+    $said = (& docker run --rm --network none -v "${File}:/check/site-thresholds.json:ro" "chexnet-api-${packageVariant}:$version" `
+            python -m chexnet.site_thresholds /check/site-thresholds.json $SiteThresholds 2>&1 | Out-String).Trim()
+    if ($LASTEXITCODE -ne 0) { throw "-SiteThresholds cannot be used: $said" }
+    Write-Host "==> site thresholds $said"
+}
 function Test-DicomEnabled { return (",$(Get-Setting 'COMPOSE_PROFILES' ''),") -clike '*,dicom,*' }
 function Test-Installed { return (Test-Path -LiteralPath (Join-Path $Dir 'docker-compose.yml') -PathType Leaf) -and (Test-Path -LiteralPath $envFile -PathType Leaf) }
 
@@ -339,6 +357,15 @@ function Set-Configuration {
         if ($key -clike 'license/keys/*.pem') { Copy-ListedFile $staged $key (Join-Path $keys $leaf) }
     }
     Write-SiteEnv
+    if ($SiteThresholds) {
+        $siteFile = Join-Path $Dir 'license\site-thresholds.json'
+        [System.IO.File]::Delete($siteFile)
+        if (-not (Copy-PrivateFile $SiteThresholds $siteFile 16777216)) {
+            [System.IO.File]::Delete($siteFile)
+            throw "$SiteThresholds was replaced while it was read, so it is not used; run this again."
+        }
+        Test-SiteThresholds $siteFile
+    }
     # Docker Desktop's VM cannot see the host's SMBIOS: the container reads this file instead.
     & (Join-Path $staged 'scripts\product-uuid.ps1') -OutFile (Join-Path $Dir 'product_uuid') | Out-Null
     if (Test-DicomEnabled) {

@@ -12,6 +12,7 @@
 #            [--https-port 443] [--http-port 80] [--uuid-file /sys/class/dmi/id/product_uuid]
 #            [--dicom-destination AE@host:port --dicom-allowed-aes AE,... [--dicom-ae-title CHEXNET]
 #             [--dicom-port 11112] [--dicom-bind ADDRESS]]   (the optional DICOM node; needs --token-file)
+#            [--site-thresholds site-thresholds.json]   (python -m chexnet calibrate's file for this package's bundle)
 #            [--skip-preflight] [--timeout 600]
 set -eEuo pipefail
 # The unpacked folder: only these two files of it are used (sourced here); everything else comes from the
@@ -28,6 +29,7 @@ PACKAGE_FILE=""
 WANTED_VARIANT=""
 ALLOW_DOWNGRADE=0
 TOKEN_FILE=""
+SITE_THRESHOLDS=""
 UUID_FILE=/sys/class/dmi/id/product_uuid
 VENDOR_KEY=""
 VENDOR_FINGERPRINT=""
@@ -42,6 +44,9 @@ while [[ $# -gt 0 ]]; do
     --vendor-key) VENDOR_KEY="$2"; shift 2 ;;
     --vendor-fingerprint) VENDOR_FINGERPRINT="$2"; shift 2 ;;
     --token-file) TOKEN_FILE="$2"; shift 2 ;;
+    --site-thresholds)
+      # in license/ (mounted read-only into the containers, kept and rolled back with it)
+      SITE_THRESHOLDS="$2"; SETTINGS[CHEXNET_SITE_THRESHOLDS]=/etc/chexnet/license/site-thresholds.json; shift 2 ;;
     --uuid-file) UUID_FILE="$2"; shift 2 ;;
     --hostname) [[ "$2" =~ ^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$ ]] || die "--hostname must be a DNS name such as chexnet.hospital.local."
                 SETTINGS[TLS_HOSTNAME]="$2"; shift 2 ;;
@@ -75,6 +80,8 @@ COMPOSE="$(compose_command)" || die "neither 'docker compose' nor 'docker-compos
 [[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."
 # Root reads it: a regular file of root's or of the engineer who ran sudo, never through a link.
 [[ -z "${TOKEN_FILE}" ]] || check_site_file "${TOKEN_FILE}" "${SUDO_UID:-0}"
+[[ -z "${SITE_THRESHOLDS}" || -r "${SITE_THRESHOLDS}" ]] || die "--site-thresholds ${SITE_THRESHOLDS} cannot be read."
+[[ -z "${SITE_THRESHOLDS}" ]] || check_site_file "${SITE_THRESHOLDS}" "${SUDO_UID:-0}"
 
 # The value an option sets, else the one in .env, else the default.
 setting() {
@@ -126,6 +133,11 @@ configure() {
     [[ "${key}" != license/keys/*.pem ]] || copy_listed "${PACKAGE}" "${key}" "${DIR}/license/keys/${key##*/}" 644
   done < <(listed_files "${PACKAGE}")
   write_site_env
+  if [[ -n "${SITE_THRESHOLDS}" ]]; then
+    copy_site_file "${SITE_THRESHOLDS}" "${DIR}/license/site-thresholds.json" "${SUDO_UID:-0}"
+    chmod 644 "${DIR}/license/site-thresholds.json"
+    check_site_thresholds "${DIR}/license/site-thresholds.json"
+  fi
   # The container cannot read the root-only SMBIOS file; the value is copied, read-only to it.
   bash "${PACKAGE}/scripts/product-uuid.sh" "${UUID_FILE}" > "${DIR}/product_uuid"
   chmod 644 "${DIR}/product_uuid"
@@ -143,6 +155,17 @@ configure() {
     [[ -s "${DIR}/license/dicom-node.token" ]] || die "the DICOM node needs a licence token: add --token-file."
     [[ -n "$(setting CHEXNET_DICOM_ALLOWED_AES "")" ]] || die "the DICOM node needs --dicom-allowed-aes (the AE titles allowed to send images)."
   fi
+}
+
+# The product's own reader, in the image just loaded, checks the file before anything starts with it: JSON
+# that parses, written by calibrate and unedited since. Which bundle it fits is checked as the API loads it
+# (an install or upgrade whose bundle it does not fit is not healthy, and is rolled back).
+check_site_thresholds() {
+  local said
+  said="$(docker run --rm --network none -v "$1:/check/site-thresholds.json:ro" "chexnet-api-${VARIANT}:${VERSION}" \
+    python -m chexnet.site_thresholds /check/site-thresholds.json "${SITE_THRESHOLDS}" 2>&1)" \
+    || die "--site-thresholds cannot be used: ${said}"
+  log "site thresholds ${said}"
 }
 
 dicom_enabled() {

@@ -456,6 +456,7 @@ FUNCTION_TWINS = {  # bash function: its PowerShell twin
     "restore_snapshot": "Restore-Snapshot",
     "configure": "Set-Configuration",
     "dicom_enabled": "Test-DicomEnabled",
+    "check_site_thresholds": "Test-SiteThresholds",
     "wait_healthy": "Wait-Healthy",
     "runs_version": "Test-RunningVersion",
     "up_and_wait": "Start-Version",

@@ -488,6 +488,8 @@ case "$*" in
   "inspect -f {{.Config.Image}} "*"c0ffee-nginx") echo "chexnet-nginx:${running} running none" ;;
   "inspect -f {{.Config.Image}} "*) echo "chexnet-api-cpu:${running} running healthy" ;;
   "inspect -f "*) echo running/0/healthy ;;
+  "run --rm --network none -v "*)  # the image's own check of the file it mounts: this checkout's, on the host
+    "${FAKE_DOCKER_PYTHON:-false}" -m chexnet.site_thresholds "${6%%:/check/*}" "${@: -1}"; exit $? ;;
 esac
 exit 0
 """
@@ -502,7 +504,9 @@ def fake_docker(tmp_path):
     (folder / "bin/docker").chmod(0o755)
     (folder / "calls").write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHEXNET_", "NGINX_", "TLS_", "SUDO_"))}
-    env.update(PATH=f"{folder / 'bin'}:{os.environ['PATH']}", FAKE_DOCKER_DIR=str(folder))
+    env.update(
+        PATH=f"{folder / 'bin'}:{os.environ['PATH']}", FAKE_DOCKER_DIR=str(folder), FAKE_DOCKER_PYTHON=sys.executable
+    )
     return env, folder
 
 
@@ -1036,6 +1040,65 @@ def test_install_refuses_a_linked_token_file(install_site, tmp_path):
     (tmp_path / "token.txt").symlink_to(tmp_path / "shadow")
     error = _one_error(install("--token-file", tmp_path / "token.txt"))
     assert f"{tmp_path}/token.txt is not a regular file" in error
+    assert not site.exists() and "load" not in _calls(folder)
+
+
+def _site_thresholds(path: Path) -> str:
+    """A site-thresholds.json as calibrate writes it (chexnet.site_thresholds); returns its name, site@<hash12>."""
+    from chexnet.site_thresholds import SCHEMA, with_hash
+
+    bundle = {"id": "cxr10", "version": "0.0.0-demo", "precision": "fp32", "manifest_sha256": "0" * 64, "demo": True}
+    document = with_hash(
+        {"schema": SCHEMA, "bundle": bundle, "classes": [{"code": "mass", "threshold": 0.3, "source": "site"}]}
+    )
+    path.write_text(json.dumps(document))
+    return "site@" + document["content_sha256"][:12]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
+def test_install_puts_site_thresholds_beside_the_licence_and_names_them_in_env(install_site, tmp_path):
+    install, site, folder = install_site
+    tag = _site_thresholds(tmp_path / "site-thresholds.json")
+    result = install("--site-thresholds", tmp_path / "site-thresholds.json")
+    assert result.returncode == 0, result.stderr
+    copy = site / "license/site-thresholds.json"  # ./license is mounted read-only into the api and the node
+    assert (
+        copy.read_bytes() == (tmp_path / "site-thresholds.json").read_bytes() and copy.stat().st_mode & 0o777 == 0o644
+    )
+    assert "CHEXNET_SITE_THRESHOLDS=/etc/chexnet/license/site-thresholds.json\n" in (site / ".env").read_text()
+    assert f"site thresholds {tag} for cxr10 0.0.0-demo (fp32)" in result.stderr
+    assert "up -d --remove-orphans" in _calls(folder)
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("{not json", "is not readable JSON"),
+        ('{"schema": "x"}', "is not a site thresholds file"),
+        ("edited", "was changed after calibrate"),
+    ],
+)
+def test_install_refuses_site_thresholds_calibrate_did_not_write_before_starting(install_site, tmp_path, content, says):
+    if os.geteuid() != 0:
+        pytest.skip("install.sh gives folders to the containers' uids (root)")
+    install, site, folder = install_site
+    path = tmp_path / "thresholds.json"
+    if content == "edited":
+        _site_thresholds(path)
+        path.write_text(path.read_text().replace("0.3", "0.2"))
+    else:
+        path.write_text(content)
+    error = _one_error(install("--site-thresholds", path))
+    assert error.startswith("error: --site-thresholds cannot be used: ") and says in error and str(path) in error
+    assert "up -d" not in _calls(folder)
+
+
+def test_install_refuses_a_linked_site_thresholds_file(install_site, tmp_path):
+    install, site, folder = install_site
+    _site_thresholds(tmp_path / "real.json")
+    (tmp_path / "site-thresholds.json").symlink_to(tmp_path / "real.json")
+    error = _one_error(install("--site-thresholds", tmp_path / "site-thresholds.json"))
+    assert f"{tmp_path}/site-thresholds.json is not a regular file" in error
     assert not site.exists() and "load" not in _calls(folder)
 
 
