@@ -360,7 +360,7 @@ def test_results_the_node_stores_at_the_pacs_are_audited_as_instances_transferre
     env, node, destination = dicom_site
     repository.start()
     destination.start()
-    node.env.update(_syslog_env(repository.url, pki, tmp_path / "node"))
+    node.env.update(_syslog_env(repository.url, pki, tmp_path / "node"), CHEXNET_DICOMWEB_PORT="0")  # STOW-RS off
     node.start()
     sent = storescu(node.port, "MODALITY", "CHEXNET", dicom_dir / CHEST[1])
     assert sent.returncode == 0, sent.stderr
