@@ -100,8 +100,8 @@ build_bundles
 log "docker build chexnet-nginx:${VERSION}"
 docker build --quiet --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION=${VERSION}" \
   --build-arg "REVISION=${REVISION}" -t "chexnet-nginx:${VERSION}" "${ROOT}/nginx" >/dev/null
-[[ "${VARIANT}" == gpu ]] || build_api cpu "cpu,dicom,report"  # report: calibrate runs in the CPU image
-[[ "${VARIANT}" == cpu ]] || build_api gpu "torch,dicom"
+[[ "${VARIANT}" == gpu ]] || build_api cpu "cpu,dicom,report"  # report: calibrate runs in the images
+[[ "${VARIANT}" == cpu ]] || build_api gpu "torch,dicom,report"
 prune_ours
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^chexnet-.*:${VERSION}" >&2
 log "built version ${VERSION} (${REVISION})"

@@ -144,7 +144,13 @@ def calibrate(
     resamples: int = 1000,
     seed: int = 0,
 ) -> tuple[Path, Path]:
-    from chexnet.calibration import report  # matplotlib: fail before the images run when it is missing
+    try:  # matplotlib (the 'report' extra, in both images): fail before the images run when it is missing
+        from chexnet.calibration import report
+    except ImportError as exc:
+        raise CalibrationInputError(
+            f"The report needs matplotlib, which is not installed here ({exc}); run calibrate in the API image, "
+            "or install the 'report' extra."
+        ) from None
 
     images_dir, labels_path = Path(images), Path(labels)
     if not images_dir.is_dir():
