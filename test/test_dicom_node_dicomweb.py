@@ -7,12 +7,13 @@ get a 4xx or a failure entry with a sentence, and leave nothing half-written in 
 import subprocess
 import sys
 
+import jsonschema
 import pydicom
 import pytest
 import requests
 from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
 
-from api_helpers import make_env
+from api_helpers import DOC, make_env
 from dicom_node_helpers import CHEST, NOT_CHEST, Node, free_port
 from dicom_tools import dciodvfy_errors
 from orthanc_helpers import Orthanc, stow_body
@@ -61,6 +62,16 @@ def items(answer: requests.Response, sequence: str) -> list[dict]:
     return answer.json().get(sequence, {}).get("Value", [])
 
 
+def documented(answer: requests.Response, path: str = "/dicomweb/studies") -> dict:
+    """The node's real answer against the OpenAPI document's STOW-RS operation (status, content type, body)."""
+    spec = DOC["paths"][path]["post"]["responses"][str(answer.status_code)]
+    media = answer.headers["Content-Type"].split(";")[0]
+    assert media in spec["content"], (answer.status_code, media)
+    schema = spec["content"][media]["schema"]
+    jsonschema.Draft202012Validator({**schema, "components": DOC["components"]}).validate(answer.json())
+    return answer.json()
+
+
 def half_written(node: Node) -> list:
     return list((node.spool / "receiving").iterdir())
 
@@ -72,6 +83,7 @@ def test_a_study_sent_by_stow_rs_comes_back_to_orthanc_by_stow_rs(make_node, ort
     answer = stow(node, [(dicom_dir / name).read_bytes() for name in (*CHEST, NOT_CHEST)])
     assert answer.status_code == 200, answer.text
     assert answer.headers["Content-Type"].startswith("application/dicom+json")
+    documented(answer)
     assert [item[SOP_INSTANCE]["Value"][0] for item in items(answer, REFERENCED)] == [
         ds.SOPInstanceUID for ds in sources
     ]
@@ -130,7 +142,7 @@ def test_bad_stow_rs_requests_get_a_sentence_and_leave_nothing_half_written(make
     ]:
         answer = requests.post(node.stow_url + "/dicomweb/studies", data=body, headers=headers, timeout=60)
         assert answer.status_code == status, answer.text
-        error = answer.json()["error"]
+        error = documented(answer)["error"]
         assert error["message"].endswith(".") and error["request_id"]
         assert code is None or error["code"] == code
     assert requests.get(node.stow_url + "/dicomweb/studies", timeout=10).status_code == 405
@@ -138,6 +150,7 @@ def test_bad_stow_rs_requests_get_a_sentence_and_leave_nothing_half_written(make
 
     mixed = stow(node, [not_dicom, good, (tmp_path / "ct.dcm").read_bytes(), too_large])
     assert mixed.status_code == 202, mixed.text
+    documented(mixed)
     assert [item[SOP_INSTANCE]["Value"][0] for item in items(mixed, REFERENCED)] == [
         pydicom.dcmread(dicom_dir / CHEST[0], stop_before_pixels=True).SOPInstanceUID
     ]
@@ -150,6 +163,7 @@ def test_bad_stow_rs_requests_get_a_sentence_and_leave_nothing_half_written(make
     none_stored = stow(node, [not_dicom])
     assert none_stored.status_code == 409 and items(none_stored, FAILED)[0][REASON]["Value"] == [0xC000]
     other_study = stow(node, [good], path="/dicomweb/studies/1.2.3.4")
+    documented(other_study, "/dicomweb/studies/{study}")
     assert other_study.status_code == 409 and items(other_study, FAILED)[0][REASON]["Value"] == [0xA900]
 
     body, content_type = stow_body([good, good])

@@ -34,7 +34,9 @@ def api_schema(app, env):
     return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+# /dicomweb/ (STOW-RS) is in the document but served by the DICOM node behind nginx, not by this app: its
+# answers are checked against the document in test_dicom_node_dicomweb.py.
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(path_regex="^/dicomweb/")
 STATUSES: dict[str, set[int]] = {}  # operation → statuses seen, so a run that never got past auth fails
 
 

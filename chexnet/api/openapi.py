@@ -371,6 +371,80 @@ def _prediction_ok() -> dict:
     return response
 
 
+STOW_DESCRIPTION = (
+    "STOW-RS (DICOM PS3.18 10.5). Served by the **DICOM node** (Compose profile dicom), not by the API: nginx "
+    "passes /dicomweb/ to it; without the node nginx answers 503 (not_ready) with a sentence saying so. "
+    'The body is multipart/related; type="application/dicom", one DICOM file (PS3.10) per part: CR, DX or '
+    "secondary capture, in a transfer syntax the node decodes, each at most CHEXNET_MAX_UPLOAD_MB, a request at "
+    "most CHEXNET_DICOMWEB_MAX_REQUEST_MB and 1000 instances. Each part is checked like a C-STORE and written "
+    "to the node's spool before the answer; the results go to the PACS as for C-STORE. The answer is the Store "
+    "Instances Response: ReferencedSOPSequence (0008,1199) for the stored instances, FailedSOPSequence "
+    "(0008,1198) with FailureReason (0008,1197: 0xA700 too large, disk full or busy; 0xC000 not DICOM; 0x0122 "
+    "SOP class not taken; 0xC122 transfer syntax not decoded; 0xA900 another study than the URL's) for the "
+    "others, and one Warning header per failure with the sentence to act on."
+)
+
+
+def _stow(bearer: list) -> dict:
+    """The DICOM node's STOW-RS operation (chexnet.dicom_node.stow), documented with the API it sits beside."""
+    store_response = {
+        "application/dicom+json": {
+            "schema": {"type": "object", "description": "DICOM JSON (PS3.18 F.2) Store Instances Response"},
+            "example": {
+                "00081199": {
+                    "vr": "SQ",
+                    "Value": [
+                        {
+                            "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1"]},
+                            "00081155": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.8.498.1"]},
+                        }
+                    ],
+                }
+            },
+        }
+    }
+    warning = {
+        "Warning": {"description": '299 chexnet "part N: <sentence>" per failed part', "schema": {"type": "string"}}
+    }
+    operation = {
+        "operationId": "stowRs",
+        "summary": "store instances by STOW-RS into the DICOM node (predicted; results go to the PACS)",
+        "description": STOW_DESCRIPTION,
+        "tags": ["DICOM node"],
+        "servers": [{"url": "/", "description": "nginx, which passes /dicomweb/ to the DICOM node"}],
+        "security": bearer,
+        "requestBody": {
+            "required": True,
+            "content": {
+                'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}
+            },
+        },
+        "responses": {
+            "200": {"description": "every instance stored", "content": store_response},
+            "202": {"description": "some stored, some failed", "headers": warning, "content": store_response},
+            "409": {"description": "none stored", "headers": warning, "content": store_response},
+            "400": _error(400, "not a multipart body, or no DICOM part in it"),
+            "401": _AUTH_ERRORS["401"],
+            "403": _AUTH_ERRORS["403"],
+            "413": _error(413, "more than 1000 instances, or a request over CHEXNET_DICOMWEB_MAX_REQUEST_MB (nginx)"),
+            "415": _error(415, 'not multipart/related; type="application/dicom"'),
+            "503": _error(503, "the DICOM node is not deployed or not up (nginx), or its licence keys are not loaded"),
+        },
+    }
+    study = {"name": "study", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9.]{1,64}$"}}
+    return {
+        "/dicomweb/studies": {"post": operation},
+        "/dicomweb/studies/{study}": {
+            "post": {
+                **operation,
+                "operationId": "stowRsStudy",
+                "summary": "STOW-RS into one study: an instance of another study fails with 0xA900",
+                "parameters": [study],
+            }
+        },
+    }
+
+
 def openapi_document(models: dict[str, list[str]] | None = None) -> dict:
     """models: the loaded models' ids and label codes (they become enums); none: free strings."""
     options = _options(models or {})
@@ -486,5 +560,6 @@ def openapi_document(models: dict[str, list[str]] | None = None) -> dict:
                     "responses": {"200": {"description": "HTML"}},
                 }
             },
+            **_stow(bearer),
         },
     }
