@@ -72,13 +72,24 @@ def _predict(args: argparse.Namespace) -> int:
     from chexnet.engines import create_engine
     from chexnet.options import PredictOptions
     from chexnet.predictor import Predictor
+    from chexnet.triage import PriorityRulesError, Triage, parse_rules, unknown
 
+    try:  # the same rules as the service's CHEXNET_PRIORITY_RULES, checked against this bundle
+        rules = parse_rules(args.priority_rules, "--priority-rules")
+    except PriorityRulesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # Heatmaps are made by default only where they have somewhere to go.
     options = PredictOptions.parse(
         heatmaps=args.heatmaps or ("top" if args.heatmaps_dir else "none"), heatmap_format=args.heatmap_format
     )
     bundle = load_bundle(args.bundle)
-    predictor = Predictor(bundle, create_engine(bundle, args.engine, args.device))
+    mistakes = unknown(rules, {bundle.id: bundle.manifest.codes}, "--priority-rules")
+    if mistakes:
+        print(f"error: {' '.join(mistakes)}", file=sys.stderr)
+        return 2
+    triage = Triage.for_model(rules, bundle.id, bundle.manifest.codes)
+    predictor = Predictor(bundle, create_engine(bundle, args.engine, args.device), triage=triage)
     predictor.heatmap_selector(options.heatmaps)  # an unknown label code stops here, before any image
     out_dir = Path(args.heatmaps_dir) if args.heatmaps_dir else None
     if out_dir:
@@ -215,6 +226,12 @@ def build_parser(services: Mapping[str, Command] | None = None) -> argparse.Argu
         "else none; without --heatmaps-dir they are base64 in the JSON line",
     )
     predict.add_argument("--heatmap-format", choices=tuple(FORMATS), default="jpeg")
+    predict.add_argument(
+        "--priority-rules",
+        default=os.environ.get("CHEXNET_PRIORITY_RULES") or "",
+        help="triage rules [model:]code>=probability:urgent|stat, comma-separated (default: CHEXNET_PRIORITY_RULES); "
+        "each JSON line's priority says which raised it",
+    )
     predict.add_argument("--json", action="store_true", help="JSON lines on stdout (the only output format)")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.set_defaults(func=_predict)

@@ -302,6 +302,32 @@ def _series_description(prediction: Prediction, what: str) -> str:
     return f"{text} {NOT_FOR_DIAGNOSIS}" if m.demo else text
 
 
+# Triage priority (chexnet.triage) as a study-level coded finding: TID 1500's "Qualitative Evaluations"
+# container holding (triage-priority, 99CHEXNET) = routine | urgent | stat (99CHEXNET), each rule that raised
+# it and, for demo bundles, the DEMO note as (121106, DCM, "Comment") text properties.
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+PRIORITY = CodedConcept("triage-priority", SCHEME, "Triage priority")
+PRIORITY_LEVELS = {level: CodedConcept(level, SCHEME, level.upper()) for level in ("routine", "urgent", "stat")}
+COMMENT = CodedConcept("121106", "DCM", "Comment")
+
+
+def _priority_item(prediction: Prediction) -> hd.sr.ContainerContentItem:
+    priority = prediction.priority
+    item = hd.sr.CodeContentItem(PRIORITY, PRIORITY_LEVELS[priority.level], relationship_type="CONTAINS")
+    notes = [f"raised by {r.rule.text}: {r.code} probability {r.probability:g}" for r in priority.raised]
+    if not priority.rules:
+        notes.append("no priority rule applies to this model (CHEXNET_PRIORITY_RULES)")
+    if priority.demo:
+        notes.append(f"{NOT_FOR_DIAGNOSIS}: priority from untrained demo weights")
+    if notes:
+        item.ContentSequence = hd.sr.ContentSequence(
+            [hd.sr.TextContentItem(COMMENT, note[:1024], relationship_type="HAS PROPERTIES") for note in notes]
+        )
+    container = hd.sr.ContainerContentItem(QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
+    container.ContentSequence = hd.sr.ContentSequence([item])
+    return container
+
+
 def structured_report(
     settings: ResultSettings,
     prediction: Prediction,
@@ -329,6 +355,7 @@ def structured_report(
     report = MeasurementReport(
         observation_context=context, procedure_reported=CHEST_RADIOGRAPH, imaging_measurements=groups
     )
+    report[0].ContentSequence.append(_priority_item(prediction))
     sr = ComprehensiveSR(
         evidence=[source, *parametric_maps],
         content=report[0],

@@ -27,6 +27,7 @@ from chexnet.imaging import DecodedImage, DecodeLimits, DecodeSize, decode_image
 from chexnet.imaging.gate import DecodeGate
 from chexnet.labels import Label
 from chexnet.options import HEATMAP_MODES, PredictOptions
+from chexnet.triage import Priority, Triage
 
 
 def _ms(start: float) -> float:
@@ -117,6 +118,7 @@ class Prediction:
     input_sha256: str
     warnings: list[str]  # chexnet.eligibility codes
     source: pydicom.Dataset | None = None  # a DICOM input's identifying header: for DICOM results only
+    priority: Priority = Priority()  # the study-level triage priority (chexnet.triage), computed in report()
 
     def summary(self) -> dict:
         """Everything but the heatmap bytes and the source header, as JSON-ready data (each transport
@@ -126,6 +128,7 @@ class Prediction:
             "image": self.image,
             "findings": [f.as_dict() for f in self.findings],
             "warnings": self.warnings,
+            "priority": self.priority.as_dict(),
             "timing_ms": self.timing_ms,
         }
         if self.model.demo:
@@ -174,6 +177,7 @@ class Predictor:
         forward_one: ForwardOne | None = None,
         observers: Sequence[Observer] = (),
         thresholds: str = "bundle",
+        triage: Triage = Triage(),
     ):
         self.bundle = bundle
         self.engine = engine
@@ -181,6 +185,7 @@ class Predictor:
         self.gate = gate
         self.forward_one = forward_one or direct_forward(engine)
         self.observers = tuple(observers)
+        self.triage = triage  # the priority rules that apply to this model
         m = bundle.manifest
         # Decode no larger than the model input and the heatmap overlay need (imaging.reduced).
         self.decode_size = DecodeSize(m.input_size, heatmap.DEFAULT_LONG_SIDE)
@@ -191,6 +196,8 @@ class Predictor:
     ) -> Prediction:
         """read: returns the file's bytes; it runs inside a decode slot, so waiting uploads stay unread."""
         selected = self.heatmap_selector(options.heatmaps)
+        if options.output == "fhir":  # a FHIR report carries no heatmaps: none are rendered
+            selected = self.heatmap_selector("none")
         with self.gate.slot() if self.gate else nullcontext():
             prepared = self.prepare(read())
         if options.output == "dicom" and prepared.image.source is None:
@@ -241,8 +248,9 @@ class Predictor:
         timing["total"] = round(sum(timing.values()), 2)
         image = {"format": prepared.image.format, "width": prepared.image.width, "height": prepared.image.height}
         source = prepared.image.source
+        priority = self.triage.evaluate({f.code: f.probability for f in findings}, self.model_info.demo)
         return Prediction(
-            self.model_info, image, findings, rendered, timing, prepared.sha256, warnings_for(source), source
+            self.model_info, image, findings, rendered, timing, prepared.sha256, warnings_for(source), source, priority
         )
 
     def heatmap_selector(self, spec: str | tuple[str, ...]) -> Callable[[np.ndarray], list[int]]:

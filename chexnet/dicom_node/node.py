@@ -442,7 +442,7 @@ class DicomNode:
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the queue; the file is kept for a person
             self._reject(path, record, "internal_error", type(exc).__name__)
             return True
-        self.spool.stage_results(path, results)
+        self.spool.stage_results(path, results, prediction.priority.level)
         self._outgoing.set()
         return True
 

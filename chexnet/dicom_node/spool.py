@@ -16,6 +16,10 @@ Poison guard: before an instance is processed, ``begin`` counts the attempt in `
 ``end`` removes the count. Only a process that dies mid-processing (a crash, an OOM kill) leaves it
 behind, so a count at the limit means this file keeps killing the node, and it goes to rejected/.
 What is kept aside (rejected/, refused/) is pruned by age and by total size.
+
+Send order: a result's name starts with its study's triage priority (``stat-``, ``urgent-``, ``routine-``,
+chexnet.triage), fixed when it is written, so ``files`` lists outgoing/ by priority (stat first) and then by
+age with no rename and no index to lose in a crash; a name without one (written before priorities) is routine.
 """
 
 import os
@@ -24,6 +28,7 @@ import uuid
 from pathlib import Path
 
 QUEUES = ("incoming", "outgoing", "rejected", "refused")
+SEND_ORDER = ("stat", "urgent", "routine")  # the first part of a result's name in outgoing/
 _ASIDE = ("rejected", "refused")
 
 
@@ -34,6 +39,14 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _send_order(path: Path) -> tuple[int, str]:
+    """(the priority's place in SEND_ORDER, the rest of the name: the time it was received first)."""
+    first, _, rest = path.name.partition("-")
+    if first in SEND_ORDER:
+        return SEND_ORDER.index(first), rest
+    return SEND_ORDER.index("routine"), path.name
 
 
 class Spool:
@@ -72,15 +85,19 @@ class Spool:
         return final
 
     def files(self, queue: str) -> list[Path]:
-        """Oldest first (names start with the time they were written)."""
-        return sorted(p for p in (self.root / queue).iterdir() if p.suffix == ".dcm")
+        """Oldest first (names start with the time they were written); results by priority, then oldest."""
+        return sorted((p for p in (self.root / queue).iterdir() if p.suffix == ".dcm"), key=_send_order)
 
-    def stage_results(self, source: Path, results: list[bytes]) -> None:
-        """The results of ``source`` into outgoing/ (all or none), then ``source`` out of incoming/."""
+    def stage_results(self, source: Path, results: list[bytes], priority: str = "routine") -> None:
+        """The results of ``source`` into outgoing/ (all or none), named to be sent in ``priority``'s turn
+        (one of SEND_ORDER), then ``source`` out of incoming/."""
+        if priority not in SEND_ORDER:
+            raise ValueError(f"unknown priority {priority!r}")
         partials: list[Path] = []
         try:
             for number, data in enumerate(results):
-                partials.append(self._write_partial("outgoing", f"{source.stem}-{number:03d}.dcm", data))
+                name = f"{priority}-{source.stem}-{number:03d}.dcm"
+                partials.append(self._write_partial("outgoing", name, data))
         except OSError:
             for partial in partials:
                 partial.unlink(missing_ok=True)

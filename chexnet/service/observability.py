@@ -79,6 +79,12 @@ class Metrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
         )
+        self.priority = Counter(
+            "chexnet_priority",
+            "Predictions by model and study-level triage priority (CHEXNET_PRIORITY_RULES)",
+            ["model", "priority"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "chexnet_queue_depth", "Images waiting for the engine", ["model"], registry=self.registry
         )
@@ -117,4 +123,3 @@ class RevocationCollector(Collector):
             total.add_metric([reason], counts.get(reason, 0))
         yield refused
         yield total
-

@@ -28,6 +28,7 @@ from chexnet.service.monitoring import DriftCollector, LoadedInfo, MonitorSettin
 from chexnet.service.observability import Metrics
 from chexnet.service.settings import Settings
 from chexnet.site_thresholds import BUNDLE_THRESHOLDS, apply_site_thresholds
+from chexnet.triage import Triage, unknown
 from licensing.errors import LicenseError
 from licensing.host import read_host_uuid
 from licensing.keys import TrustedKeys
@@ -92,6 +93,7 @@ class Service:
         self.verifier: TokenVerifier | None = None
         self.revocations: RevocationWatcher | None = None
         self.problems: list[str] = []
+        self.rule_problems: list[str] = []  # CHEXNET_PRIORITY_RULES naming codes no loaded model has
         self.loading = True
         self._done = threading.Event()
         metrics.watch_revocations(lambda: self.revocations)
@@ -173,6 +175,10 @@ class Service:
         if wanted is not None and wanted not in self.models:
             self.problems.append(f"CHEXNET_DEFAULT_MODEL '{wanted}' is not among the loaded models.")
         self.default_model = wanted
+        # Priority rules' codes can only be checked against the loaded bundles: each mistake is a /ready
+        # problem, and predictions are refused (503) until it is fixed rather than triaged by part of the rules.
+        self.rule_problems = unknown(s.priority_rules, {m: loaded.codes for m, loaded in self.models.items()})
+        self.problems.extend(self.rule_problems)
 
     def _assemble(self, bundle: Bundle) -> LoadedModel:
         """One model's pipeline, whole: its engine (warmed up), a micro-batcher around the engine's batch
@@ -200,7 +206,14 @@ class Service:
             self.gate,
             forward_one=lambda tensor: batcher.run(tensor, s.request_timeout_s),
             thresholds=thresholds,
-            observers=(self._observe_stages, self._audit, self._observe_monitor, self.atna.prediction),
+            triage=Triage.for_model(s.priority_rules, bundle.id, bundle.manifest.codes),
+            observers=(
+                self._observe_stages,
+                self._observe_priority,
+                self._audit,
+                self._observe_monitor,
+                self.atna.prediction,
+            ),
         )
         return LoadedModel(predictor, batcher)
 
@@ -236,6 +249,8 @@ class Service:
     def model(self, model_id: str | None) -> LoadedModel:
         if self.loading:
             raise NotReady("Models are still loading; retry in a few seconds.")
+        if self.rule_problems:
+            raise NotReady(self.rule_problems[0])
         model_id = model_id or self.default_model
         if model_id not in self.models:
             known = ", ".join(self.models) or "none"
@@ -300,6 +315,9 @@ class Service:
             if stage != "total":
                 self.metrics.stage.labels(prediction.model.id, stage).observe(ms / 1000.0)
 
+    def _observe_priority(self, prediction: Prediction, caller: Caller) -> None:
+        self.metrics.priority.labels(prediction.model.id, prediction.priority.level).inc()
+
     def _audit(self, prediction: Prediction, caller: Caller) -> None:
         self.audit.write(
             {
@@ -318,5 +336,6 @@ class Service:
                     {"code": f.code, "probability": f.probability, "positive": f.positive} for f in prediction.findings
                 ],
                 "warnings": prediction.warnings,
+                "priority": prediction.priority.as_dict(),
             }
         )

@@ -18,6 +18,7 @@ from chexnet.imaging.types import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from chexnet.service.memory import MemoryEstimate, estimate, gib
 from chexnet.service.syslog_tls import AuditSyslogSettings
 from chexnet.site_thresholds import SiteThresholds, SiteThresholdsError, read_site_thresholds
+from chexnet.triage import PriorityRulesError, Rule, parse_rules
 from licensing.environment import Environment
 from licensing.host import DEFAULT_UUID_FILE
 from licensing.tokens import DEFAULT_LEEWAY_S, MAX_LEEWAY_S
@@ -89,6 +90,7 @@ class Settings:
     precision: str = "fp32"
     log_level: str = "INFO"
     dicom_uid_root: str = PYDICOM_ROOT_UID  # new UIDs of DICOM results; a site sets its registered root
+    priority_rules: tuple[Rule, ...] = ()  # CHEXNET_PRIORITY_RULES (chexnet.triage); codes checked once loaded
     monitor_db: str | None = None  # the /monitor roll-up (SQLite); None: monitor.sqlite beside the audit log
     monitor_reference_days: int = 7  # without site calibration histograms: the first days of data are the reference
     monitor_retention_days: int = 400
@@ -138,6 +140,10 @@ class Settings:
             site = read_site_thresholds(site_file) if site_file else None
         except SiteThresholdsError as exc:
             raise SettingsError(f"CHEXNET_SITE_THRESHOLDS: {exc.message}") from None
+        try:
+            priority_rules = parse_rules(get("PRIORITY_RULES"))
+        except PriorityRulesError as exc:
+            raise SettingsError(str(exc)) from None
         settings = cls(
             license_keys=license_keys,
             models_dir=models_dir,
@@ -168,6 +174,7 @@ class Settings:
             precision=choice("PRECISION", PRECISIONS),
             log_level=choice("LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR")),
             dicom_uid_root=uid_root,
+            priority_rules=priority_rules,
             monitor_db=get("MONITOR_DB"),
             monitor_reference_days=integer("MONITOR_REFERENCE_DAYS", 1, 365),
             monitor_retention_days=integer("MONITOR_RETENTION_DAYS", 1, 3650),
