@@ -109,6 +109,13 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _resamples(text: str) -> int:
+    value = int(text)
+    if not 100 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be 100 to 100000 resamples, not {text}")
+    return value
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from chexnet.calibration.run import calibrate
 
@@ -272,7 +279,11 @@ def build_parser(services: Mapping[str, Command] | None = None) -> argparse.Argu
         help="as the service will run it (default CHEXNET_PRECISION, else fp32); the service refuses the file in another",
     )
     calibrate.add_argument(
-        "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default 1000)"
+        "--bootstrap",
+        type=_resamples,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples, 100 to 100000 (default 1000)",
     )
     calibrate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     calibrate.set_defaults(func=_calibrate)

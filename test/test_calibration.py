@@ -271,3 +271,10 @@ def test_an_image_that_fails_leaves_the_earlier_files_whole(calibrated, demo_bun
     assert main(argv) == 2
     assert f"Image {images / columns['image'][5]} cannot be used" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # no temporary file left either
+
+
+def test_too_few_bootstrap_resamples_are_refused(demo_bundle, nih_dir, tmp_path, capsys):
+    argv = ["calibrate", "--bundle", str(demo_bundle.path), "--images", str(nih_dir), "--labels", "x.csv"]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--target", "youden", "--bootstrap", "5", "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2 and "must be 100 to 100000 resamples, not 5" in capsys.readouterr().err
