@@ -8,7 +8,8 @@ from chexnet.heatmap import FORMATS
 
 HEATMAP_MODES = ("none", "top", "positive", "all")
 HEATMAP_FORMATS = tuple(FORMATS)
-OUTPUTS = ("json", "dicom")  # dicom: an SR and a secondary capture per heatmap (DICOM input only)
+OUTPUTS = ("json", "dicom", "fhir")  # dicom: an SR and a secondary capture per heatmap (DICOM input only);
+# fhir: a FHIR R4 DiagnosticReport (chexnet.api.fhir), without heatmaps
 
 
 @dataclass(frozen=True)

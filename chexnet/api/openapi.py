@@ -5,12 +5,15 @@ and model ids and label codes from the models the server has loaded."""
 
 from chexnet import __version__, errors
 from chexnet.api import errors as api_errors
+from chexnet.api.fhir import MEDIA_TYPE as FHIR_JSON
+from chexnet.api.fhir import PRIORITY_EXTENSION
 from chexnet.api.monitor_schema import MONITOR_DESCRIPTION, MONITOR_PARAMETERS, MONITOR_SCHEMA
 from chexnet.eligibility import WARNINGS
 from chexnet.engines import DEVICES, ENGINES, PRECISIONS
 from chexnet.errors import ErrorProtocol
 from chexnet.heatmap import FORMATS
 from chexnet.options import HEATMAP_MODES, OUTPUTS
+from chexnet.triage import LEVELS, RULE_LEVELS
 from licensing import errors as licence_errors
 
 # Every error class the API answers with (a new one is added here; a test checks none is missing).
@@ -235,9 +238,50 @@ SCHEMAS = {
                 {k: {"type": "number"} for k in ("decode", "preprocess", "inference", "heatmap", "total")}
             ),
             "notice": {"type": "string", "description": "present for demo bundles: the output is not a diagnosis"},
+            "priority": _ref("Priority"),
         },
-        ["request_id", "model", "image", "findings", "heatmaps", "warnings", "timing_ms"],
+        ["request_id", "model", "image", "findings", "heatmaps", "warnings", "priority", "timing_ms"],
     ),
+    "Priority": _obj(
+        {
+            "level": {"enum": list(LEVELS)},
+            "rules": {
+                "type": "boolean",
+                "description": "whether any CHEXNET_PRIORITY_RULES rule applies to this model",
+            },
+            "demo": {"type": "boolean", "description": "made by a demo bundle: not for triage either"},
+            "findings": {
+                "type": "array",
+                "description": "every rule that met, highest level first: the finding, its probability and the rule",
+                "items": _obj(
+                    {
+                        "code": {"type": "string"},
+                        "probability": _NUMBER01,
+                        "threshold": _NUMBER01,
+                        "level": {"enum": list(RULE_LEVELS)},
+                        "rule": {"type": "string", "examples": ["cxr10:pneumothorax>=0.7:stat"]},
+                    }
+                ),
+            },
+        },
+        extra=False,
+    ),
+    "FhirDiagnosticReport": {
+        "type": "object",
+        "description": "output=fhir: a FHIR R4 DiagnosticReport (status preliminary) with one contained "
+        "Observation per finding (valueQuantity: probability; referenceRange.high: threshold; interpretation "
+        "POS/NEG), the model as a contained Device, the triage priority as the extension "
+        + PRIORITY_EXTENSION
+        + ", imagingStudy by the Study Instance UID (urn:oid:) for a DICOM input",
+        "properties": {
+            "resourceType": {"const": "DiagnosticReport"},
+            "status": {"const": "preliminary"},
+            "contained": {"type": "array", "items": {"type": "object"}},
+            "result": {"type": "array", "items": {"type": "object"}},
+            "conclusion": {"type": "string"},
+        },
+        "required": ["resourceType", "status", "code", "contained", "result", "extension", "conclusion"],
+    },
     "Monitor": MONITOR_SCHEMA,
     "CXRNetPrediction": _obj(
         {
@@ -274,7 +318,9 @@ def _options(models: dict[str, list[str]]) -> dict[str, dict]:
             "schema": {"enum": ["", *OUTPUTS], "default": "json"},
             "description": "dicom: a multipart/related body of DICOM objects (a Comprehensive SR and one "
             "secondary capture per heatmap) for a DICOM input; the same as "
-            'Accept: multipart/related; type="application/dicom". Not for PNG/JPEG (422).',
+            'Accept: multipart/related; type="application/dicom". Not for PNG/JPEG (422). '
+            "fhir: a FHIR R4 DiagnosticReport (application/fhir+json, no heatmaps), the same as "
+            "Accept: application/fhir+json; errors stay this API's JSON errors (application/json).",
         },
     }
 
@@ -321,6 +367,20 @@ _PREDICTION_EXAMPLE = {
     ],
     "heatmaps": [{"code": "atelectasis", "mime": "image/jpeg", "width": 482, "height": 512, "data": "/9j/4AAQ…"}],
     "warnings": [],
+    "priority": {
+        "level": "stat",
+        "rules": True,
+        "demo": True,
+        "findings": [
+            {
+                "code": "pneumothorax",
+                "probability": 0.8123,
+                "threshold": 0.7,
+                "level": "stat",
+                "rule": "cxr10:pneumothorax>=0.7:stat",
+            }
+        ],
+    },
     "timing_ms": {"decode": 57.1, "preprocess": 4.2, "inference": 28.0, "heatmap": 6.3, "total": 95.6},
     "notice": "Demo model with untrained weights: its output is not a diagnosis.",
 }
@@ -367,6 +427,10 @@ def _prediction_ok() -> dict:
         "description": "output=dicom: one part per DICOM instance (Content-Type: application/dicom), as DICOMweb "
         "returns instances: the Comprehensive SR (TID 1500), then one secondary capture per heatmap, "
         "all in the source study and referencing the source instance",
+    }
+    response["content"][FHIR_JSON] = {
+        "schema": _ref("FhirDiagnosticReport"),
+        "description": "output=fhir or Accept: application/fhir+json: a FHIR R4 DiagnosticReport",
     }
     return response
 

@@ -6,6 +6,8 @@ import swagger_ui_bundle
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
+from chexnet.api.fhir import MEDIA_TYPE as FHIR_JSON
+from chexnet.api.fhir import diagnostic_report
 from chexnet.api.openapi import openapi_document
 from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
 from chexnet.dicom_results import encode
@@ -89,11 +91,14 @@ def _upload() -> bytes:
 
 
 def _accepted_output() -> str | None:
-    """output=dicom when the client asks as DICOMweb does: Accept: multipart/related; type="application/dicom"."""
+    """output=dicom when the client asks as DICOMweb does: Accept: multipart/related; type="application/dicom";
+    output=fhir for Accept: application/fhir+json (the first of the two the header names)."""
     for media_range in request.headers.get("Accept", "").split(","):
         kind, _, params = media_range.partition(";")
         if kind.strip().lower() == "multipart/related" and "application/dicom" in params.lower():
             return "dicom"
+        if kind.strip().lower() == FHIR_JSON:
+            return "fhir"
     return None
 
 
@@ -111,6 +116,10 @@ def predict():
     if options.output == "dicom":
         body, content_type = multipart_related([encode(ds) for ds in service().dicom_results(prediction)])
         return Response(body, content_type=content_type)
+    if options.output == "fhir":  # errors stay the product's JSON errors (application/json)
+        response = jsonify(diagnostic_report(prediction, g.request_id))
+        response.mimetype = FHIR_JSON
+        return response
     return jsonify(prediction_body(prediction, g.request_id))
 
 
