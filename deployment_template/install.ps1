@@ -101,6 +101,8 @@ if ($SiteThresholds) {
 # A value may hold only these characters: what paths, lists, AE@host:port and sizes need, and nothing a shell,
 # compose's .env parser or nginx would interpret.
 $EnvValueChars = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._,:@/+=-'
+# These settings may also hold '>', which their own syntax needs (as ENV_VALUE_GT_KEYS in lib.sh).
+$EnvValueGtKeys = 'CHEXNET_PRIORITY_RULES'
 # KEYS, the rule a sentence names, and the pattern (or the range of whole numbers) the whole value must
 # match: check_env_value's cases, one for one.
 $EnvRules = @(
@@ -127,7 +129,9 @@ function Test-InRange([string]$Value, [int]$Min, [int]$Max) {
 # the default the compose file, and nginx, give it. As check_env_value.
 function Test-EnvValue([string]$Name, [string]$Value) {
     $plain = $Value.Length -le 1024
-    foreach ($c in $Value.ToCharArray()) { if ($EnvValueChars.IndexOf($c) -lt 0) { $plain = $false } }
+    $allowed = $EnvValueChars
+    if (($EnvValueGtKeys -split ' ') -ccontains $Name) { $allowed += '>' }
+    foreach ($c in $Value.ToCharArray()) { if ($allowed.IndexOf($c) -lt 0) { $plain = $false } }
     if (-not $plain) {
         throw "$Name in $Dir\.env may hold only letters, digits and . _ , : @ / + = - (no quotes, '`$', backquotes, spaces or line breaks, at most 1024 characters); write the value plainly."
     }

@@ -34,6 +34,9 @@ compose_command() {
 # A value may hold only these characters (listed one by one: no locale widens the set): what paths, lists,
 # AE@host:port and sizes need, and nothing a shell, compose's .env parser or nginx would interpret.
 ENV_VALUE_CHARS='abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._,:@/+=-'
+# These settings may also hold '>', which their own syntax needs (CHEXNET_PRIORITY_RULES: code>=probability:level);
+# their values only ever reach compose, Swarm and the service, never a shell unquoted or nginx.
+ENV_VALUE_GT_KEYS='CHEXNET_PRIORITY_RULES'
 DNS_NAME='^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$'
 
 # in_range VALUE MIN MAX: VALUE is a whole number (no sign, no leading zero, at most 6 digits) in MIN..MAX.
@@ -44,8 +47,9 @@ in_range() {
 # check_env_value KEY VALUE: dies with one sentence naming KEY unless the whole VALUE (not its first line)
 # is one KEY may take. Empty is the default the compose and stack files, and nginx, give it.
 check_env_value() {
-  local key="$1" value="$2" rule=""
-  [[ "${value}" != *[!"${ENV_VALUE_CHARS}"]* && "${#value}" -le 1024 ]] \
+  local key="$1" value="$2" rule="" chars="${ENV_VALUE_CHARS}"
+  [[ " ${ENV_VALUE_GT_KEYS} " != *" ${key} "* ]] || chars+='>'
+  [[ "${value}" != *[!"${chars}"]* && "${#value}" -le 1024 ]] \
     || die "${key} in ${DIR}/.env may hold only letters, digits and . _ , : @ / + = - (no quotes, '\$', backquotes, spaces or line breaks, at most 1024 characters); write the value plainly."
   [[ -n "${value}" ]] || return 0
   case "${key}" in

@@ -726,12 +726,14 @@ def test_env_rules_are_check_env_values():
     lib = _read("scripts/lib.sh")
     _, constants = _ps_install()
     assert constants["$envvaluechars"] == re.search(r"(?m)^ENV_VALUE_CHARS='([^']*)'", lib).group(1)
+    assert constants["$envvaluegtkeys"] == re.search(r"(?m)^ENV_VALUE_GT_KEYS='([^']*)'", lib).group(1)
 
 
 def _ps_env_verdict(name: str, value: str) -> str:
     """Test-EnvValue's verdict, from install.ps1's own character set and rules: 'ok', 'chars' or the rule."""
     _, constants = _ps_install()
-    if len(value) > 1024 or any(c not in constants["$envvaluechars"] for c in value):
+    allowed = constants["$envvaluechars"] + (">" if name in constants["$envvaluegtkeys"].split() else "")
+    if len(value) > 1024 or any(c not in allowed for c in value):
         return "chars"
     if not value:
         return "ok"
@@ -775,6 +777,11 @@ ENV_VALUES = (
     + [("COMPOSE_PROFILES", v) for v in ("dicom", "dicom,extra", "dicom,", "DICOM", ",".join(["p"] * 9))]
     + [("API_REPLICAS", v) for v in ("1", "99", "100")]
     + [("CHEXNET_MODELS", v) for v in ("cxr10,cxr14", "cxr10\nEVIL=1", "cxr10'", 'cxr10"', "x" * 1024, "x" * 1025, "")]
+    + [("CHEXNET_MODELS", "cxr10>x")]
+    + [
+        ("CHEXNET_PRIORITY_RULES", v)
+        for v in ("pneumothorax>=0.7:stat,cxr10:mass>=0.5:urgent", "mass>=0.5:stat;id", "mass>=0.5:stat\n", "a<b")
+    ]
 )
 
 

@@ -776,6 +776,9 @@ def test_nginx_entrypoint_refuses_a_value_that_is_not_valid_whole_and_renders_no
         ("CHEXNET_MODELS", "cxr10`id`"),
         ("CHEXNET_MODELS", "cxr10'"),
         ("CHEXNET_MODELS", "cxr10 # a comment"),
+        ("CHEXNET_MODELS", "cxr10>x"),  # '>' only where a setting's syntax needs it
+        ("CHEXNET_PRIORITY_RULES", "pneumothorax>=0.7:stat$(id)"),
+        ("CHEXNET_PRIORITY_RULES", "pneumothorax>=0.7:stat\nEVIL=1"),
         ("CHEXNET_REVOCATION_LIST", "/etc/chexnet/license/revocations.jwt\\"),
         ("HTTPS_PORT", "443\r"),
         ("HTTPS_PORT", "443:8443"),
@@ -798,7 +801,8 @@ def test_lib_accepts_the_example_env_and_plain_values(tmp_path):
     with open(tmp_path / ".env", "a") as env:
         env.write(
             "CHEXNET_DICOM_DESTINATION=PACS@10.0.0.5:104\nAPI_MEM_LIMIT=4096m\nCOMPOSE_PROFILES=dicom\n"
-            "CHEXNET_MODELS=cxr10,cxr14\n   \n  # indented comment\nCHEXNET_REVOCATION_LIST=/etc/chexnet/license/revocations.jwt"
+            "CHEXNET_MODELS=cxr10,cxr14\n   \n  # indented comment\nCHEXNET_REVOCATION_LIST=/etc/chexnet/license/revocations.jwt\n"
+            "CHEXNET_PRIORITY_RULES=pneumothorax>=0.7:stat,cxr10:pleural_effusion>=0.8:urgent"
         )
     result = _run(
         "bash",
