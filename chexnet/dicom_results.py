@@ -48,7 +48,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import validate_value
 
-from chexnet.errors import InvalidImage
+from chexnet.errors import InvalidImage, InvalidOption
 from chexnet.predictor import Finding, Prediction
 
 MANUFACTURER = "CheXNet on-premise"
@@ -56,6 +56,9 @@ SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
 PM_SERIES_NUMBER = 9903
 MAPS = ("sc", "pm", "both")  # CHEXNET_DICOM_MAPS: which heatmap objects are made
+# The float pixels all Parametric Maps of one result may hold (each map is 4 bytes per source pixel; the
+# dataset and its encoding hold about three times this at their peak): 1 map of a 40 MP image, or 7 of 9 MP.
+MAP_BUDGET_MIB = 256
 NOT_FOR_DIAGNOSIS = "DEMO - NOT FOR DIAGNOSIS"
 SCHEME = "99CHEXNET"  # a private coding scheme ("99" prefix) for the model's own concepts
 THRESHOLD = CodedConcept("threshold", SCHEME, "Decision threshold")
@@ -487,13 +490,21 @@ def parametric_maps(
     if not prediction.heatmaps:
         return []
     m = prediction.model
-    geometry = _map_geometry(settings, prediction, source)
     rows, columns = int(source.Rows), int(source.Columns)
+    need_mib = rows * columns * 4 * len(prediction.heatmaps) / 2**20
+    if need_mib > MAP_BUDGET_MIB:
+        raise InvalidOption(
+            f"{len(prediction.heatmaps)} Parametric Maps of this {columns}x{rows} image would take "
+            f"{need_mib:.0f} MiB, over the {MAP_BUDGET_MIB} MiB one result may hold; ask for fewer heatmaps "
+            "(heatmaps=top), or for secondary captures only (CHEXNET_DICOM_MAPS=sc)."
+        )
+    geometry = _map_geometry(settings, prediction, source)
     series_uid = _uid(settings, prediction, "pm-series")
     maps = []
     for number, heatmap in enumerate(prediction.heatmaps, start=1):
         name = heatmap.label.name.en
         values = cv2.resize(heatmap.cam.astype(np.float32), (columns, rows), interpolation=cv2.INTER_LINEAR)
+        np.clip(values, 0.0, 1.0, out=values)  # in place: the map is the largest array of a result
         mapping = hd.pm.RealWorldValueMapping(
             lut_label="CAM",
             lut_explanation=f"Class activation, unitless 0-1: {name}"[:64],
@@ -505,7 +516,7 @@ def parametric_maps(
         )
         pm = hd.pm.ParametricMap(
             source_images=[geometry],
-            pixel_array=np.clip(values, 0.0, 1.0),
+            pixel_array=values,
             series_instance_uid=series_uid,
             series_number=PM_SERIES_NUMBER,
             sop_instance_uid=_uid(settings, prediction, "pm", heatmap.label.code),

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+from pydicom.uid import ComprehensiveSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
 from pynetdicom import AE, evt
 
 from waiting import wait_until
@@ -35,10 +35,12 @@ class Destination:
         self.answers: dict = {}
         self.asked: list[str] = []  # the SOP class of every C-STORE, stored or not
         self.server = None
+        # the classes it accepts at association (a PACS without Parametric Maps leaves that one out)
+        self.classes = [ComprehensiveSRStorage, SecondaryCaptureImageStorage, ParametricMapStorage]
 
     def start(self):
         ae = AE(ae_title="PACS")
-        for sop_class in (ComprehensiveSRStorage, SecondaryCaptureImageStorage):
+        for sop_class in self.classes:
             ae.add_supported_context(sop_class)
 
         def on_store(event):

@@ -23,6 +23,7 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
+    ParametricMapStorage,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -380,11 +381,11 @@ def test_the_worker_survives_io_errors_and_the_healthcheck_says_when_nothing_mov
     assert "incoming/ has not moved" in unhealthy.stdout
     outgoing.unlink()
     outgoing.mkdir()
-    wait_until(lambda: len(destination.received) >= 2, 120, "the results once the disk is writable again")
+    wait_until(lambda: len(destination.received) >= 3, 120, "the results once the disk is writable again")
     assert node.process.poll() is None and node.echo() == 0
     assert sorted(ds.SOPClassUID for ds in destination.received) == sorted(
-        [ComprehensiveSRStorage, SecondaryCaptureImageStorage]
-    ), "an SR never goes out without its capture"
+        [ComprehensiveSRStorage, SecondaryCaptureImageStorage, ParametricMapStorage]
+    ), "an SR never goes out without its capture and map"
 
 
 # --- 5. one refused object does not block the others -------------------------------------------------
@@ -394,7 +395,7 @@ def test_results_the_pacs_refuses_do_not_hold_back_the_others(dicom_site, dicom_
     node.start()
     destination.start()
     assert storescu(node.port, "MODALITY", "CHEXNET", dicom_dir / CHEST[0]).returncode == 0
-    wait_until(lambda: len(destination.received) == 1, 120, "the capture despite its SR failing")
+    wait_until(lambda: len(destination.received) == 2, 120, "the capture and map despite their SR failing")
     wait_until(lambda: destination.asked.count(ComprehensiveSRStorage) >= 3, 60, "the SR retried")
     assert len(node.files("outgoing")) == 1, "a transient failure keeps the SR for later"
 
@@ -403,9 +404,9 @@ def test_results_the_pacs_refuses_do_not_hold_back_the_others(dicom_site, dicom_
     destination.answers[ComprehensiveSRStorage] = refusal  # permanent: does not match the SOP class
     assert storescu(node.port, "MODALITY", "CHEXNET", dicom_dir / CHEST[1]).returncode == 0
     wait_until(
-        lambda: len(node.files("refused")) == 2 and len(destination.received) == 2,
+        lambda: len(node.files("refused")) == 2 and len(destination.received) == 4,
         120,
-        "both SRs set aside, both captures delivered",
+        "both SRs set aside, both captures and maps delivered",
     )
     assert node.files("outgoing") == []
     assert [row["status"] for row in audit_rows(tmp_path) if row.get("event") == "dicom_result_refused"] == [
@@ -413,6 +414,27 @@ def test_results_the_pacs_refuses_do_not_hold_back_the_others(dicom_site, dicom_
     ] * 2
     log = node.log.read_text()
     assert "\\x0aINJECTED" in log and "\nINJECTED" not in log
+
+
+def test_a_pacs_that_takes_no_parametric_maps_gets_the_rest_and_the_maps_are_set_aside(dicom_site, dicom_dir, tmp_path):
+    env, node, destination = dicom_site
+    destination.classes = [ComprehensiveSRStorage, SecondaryCaptureImageStorage]  # Parametric Map not accepted
+    node.start()
+    destination.start()
+    assert storescu(node.port, "MODALITY", "CHEXNET", dicom_dir / CHEST[0]).returncode == 0
+    wait_until(
+        lambda: len(destination.received) == 2 and len(node.files("refused")) == 1,
+        120,
+        "the SR and capture delivered, the map set aside",
+    )
+    assert sorted(ds.SOPClassUID for ds in destination.received) == sorted(
+        [ComprehensiveSRStorage, SecondaryCaptureImageStorage]
+    )
+    assert pydicom.dcmread(node.files("refused")[0]).SOPClassUID == ParametricMapStorage
+    assert ParametricMapStorage not in destination.asked, "never sent on an association that did not accept it"
+    refused = [row for row in audit_rows(tmp_path) if row.get("event") == "dicom_result_refused"]
+    assert [row["status"] for row in refused] == ["0x0122"]
+    assert "CHEXNET_DICOM_MAPS=sc" in node.log.read_text()
 
 
 # --- 6. identity: the called AE title, the SOP class the data set really has -------------------------

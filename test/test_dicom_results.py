@@ -432,3 +432,14 @@ def test_valid_utf8_names_are_copied_under_iso_ir_192(client, env, tmp_path):
     for ds in dicom_parts(predict(client, env, data, query="?output=dicom")):
         assert dciodvfy_errors(ds, tmp_path) == []
         assert (str(ds.PatientName), ds.SpecificCharacterSet) == ("Müller^Jürgen", "ISO_IR 192")
+
+
+def test_parametric_maps_beyond_the_budget_are_a_422_with_the_way_out(client, env):
+    # 10 maps of 2,700 x 2,500 float pixels are 257 MiB, over MAP_BUDGET_MIB; the top one alone is not
+    data = make_dicom(
+        np.zeros((2500, 2700), dtype=np.uint8), StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid()
+    )
+    body = assert_error(predict(client, env, data, query="?output=dicom&heatmaps=all"), 422, "invalid_option")
+    assert "heatmaps=top" in body["error"]["message"] and "CHEXNET_DICOM_MAPS=sc" in body["error"]["message"]
+    parts = dicom_parts(predict(client, env, data, query="?output=dicom&heatmaps=top"))
+    assert parts[-1].SOPClassUID == ParametricMapStorage and (parts[-1].Rows, parts[-1].Columns) == (2500, 2700)

@@ -316,8 +316,8 @@ def _options(models: dict[str, list[str]]) -> dict[str, dict]:
         "heatmap_format": {"schema": {"enum": ["", *FORMATS], "default": "jpeg"}},
         "output": {
             "schema": {"enum": ["", *OUTPUTS], "default": "json"},
-            "description": "dicom: a multipart/related body of DICOM objects (a Comprehensive SR and one "
-            "secondary capture per heatmap) for a DICOM input; the same as "
+            "description": "dicom: a multipart/related body of DICOM objects (a Comprehensive SR, and per heatmap "
+            "a secondary capture and a Parametric Map, as CHEXNET_DICOM_MAPS says) for a DICOM input; the same as "
             'Accept: multipart/related; type="application/dicom". Not for PNG/JPEG (422). '
             "fhir: a FHIR R4 DiagnosticReport (application/fhir+json, no heatmaps), the same as "
             "Accept: application/fhir+json; errors stay this API's JSON errors (application/json).",
@@ -425,8 +425,9 @@ def _prediction_ok() -> dict:
     response["content"]['multipart/related; type="application/dicom"'] = {
         "schema": {"type": "string", "format": "binary"},
         "description": "output=dicom: one part per DICOM instance (Content-Type: application/dicom), as DICOMweb "
-        "returns instances: the Comprehensive SR (TID 1500), then one secondary capture per heatmap, "
-        "all in the source study and referencing the source instance",
+        "returns instances: the Comprehensive SR (TID 1500), then one secondary capture and then one Parametric "
+        "Map per heatmap (CHEXNET_DICOM_MAPS: sc, pm or both), all in the source study and referencing the "
+        "source instance",
     }
     response["content"][FHIR_JSON] = {
         "schema": _ref("FhirDiagnosticReport"),

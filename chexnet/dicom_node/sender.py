@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    ExplicitVRLittleEndian,
+    ParametricMapStorage,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE
 
 from chexnet.dicom_node.peers import shown
@@ -22,7 +27,8 @@ from chexnet.dicom_node.settings import NodeSettings
 from chexnet.dicom_node.spool import Spool
 
 log = logging.getLogger("chexnet.dicom_node")
-RESULT_CLASSES = (ComprehensiveSRStorage, SecondaryCaptureImageStorage)
+RESULT_CLASSES = (ComprehensiveSRStorage, SecondaryCaptureImageStorage, ParametricMapStorage)
+NOT_SUPPORTED = 0x0122  # "SOP class not supported": what a class the destination did not accept at association means
 SUCCESS = 0x0000
 _FIRST_PAUSE_S = 1.0
 
@@ -97,8 +103,13 @@ class Sender:
     def _send_one(self, assoc, path: Path) -> None:
         try:
             dataset = pydicom.dcmread(path)
+            accepted = {context.abstract_syntax for context in assoc.accepted_contexts}
+            if dataset.SOPClassUID not in accepted:  # e.g. a PACS that takes no Parametric Maps
+                comment = f"{dataset.SOPClassUID.name} not accepted; CHEXNET_DICOM_MAPS=sc sends none"
+                self._refused(path, NOT_SUPPORTED, comment)
+                return
             status = assoc.send_c_store(dataset)
-        except (InvalidDicomError, ValueError, EOFError) as exc:  # unreadable, or a class it did not accept
+        except (InvalidDicomError, ValueError, EOFError, AttributeError) as exc:  # unreadable, or not sendable as it is
             self._failed(path, type(exc).__name__)
             return
         code = getattr(status, "Status", None)
