@@ -198,6 +198,8 @@ def test_the_report_is_one_readable_page_that_says_demo(calibrated):
     out, _, _ = calibrated
     html = (out / "calibration-report.html").read_text()
     assert "DEMO MODEL — NOT FOR DIAGNOSIS" in html and "Atelectasis" in html
+    entry = {c["code"]: c for c in json.loads((out / "site-thresholds.json").read_text())["classes"]}[ANY_FINDING]
+    assert f"<b>{entry['threshold']:.6g} (" in html  # the threshold as the service compares it, then its interval
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(images) == 8  # every class with positive and negative images: all but the constant and unlabelled
     assert all(base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n") for data in images)

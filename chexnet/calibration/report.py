@@ -1,15 +1,13 @@
 """The calibration report: one HTML file a clinician can read (the PNG ROC curves embedded), drawn with
-matplotlib's Agg backend (no display, no network). It says DEMO on every page part where the bundle is a demo."""
+matplotlib's Agg renderer on figures of their own (no pyplot, no display,
+no network). It says DEMO at its top and bottom and on every curve where the bundle is a demo."""
 
 import base64
 import html
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # a Figure of its own renders with Agg: no pyplot, no global backend
 
 DEMO_BANNER = "DEMO MODEL — NOT FOR DIAGNOSIS: untrained demo weights; these numbers show the method, not a model."
 
@@ -27,26 +25,24 @@ def _with_interval(entry: dict, name: str) -> str:
 
 def _roc_png(entry: dict, curve: tuple[np.ndarray, np.ndarray], demo: bool) -> str:
     sensitivity, specificity = curve
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=96)
-    try:
-        ax.plot(1 - specificity, sensitivity, drawstyle="steps-post", color="#1f5fa8", label="ROC")
-        ax.plot([0, 1], [0, 1], linestyle=":", color="#999999", label="chance")
-        point = (1 - entry["specificity"], entry["sensitivity"])
-        marker = "site threshold" if entry["source"] == "site" else "bundle threshold (kept)"
-        ax.plot(*point, "o", color="#c0392b", label=f"{marker} {entry['threshold']:.3f}")
-        ax.set_xlabel("1 − specificity (false positive rate)")
-        ax.set_ylabel("sensitivity")
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_title(f"{entry['name']} (AUROC {_number(entry['auroc'])})", fontsize=10)
-        ax.legend(loc="lower right", fontsize=7)
-        if demo:
-            ax.text(0.5, 0.5, "DEMO", transform=ax.transAxes, fontsize=40, color="#c0392b", alpha=0.25,
-                    ha="center", va="center", rotation=30)  # fmt: skip
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(4.2, 4.2), dpi=96)
+    ax = fig.subplots()
+    ax.plot(1 - specificity, sensitivity, drawstyle="steps-post", color="#1f5fa8", label="ROC")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="#999999", label="chance")
+    point = (1 - entry["specificity"], entry["sensitivity"])
+    marker = "site threshold" if entry["source"] == "site" else "bundle threshold (kept)"
+    ax.plot(*point, "o", color="#c0392b", label=f"{marker} {entry['threshold']:.6g}")
+    ax.set_xlabel("1 − specificity (false positive rate)")
+    ax.set_ylabel("sensitivity")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_title(f"{entry['name']} (AUROC {_number(entry['auroc'])})", fontsize=10)
+    ax.legend(loc="lower right", fontsize=7)
+    if demo:
+        ax.text(0.5, 0.5, "DEMO", transform=ax.transAxes, fontsize=40, color="#c0392b", alpha=0.25,
+                ha="center", va="center", rotation=30)  # fmt: skip
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -67,14 +63,14 @@ def render(document: dict, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
     rows, figures = [], []
     for entry in document["classes"]:
         kept = entry["source"] == "bundle"
-        threshold = _number(entry["threshold"])
+        threshold = f"{entry['threshold']:.6g}"  # as the service compares it (a short decimal)
         if entry.get("threshold_interval"):
             low, high = entry["threshold_interval"]
             threshold += f" ({low:.3f}–{high:.3f})"
         counts = "—" if entry["positives"] is None else f"{entry['positives']} / {entry['negatives']}"
         rows.append(
             f'<tr class="{"kept" if kept else "site"}"><td>{esc(entry["name"])}<br><code>{esc(entry["code"])}</code></td>'
-            f"<td>{counts}</td><td>{esc(entry['target'] or '—')}</td><td>{_number(entry['bundle_threshold'])}</td>"
+            f"<td>{counts}</td><td>{esc(entry['target'] or '—')}</td><td>{entry['bundle_threshold']:.6g}</td>"
             f"<td><b>{threshold}</b></td><td>{_with_interval(entry, 'sensitivity')}</td>"
             f"<td>{_with_interval(entry, 'specificity')}</td><td>{_with_interval(entry, 'auroc')}</td>"
             f"<td>{'bundle threshold kept: ' + esc(entry['reason']) if kept else 'site threshold'}</td></tr>"
