@@ -87,6 +87,7 @@ def test_a_damaged_file_is_kept_in_rejected_with_a_log_line(dicom_site, dicom_di
         ("CHEXNET_DICOM_AE_TITLE", "A" * 17, "CHEXNET_DICOM_AE_TITLE"),
         ("CHEXNET_DICOM_TOKEN_FILE", "", "CHEXNET_DICOM_TOKEN_FILE"),
         ("CHEXNET_DICOM_HEATMAPS", "some", "CHEXNET_DICOM_HEATMAPS"),
+        ("CHEXNET_DICOM_MAPS", "overlay", "CHEXNET_DICOM_MAPS must be one of sc, pm, both"),
     ],
 )
 def test_bad_settings_stop_the_node_with_a_sentence(dicom_site, name, value, fragment):
