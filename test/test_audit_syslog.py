@@ -360,17 +360,17 @@ def test_results_the_node_stores_at_the_pacs_are_audited_as_instances_transferre
     env, node, destination = dicom_site
     repository.start()
     destination.start()
-    node.env.update(_syslog_env(repository.url, pki, tmp_path / "node"), CHEXNET_DICOMWEB_PORT="0")  # STOW-RS off
+    node.env.update(
+        _syslog_env(repository.url, pki, tmp_path / "node"), CHEXNET_DICOMWEB_PORT="0", CHEXNET_DICOM_MAPS="sc"
+    )
     node.start()
     sent = storescu(node.port, "MODALITY", "CHEXNET", dicom_dir / CHEST[1])
     assert sent.returncode == 0, sent.stderr
-    wait_until(lambda: len(destination.received) >= 2, 120, "the SR and capture at the PACS")
-    messages = wait_until(
-        lambda: [m for m in repository.messages() if m.event_id == "110104"] or None, 60, "instances transferred"
-    )
-    messages = repository.wait_for(4)  # start, the prediction, the SR, the capture
+    wait_until(lambda: len(destination.received) >= 2 and not node.files("outgoing"), 120, "every result at the PACS")
+    results = len(destination.received)  # the SR and the capture (STOW-RS in and Parametric Maps are off)
+    messages = repository.wait_for(2 + results)  # the start, the prediction, one per result
     transferred = [m for m in messages if m.event_id == "110104"]
-    assert len(transferred) == 2
+    assert len(transferred) == results
     study = pydicom.dcmread(dicom_dir / CHEST[1], stop_before_pixels=True).StudyInstanceUID
     assert {uid for m in transferred for uid in m.object_ids()} == {study}
     assert sorted(i.get("UID") for m in transferred for i in m.xml.iter("Instance")) == sorted(
@@ -381,4 +381,4 @@ def test_results_the_node_stores_at_the_pacs_are_audited_as_instances_transferre
         roles = {p.find("RoleIDCode").get("csd-code"): p.get("UserID") for p in message.xml.iter("ActiveParticipant")}
         assert roles == {"110153": "CHEXNET", "110152": "PACS"}
     node.stop()
-    assert repository.wait_for(5)[-1].event_type == "110121"
+    assert repository.wait_for(3 + results)[-1].event_type == "110121"

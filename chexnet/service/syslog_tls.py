@@ -7,7 +7,9 @@ octet-counting framing), queued on disk while the repository is away (DESIGN.md 
   TLS, optional), CHEXNET_AUDIT_SYSLOG_QUEUE (the queue folder) and _QUEUE_MAX, CHEXNET_AUDIT_SOURCE_ID.
 - Queue: one file per message, the whole RFC 5424 message as it will be sent, written under a temporary
   name and renamed into place (a reader never sees half a message); names sort in the order made. The
-  caller only writes the file (no network, no fsync), so a prediction is never held up by the repository.
+  caller only writes the file (no network, no fsync), so a prediction is never held up by the repository
+  or the disk; the sender thread fsyncs each new file and the folder as it finds them (a process killed
+  loses nothing queued; a power cut, at most what was queued in the moment before it).
   At CHEXNET_AUDIT_SYSLOG_QUEUE_MAX files a new message is refused (dropped: the older ones keep their
   place), with one log line per episode and chexnet_audit_syslog_dropped_total{reason="queue_full"}.
 - Sender: one background thread, oldest first, over one kept TLS connection; on any failure it closes
@@ -15,7 +17,8 @@ octet-counting framing), queued on disk while the repository is away (DESIGN.md 
   the frame was written whole to the TLS socket (sendall returned). Only then is the file removed, and
   that removal is the sent marker: a restarted process sends what is still there and nothing else.
   Guarantee: at least once from the product's side; a message is sent twice only if the process dies
-  between the write returning and the removal (one message at most); a message written into a
+  between the write returning and the removal (one message at most; the folder is fsynced after each
+  round of removals, so a power cut repeats at most that round); a message written into a
   connection the repository drops before reading it is lost, which is why the connection is checked for
   a close from the repository before every write (the repository never sends application data).
 - Several processes may share a queue folder (only one sends: it holds an flock on ``.lock``).
@@ -179,6 +182,7 @@ class SyslogQueue:
         self._down = False
         self._full = False
         self._thread: threading.Thread | None = None
+        self._synced: set[str] = set()  # queued files already fsynced by the sender thread
         self._clear_temporaries()
         self._depth = len(self._waiting())
         self.sent = Counter(
@@ -266,6 +270,7 @@ class SyslogQueue:
                 self._depth = len(waiting)
                 if self._depth < self.settings.queue_max:
                     self._full = False
+                self._persist(waiting)
                 if not waiting:
                     self._idle()
                 elif not self._hold_lock():
@@ -281,6 +286,23 @@ class SyslogQueue:
         self._close()
         if self._lock_file is not None:
             os.close(self._lock_file)
+
+    def _persist(self, waiting: list[Path]) -> None:
+        """fsync what callers queued (they only write and rename, so as not to wait on the disk): from here on
+        a message survives a power cut too. Best effort: a disk error here is the writer's to report."""
+        fresh = [path for path in waiting if path.name not in self._synced]
+        for path in fresh:
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+            except OSError:
+                continue
+        if fresh:
+            _sync_folder(self.folder)
+        self._synced = {path.name for path in waiting}
 
     def _ending(self) -> bool:
         """Stopping, and nothing left on disk (not the depth counter: a put may be on its way) or no time left."""
@@ -325,6 +347,7 @@ class SyslogQueue:
             with self._lock:
                 self._depth = max(0, self._depth - 1)
             self.sent.inc()
+        _sync_folder(self.folder)  # the removals too: a sent message must not come back after a power cut
         if self._down:
             self._down = False
             log.info("the audit repository is reachable again", extra={"fields": {"repository": self.settings.url}})
@@ -382,6 +405,17 @@ class SyslogQueue:
                     path.unlink()
             except OSError:
                 pass
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError:
+        pass
 
 
 def _closed_by_peer(conn: ssl.SSLSocket, wait_s: float = 0.0) -> bool:
