@@ -89,7 +89,20 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"error: {' '.join(mistakes)}", file=sys.stderr)
         return 2
     triage = Triage.for_model(rules, bundle.id, bundle.manifest.codes)
-    predictor = Predictor(bundle, create_engine(bundle, args.engine, args.device), triage=triage)
+    thresholds = "bundle"
+    if args.site_thresholds:  # as the service applies CHEXNET_SITE_THRESHOLDS (predict runs fp32)
+        from chexnet.site_thresholds import apply_site_thresholds, read_site_thresholds
+
+        site = read_site_thresholds(args.site_thresholds)
+        if site.bundle.id == bundle.id:  # another bundle's file leaves this one's thresholds, as in the service
+            bundle, thresholds = apply_site_thresholds(site, bundle, "fp32", args.site_thresholds), site.tag
+        else:
+            print(
+                f"note: {args.site_thresholds} is for {site.bundle.id}; {bundle.id}'s own thresholds decide",
+                file=sys.stderr,
+            )
+    engine = create_engine(bundle, args.engine, args.device)
+    predictor = Predictor(bundle, engine, triage=triage, thresholds=thresholds)
     predictor.heatmap_selector(options.heatmaps)  # an unknown label code stops here, before any image
     out_dir = Path(args.heatmaps_dir) if args.heatmaps_dir else None
     if out_dir:
@@ -226,6 +239,13 @@ def build_parser(services: Mapping[str, Command] | None = None) -> argparse.Argu
         help=f"default: CHEXNET_ENGINE (each image sets it), else {DEFAULT_ENGINE}",
     )
     predict.add_argument("--device", choices=DEVICES, default="auto")
+    predict.add_argument(
+        "--site-thresholds",
+        metavar="FILE",
+        default=os.environ.get("CHEXNET_SITE_THRESHOLDS") or None,
+        help="python -m chexnet calibrate's site-thresholds.json for this bundle (default: CHEXNET_SITE_THRESHOLDS); "
+        "each JSON line's model.thresholds names it",
+    )
     predict.add_argument("--heatmaps-dir", help="write heatmap overlays here (the JSON gives their paths)")
     predict.add_argument(
         "--heatmaps",

@@ -166,3 +166,25 @@ def test_a_file_that_calibrate_did_not_write_stops_the_start(content, expected, 
         _settings(tmp_path, demo_bundle, path)
     message = str(raised.value)
     assert message.startswith("CHEXNET_SITE_THRESHOLDS: ") and expected in message and str(path) in message
+
+
+def test_predict_on_the_command_line_applies_them_as_the_service_does(site_file, site, demo_bundle, nih_sample, capsys):
+    _, classes, tag = site
+    from chexnet.cli import main
+
+    assert (
+        main(["predict", "--bundle", str(demo_bundle.path), "--site-thresholds", str(site_file), str(nih_sample[0])])
+        == 0
+    )
+    line = json.loads(capsys.readouterr().out)
+    assert line["model"]["thresholds"] == tag
+    assert {f["code"]: f["threshold"] for f in line["findings"]} == {c: e["threshold"] for c, e in classes.items()}
+
+
+def test_predict_refuses_thresholds_made_for_another_version(site_file, demo_bundle, nih_sample, tmp_path, capsys):
+    from chexnet.cli import main
+
+    path = _variant(site_file, tmp_path, version="2.0.0")
+    assert main(["predict", "--bundle", str(demo_bundle.path), "--site-thresholds", str(path), str(nih_sample[0])]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "were made for version 2.0.0, not 0.0.0-demo" in captured.err
