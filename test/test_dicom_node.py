@@ -3,6 +3,7 @@ as the modality, a pynetdicom C-STORE SCP as the destination. Instances are spoo
 is answered, so a SIGKILL right after the sends loses nothing; results wait in the spool while the
 destination is down and arrive once it is up."""
 
+import sqlite3
 import subprocess
 import sys
 
@@ -77,6 +78,16 @@ def test_a_damaged_file_is_kept_in_rejected_with_a_log_line(dicom_site, dicom_di
     wait_until(lambda: list((node.spool / "rejected").glob("*.dcm")), 60, "the damaged file in rejected/")
     assert "rejected a received instance" in node.log.read_text()
     assert destination.received == []
+    # counted with the API's refusals in the /monitor roll-up beside the audit log (written within seconds)
+    wait_until(lambda: _refusals(tmp_path / "monitor.sqlite"), 60, "the rejection in the monitor roll-up")
+    assert all(reason.startswith("dicom_rejected:") for reason in _refusals(tmp_path / "monitor.sqlite"))
+
+
+def _refusals(path) -> list[str]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path, timeout=10) as db:
+        return [key for (key,) in db.execute("SELECT key FROM counts WHERE kind = 'refusal'")]
 
 
 @pytest.mark.parametrize(

@@ -460,6 +460,7 @@ class DicomNode:
         self.audit.write({**record, "event": "dicom_skipped", "warnings": warnings})
         for warning in warnings:
             self.node_metrics.skipped.labels(warning).inc()
+            self._count_refusal(f"dicom_skipped:{warning}")
         self.spool.discard(path)
 
     def _reject(self, path: Path, record: dict, code: str, message: str) -> None:
@@ -477,7 +478,13 @@ class DicomNode:
             },
         )
         self.node_metrics.rejected.labels(code).inc()
+        self._count_refusal(f"dicom_rejected:{code}")
         self._prune()
+
+    def _count_refusal(self, reason: str) -> None:
+        """Into the /monitor roll-up the API shares (beside the audit log), with the API's refusals."""
+        if self.service.monitor is not None:
+            self.service.monitor.refusal(reason)
 
     def _prune(self) -> None:
         with self._prune_lock:

@@ -14,6 +14,7 @@ may share the file: every write adds to the stored counts (upsert), under SQLite
 """
 
 import atexit
+import functools
 import json
 import logging
 import math
@@ -96,6 +97,7 @@ def _tag(value: object, known: tuple[str, ...]) -> str:
     return text if text in known else OTHER
 
 
+@functools.lru_cache(maxsize=256)
 def transfer_syntax_name(uid: str | None) -> str:
     if not uid:
         return ABSENT
