@@ -84,11 +84,17 @@ def _predict(args: argparse.Namespace) -> int:
         heatmaps=args.heatmaps or ("top" if args.heatmaps_dir else "none"), heatmap_format=args.heatmap_format
     )
     bundle = load_bundle(args.bundle)
-    mistakes = unknown(rules, {bundle.id: bundle.manifest.codes}, "--priority-rules")
+    # One bundle here, where the service loads several (the same CHEXNET_PRIORITY_RULES serves both): a rule
+    # scoped to this bundle must name one of its codes; the others that do not apply to it are only noted.
+    mistakes = unknown(
+        [r for r in rules if r.model == bundle.id], {bundle.id: bundle.manifest.codes}, "--priority-rules"
+    )
     if mistakes:
         print(f"error: {' '.join(mistakes)}", file=sys.stderr)
         return 2
     triage = Triage.for_model(rules, bundle.id, bundle.manifest.codes)
+    for rule in [r for r in rules if r not in triage.rules]:
+        print(f"note: --priority-rules rule '{rule.text}' does not apply to bundle {bundle.id}.", file=sys.stderr)
     thresholds = "bundle"
     if args.site_thresholds:  # as the service applies CHEXNET_SITE_THRESHOLDS (predict runs fp32)
         from chexnet.site_thresholds import apply_site_thresholds, read_site_thresholds

@@ -226,8 +226,15 @@ def test_cli_predict_gives_the_priority(demo_bundle, nih_sample, capsys):
     assert main([*args, "--priority-rules", "cxr10:pneumothorax>=0:urgent", str(nih_sample[0])]) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[0])
     assert line["priority"]["level"] == "urgent" and line["priority"]["findings"][0]["code"] == "pneumothorax"
-    assert main([*args, "--priority-rules", "emphysema>=0.5:stat", str(nih_sample[0])]) == 2
-    assert "--priority-rules rule 'emphysema>=0.5:stat' names emphysema" in capsys.readouterr().err
+    assert main([*args, "--priority-rules", "cxr10:emphysema>=0.5:stat", str(nih_sample[0])]) == 2
+    assert "--priority-rules rule 'cxr10:emphysema>=0.5:stat' names emphysema" in capsys.readouterr().err
+    # rules for other bundles (one CHEXNET_PRIORITY_RULES serves the site's several) are noted, not refused
+    assert main([*args, "--priority-rules", "emphysema>=0.5:stat,cxr25:mass>=0.1:urgent", str(nih_sample[0])]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["priority"] == {"level": "routine", "rules": False, "demo": True, "findings": []}
+    assert "rule 'emphysema>=0.5:stat' does not apply to bundle cxr10" in captured.err
+    assert main([*args, "--priority-rules", "pneumothorax>=2:stat", str(nih_sample[0])]) == 2
+    assert "probability 2, outside 0 to 1" in capsys.readouterr().err
 
 
 # --- the DICOM node's send order ----------------------------------------------------------------------
