@@ -6,12 +6,15 @@ or a bad CA stops the start with one sentence; a full queue refuses with a log l
 
 import base64
 import hashlib
+import http.server
+import io
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -382,3 +385,60 @@ def test_results_the_node_stores_at_the_pacs_are_audited_as_instances_transferre
         assert roles == {"110153": "CHEXNET", "110152": "PACS"}
     node.stop()
     assert repository.wait_for(3 + results)[-1].event_type == "110121"
+
+
+class _StowPeer:
+    """A PACS's DICOMweb root that stores every STOW-RS part it is sent (200, no failures), over plain HTTP."""
+
+    def __init__(self):
+        self.stored: list[str] = []
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                part = body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+                peer.stored.append(pydicom.dcmread(io.BytesIO(part)).SOPInstanceUID)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def test_results_the_node_delivers_by_stow_rs_are_audited_with_the_dicomweb_root(
+    dicom_site, dicom_dir, pki, repository, tmp_path
+):
+    env, node, _ = dicom_site
+    peer = _StowPeer()
+    repository.start()
+    node.env.update(
+        _syslog_env(repository.url, pki, tmp_path / "node"),
+        CHEXNET_DICOMWEB_PORT="0",
+        CHEXNET_DICOM_MAPS="sc",
+        CHEXNET_DICOM_DESTINATION="",
+        CHEXNET_DICOMWEB_DESTINATION=peer.url,
+    )
+    try:
+        node.start()
+        assert storescu(node.port, "MODALITY", "CHEXNET", dicom_dir / CHEST[1]).returncode == 0
+        wait_until(lambda: len(peer.stored) >= 2 and not node.files("outgoing"), 120, "the results at the PACS")
+    finally:
+        peer.stop()
+    messages = repository.wait_for(2 + len(peer.stored))
+    transferred = [m for m in messages if m.event_id == "110104"]
+    assert sorted(i.get("UID") for m in transferred for i in m.xml.iter("Instance")) == sorted(peer.stored)
+    for message in transferred:
+        check_audit_message(message.xml)
+        destination = [p for p in message.xml.iter("ActiveParticipant") if p.get("UserIsRequestor") == "false"]
+        assert [(p.get("UserID"), p.get("NetworkAccessPointID")) for p in destination] == [(peer.url, "127.0.0.1")]

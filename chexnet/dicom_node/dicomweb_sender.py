@@ -18,10 +18,12 @@ Authorization header is read from CHEXNET_DICOMWEB_AUTH_FILE for every round (a 
 up) and never logged; https is verified against CHEXNET_DICOMWEB_CA when set, else the system's CAs.
 """
 
+import io
 import logging
 import uuid
 from pathlib import Path
 
+import pydicom
 import requests
 
 from chexnet.dicom_node.sender import Sender, Unreachable, is_permanent, is_stored
@@ -85,6 +87,7 @@ class DicomwebSender(Sender):
             self.spool.discard(path)
             self._retry.pop(path.name, None)
             self.metrics.sent.inc()
+            self.on_stored(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
         elif reason is not None and is_permanent(reason) and not is_stored(reason):
             self._refused(path, reason, f"STOW-RS FailureReason 0x{reason:04X} (HTTP {status})")
         elif reason is None and status in _PERMANENT_HTTP:

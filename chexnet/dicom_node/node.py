@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +121,7 @@ class DicomNode:
         self._work = threading.Event()
         self._outgoing = threading.Event()
         self.sender = self._sender()
-        if isinstance(self.sender, Sender) and node.destination is not None:
-            destination = node.destination
-            self.sender.on_stored = functools.partial(
-                self.service.atna.results_sent, node.ae_title, destination.ae_title, destination.host
-            )
+        self.sender.on_stored = self._audit_stored()
         self._moved = {queue: time.monotonic() for queue in ("incoming", "outgoing")}
         self._thread_failure_logged = 0.0
         self._prune_lock = threading.Lock()
@@ -201,6 +198,15 @@ class DicomNode:
 
             return DicomwebSender(*parts)
         return Sender(*parts)
+
+    def _audit_stored(self):
+        """What the sender calls with each result the PACS stored: a DICOM Instances Transferred message for
+        the audit repository (chexnet.service.atna), naming the PACS by AE title or by its DICOMweb root."""
+        node, atna = self.node, self.service.atna
+        if node.destination is not None:
+            return functools.partial(atna.results_sent, node.ae_title, node.destination.ae_title, node.destination.host)
+        web = node.dicomweb.destination or ""
+        return functools.partial(atna.results_sent, node.ae_title, web, urllib.parse.urlsplit(web).hostname or "")
 
     def _start_stow(self) -> None:
         """STOW-RS in (:mod:`chexnet.dicom_node.stow`): the same spool, bounds and checks as C-STORE."""
