@@ -55,12 +55,13 @@ done
 
 log "staging ${STAGE}"
 rm -rf "${STAGE}"
-mkdir -p "${STAGE}"/{images,scripts,docs,license/keys}
+mkdir -p "${STAGE}"/{images,scripts,docs,prometheus,license/keys}
 install -m 755 "${ROOT}"/deployment_template/install.sh "${ROOT}"/deployment_template/install.ps1 "${STAGE}/"
 install -m 644 "${ROOT}"/deployment_template/{docker-compose.yml,docker-compose.gpu.yml,docker-stack.yml,docker-stack.gpu.yml,docker-stack.ports.yml,.env.example,README.md} "${STAGE}/"
 install -m 755 "${ROOT}"/scripts/{preflight.sh,load-images.sh,product-uuid.sh,swarm-node.sh,swarm-deploy.sh} "${STAGE}/scripts/"
 install -m 644 "${ROOT}"/scripts/{lib.sh,package-trust.sh,versions.env,preflight.ps1,load-images.ps1,package-trust.ps1,product-uuid.ps1} "${STAGE}/scripts/"
 install -m 644 "${ROOT}"/README.md "${ROOT}"/BENCHMARKS.md "${STAGE}/docs/"
+install -m 644 "${ROOT}"/deployment_template/prometheus/chexnet-alerts.yml "${STAGE}/prometheus/"  # for sites that run Prometheus
 install -m 644 "${SIGNING_CERT}" "${STAGE}/vendor_package.crt"
 # The API trusts a directory of <kid>.pem (key rotation); kid = sha256 of the raw public key, 16 hex.
 KID="$(openssl pkey -pubin -in "${LICENSE_KEY}" -outform DER | tail -c 32 | sha256sum | cut -c1-16)"
