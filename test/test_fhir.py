@@ -6,6 +6,7 @@ in R4 and R4B for every element used). The service builds plain dicts; fhir.reso
 import dataclasses
 import json
 
+import jsonschema
 import pydicom
 import pytest
 from fhir.resources.R4B.device import Device
@@ -103,6 +104,21 @@ def test_dicom_by_accept_header_references_the_study_and_no_patient(client, fhir
     for identifier in (str(source.get("PatientID") or ""), str(source.get("PatientName") or "")):
         assert not identifier or identifier not in text
     assert "subject" not in body
+
+
+def test_the_openapi_document_describes_the_fhir_answer(client, fhir_env, nih_sample):
+    """The served document lists application/fhir+json for POST /predict, and a real report fits its schema."""
+    document = client.get("/api/v1/openapi.json").get_json()
+    content = document["paths"]["/api/v1/predict"]["post"]["responses"]["200"]["content"]
+    schema = content[FHIR_JSON]["schema"]
+    body, _ = report_of(predict(client, fhir_env, nih_sample[0].read_bytes(), "?output=fhir"))
+    jsonschema.Draft202012Validator({**schema, "components": document["components"]}).validate(body)
+    assert (
+        "fhir"
+        in next(p for p in document["paths"]["/api/v1/predict"]["post"]["parameters"] if p["name"] == "output")[
+            "schema"
+        ]["enum"]
+    )
 
 
 def test_errors_for_fhir_requests_stay_json_errors(client, fhir_env):
