@@ -188,3 +188,9 @@ def test_predict_refuses_thresholds_made_for_another_version(site_file, demo_bun
     assert main(["predict", "--bundle", str(demo_bundle.path), "--site-thresholds", str(path), str(nih_sample[0])]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "were made for version 2.0.0, not 0.0.0-demo" in captured.err
+
+
+def test_settings_holding_site_thresholds_compare_and_hash_as_before(site_env):
+    settings = site_env.settings
+    assert settings.site is not None and hash(settings) == hash(settings)
+    assert settings == settings.__class__(**{**settings.__dict__, "site": None})  # the path compares, not the copy

@@ -5,6 +5,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,8 @@ class Settings:
     monitor_flush_s: float = 10.0  # how often the roll-up is written (a crash loses at most this much of it)
     dicom_maps: str = "both"  # CHEXNET_DICOM_MAPS: heatmaps as secondary captures (sc), Parametric Maps (pm) or both
     site_thresholds: str | None = None  # CHEXNET_SITE_THRESHOLDS: the file python -m chexnet calibrate wrote
-    site: SiteThresholds | None = None  # that file, read and checked (schema, content hash) at start
+    # that file, read and checked (schema, content hash) at start; not compared (nor hashed: it holds lists)
+    site: SiteThresholds | None = dataclass_field(default=None, compare=False)
 
     @classmethod
     def from_env(
