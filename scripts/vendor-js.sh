@@ -4,16 +4,17 @@
 # there by hand is used without a network), checked against its sha512 integrity and licence, and the one
 # file the pages load is copied out with the package's licence text. Run by make (test, up) and
 # scripts/build-images.sh before the wheel is built; the service never fetches anything at run time.
-# Usage: scripts/vendor-js.sh            Env: NPM=npm (the npm client; its registry settings apply)
+# Usage: scripts/vendor-js.sh            Env: NPM=npm (the npm client; its registry settings apply);
+#        VENDOR_JS_LIST, VENDOR_JS_CACHE, VENDOR_JS_OUT (the list, the tarball cache, the output folder: tests)
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=lib.sh
 source "${ROOT}/scripts/lib.sh"
 trap_errors
 
-LIST="${ROOT}/requirements/js-packages.txt"
-CACHE="${ROOT}/build/vendor-js"
-OUT="${ROOT}/chexnet/api/vendor"
+LIST="${VENDOR_JS_LIST:-${ROOT}/requirements/js-packages.txt}"
+CACHE="${VENDOR_JS_CACHE:-${ROOT}/build/vendor-js}"
+OUT="${VENDOR_JS_OUT:-${ROOT}/chexnet/api/vendor}"
 NPM="${NPM:-npm}"
 mkdir -p "${CACHE}" "${OUT}"
 
@@ -48,7 +49,7 @@ vendor() {
     || tar -xzOf "${tarball}" package/LICENSE >"${OUT}/${name//\//-}.LICENSE.md"
   mv "${target}.tmp" "${target}"
   printf '%s' "${integrity}" >"${stamp}"
-  log "vendored ${name} ${version} (${licence}) → chexnet/api/vendor/${file##*/}"
+  log "vendored ${name} ${version} (${licence}) → ${target}"
 }
 
 while read -r name version integrity file licence rest; do

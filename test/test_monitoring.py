@@ -3,10 +3,16 @@ predictions, no patient data in the file, several processes adding to one file, 
 (site calibration or first days) and PSI, the chexnet_score_psi gauge, GET /api/v1/monitor, and the alert rules
 file (YAML; promtool where installed)."""
 
+import base64
+import hashlib
+import io
 import json
 import multiprocessing
+import os
 import shutil
 import sqlite3
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pydicom
@@ -302,11 +308,85 @@ PROMTOOL = shutil.which("promtool")
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian's prometheus package)")
 def test_alert_rules_pass_promtool_check_and_unit_tests():
-    import subprocess
-
     check = subprocess.run([PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     tests = subprocess.run(
         [PROMTOOL, "test", "rules", ALERT_TESTS.name], capture_output=True, text=True, cwd=ALERT_TESTS.parent
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+# --- the chart library, vendored at build time ----------------------------------------------------------
+VENDOR_JS = ROOT / "scripts" / "vendor-js.sh"
+
+
+def _npm_tarball(licence: str = "MIT", script: bytes = b"window.Chart = function () {};\n") -> bytes:
+    """An npm package tarball as the registry serves it (package/ inside)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        for name, data in (
+            ("package/package.json", json.dumps({"name": "fake", "version": "1.0.0", "license": licence}).encode()),
+            ("package/dist/chart.umd.min.js", script),
+            ("package/LICENSE.md", b"The MIT License\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _integrity(data: bytes) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+
+
+def _vendor(tmp_path: Path, pinned: bytes, served: bytes, licence: str = "MIT") -> subprocess.CompletedProcess:
+    """scripts/vendor-js.sh with a list pinning PINNED's integrity and an npm that serves SERVED."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "served.tgz").write_bytes(served)
+    npm = tmp_path / "npm"
+    npm.write_text(f'#!/bin/sh\ncp "{tmp_path / "served.tgz"}" ./fake-1.0.0.tgz\n')
+    npm.chmod(0o755)
+    listing = tmp_path / "js-packages.txt"
+    listing.write_text(f"# test\nfake 1.0.0 {_integrity(pinned)} dist/chart.umd.min.js {licence}\n")
+    env = {
+        **os.environ,
+        "NPM": str(npm),
+        "VENDOR_JS_LIST": str(listing),
+        "VENDOR_JS_CACHE": str(tmp_path / "cache"),
+        "VENDOR_JS_OUT": str(tmp_path / "vendor"),
+    }
+    return subprocess.run(["bash", str(VENDOR_JS)], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_vendor_js_takes_the_pinned_tarball_once(tmp_path):
+    package = _npm_tarball()
+    run = _vendor(tmp_path, package, package)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "vendor" / "chart.umd.min.js").read_bytes() == b"window.Chart = function () {};\n"
+    assert (tmp_path / "vendor" / "fake.LICENSE.md").read_text().startswith("The MIT License")
+    (tmp_path / "served.tgz").write_bytes(b"the registry is gone")  # vendored: nothing is fetched again
+    again = _vendor(tmp_path, package, b"the registry is gone")
+    assert again.returncode == 0 and "npm pack" not in again.stderr
+
+
+def test_vendor_js_refuses_other_bytes_and_another_licence(tmp_path):
+    pinned = _npm_tarball()
+    tampered = _vendor(tmp_path / "a", pinned, _npm_tarball(script=b"alert('changed');\n"))
+    assert tampered.returncode != 0 and "does not match the pinned integrity" in tampered.stderr
+    assert not (tmp_path / "a" / "vendor" / "chart.umd.min.js").exists()
+    gpl = _npm_tarball(licence="GPL-3.0")
+    refused = _vendor(tmp_path / "b", gpl, gpl)
+    assert refused.returncode != 0 and "declares licence 'GPL-3.0', not the MIT pinned" in refused.stderr
+    assert not (tmp_path / "b" / "vendor" / "chart.umd.min.js").exists()
+
+
+def test_a_build_without_the_chart_library_says_so(monitored, tmp_path, monkeypatch):
+    env, app = monitored
+    import chexnet.api.monitor as monitor_route
+
+    monkeypatch.setattr(monitor_route, "VENDOR_FOLDER", str(tmp_path))
+    body = assert_error(app.test_client().get("/monitor/chart.js"), 404, "not_found")
+    assert "scripts/vendor-js.sh" in body["error"]["message"]
+    monkeypatch.undo()
+    served = app.test_client().get("/monitor/chart.js")
+    assert served.status_code == 200 and b"Chart" in served.data[:2000]
