@@ -194,3 +194,11 @@ def test_settings_holding_site_thresholds_compare_and_hash_as_before(site_env):
     settings = site_env.settings
     assert settings.site is not None and hash(settings) == hash(settings)
     assert settings == settings.__class__(**{**settings.__dict__, "site": None})  # the path compares, not the copy
+
+
+def test_the_monitor_takes_the_calibration_scores_as_its_reference(site_file, demo_bundle):
+    from chexnet.service.monitoring import site_reference
+
+    reference = site_reference(str(site_file))
+    assert set(reference) == {"cxr10"} and set(reference["cxr10"]) == set(demo_bundle.manifest.codes)
+    assert all(len(counts) == 20 and sum(counts) == 40 for counts in reference["cxr10"].values())
