@@ -17,7 +17,9 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -25,8 +27,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from api_helpers import make_env, predict, ready_app
+from chexnet.predictor import Caller
 from chexnet.service import SettingsError
-from chexnet.service.atna import AuditSource, application_activity
+from chexnet.service.atna import AuditSource, application_activity, instances_accessed
 from chexnet.service.syslog_tls import AuditSyslogSettings, SyslogQueue
 from dicom_node_helpers import CHEST, free_port
 from dicom_tools import storescu
@@ -442,3 +445,22 @@ def test_results_the_node_delivers_by_stow_rs_are_audited_with_the_dicomweb_root
         check_audit_message(message.xml)
         destination = [p for p in message.xml.iter("ActiveParticipant") if p.get("UserIsRequestor") == "false"]
         assert [(p.get("UserID"), p.get("NetworkAccessPointID")) for p in destination] == [(peer.url, "127.0.0.1")]
+
+
+def test_values_from_a_dicom_header_cannot_break_the_xml_or_leak_patient_data():
+    header = pydicom.Dataset()
+    with pytest.warns(UserWarning, match="VR UI"):  # pydicom keeps it, as a header read from a file would
+        header.StudyInstanceUID = "1.2.3\x01\n<!-- x -->" + "9" * 400
+    header.SOPClassUID, header.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", "1.2.3.4"
+    header.PatientName, header.PatientID = "Doe^Jane", "MRN-4711"
+    model = SimpleNamespace(id="cxr10", version="1.0.0")
+    prediction = SimpleNamespace(model=model, source=header, input_sha256="0" * 64)
+    caller = Caller("req-1", "pacs-1\x00\x1b[31m", "General Hospital")
+    message = instances_accessed(AuditSource("site", "chexnet-api"), prediction, caller)
+    root = ET.fromstring(message)  # well-formed
+    check_audit_message(root)
+    text = message.decode()
+    assert "Doe" not in text and "MRN-4711" not in text and "\x1b" not in text and "\x01" not in text
+    (study,) = [o.get("ParticipantObjectID") for o in root.iter("ParticipantObjectIdentification")]
+    assert study.startswith("1.2.3<!-- x -->") and len(study) <= 256
+    assert root.find("ActiveParticipant").get("UserID") == "pacs-1[31m"

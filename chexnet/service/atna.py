@@ -22,6 +22,7 @@ import base64
 import datetime as dt
 import logging
 import os
+import re
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ STUDY_UID = ("110180", "Study Instance UID")
 INPUT_SHA256 = ("input-sha256", "SHA-256 of the input file")  # the product's own code (codeSystemName CHEXNET)
 
 SUCCESS, MINOR_FAILURE = "0", "4"
+MAX_VALUE = 256  # characters of one attribute value (a UID is at most 64)
+_NOT_XML = re.compile("[^\u0020-\u007e\u00a0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 SERVER_PROCESS = "4"  # AuditSourceTypeCode: application server process
 
 
@@ -144,9 +147,8 @@ def _finish(root: ET.Element, source: AuditSource) -> ET.Element:
 
 def _detail(parent: ET.Element, name: str, value: str | None) -> None:
     if value:
-        ET.SubElement(
-            parent, "ParticipantObjectDetail", {"type": name, "value": base64.b64encode(value.encode()).decode()}
-        )
+        encoded = base64.b64encode(_clean(value).encode()).decode()
+        ET.SubElement(parent, "ParticipantObjectDetail", {"type": name, "value": encoded})
 
 
 def _study(
@@ -167,7 +169,18 @@ def _study(
 
 
 def _xml(root: ET.Element) -> bytes:
+    """One line of UTF-8 XML. Values that came from outside (a DICOM header's UIDs, a token's subject) lose
+    what XML 1.0 cannot carry or a log viewer would act on (control characters) and are cut to a bound."""
+    for element in root.iter():
+        # a detail's value is base64 already (of a value cleaned in _detail)
+        element.attrib = {name: v if name == "value" else _clean(v) for name, v in element.attrib.items()}
+        if element.text:
+            element.text = _clean(element.text)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True).replace(b"\n", b"")
+
+
+def _clean(value: str) -> str:
+    return _NOT_XML.sub("", value)[:MAX_VALUE].strip()
 
 
 # --- the events -------------------------------------------------------------------------------------
