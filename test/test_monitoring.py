@@ -285,6 +285,18 @@ def test_monitor_off_is_a_503_with_the_setting(tmp_path, demo_bundle):
     assert "CHEXNET_MONITOR_DB" in body["error"]["message"] and response.headers["Retry-After"]
 
 
+def test_a_damaged_rollup_file_leaves_predictions_working(tmp_path, demo_bundle, nih_sample):
+    (tmp_path / "monitor.sqlite").write_bytes(b"not a database, " * 1000)
+    env = make_env(tmp_path, demo_bundle.path)
+    app = ready_app(env)
+    client = app.test_client()
+    assert predict(client, env, nih_sample[0].read_bytes()).status_code == 200
+    body = assert_error(
+        client.get("/api/v1/monitor", headers=env.auth()), 503, "monitor_unavailable", "/api/v1/monitor", "get"
+    )
+    assert "CHEXNET_MONITOR_DB" in body["error"]["message"] and "monitor.sqlite" in body["error"]["message"]
+
+
 def test_monitor_settings_are_checked_at_start(tmp_path, demo_bundle):
     from chexnet.service import SettingsError
 

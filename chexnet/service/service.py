@@ -286,7 +286,7 @@ class Service:
         except (OSError, sqlite3.Error) as exc:
             self.monitor_problem = (
                 f"The monitoring roll-up {path} cannot be opened ({exc}); check CHEXNET_MONITOR_DB and that "
-                "its folder is writable."
+                "its folder is writable, or move a damaged file aside to start a new roll-up."
             )
             log.error("%s", self.monitor_problem)
             return

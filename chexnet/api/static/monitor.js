@@ -94,7 +94,7 @@ function renderModel(model, body) {
     type: "line",
     data: { labels, datasets: model.classes.map((cls, i) => ({ label: cls.code, data: cls.positive_rate_by_hour, spanGaps: true,
       borderColor: "hsl(" + (i * 360 / model.classes.length) + ",60%,45%)", pointRadius: 1 })) },
-    options: { plugins: { title: { display: true, text: "Positive rate per hour (share of predictions above the threshold)" },
+    options: { plugins: { title: { display: true, text: "Positive rate per hour, UTC (share of predictions above the threshold)" },
       legend: { position: "right", labels: { boxWidth: 10 } } },
       scales: { y: { beginAtZero: true, max: 1 } } },
   });
@@ -105,7 +105,7 @@ function renderModel(model, body) {
       { label: "p99 ms", data: lat.p99_by_hour, borderColor: "#c24a4a", spanGaps: true },
       { label: "predictions", data: model.predictions_by_hour, type: "bar", yAxisID: "count", backgroundColor: "rgba(120,120,120,.3)" },
     ] },
-    options: { plugins: { title: { display: true, text: "Latency per hour, decode to heatmap (approximate p50/p99) and predictions" } },
+    options: { plugins: { title: { display: true, text: "Latency per hour, UTC: decode to heatmap (approximate p50/p99) and predictions" } },
       scales: { y: { beginAtZero: true, title: { display: true, text: "ms" } }, count: { position: "right", beginAtZero: true, grid: { display: false } } } },
   });
 
