@@ -111,26 +111,36 @@ def test_a_clear_text_url_or_unusable_tls_file_stops_the_start_with_one_sentence
     assert "\n" not in message and message.endswith(".")
 
 
-def test_the_api_process_does_not_start_with_a_clear_text_syslog_url(tmp_path, demo_bundle, pki):
+@pytest.mark.parametrize(
+    "command, syslog, ca, refusal",
+    [
+        ("serve", "udp://audit.hospital.local:514", "ca.pem", "error: CHEXNET_AUDIT_SYSLOG must be tls://"),
+        ("dicom-node", "tls://audit.hospital.local:6514", "absent.pem", "error: CHEXNET_AUDIT_SYSLOG_CA '"),
+    ],
+)
+def test_the_api_and_the_node_do_not_start_with_a_clear_text_url_or_a_missing_ca(
+    tmp_path, demo_bundle, pki, command, syslog, ca, refusal
+):
     env = make_env(tmp_path, demo_bundle.path)
     run = subprocess.run(
-        [sys.executable, "-m", "chexnet", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "chexnet", command],
         env={
             **os.environ,
             "CHEXNET_MODELS_DIR": env.settings.models_dir,
             "CHEXNET_LICENSE_KEYS": env.settings.license_keys,
             "CHEXNET_PRODUCT_UUID_FILE": env.settings.product_uuid_file,
             "CHEXNET_AUDIT_LOG": str(tmp_path / "audit.jsonl"),
-            "CHEXNET_AUDIT_SYSLOG": "udp://audit.hospital.local:514",
-            "CHEXNET_AUDIT_SYSLOG_CA": str(pki.ca),
+            "CHEXNET_PORT": str(free_port()),
+            "CHEXNET_AUDIT_SYSLOG": syslog,
+            "CHEXNET_AUDIT_SYSLOG_CA": str(pki.ca.parent / ca),
         },
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert run.returncode == 2
-    assert run.stderr.startswith("error: CHEXNET_AUDIT_SYSLOG must be tls://") and run.stderr.count("\n") == 1
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith(refusal) and run.stderr.count("\n") == 1, run.stderr
 
 
 # --- what arrives --------------------------------------------------------------------------------------
