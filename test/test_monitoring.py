@@ -31,6 +31,7 @@ from chexnet.service.monitoring import (
     approximate_quantile,
     psi,
     score_bin,
+    site_bundle_version,
     site_reference,
 )
 from sample_data import ROOT
@@ -208,12 +209,15 @@ def test_site_calibration_histograms_are_the_reference(tmp_path, demo_bundle):
     )
     reference = site_reference(str(site))
     assert reference == {"cxr10": {"pneumothorax": histogram}}
-    rollup = Rollup(MonitorSettings(str(tmp_path / "m.sqlite")), reference, clock=Clock(), start_thread=False)
+    rollup = Rollup(
+        MonitorSettings(str(tmp_path / "m.sqlite")), reference, site_bundle_version(str(site)), Clock(), False
+    )
     for _ in range(PSI_MIN_COUNT):
         rollup.observe(_prediction({"pneumothorax": 0.12}, demo_bundle))  # bin 2, as the calibration set
     rollup.flush()
     assert rollup.reference("cxr10").source == "site"
     assert rollup.drift("cxr10") == {"pneumothorax": 0.0}
+    assert rollup.reference("cxr10", "2.0.0").source == "first_days"  # measured on another version
     assert site_reference(str(tmp_path / "absent.json")) == {}
     (tmp_path / "no-histograms.json").write_text(json.dumps({"bundle": {"id": "cxr10"}, "classes": []}))
     assert site_reference(str(tmp_path / "no-histograms.json")) == {}

@@ -166,6 +166,18 @@ def site_reference(path: str | None) -> dict[str, dict[str, list[int]]]:
     return {model: found} if found else {}
 
 
+def site_bundle_version(path: str | None) -> str | None:
+    """The bundle version a site-thresholds.json was measured on: its histograms are the reference of that
+    version only (a new version gathers its own first days)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8")) if path else None
+    except (OSError, ValueError):
+        return None
+    bundle = doc.get("bundle") if isinstance(doc, dict) else None
+    version = bundle.get("version") if isinstance(bundle, dict) else None
+    return version if isinstance(version, str) else None
+
+
 @dataclass(frozen=True)
 class MonitorSettings:
     path: str
@@ -183,11 +195,13 @@ class Rollup:
         self,
         settings: MonitorSettings,
         site: dict[str, dict[str, list[int]]] | None = None,
+        site_version: str | None = None,
         clock: Callable[[], float] = time.time,
         start_thread: bool = True,
     ):
         self.settings = settings
         self.site = site or {}
+        self.site_version = site_version  # None: the site histograms hold for any version
         self.clock = clock
         self._lock = threading.Lock()  # the pending counts
         self._db_lock = threading.Lock()  # the connection
@@ -318,7 +332,7 @@ class Rollup:
     def reference(self, model: str, version: str | None = None) -> "Reference":
         """The site calibration's histograms when loaded for this model, else the first reference_days of data
         of the model's current version (frozen in the file once those days are over)."""
-        if model in self.site:
+        if model in self.site and (self.site_version is None or version in (None, self.site_version)):
             return Reference("site", self.site[model], None, None, True)
         days = self.settings.reference_days
         if version is None:

@@ -24,7 +24,15 @@ from chexnet.options import PredictOptions
 from chexnet.predictor import Caller, Prediction, Predictor, batch_forward
 from chexnet.service.atna import AtnaAudit
 from chexnet.service.audit import AuditLog
-from chexnet.service.monitoring import DriftCollector, LoadedInfo, MonitorSettings, Rollup, report, site_reference
+from chexnet.service.monitoring import (
+    DriftCollector,
+    LoadedInfo,
+    MonitorSettings,
+    Rollup,
+    report,
+    site_bundle_version,
+    site_reference,
+)
 from chexnet.service.observability import Metrics
 from chexnet.service.settings import Settings
 from chexnet.site_thresholds import BUNDLE_THRESHOLDS, apply_site_thresholds
@@ -282,6 +290,7 @@ class Service:
             self.monitor = Rollup(
                 MonitorSettings(path, s.monitor_reference_days, s.monitor_retention_days, s.monitor_flush_s),
                 site_reference(getattr(s, "site_thresholds", None)),
+                site_bundle_version(getattr(s, "site_thresholds", None)),
             )
         except (OSError, sqlite3.Error) as exc:
             self.monitor_problem = (
