@@ -7,6 +7,7 @@ import requests
 
 from api_helpers import LiveServer, make_env, ready_app
 from browser_helpers import chromium, watched_page
+from sample_data import ROOT
 
 # The share of a canvas's pixels that are not transparent: a drawn chart has axes, bars and lines.
 INK = """(canvas) => {
@@ -17,8 +18,12 @@ INK = """(canvas) => {
 }"""
 
 
+CHART_JS = ROOT / "chexnet" / "api" / "vendor" / "chart.umd.min.js"
+
+
 @pytest.fixture()
 def live(tmp_path, demo_bundle):
+    assert CHART_JS.is_file(), "the chart library is not vendored: run scripts/vendor-js.sh (make test does)"
     env = make_env(tmp_path, demo_bundle.path)
     server = LiveServer(ready_app(env))
     try:
