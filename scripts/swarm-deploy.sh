@@ -7,7 +7,7 @@
 # the new version is healthy, or until Swarm has rolled an update back (then exit 1) → smoke prediction.
 #
 # Usage: sudo scripts/swarm-deploy.sh (--vendor-key vendor_package.crt | --vendor-fingerprint HEX)
-#            --nodes nodes.txt [--token-file FILE] [--dir /opt/chexnet] [--replicas 2]
+#            --nodes nodes.txt [--token-file FILE] [--dir /opt/chexnet] [--replicas 2] [--site-thresholds FILE]
 #            [--package chexnet-offline-<version>-<variant>.tar.gz] [--allow-downgrade]
 #            [--hostname NAME] [--https-port 443] [--http-port 80] [--no-publish] [--timeout 900]
 #   nodes.txt: the line scripts/swarm-node.sh printed on each node, '<node hostname> <product_uuid>'.
@@ -27,6 +27,7 @@ VENDOR_KEY=""
 VENDOR_FINGERPRINT=""
 NODES=""
 TOKEN_FILE=""
+SITE_THRESHOLDS=""
 PUBLISH=1
 TIMEOUT=900
 declare -A SETTINGS=()  # .env keys set on the command line
@@ -38,6 +39,8 @@ while [[ $# -gt 0 ]]; do
     --package) PACKAGE_FILE="$2"; shift 2 ;;
     --allow-downgrade) ALLOW_DOWNGRADE=1; shift ;;
     --token-file) TOKEN_FILE="$2"; shift 2 ;;
+    --site-thresholds)  # python -m chexnet calibrate's file: into license/, then a config of the stack
+      SITE_THRESHOLDS="$2"; SETTINGS[CHEXNET_SITE_THRESHOLDS]=/etc/chexnet/license/site-thresholds.json; shift 2 ;;
     --dir) DIR="$2"; shift 2 ;;
     --replicas) [[ "$2" =~ ^[1-9][0-9]?$ ]] || die "--replicas must be a number of API tasks from 1 to 99."
                 SETTINGS[API_REPLICAS]="$2"; shift 2 ;;
@@ -62,6 +65,8 @@ done
 check_site_file "${NODES}" "${SUDO_UID:-0}"
 NODE_LIST="$(dd if="${NODES}" iflag=nofollow,nonblock status=none)" || die "--nodes ${NODES} was replaced while it was read; run this again."
 [[ -z "${TOKEN_FILE}" ]] || check_site_file "${TOKEN_FILE}" "${SUDO_UID:-0}"
+[[ -z "${SITE_THRESHOLDS}" || -r "${SITE_THRESHOLDS}" ]] || die "--site-thresholds ${SITE_THRESHOLDS} cannot be read."
+[[ -z "${SITE_THRESHOLDS}" ]] || check_site_file "${SITE_THRESHOLDS}" "${SUDO_UID:-0}"
 
 check_swarm() {
   local state node
@@ -125,7 +130,7 @@ certificate() {
 }
 
 configure() {
-  local key file
+  local key file said
   log "configuring ${DIR}"
   mkdir -p "${DIR}"/{license/keys,certs,swarm}
   for file in docker-stack.yml docker-stack.gpu.yml docker-stack.ports.yml .env.example; do
@@ -147,6 +152,22 @@ configure() {
     copy_site_file "${DIR}/license/revocations.jwt" "${DIR}/swarm/revocations.jwt"
   else
     echo "# no revocation list on this site" > "${DIR}/swarm/revocations.jwt"  # Swarm refuses an empty config
+  fi
+  # The site's thresholds (install.sh's file, or --site-thresholds), checked by the product's own reader in
+  # the image this deploy runs; which bundle they fit is checked as each API task loads it.
+  if [[ -n "${SITE_THRESHOLDS}" ]]; then
+    copy_site_file "${SITE_THRESHOLDS}" "${DIR}/license/site-thresholds.json" "${SUDO_UID:-0}"
+    chmod 644 "${DIR}/license/site-thresholds.json"
+  fi
+  if [[ -e "${DIR}/license/site-thresholds.json" || -L "${DIR}/license/site-thresholds.json" ]]; then
+    copy_site_file "${DIR}/license/site-thresholds.json" "${DIR}/swarm/site-thresholds.json"
+    chmod 644 "${DIR}/swarm/site-thresholds.json"
+    said="$(docker run --rm --network none -v "${DIR}/swarm/site-thresholds.json:/check/site-thresholds.json:ro" \
+      "${IMAGES[0]}" python -m chexnet.site_thresholds /check/site-thresholds.json "${DIR}/license/site-thresholds.json" 2>&1)" \
+      || die "--site-thresholds cannot be used: ${said}"
+    log "site thresholds ${said}"
+  else
+    echo "# no site thresholds on this site" > "${DIR}/swarm/site-thresholds.json"  # read only if .env names it
   fi
   certificate
 }
@@ -174,8 +195,9 @@ export_settings() {
   done < <(grep -ho '\${[A-Z][A-Z0-9_]*' "${DIR}"/docker-stack*.yml | cut -c3- | sort -u)
   sha() { sha256sum "${DIR}/$1" | cut -c1-12; }
   LICENSE_KEYS_SHA="$(sha swarm/license-keys.pem)"; PRODUCT_UUIDS_SHA="$(sha swarm/product_uuids)"
+  SITE_THRESHOLDS_SHA="$(sha swarm/site-thresholds.json)"
   REVOCATIONS_SHA="$(sha swarm/revocations.jwt)"; TLS_CERTIFICATE_SHA="$(sha swarm/server.crt)"; TLS_KEY_SHA="$(sha swarm/server.key)"
-  export LICENSE_KEYS_SHA PRODUCT_UUIDS_SHA REVOCATIONS_SHA TLS_CERTIFICATE_SHA TLS_KEY_SHA
+  export LICENSE_KEYS_SHA PRODUCT_UUIDS_SHA REVOCATIONS_SHA TLS_CERTIFICATE_SHA TLS_KEY_SHA SITE_THRESHOLDS_SHA
 }
 
 # SERVICE converged on this deploy → 0; rolled back by Swarm → 1; else wait up to TIMEOUT.

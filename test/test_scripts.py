@@ -291,7 +291,14 @@ def _stack_config(tmp_path, env_overrides: dict, hashes: bool = True, gpu: bool 
         env.update(
             {
                 f"{name}_SHA": f"{name.lower()}12"
-                for name in ("LICENSE_KEYS", "PRODUCT_UUIDS", "REVOCATIONS", "TLS_CERTIFICATE", "TLS_KEY")
+                for name in (
+                    "LICENSE_KEYS",
+                    "PRODUCT_UUIDS",
+                    "REVOCATIONS",
+                    "TLS_CERTIFICATE",
+                    "TLS_KEY",
+                    "SITE_THRESHOLDS",
+                )
             }
         )
     env.update(env_overrides, DOCKER_HOST="unix:///nonexistent")
@@ -866,6 +873,28 @@ def test_swarm_deploy_hands_swarm_root_s_copies_of_the_site_files(swarm_site):
     assert (site / "swarm/server.key").stat().st_mode & 0o077 == 0
     assert "\nTLS_KEY_SHA=" in (folder / "deployed.env").read_text()
     assert (site / ".package-sequence").read_text() == "100 0.0.1\n"
+
+
+def test_swarm_deploy_hands_the_stack_the_site_thresholds_as_a_config(swarm_site, tmp_path):
+    deploy, site, folder = swarm_site
+    tag = _site_thresholds(tmp_path / "site-thresholds.json")
+    result = deploy("--site-thresholds", tmp_path / "site-thresholds.json")
+    assert result.returncode == 0, result.stderr
+    assert (folder / "deployed/site-thresholds.json").read_bytes() == (tmp_path / "site-thresholds.json").read_bytes()
+    assert "CHEXNET_SITE_THRESHOLDS=/etc/chexnet/license/site-thresholds.json\n" in (site / ".env").read_text()
+    deployed_env = (folder / "deployed.env").read_text()
+    assert "\nCHEXNET_SITE_THRESHOLDS=/etc/chexnet/license/site-thresholds.json\n" in deployed_env
+    assert "\nSITE_THRESHOLDS_SHA=" in deployed_env and f"site thresholds {tag} for cxr10" in result.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    error = _one_error(deploy("--site-thresholds", tmp_path / "bad.json"))
+    assert error.startswith("error: --site-thresholds cannot be used: ") and "is not readable JSON" in error
+
+
+def test_swarm_deploy_without_site_thresholds_hands_a_placeholder_no_task_reads(swarm_site):
+    deploy, site, folder = swarm_site
+    assert deploy().returncode == 0
+    assert (folder / "deployed/site-thresholds.json").read_text() == "# no site thresholds on this site\n"
+    assert "\nCHEXNET_SITE_THRESHOLDS=\n" in (folder / "deployed.env").read_text()
 
 
 def test_swarm_deploy_refuses_an_older_package_than_the_one_deployed(swarm_site):
