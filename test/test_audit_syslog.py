@@ -89,6 +89,7 @@ TLS_URL = "tls://audit.hospital.local:6514"
             "CHEXNET_AUDIT_SYSLOG_CERT",
             "cannot be loaded",
         ),
+        ({"": TLS_URL, "_CA": "{ca}", "_QUEUE": "{not_pem}/queue"}, "CHEXNET_AUDIT_SYSLOG_QUEUE", "cannot be made"),
     ],
     ids=lambda v: str(v)[:48],
 )

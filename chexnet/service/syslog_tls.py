@@ -104,28 +104,27 @@ class AuditSyslogSettings:
                 missing, "must be set too: a client certificate (CHEXNET_AUDIT_SYSLOG_CERT) needs its key (_KEY)."
             )
         default_queue = str(Path(audit_log).with_suffix("")) + "-syslog-queue"
-        queue = env.text("AUDIT_SYSLOG_QUEUE", default_queue)
-        try:
-            Path(queue).mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not os.access(queue, os.W_OK | os.X_OK):
-                raise PermissionError
-        except OSError:
-            raise env.refuse(
-                "AUDIT_SYSLOG_QUEUE",
-                f"'{queue}' cannot be made or written; give a folder this process can write "
-                "(audit messages wait there while the audit repository is away).",
-            ) from None
         settings = cls(
             host=match["host"].strip("[]"),
             port=port,
             ca=ca,
             cert=cert,
             key=key,
-            queue=queue,
+            queue=env.text("AUDIT_SYSLOG_QUEUE", default_queue),
             queue_max=env.integer("AUDIT_SYSLOG_QUEUE_MAX", cls.queue_max, 10, 10_000_000),
             source_id=_PRINTABLE.sub("", env.text("AUDIT_SOURCE_ID", "") or "")[:64],
         )
-        settings.tls_context(env)
+        settings.tls_context(env)  # the TLS files first: nothing is made on disk for settings that are refused
+        try:
+            Path(settings.queue).mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not os.access(settings.queue, os.W_OK | os.X_OK):
+                raise PermissionError
+        except OSError:
+            raise env.refuse(
+                "AUDIT_SYSLOG_QUEUE",
+                f"'{settings.queue}' cannot be made or written; give a folder this process can write "
+                "(audit messages wait there while the audit repository is away).",
+            ) from None
         return settings
 
     def tls_context(self, env: Environment | None = None) -> ssl.SSLContext:
