@@ -80,6 +80,7 @@ class Node:
             "CHEXNET_DICOM_TOKEN_FILE": str(tmp / "node.token"),
             "CHEXNET_DICOM_RETRY_MAX_S": "2",
             "CHEXNET_DICOM_METRICS_PORT": str(self.metrics_port),
+            "CHEXNET_DICOMWEB_PORT": str(free_port()),  # STOW-RS in on its own port (8042 by default)
             **settings,
         }
         self.log = tmp / "node.log"

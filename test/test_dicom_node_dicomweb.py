@@ -4,8 +4,14 @@ every result object reaches Debian's Orthanc (with its DICOMweb plugin, on 127.0
 QIDO-RS finds it in the source study and WADO-RS gives back a file dciodvfy passes. Bad STOW-RS requests
 get a 4xx or a failure entry with a sentence, and leave nothing half-written in the spool."""
 
+import http.server
+import io
+import json
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 
 import jsonschema
 import pydicom
@@ -17,6 +23,7 @@ from api_helpers import DOC, make_env
 from dicom_node_helpers import CHEST, NOT_CHEST, Node, free_port
 from dicom_tools import dciodvfy_errors
 from orthanc_helpers import Orthanc, stow_body
+from syslog_helpers import make_pki
 from waiting import wait_until
 
 REFERENCED, FAILED, REASON = "00081199", "00081198", "00081197"
@@ -213,3 +220,94 @@ def test_bad_dicomweb_settings_stop_the_node_with_a_sentence(make_node, settings
         check=False,
     )
     assert run.returncode == 2 and fragment in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_stow_rs_port_in_use_stops_the_node_with_a_sentence(make_node):
+    node = make_node()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", int(node.env["CHEXNET_DICOMWEB_PORT"])))
+        taken.listen()
+        run = subprocess.run(
+            [sys.executable, "-m", "chexnet", "dicom-node"],
+            env=node.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert run.returncode == 2 and "CHEXNET_DICOMWEB_PORT" in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+class FakeStowPeer:
+    """A DICOMweb STOW-RS endpoint over HTTPS (the test PKI) that records each request and answers per SOP
+    class: ``answers[sop_class]`` is a list of (status, FailureReason or None), used in turn, the last kept."""
+
+    def __init__(self, pki):
+        self.requests: list[dict] = []
+        self.answers: dict[str, list] = {}
+        peer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                part = body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+                ds = pydicom.dcmread(io.BytesIO(part))
+                peer.requests.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), "class": ds.SOPClassUID}
+                )
+                queue = peer.answers.get(ds.SOPClassUID, [(200, None)])
+                status, reason = queue.pop(0) if len(queue) > 1 else queue[0]
+                item = {SOP_CLASS: {"vr": "UI", "Value": [ds.SOPClassUID]}}
+                answer = {REFERENCED: {"vr": "SQ", "Value": [item]}} if reason is None else {}
+                if reason is not None:
+                    answer = {FAILED: {"vr": "SQ", "Value": [{**item, REASON: {"vr": "US", "Value": [reason]}}]}}
+                data = json.dumps(answer).encode() if status in (200, 202, 409) else b"busy"
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki.server_cert, pki.server_key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://localhost:{self.server.server_address[1]}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def test_stow_rs_out_over_https_with_the_auth_file_retries_and_sets_aside_a_refusal(make_node, dicom_dir, tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    peer = FakeStowPeer(pki)
+    secret = "Bearer pacs-secret-0123456789"
+    (tmp_path / "dicomweb-auth").write_text(f"Authorization: {secret}\n")
+    peer.answers = {
+        ComprehensiveSRStorage: [(409, 0xC000)],  # cannot understand: refused for good
+        SecondaryCaptureImageStorage: [(503, None), (200, None)],  # busy once: retried, then stored
+    }
+    node = make_node(
+        CHEXNET_DICOM_DESTINATION="",
+        CHEXNET_DICOMWEB_DESTINATION=peer.url,
+        CHEXNET_DICOMWEB_AUTH_FILE=str(tmp_path / "dicomweb-auth"),
+        CHEXNET_DICOMWEB_CA=str(pki.ca),
+    )
+    try:
+        node.start()
+        assert stow(node, [(dicom_dir / CHEST[0]).read_bytes()]).status_code == 200
+        wait_until(lambda: not node.files("incoming") and not node.files("outgoing"), 180, "every result answered")
+    finally:
+        peer.stop()
+    classes = [r["class"] for r in peer.requests]
+    assert sorted(set(classes)) == sorted(RESULT_CLASSES)
+    assert classes.count(SecondaryCaptureImageStorage) == 2 and classes.count(ComprehensiveSRStorage) == 1
+    assert {r["path"] for r in peer.requests} == {"/dicom-web/studies"}
+    assert {r["auth"] for r in peer.requests} == {secret}
+    assert len(node.files("refused")) == 1 and node.metric("chexnet_dicom_sent_total") == 2
+    assert '"event": "dicom_result_refused"' in (tmp_path / "audit.jsonl").read_text()
+    assert "pacs-secret" not in node.log.read_text(), "the credentials are never logged"

@@ -41,7 +41,6 @@ class DicomwebSender(Sender):
         web = self.node.dicomweb
         assert web.destination is not None  # chosen by DicomNode only when it is set
         with requests.Session() as session:
-            session.verify = web.ca or True
             if web.auth_file:
                 try:
                     name, value = auth_header(web.auth_file)
@@ -75,6 +74,8 @@ class DicomwebSender(Sender):
                     "Accept": "application/dicom+json",
                 },
                 timeout=_TIMEOUT_S,
+                # per request: a session's verify gives way to REQUESTS_CA_BUNDLE in the environment
+                verify=self.node.dicomweb.ca or True,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:

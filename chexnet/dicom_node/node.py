@@ -38,7 +38,7 @@ from chexnet.eligibility import WARNINGS, warnings_for
 from chexnet.errors import PayloadTooLarge, ServiceError
 from chexnet.imaging.dicom import DECODABLE_SYNTAXES, read_header
 from chexnet.options import PredictOptions
-from chexnet.service import AuditLog, Metrics, Service, Settings
+from chexnet.service import AuditLog, Metrics, Service, Settings, SettingsError
 from licensing.errors import LicenseError, LicenseNotReady
 
 log = logging.getLogger("chexnet.dicom_node")
@@ -222,9 +222,15 @@ class DicomNode:
             on_part=self._on_stow_part,
         )
         web = self.node.dicomweb
-        server = http_server(
-            app, self.node.bind, web.port, web.threads, web.max_request_mb * 2**20, self.spool.receiving
-        )
+        try:
+            server = http_server(
+                app, self.node.bind, web.port, web.threads, web.max_request_mb * 2**20, self.spool.receiving
+            )
+        except OSError as exc:
+            raise SettingsError(
+                f"CHEXNET_DICOMWEB_PORT {web.port} cannot be opened on {self.node.bind} ({exc.strerror}); "
+                "choose a free port, or 0 to turn STOW-RS off."
+            ) from None
         self._http = server
         self._start_thread("dicomweb-listener", server.run)
 

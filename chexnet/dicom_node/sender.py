@@ -70,7 +70,7 @@ class Sender:
                 "sending results failed; retrying",
                 extra={
                     "fields": {
-                        "destination": str(self.node.destination),
+                        "destination": str(self.node.destination or self.node.dicomweb.destination),
                         "reason": str(exc),
                         "retry_in_s": self._pause,
                         "waiting": len(waiting),

@@ -26,6 +26,10 @@ def serve() -> int:
     node = DicomNode(settings, node_settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: node.stop())
-    node.start()
+    try:
+        node.start()
+    except SettingsError as exc:  # a port it cannot open
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     node.wait()
     return 0
