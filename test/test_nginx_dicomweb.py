@@ -1,0 +1,149 @@
+"""nginx in front of the DICOM node's STOW-RS (nginx/nginx.conf, errors.conf, entrypoint.sh), with Debian's
+nginx on this host: the image's configuration as the entrypoint renders it, only its folders, ports and the
+API's address moved into a temporary folder. Without the node (its name does not resolve), /dicomweb/ is a
+JSON 503 that says so, never nginx's 502 page; with the node, a STOW-RS request passes through, streamed,
+and a body over CHEXNET_DICOMWEB_MAX_REQUEST_MB is nginx's JSON 413 naming that setting."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from dicom_node_helpers import CHEST, Node, free_port
+from orthanc_helpers import stow_body
+from sample_data import ROOT
+from waiting import wait_until
+
+NGINX = Path("/usr/sbin/nginx")
+
+
+@pytest.fixture()
+def proxy(tmp_path):
+    """A function (node_port or None) → the HTTPS base URL of a running nginx and its certificate; stopped
+    afterwards."""
+    if not NGINX.exists() or shutil.which("dash") is None or shutil.which("openssl") is None:
+        pytest.skip("Debian's nginx-light, dash and openssl are not installed here (.ci/run installs them)")
+    folder = tmp_path / "nginx"
+    for name in ("bin", "certs", "generated", "body", "proxy"):
+        (folder / name).mkdir(parents=True)
+    (folder / "bin" / "nginx").write_text("#!/bin/sh\nexit 0\n")  # the entrypoint's own 'nginx -t' and exec
+    (folder / "bin" / "nginx").chmod(0o755)
+    env = {
+        "PATH": f"{folder / 'bin'}:/usr/bin:/bin",
+        "CHEXNET_NGINX_CERTS": str(folder / "certs"),
+        "CHEXNET_NGINX_GENERATED": str(folder / "generated"),
+        "CHEXNET_DICOMWEB_MAX_REQUEST_MB": "8",
+    }
+    rendered = subprocess.run(
+        ["dash", str(ROOT / "nginx/entrypoint.sh"), "true"], env=env, capture_output=True, text=True, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    subprocess.run(
+        ["openssl", "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe2048", "-out", "dh.pem"],
+        cwd=folder,
+        capture_output=True,
+        check=True,
+    )
+    upstream = folder / "generated/upstream.conf"
+    upstream.write_text(upstream.read_text().replace("server api:8080;", "server 127.0.0.1:1;"))
+    https_port = free_port()
+    started = []
+
+    def start(node_port: int | None) -> str:
+        text = (ROOT / "nginx/nginx.conf").read_text()
+        for old, new in (
+            ("/run/chexnet-nginx/nginx.pid", str(folder / "nginx.pid")),
+            ("/run/chexnet-nginx", str(folder / "generated")),
+            ("/etc/nginx/certs", str(folder / "certs")),
+            ("/etc/nginx/chexnet-errors.conf", str(folder / "errors.conf")),
+            ("/etc/nginx/ffdhe2048.pem", str(folder / "dh.pem")),
+            ("/var/lib/nginx", str(folder)),
+            ("/dev/stdout", str(folder / "access.log")),
+            ("listen 8080 default_server", f"listen 127.0.0.1:{free_port()} default_server"),
+            ("listen 8443 ssl", f"listen 127.0.0.1:{https_port} ssl"),
+        ):
+            text = text.replace(old, new)
+        if node_port is not None:  # the node on this host instead of Docker's DNS name
+            text = text.replace("set $chexnet_dicom_node dicom-node;", "set $chexnet_dicom_node 127.0.0.1;")
+            text = text.replace("$chexnet_dicom_node:8042", f"$chexnet_dicom_node:{node_port}")
+        if os.geteuid() == 0:
+            text = "user root;\n" + text  # the test's folders are root's alone
+        (folder / "nginx.conf").write_text(text)
+        errors = (ROOT / "nginx/errors.conf").read_text().replace("/run/chexnet-nginx", str(folder / "generated"))
+        (folder / "errors.conf").write_text(errors)
+        run = subprocess.run(  # nginx goes to the background: its output to a file, not to a pipe held open
+            [str(NGINX), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log")],
+            stdin=subprocess.DEVNULL,
+            stdout=open(folder / "nginx.out", "wb"),
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=30,
+        )
+        assert run.returncode == 0, (folder / "nginx.out").read_text() + (folder / "error.log").read_text()
+        started.append(True)
+        url = f"https://127.0.0.1:{https_port}"
+        wait_until(lambda: (folder / "nginx.pid").exists(), 10, "nginx to start")
+        return url, str(folder / "certs/server.crt")
+
+    yield start
+    if started:
+        subprocess.run(
+            [str(NGINX), "-c", str(folder / "nginx.conf"), "-e", str(folder / "error.log"), "-s", "stop"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            timeout=30,
+        )
+
+
+def test_without_the_node_dicomweb_is_a_json_503_that_says_so(proxy):
+    url, cert = proxy(None)
+    body, content_type = stow_body([b"x"])
+    answer = requests.post(
+        f"{url}/dicomweb/studies", data=body, headers={"Content-Type": content_type}, verify=cert, timeout=30
+    )
+    assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
+    error = answer.json()["error"]
+    assert error["code"] == "not_ready" and "DICOM node" in error["message"] and error["request_id"]
+
+
+def test_with_the_node_stow_rs_passes_through_and_an_oversized_body_is_nginxs_json_413(
+    proxy, tmp_path, demo_bundle, dicom_dir
+):
+    from api_helpers import make_env
+
+    env = make_env(tmp_path / "site", demo_bundle.path)
+    node = Node(env, tmp_path, free_port())
+    node.start()
+    try:
+        url, cert = proxy(int(node.env["CHEXNET_DICOMWEB_PORT"]))
+        token = {"Authorization": f"Bearer {env.token()}"}
+        body, content_type = stow_body([(dicom_dir / CHEST[1]).read_bytes(), b"not a DICOM file"])
+        answer = requests.post(
+            f"{url}/dicomweb/studies",
+            data=body,
+            headers={"Content-Type": content_type, **token},
+            verify=cert,
+            timeout=60,
+        )
+        assert answer.status_code == 202, answer.text
+        assert "part 2:" in answer.headers["Warning"] and answer.headers["X-Request-ID"]
+        assert node.metric("chexnet_dicom_received_total") == 1
+
+        body, content_type = stow_body([b"\0" * (9 << 20)])  # over the 8 MiB rendered for /dicomweb/
+        answer = requests.post(
+            f"{url}/dicomweb/studies",
+            data=body,
+            headers={"Content-Type": content_type, **token},
+            verify=cert,
+            timeout=60,
+        )
+        assert answer.status_code == 413, answer.text
+        assert "(CHEXNET_DICOMWEB_MAX_REQUEST_MB)" in answer.json()["error"]["message"]
+        assert node.metric("chexnet_dicom_received_total") == 1
+    finally:
+        node.stop()
