@@ -6,6 +6,7 @@ that decided it: ``bundle`` or ``site@<first 12 hex digits of the content hash>`
 
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from chexnet.errors import BundleError
 SCHEMA = "chexnet-site-thresholds/1"
 BUNDLE_THRESHOLDS = "bundle"  # ModelInfo.thresholds when the bundle's own thresholds decide
 HASH_FIELD = "content_sha256"
+MAX_BYTES = 16 << 20  # calibrate writes a few KiB; a larger file is not read into memory
 
 
 class SiteThresholdsError(BundleError):
@@ -62,6 +64,17 @@ class SiteThresholds(_Open):
         return {c.code: c.threshold for c in self.classes}
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
 def content_hash(document: dict) -> str:
     """sha256 of the document without its own hash field, as canonical JSON (sorted keys, no spaces, ASCII)."""
     body = {k: v for k, v in document.items() if k != HASH_FIELD}
@@ -79,11 +92,18 @@ def read_site_thresholds(path: str | Path, name: str | None = None) -> SiteThres
     shown = name or str(path)
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise SiteThresholdsError(
+                f"Site thresholds file {shown} is larger than {MAX_BYTES >> 20} MiB, far more than calibrate writes; "
+                "make it with python -m chexnet calibrate."
+            )
+        raw = json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except FileNotFoundError:
         raise SiteThresholdsError(f"Site thresholds file {shown} does not exist.") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SiteThresholdsError(f"Site thresholds file {shown} is not readable JSON ({exc}).") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SiteThresholdsError(f"Site thresholds file {shown} is not readable JSON ({str(exc)[:200]}).") from None
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
         raise SiteThresholdsError(
             f"{shown} is not a site thresholds file ('schema' must be {SCHEMA}); make it with python -m chexnet calibrate."

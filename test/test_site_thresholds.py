@@ -14,7 +14,7 @@ from chexnet.dicom_results import ResultSettings, result_objects
 from chexnet.options import PredictOptions
 from chexnet.service import Settings
 from chexnet.service.settings import SettingsError
-from chexnet.site_thresholds import with_hash
+from chexnet.site_thresholds import MAX_BYTES, SiteThresholdsError, read_site_thresholds, with_hash
 from dicom_tools import dciodvfy_errors
 
 
@@ -202,3 +202,26 @@ def test_the_monitor_takes_the_calibration_scores_as_its_reference(site_file, de
     reference = site_reference(str(site_file))
     assert set(reference) == {"cxr10"} and set(reference["cxr10"]) == set(demo_bundle.manifest.codes)
     assert all(len(counts) == 20 and sum(counts) == 40 for counts in reference["cxr10"].values())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,  # nested past the decoder's recursion limit
+        "NaN",  # a valid file with NaN beside its fields: Python's json reads it, the hash cannot be taken
+        "1e400",  # and a number that Python's json reads as inf
+        " " * (MAX_BYTES + 1) + "{}",  # far bigger than any such file: not read into memory
+    ],
+    ids=["deeply-nested", "nan", "inf", "huge"],
+)
+def test_a_hostile_file_is_one_sentence_not_a_traceback(text, tmp_path):
+    path = tmp_path / "thresholds.json"
+    if text in ("NaN", "1e400"):
+        made_for = {"id": "cxr10", "version": "1", "precision": "fp32", "manifest_sha256": "0" * 64, "demo": True}
+        classes = [{"code": "pneumothorax", "threshold": 0.5, "source": "site"}]
+        document = with_hash({"schema": "chexnet-site-thresholds/1", "bundle": made_for, "classes": classes})
+        text = json.dumps(document)[:-1] + f', "note": {text}}}'
+    path.write_text(text)
+    with pytest.raises(SiteThresholdsError) as raised:
+        read_site_thresholds(path)
+    assert str(path) in raised.value.message
