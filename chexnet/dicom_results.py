@@ -394,7 +394,9 @@ def _orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
     parts = list(value) if isinstance(value, (list, pydicom.multival.MultiValue)) else []
     allowed = {v.value for v in hd.PatientOrientationValuesBiped}
     if len(parts) == 2 and all(str(p) in allowed for p in parts):
-        return str(parts[0]), str(parts[1])
+        along_rows, along_columns = str(parts[0]), str(parts[1])
+        if np.dot(_DIRECTIONS[along_rows], _DIRECTIONS[along_columns]) == 0:  # L and L, or L and R: no plane
+            return along_rows, along_columns
     return None
 
 
@@ -451,6 +453,21 @@ def _positive(value) -> list[float] | None:
     return numbers if len(numbers) == 2 and min(numbers) > 0 else None
 
 
+def _plane(source: pydicom.Dataset) -> bool:
+    """Whether the source's Image Position and Orientation (Patient) describe a plane: a finite position and
+    two orthogonal unit vectors (dciodvfy's check), not zeros or the same direction twice."""
+    try:
+        position = np.array([float(v) for v in source.get("ImagePositionPatient") or []])
+        orientation = np.array([float(v) for v in source.get("ImageOrientationPatient") or []])
+    except (TypeError, ValueError):
+        return False
+    if position.shape != (3,) or orientation.shape != (6,) or not np.isfinite([*position, *orientation]).all():
+        return False
+    row, column = orientation[:3], orientation[3:]
+    unit = abs(np.linalg.norm(row) - 1) < 1e-3 and abs(np.linalg.norm(column) - 1) < 1e-3
+    return bool(unit and abs(np.dot(row, column)) < 1e-3)
+
+
 def _map_geometry(settings: ResultSettings, prediction: Prediction, source: pydicom.Dataset) -> pydicom.Dataset:
     """The source as highdicom derives a Parametric Map's plane from it. A source with a frame of reference,
     position, orientation and pixel spacing (a DX "for processing" or a tomosynthesis plane) lends them as
@@ -465,8 +482,7 @@ def _map_geometry(settings: ResultSettings, prediction: Prediction, source: pydi
     if "SliceThickness" not in geometry:  # highdicom reads it for the pixel measures; unknown for a projection
         geometry.SliceThickness = None
     spacing = _positive(source.get("PixelSpacing"))
-    spatial = all(source.get(k) for k in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient"))
-    if spatial and spacing and len(source.ImageOrientationPatient) == 6 and len(source.ImagePositionPatient) == 3:
+    if source.get("FrameOfReferenceUID") and spacing and _plane(source):
         return geometry
     along_rows, along_columns = _orientation(source) or ("L", "F")
     geometry.FrameOfReferenceUID = _uid(settings, prediction, "frame-of-reference")

@@ -230,8 +230,40 @@ def test_png_heatmap_is_unchanged_by_the_dicom_path(client, env):
         {"PatientID": "X" * 5000, "PatientName": "A" * 10000, "InstitutionName": "I" * 500},
         {"PatientSex": "UNKNOWN", "PatientOrientation": ["Q", "Z"], "Laterality": "B", "StudyTime": "99:99"},
         {"PatientName": "A\x00\x1b[31mB", "PatientID": "id\\x"},
+        {"PatientOrientation": ["L", "L"]},
+        {"PatientOrientation": ["A", "P"]},
+        {
+            "FrameOfReferenceUID": "1.2.3",
+            "ImagePositionPatient": [0, 0, 0],
+            "ImageOrientationPatient": [0, 0, 0, 0, 0, 0],
+            "PixelSpacing": [0.1, 0.1],
+        },
+        {
+            "FrameOfReferenceUID": "1.2.3",
+            "ImagePositionPatient": [0, 0, 0],
+            "ImageOrientationPatient": [1, 0, 0, 1, 0, 0],
+            "PixelSpacing": [0.1, 0.1],
+        },
+        {
+            "FrameOfReferenceUID": "1.2.3",
+            "ImagePositionPatient": ["nan", 0, 0],
+            "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
+            "PixelSpacing": [0.1, 0.1],
+        },
     ],
-    ids=["iso2022-japanese", "utf8", "gb18030", "overlong", "bad-codes", "control-characters"],
+    ids=[
+        "iso2022-japanese",
+        "utf8",
+        "gb18030",
+        "overlong",
+        "bad-codes",
+        "control-characters",
+        "orientation-twice-the-same",
+        "orientation-opposite",
+        "plane-of-zeros",
+        "plane-not-orthogonal",
+        "position-nan",
+    ],
 )
 def test_odd_source_headers_give_valid_results(client, env, tmp_path, tags):
     data = make_dicom(
