@@ -475,3 +475,18 @@ def test_values_from_a_dicom_header_cannot_break_the_xml_or_leak_patient_data():
     (study,) = [o.get("ParticipantObjectID") for o in root.iter("ParticipantObjectIdentification")]
     assert study.startswith("1.2.3<!-- x -->") and len(study) <= 256
     assert root.find("ActiveParticipant").get("UserID") == "pacs-1[31m"
+
+
+def test_a_folder_or_unreadable_entry_in_the_queue_does_not_hold_up_the_messages_behind_it(tmp_path, pki, repository):
+    repository.start()
+    folder = tmp_path / "queue"
+    folder.mkdir()
+    (folder / f"{0:020d}-1-000000000.msg").mkdir()  # sorts before every message the queue writes
+    queue = _queue(folder, repository.port, pki.ca)
+    try:
+        assert queue.put(application_activity(AuditSource("site", "chexnet-api"), True))
+        queue.start()
+        assert len(repository.wait_for(1, 60)) == 1
+        wait_until(lambda: queue.depth == 0, 30, "the queue to drain")
+    finally:
+        queue.stop(0)

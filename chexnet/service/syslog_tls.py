@@ -182,6 +182,7 @@ class SyslogQueue:
         self._full = False
         self._thread: threading.Thread | None = None
         self._synced: set[str] = set()  # queued files already fsynced by the sender thread
+        self._unreadable: set[str] = set()  # queued files that could not be read (logged once each)
         self._clear_temporaries()
         self._depth = len(self._waiting())
         self.sent = Counter(
@@ -319,7 +320,7 @@ class SyslogQueue:
             self._wake.clear()
 
     def _waiting(self) -> list[Path]:
-        return sorted(self.folder.glob("*.msg"))
+        return sorted(path for path in self.folder.glob("*.msg") if path.is_file())  # not a folder named so
 
     def _hold_lock(self) -> bool:
         if self._lock_file is None:
@@ -338,6 +339,14 @@ class SyslogQueue:
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
+                continue
+            except OSError as exc:  # not the repository's fault: it must not hold up the messages behind it
+                if path.name not in self._unreadable:
+                    self._unreadable.add(path.name)
+                    log.error(
+                        "an audit message in the queue cannot be read; it is left there and the others are sent",
+                        extra={"fields": {"file": str(path), "error": exc.strerror or type(exc).__name__}},
+                    )
                 continue
             if _closed_by_peer(conn):
                 raise ConnectionResetError("the audit repository closed the connection")
