@@ -143,3 +143,11 @@ def test_a_non_demo_report_says_no_demo(onnx_predictor, dicom_dir):
     assert "DEMO" not in json.dumps(body) and "note" not in contained(body, "Device")[0]
     assert body["conclusion"].startswith(("Above threshold", "No finding")) and body["id"] == "r-1"
     assert prediction.heatmaps == []  # a FHIR report carries no heatmaps, so none were rendered
+
+
+@pytest.mark.parametrize("accept", [f"{FHIR_JSON};q=0, application/json", f"{FHIR_JSON}; Q=0.000"])
+def test_an_accept_header_that_rules_fhir_out_gets_the_json_prediction(client, fhir_env, nih_sample, accept):
+    """RFC 9110 12.4.2: q=0 means 'not acceptable', so the media range asks for anything but FHIR."""
+    response = predict(client, fhir_env, nih_sample[0].read_bytes(), headers={**fhir_env.auth(), "Accept": accept})
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    assert "findings" in response.get_json()

@@ -1,6 +1,7 @@
 """The REST API (DESIGN.md "REST API", prefix /api/v1), the browser page and the docs page."""
 
 import os
+import re
 
 import swagger_ui_bundle
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
@@ -90,11 +91,16 @@ def _upload() -> bytes:
     return request.get_data(cache=False)
 
 
+_ZERO_Q = re.compile(r"(^|;)\s*q\s*=\s*0(\.0{0,3})?\s*(;|$)", re.IGNORECASE)
+
+
 def _accepted_output() -> str | None:
     """output=dicom when the client asks as DICOMweb does: Accept: multipart/related; type="application/dicom";
     output=fhir for Accept: application/fhir+json (the first of the two the header names)."""
     for media_range in request.headers.get("Accept", "").split(","):
         kind, _, params = media_range.partition(";")
+        if _ZERO_Q.search(params):  # q=0: "not acceptable" (RFC 9110 12.4.2)
+            continue
         if kind.strip().lower() == "multipart/related" and "application/dicom" in params.lower():
             return "dicom"
         if kind.strip().lower() == FHIR_JSON:
