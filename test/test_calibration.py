@@ -217,6 +217,10 @@ BAD_LABELS = {
     "missing image": (lambda c: {**c, "image": ["absent.png"] + c["image"][1:]}, "not in"),
     "not 0 or 1": (lambda c: {**c, "mass": ["yes"] + c["mass"][1:]}, "has 'yes' for mass; each label must be 0 or 1"),
     "duplicate row": (lambda c: {k: v[:-1] + v[:1] for k, v in c.items()}, "twice (lines 2 and 41)"),
+    "same image spelled twice": (
+        lambda c: {k: v[:-1] + (["./" + v[0]] if k == "image" else v[:1]) for k, v in c.items()},
+        "twice (lines 2 and 41)",
+    ),
     "no image column": (lambda c: {k: v for k, v in c.items() if k != "image"}, "no 'image' column"),
     "outside the folder": (lambda c: {**c, "image": ["../dicom/RG1_UNCR.dcm"] + c["image"][1:]}, "outside"),
 }

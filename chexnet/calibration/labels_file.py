@@ -76,11 +76,12 @@ def read_labels(path: Path, images: Path, codes: list[str], bundle_id: str) -> L
         name = row[where[IMAGE_COLUMN]].strip()
         if not name:
             raise CalibrationInputError(f"Labels file {path} line {number} names no image.")
-        if name in seen:
+        key = os.path.normpath(name)  # a.png and ./a.png are the same image
+        if key in seen:
             raise CalibrationInputError(
-                f"Labels file {path} lists image {name} twice (lines {seen[name]} and {number}); keep one row per image."
+                f"Labels file {path} lists image {name} twice (lines {seen[key]} and {number}); keep one row per image."
             )
-        seen[name] = number
+        seen[key] = number
         for code in columns:
             cell = row[where[code]].strip()
             if cell not in ("0", "1"):
