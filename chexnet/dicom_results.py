@@ -450,7 +450,7 @@ def _positive(value) -> list[float] | None:
         numbers = [float(v) for v in (value or [])]
     except (TypeError, ValueError):
         return None
-    return numbers if len(numbers) == 2 and min(numbers) > 0 else None
+    return numbers if len(numbers) == 2 and min(numbers) > 0 and np.isfinite(numbers).all() else None
 
 
 def _plane(source: pydicom.Dataset) -> bool:

@@ -75,5 +75,5 @@ def dciodvfy_errors(ds: pydicom.Dataset, tmp_path: Path) -> list[str]:
     assert tool, "dciodvfy (Debian dicom3tools) is needed to validate DICOM results; .ci/run installs it"
     path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, encoding="latin-1", check=False)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]

@@ -250,6 +250,7 @@ def test_png_heatmap_is_unchanged_by_the_dicom_path(client, env):
             "ImageOrientationPatient": [1, 0, 0, 0, 1, 0],
             "PixelSpacing": [0.1, 0.1],
         },
+        {"PixelSpacing": ["1e400", 1]},
     ],
     ids=[
         "iso2022-japanese",
@@ -263,6 +264,7 @@ def test_png_heatmap_is_unchanged_by_the_dicom_path(client, env):
         "plane-of-zeros",
         "plane-not-orthogonal",
         "position-nan",
+        "spacing-infinite",
     ],
 )
 def test_odd_source_headers_give_valid_results(client, env, tmp_path, tags):
