@@ -87,16 +87,24 @@ def parse_rules(text: str | None, setting: str = SETTING) -> tuple[Rule, ...]:
         if not item:
             continue
         try:
-            rules.append(_rule(item, setting))
+            rule = _rule(item, setting)
         except ValueError as exc:
             mistakes.append(str(exc))
+            continue
+        if rule not in rules:  # the same rule twice would list its finding twice
+            rules.append(rule)
     if mistakes:
         raise PriorityRulesError(mistakes)
     return tuple(rules)
 
 
+def _shown(text: str, limit: int) -> str:
+    """TEXT as a sentence may quote it: cut, and without control characters (a terminal would act on them)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def _rule(item: str, setting: str) -> Rule:
-    shown = item[:80]
+    shown = _shown(item, 80)
     condition, colon, level = item.rpartition(":")
     model, _, condition = condition.rpartition(":") if ":" in condition else ("", "", condition)
     code, op, number = condition.partition(">=")
@@ -109,13 +117,13 @@ def _rule(item: str, setting: str) -> Rule:
         probability = float(number)
     except ValueError:
         raise ValueError(
-            f"{setting} rule '{shown}' has '{number[:20]}' where a probability from 0 to 1 belongs."
+            f"{setting} rule '{shown}' has '{_shown(number, 20)}' where a probability from 0 to 1 belongs."
         ) from None
     if not math.isfinite(probability) or not 0.0 <= probability <= 1.0:
-        raise ValueError(f"{setting} rule '{shown}' has probability {number[:20]}, outside 0 to 1.")
+        raise ValueError(f"{setting} rule '{shown}' has probability {_shown(number, 20)}, outside 0 to 1.")
     if level not in RULE_LEVELS:
         raise ValueError(
-            f"{setting} rule '{shown}' has the unknown level '{level[:20]}'; use urgent or stat "
+            f"{setting} rule '{shown}' has the unknown level '{_shown(level, 20)}'; use urgent or stat "
             "(routine is what no rule raises)."
         )
     return Rule(model or None, code, probability, level)

@@ -61,6 +61,16 @@ def test_each_mistake_is_one_sentence_naming_the_setting(rule, says):
     assert sentence.endswith(".")
 
 
+def test_a_rule_given_twice_counts_once_and_a_mistake_is_shown_without_control_characters():
+    rules = parse_rules("pneumothorax>=0.7:stat, pneumothorax >= 0.70:STAT")
+    assert rules == (Rule(None, "pneumothorax", 0.7, "stat"),)
+    raised = Triage.for_model(rules, "cxr10", ["pneumothorax"]).evaluate({"pneumothorax": 0.9}, demo=True).raised
+    assert len(raised) == 1
+    with pytest.raises(PriorityRulesError) as caught:
+        parse_rules("pneumothorax>=0.7\x1b[2J:stat\r")
+    assert caught.value.sentences[0].isprintable()
+
+
 def test_several_mistakes_give_one_sentence_each_and_stop_start(tmp_path, demo_bundle):
     with pytest.raises(SettingsError) as caught:
         make_env(tmp_path, demo_bundle.path, CHEXNET_PRIORITY_RULES="mass>=2:stat,mass>=0.5:soon,mass=0.5:stat")
