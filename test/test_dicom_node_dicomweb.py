@@ -311,3 +311,36 @@ def test_stow_rs_out_over_https_with_the_auth_file_retries_and_sets_aside_a_refu
     assert len(node.files("refused")) == 1 and node.metric("chexnet_dicom_sent_total") == 2
     assert '"event": "dicom_result_refused"' in (tmp_path / "audit.jsonl").read_text()
     assert "pacs-secret" not in node.log.read_text(), "the credentials are never logged"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {FAILED: []},
+        {REFERENCED: "stored"},
+        {FAILED: {"Value": [{REASON: 0xA700}]}},
+        {REFERENCED: {"Value": 3}},
+        {FAILED: {"Value": [{REASON: {"Value": [-1]}}]}},
+    ],
+)
+def test_a_store_response_of_another_shape_is_retried_not_an_error(tmp_path, answer):
+    """A destination's Store Instances Response that is JSON but not the DICOM JSON model (a broken or hostile
+    PACS) is a failure of that object, retried with its own backoff; it raised AttributeError, which the
+    worker's loop caught, so the same object was tried again first every 5 s and the queue behind it waited."""
+    import types
+
+    from chexnet.dicom_node.dicomweb_sender import DicomwebSender
+    from chexnet.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    result = spool.root / "outgoing" / "stat-1-000.dcm"
+    result.write_bytes(b"DICM")
+    counter = types.SimpleNamespace(inc=lambda: None, labels=lambda *a: counter)
+    metrics = types.SimpleNamespace(send_failures=counter, sent=counter, refused=counter)
+    node = types.SimpleNamespace(retry_max_s=60, dicomweb=types.SimpleNamespace(ca=None))
+    sender = DicomwebSender(node, spool, metrics, None, threading.Event(), lambda: None)
+    reply = requests.Response()
+    reply.status_code, reply._content = 409, json.dumps(answer).encode()
+    session = types.SimpleNamespace(post=lambda *a, **k: reply)
+    sender._post(session, "https://pacs.example/dicom-web/studies", result)  # type: ignore[arg-type]
+    assert result.exists() and result.name in sender._retry

@@ -34,6 +34,7 @@ _TIMEOUT_S = (10, 120)  # connect, then each read: a large capture over a slow l
 _PERMANENT_HTTP = (400, 413, 415)
 _QUEUE_HTTP = (401, 403, 404, 407)
 _REFERENCED, _FAILED, _FAILURE_REASON = "00081199", "00081198", "00081197"
+_NO_REASON = -1  # listed as failed without a FailureReason: retried (0x0110 would be a refusal for good)
 
 
 class DicomwebSender(Sender):
@@ -89,12 +90,15 @@ class DicomwebSender(Sender):
             self._retry.pop(path.name, None)
             self.metrics.sent.inc()
             self.on_stored(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True))
-        elif reason is not None and is_permanent(reason) and not is_stored(reason):
+        elif reason is not None and reason != _NO_REASON and is_permanent(reason) and not is_stored(reason):
             self._refused(path, reason, f"STOW-RS FailureReason 0x{reason:04X} (HTTP {status})")
         elif reason is None and status in _PERMANENT_HTTP:
             self._refused(path, status, f"STOW-RS answered HTTP {status}")
         else:
-            self._failed(path, f"STOW-RS HTTP {status}" + (f" FailureReason 0x{reason:04X}" if reason else ""))
+            listed = (
+                "" if reason is None else " FailureReason " + ("none" if reason == _NO_REASON else f"0x{reason:04X}")
+            )
+            self._failed(path, f"STOW-RS HTTP {status}{listed}")
 
 
 def _store_response(answer: requests.Response) -> dict:
@@ -105,15 +109,22 @@ def _store_response(answer: requests.Response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
+def _values(element) -> list:
+    """An element's Value in the DICOM JSON model, or [] where the destination's answer has none of that
+    shape (a hostile or broken peer must not stop the sender)."""
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values if isinstance(values, list) else []
+
+
 def _referenced(answer: requests.Response) -> bool:
-    return bool(_store_response(answer).get(_REFERENCED, {}).get("Value"))
+    return any(isinstance(item, dict) for item in _values(_store_response(answer).get(_REFERENCED)))
 
 
 def _failure_reason(answer: requests.Response) -> int | None:
     """The FailureReason of the one object sent, when the destination listed it as failed."""
-    for item in _store_response(answer).get(_FAILED, {}).get("Value") or []:
-        values = (item.get(_FAILURE_REASON) or {}).get("Value") or [] if isinstance(item, dict) else []
-        if values and isinstance(values[0], int):
+    for item in _values(_store_response(answer).get(_FAILED)):
+        values = _values(item.get(_FAILURE_REASON)) if isinstance(item, dict) else []
+        if values and type(values[0]) is int and 0 <= values[0] <= 0xFFFF:
             return values[0]
-        return 0x0110  # listed as failed without a reason: a processing failure, retried
+        return _NO_REASON
     return None
