@@ -301,6 +301,26 @@ def test_a_damaged_rollup_file_leaves_predictions_working(tmp_path, demo_bundle,
     assert "CHEXNET_MONITOR_DB" in body["error"]["message"] and "monitor.sqlite" in body["error"]["message"]
 
 
+def test_a_rollup_that_fails_while_serving_is_a_503_not_a_500(tmp_path, demo_bundle, nih_sample, monkeypatch):
+    """The file damaged, its disk failing or another process holding it past the busy timeout, after start."""
+    import sqlite3
+
+    env = make_env(tmp_path, demo_bundle.path)
+    app = ready_app(env)
+    client = app.test_client()
+    assert predict(client, env, nih_sample[0].read_bytes()).status_code == 200
+
+    def failing(*args):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(app.extensions["chexnet"].monitor, "_rows", failing)
+    body = assert_error(
+        client.get("/api/v1/monitor", headers=env.auth()), 503, "monitor_unavailable", "/api/v1/monitor", "get"
+    )
+    assert "CHEXNET_MONITOR_DB" in body["error"]["message"]
+    assert predict(client, env, nih_sample[0].read_bytes()).status_code == 200
+
+
 def test_monitor_settings_are_checked_at_start(tmp_path, demo_bundle):
     from chexnet.service import SettingsError
 

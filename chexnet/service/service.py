@@ -312,7 +312,14 @@ class Service:
             m: LoadedInfo(loaded.predictor.model_info.version, loaded.predictor.model_info.demo, tuple(loaded.codes))
             for m, loaded in list(self.models.items())
         }
-        return report(self.monitor, window, loaded)
+        try:
+            return report(self.monitor, window, loaded)
+        except sqlite3.Error as exc:  # damaged, failing or held by another process past the busy timeout
+            log.error("monitor roll-up not readable (%s)", exc.__class__.__name__)
+            raise MonitorUnavailable(
+                f"The monitoring roll-up {self.monitor.settings.path} cannot be read now ({exc}); try again, and if "
+                "it persists check CHEXNET_MONITOR_DB's disk or move a damaged file aside to start a new roll-up."
+            ) from None
 
     def _observe_monitor(self, prediction: Prediction, caller: Caller) -> None:
         if self.monitor is not None:
