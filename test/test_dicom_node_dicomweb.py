@@ -344,3 +344,50 @@ def test_a_store_response_of_another_shape_is_retried_not_an_error(tmp_path, ans
     session = types.SimpleNamespace(post=lambda *a, **k: reply)
     sender._post(session, "https://pacs.example/dicom-web/studies", result)  # type: ignore[arg-type]
     assert result.exists() and result.name in sender._retry
+
+
+def test_a_part_whose_uid_is_overlong_or_quoted_gets_a_warning_header_waitress_can_send(tmp_path):
+    """The Warning sentence quotes the part's SOP class (bounded, escaped, cut with an ellipsis): the header
+    must be Latin-1 for waitress and a valid quoted-string. An ellipsis made waitress answer a bare 500 and
+    log a traceback, so the parts stored before it in the same request were never acknowledged."""
+    import types
+
+    import numpy as np
+
+    from chexnet.dicom_node.node import DECODABLE_SYNTAXES, STORAGE_CLASSES
+    from chexnet.dicom_node.spool import Spool
+    from chexnet.dicom_node.stow import StowService, http_server
+    from chexnet.imaging.dicom import read_header
+    from chexnet.imaging.types import DecodeLimits
+    from dicom_factory import make_dicom
+
+    spool = Spool(tmp_path / "spool")
+    app = StowService(
+        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
+        spool=spool,
+        cap_bytes=2**20,
+        min_free_bytes=0,
+        free_bytes=lambda: 2**40,
+        header=lambda read: read_header(read(), DecodeLimits()),
+        classes=STORAGE_CLASSES,
+        syntaxes=DECODABLE_SYNTAXES,
+        on_part=lambda outcome: None,
+    )
+    server = http_server(app, "127.0.0.1", 0, 2, 2**24, spool.receiving)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        pixels = np.zeros((16, 16), np.uint8)
+        odd = make_dicom(pixels, SOPClassUID='1.2."3.' + "9" * 70, StudyInstanceUID="1.2.3")
+        body, content_type = stow_body([make_dicom(pixels, StudyInstanceUID="1.2.3"), odd])
+        answer = requests.post(
+            f"http://127.0.0.1:{server.effective_port}/dicomweb/studies",
+            data=body,
+            headers={"Authorization": "Bearer t", "Content-Type": content_type},
+            timeout=30,
+        )
+    finally:
+        server.close()
+    assert answer.status_code == 202, answer.text
+    assert [item[REASON]["Value"][0] for item in items(answer, FAILED)] == [0x0122]
+    assert answer.headers["Warning"].startswith('299 chexnet "part 2: SOP class 1.2.\\"3.999')
+    assert "..." in answer.headers["Warning"] and answer.headers["Warning"].endswith('secondary capture)."')

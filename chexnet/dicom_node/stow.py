@@ -156,7 +156,7 @@ class StowService:
             mimetype="application/dicom+json",
         )
         for outcome in failed[:_MAX_WARNINGS]:
-            response.headers.add("Warning", f'299 chexnet "part {outcome.number}: {outcome.sentence}"')
+            response.headers.add("Warning", f'299 chexnet "part {outcome.number}: {_quoted(outcome.sentence)}"')
         return response
 
     def _authorise(self, request: Request) -> None:
@@ -380,6 +380,13 @@ def _reference(outcome: Outcome) -> Dataset:
     if outcome.sop_instance:
         item.ReferencedSOPInstanceUID = outcome.sop_instance
     return item
+
+
+def _quoted(sentence: str) -> str:
+    """A sentence as the Warning header's quoted-string carries it: printable ASCII (a header is Latin-1 and
+    the sentence may quote a sender's UID, cut with an ellipsis), its quotes and backslashes escaped."""
+    text = sentence.replace("\u2026", "...").replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
 
 
 def _json(body: dict) -> bytes:
