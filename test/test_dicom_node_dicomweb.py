@@ -391,3 +391,38 @@ def test_a_part_whose_uid_is_overlong_or_quoted_gets_a_warning_header_waitress_c
     assert [item[REASON]["Value"][0] for item in items(answer, FAILED)] == [0x0122]
     assert answer.headers["Warning"].startswith('299 chexnet "part 2: SOP class 1.2.\\"3.999')
     assert "..." in answer.headers["Warning"] and answer.headers["Warning"].endswith('secondary capture)."')
+
+
+def test_a_spool_that_cannot_be_written_is_a_failure_entry_not_a_500(tmp_path):
+    """An I/O error while a part is written (no space before the floor's next check, receiving/ gone) is
+    0xA700 for that part and the rest, in the Store Instances Response that still lists what was stored."""
+    import types
+
+    from werkzeug.test import Client
+
+    from chexnet.dicom_node.node import DECODABLE_SYNTAXES, STORAGE_CLASSES
+    from chexnet.dicom_node.spool import Spool
+    from chexnet.dicom_node.stow import StowService
+    from chexnet.imaging.dicom import read_header
+    from chexnet.imaging.types import DecodeLimits
+
+    spool = Spool(tmp_path / "spool")
+    app = StowService(
+        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
+        spool=spool,
+        cap_bytes=2**20,
+        min_free_bytes=0,
+        free_bytes=lambda: 2**40,
+        header=lambda read: read_header(read(), DecodeLimits()),
+        classes=STORAGE_CLASSES,
+        syntaxes=DECODABLE_SYNTAXES,
+        on_part=lambda outcome: None,
+    )
+    spool.receiving.rmdir()
+    body, content_type = stow_body([b"DICM", b"DICM"])
+    answer = Client(app).post(
+        "/dicomweb/studies", data=body, headers={"Authorization": "Bearer t", "Content-Type": content_type}
+    )
+    assert answer.status_code == 409, answer.text
+    assert [item[REASON]["Value"][0] for item in answer.json[FAILED]["Value"]] == [0xA700]
+    assert "send this part and the rest again later" in answer.headers["Warning"]

@@ -273,6 +273,18 @@ class StowService:
                 raise StowError(
                     400, "bad_request", "The multipart body is malformed; check its boundary and part headers."
                 ) from None
+        except OSError as exc:  # a part's file cannot be made or written (no space, I/O error)
+            log.error("cannot spool a STOW-RS instance", extra={"fields": {"error": exc.strerror}})
+            failed = Outcome(len(outcomes) + 1)
+            _fail(
+                failed,
+                OUT_OF_RESOURCES,
+                "spool_error",
+                "The node cannot write its spool; send this part and the rest again later.",
+            )
+            outcomes.append(failed)
+            self.on_part(failed)
+            state["ended"] = True  # every part read is answered: the rest with this one
         finally:
             self._drop(state["part"])
         return outcomes, state["ended"]
@@ -281,7 +293,10 @@ class StowService:
     def _drop(part: _Part | None) -> None:
         """A part the body ended in the middle of: never acknowledged, so deleted."""
         if part is not None and part.file is not None:
-            part.file.close()
+            try:
+                part.file.close()
+            except OSError:  # its last bytes cannot be written: it is deleted anyway
+                pass
             Path(part.file.name).unlink(missing_ok=True)
 
     def _keep(self, part: _Part, study: str | None) -> Outcome:
