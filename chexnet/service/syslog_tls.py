@@ -320,7 +320,9 @@ class SyslogQueue:
             self._wake.clear()
 
     def _waiting(self) -> list[Path]:
-        return sorted(path for path in self.folder.glob("*.msg") if path.is_file())  # not a folder named so
+        with os.scandir(self.folder) as entries:  # a folder named like a message is none (d_type: no stat each)
+            names = [e.name for e in entries if e.name.endswith(".msg") and e.is_file(follow_symlinks=False)]
+        return [self.folder / name for name in sorted(names)]
 
     def _hold_lock(self) -> bool:
         if self._lock_file is None:
