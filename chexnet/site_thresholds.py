@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -92,7 +93,9 @@ def read_site_thresholds(path: str | Path, name: str | None = None) -> SiteThres
     shown = name or str(path)
     path = Path(path)
     try:
-        with path.open("rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO must not hold up the start
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SiteThresholdsError(f"Site thresholds file {shown} is not a regular file; give calibrate's file.")
             data = f.read(MAX_BYTES + 1)
         if len(data) > MAX_BYTES:
             raise SiteThresholdsError(

@@ -4,6 +4,7 @@ sentence naming the file and what differs, for another bundle version, manifest 
 models load; refused at start when the file is not one calibrate wrote or was edited since."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -225,3 +226,17 @@ def test_a_hostile_file_is_one_sentence_not_a_traceback(text, tmp_path):
     with pytest.raises(SiteThresholdsError) as raised:
         read_site_thresholds(path)
     assert str(path) in raised.value.message
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "folder"])
+def test_a_file_that_is_no_regular_file_is_one_sentence_and_no_wait(special, tmp_path):
+    path = tmp_path / "thresholds.json"
+    if special == "fifo":
+        os.mkfifo(path)  # no writer: opening it to read would wait for ever
+    elif special == "folder":
+        path.mkdir()
+    else:
+        path = special
+    with pytest.raises(SiteThresholdsError) as raised:
+        read_site_thresholds(path)
+    assert "is not a regular file" in raised.value.message or "not readable" in raised.value.message
