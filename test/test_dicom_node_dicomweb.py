@@ -321,12 +321,24 @@ def test_stow_rs_out_over_https_with_the_auth_file_retries_and_sets_aside_a_refu
         {FAILED: {"Value": [{REASON: 0xA700}]}},
         {REFERENCED: {"Value": 3}},
         {FAILED: {"Value": [{REASON: {"Value": [-1]}}]}},
+        b"[" * 100_000,
+        b'{"00081199": {"Value": [{}]}, "padding": "' + b"x" * (2 << 20) + b'"}',
+    ],
+    ids=[
+        "failed-list",
+        "referenced-string",
+        "reason-no-element",
+        "referenced-number",
+        "reason-negative",
+        "deep",
+        "long",
     ],
 )
 def test_a_store_response_of_another_shape_is_retried_not_an_error(tmp_path, answer):
     """A destination's Store Instances Response that is JSON but not the DICOM JSON model (a broken or hostile
-    PACS) is a failure of that object, retried with its own backoff; it raised AttributeError, which the
-    worker's loop caught, so the same object was tried again first every 5 s and the queue behind it waited."""
+    PACS) is a failure of that object, retried with its own backoff; it raised AttributeError (or, nested
+    deep, RecursionError), which the worker's loop caught, so the same object was tried again first every
+    5 s and the queue behind it waited. An answer over 1 MiB is not read (it was read whole into memory)."""
     import types
 
     from chexnet.dicom_node.dicomweb_sender import DicomwebSender
@@ -340,7 +352,7 @@ def test_a_store_response_of_another_shape_is_retried_not_an_error(tmp_path, ans
     node = types.SimpleNamespace(retry_max_s=60, dicomweb=types.SimpleNamespace(ca=None))
     sender = DicomwebSender(node, spool, metrics, None, threading.Event(), lambda: None)
     reply = requests.Response()
-    reply.status_code, reply._content = 409, json.dumps(answer).encode()
+    reply.status_code, reply.raw = 409, io.BytesIO(answer if isinstance(answer, bytes) else json.dumps(answer).encode())
     session = types.SimpleNamespace(post=lambda *a, **k: reply)
     sender._post(session, "https://pacs.example/dicom-web/studies", result)  # type: ignore[arg-type]
     assert result.exists() and result.name in sender._retry

@@ -19,6 +19,7 @@ up) and never logged; https is verified against CHEXNET_DICOMWEB_CA when set, el
 """
 
 import io
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -34,6 +35,7 @@ _TIMEOUT_S = (10, 120)  # connect, then each read: a large capture over a slow l
 _PERMANENT_HTTP = (400, 413, 415)
 _QUEUE_HTTP = (401, 403, 404, 407)
 _REFERENCED, _FAILED, _FAILURE_REASON = "00081199", "00081198", "00081197"
+_MAX_ANSWER = 1 << 20  # a Store Instances Response about one object; a longer answer is not read
 _NO_REASON = -1  # listed as failed without a FailureReason: retried (0x0110 would be a refusal for good)
 
 
@@ -78,14 +80,16 @@ class DicomwebSender(Sender):
                 # per request: a session's verify gives way to REQUESTS_CA_BUNDLE in the environment
                 verify=self.node.dicomweb.ca or True,
                 allow_redirects=False,
+                stream=True,  # the answer is read up to _MAX_ANSWER only
             )
+            store = _store_response(answer)
         except requests.RequestException as exc:
             raise Unreachable(f"the destination did not answer ({type(exc).__name__})") from None
         status = answer.status_code
         if status in _QUEUE_HTTP:
             raise Unreachable(f"the destination answered HTTP {status} (check the URL and the credentials)")
-        reason = _failure_reason(answer)
-        if reason is None and (status == 200 or _referenced(answer)):
+        reason = _failure_reason(store)
+        if reason is None and (status == 200 or _referenced(store)):
             self.spool.discard(path)
             self._retry.pop(path.name, None)
             self.metrics.sent.inc()
@@ -102,9 +106,18 @@ class DicomwebSender(Sender):
 
 
 def _store_response(answer: requests.Response) -> dict:
+    """The answer's JSON object; {} where it is none, or longer than _MAX_ANSWER (a hostile or broken
+    destination must not fill the node's memory or stack)."""
+    chunks, size = [], 0
+    with answer:
+        for chunk in answer.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > _MAX_ANSWER:
+                return {}
+            chunks.append(chunk)
     try:
-        body = answer.json()
-    except ValueError:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
         return {}
     return body if isinstance(body, dict) else {}
 
@@ -116,13 +129,13 @@ def _values(element) -> list:
     return values if isinstance(values, list) else []
 
 
-def _referenced(answer: requests.Response) -> bool:
-    return any(isinstance(item, dict) for item in _values(_store_response(answer).get(_REFERENCED)))
+def _referenced(store: dict) -> bool:
+    return any(isinstance(item, dict) for item in _values(store.get(_REFERENCED)))
 
 
-def _failure_reason(answer: requests.Response) -> int | None:
+def _failure_reason(store: dict) -> int | None:
     """The FailureReason of the one object sent, when the destination listed it as failed."""
-    for item in _values(_store_response(answer).get(_FAILED)):
+    for item in _values(store.get(_FAILED)):
         values = _values(item.get(_FAILURE_REASON)) if isinstance(item, dict) else []
         if values and type(values[0]) is int and 0 <= values[0] <= 0xFFFF:
             return values[0]
