@@ -438,3 +438,35 @@ def test_a_spool_that_cannot_be_written_is_a_failure_entry_not_a_500(tmp_path):
     assert answer.status_code == 409, answer.text
     assert [item[REASON]["Value"][0] for item in answer.json[FAILED]["Value"]] == [0xA700]
     assert "send this part and the rest again later" in answer.headers["Warning"]
+
+
+def test_a_body_cut_in_its_first_part_says_so(tmp_path):
+    """A body that ends inside its first part (no closing boundary) is a 400 saying so, not 'no DICOM part'."""
+    import types
+
+    from werkzeug.test import Client
+
+    from chexnet.dicom_node.spool import Spool
+    from chexnet.dicom_node.stow import StowService
+
+    spool = Spool(tmp_path / "spool")
+    app = StowService(
+        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
+        spool=spool,
+        cap_bytes=2**20,
+        min_free_bytes=0,
+        free_bytes=lambda: 2**40,
+        header=lambda read: pydicom.Dataset(),
+        classes=(),
+        syntaxes=(),
+        on_part=lambda outcome: None,
+    )
+    body, content_type = stow_body([b"DICM" * 100])
+    answer = Client(app).post(
+        "/dicomweb/studies",
+        data=body[: len(body) // 2],
+        headers={"Authorization": "Bearer t", "Content-Type": content_type},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "ended before the first part's closing boundary" in answer.json["error"]["message"]
+    assert list(spool.receiving.iterdir()) == [] and list((spool.root / "incoming").iterdir()) == []

@@ -268,6 +268,13 @@ class StowService:
                 parser.write(chunk)
                 if state["ended"]:
                     break
+            if state["part"] is not None and not outcomes:
+                raise StowError(
+                    400,
+                    "bad_request",
+                    "The body ended before the first part's closing boundary, so nothing was stored; "
+                    "send the whole body again.",
+                )
         except MultipartParseError:
             if not outcomes:
                 raise StowError(
