@@ -470,3 +470,41 @@ def test_a_body_cut_in_its_first_part_says_so(tmp_path):
     assert answer.status_code == 400, answer.text
     assert "ended before the first part's closing boundary" in answer.json["error"]["message"]
     assert list(spool.receiving.iterdir()) == [] and list((spool.root / "incoming").iterdir()) == []
+
+
+def test_parts_beyond_the_limit_are_one_failure_entry_after_those_stored(tmp_path, dicom_dir, monkeypatch):
+    """A request with more parts than MAX_PARTS: the parts read are stored and listed, the rest are one 0xA700
+    failure entry saying to send them in another request (it was a 413 error, so a client could not tell
+    that the instances before were stored)."""
+    import types
+
+    from werkzeug.test import Client
+
+    from chexnet.dicom_node import stow as stow_module
+    from chexnet.dicom_node.node import DECODABLE_SYNTAXES, STORAGE_CLASSES
+    from chexnet.dicom_node.spool import Spool
+    from chexnet.imaging.dicom import read_header
+    from chexnet.imaging.types import DecodeLimits
+
+    monkeypatch.setattr(stow_module, "MAX_PARTS", 2)
+    spool = Spool(tmp_path / "spool")
+    app = stow_module.StowService(
+        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
+        spool=spool,
+        cap_bytes=2**24,
+        min_free_bytes=0,
+        free_bytes=lambda: 2**40,
+        header=lambda read: read_header(read(), DecodeLimits()),
+        classes=STORAGE_CLASSES,
+        syntaxes=DECODABLE_SYNTAXES,
+        on_part=lambda outcome: None,
+    )
+    good = (dicom_dir / CHEST[0]).read_bytes()
+    body, content_type = stow_body([good, good, good, good])
+    answer = Client(app).post(
+        "/dicomweb/studies", data=body, headers={"Authorization": "Bearer t", "Content-Type": content_type}
+    )
+    assert answer.status_code == 202, answer.text
+    assert len(answer.json[REFERENCED]["Value"]) == 2 and len(list((spool.root / "incoming").iterdir())) == 2
+    assert [item[REASON]["Value"][0] for item in answer.json[FAILED]["Value"]] == [0xA700]
+    assert "part 3: A request may hold at most 2 instances" in answer.headers["Warning"]

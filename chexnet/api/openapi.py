@@ -444,7 +444,8 @@ STOW_DESCRIPTION = (
     "most CHEXNET_DICOMWEB_MAX_REQUEST_MB and 1000 instances. Each part is checked like a C-STORE and written "
     "to the node's spool before the answer; the results go to the PACS as for C-STORE. The answer is the Store "
     "Instances Response: ReferencedSOPSequence (0008,1199) for the stored instances, FailedSOPSequence "
-    "(0008,1198) with FailureReason (0008,1197: 0xA700 too large, disk full or busy; 0xC000 not DICOM; 0x0122 "
+    "(0008,1198) with FailureReason (0008,1197: 0xA700 too large, disk full or busy, or parts beyond the "
+    "1000th, not read; 0xC000 not DICOM; 0x0122 "
     "SOP class not taken; 0xC122 transfer syntax not decoded; 0xA900 another study than the URL's) for the "
     "others, and one Warning header per failure with the sentence to act on."
 )
@@ -491,7 +492,7 @@ def _stow(bearer: list) -> dict:
             "400": _error(400, "not a multipart body, or no DICOM part in it"),
             "401": _AUTH_ERRORS["401"],
             "403": _AUTH_ERRORS["403"],
-            "413": _error(413, "more than 1000 instances, or a request over CHEXNET_DICOMWEB_MAX_REQUEST_MB (nginx)"),
+            "413": _error(413, "a request over CHEXNET_DICOMWEB_MAX_REQUEST_MB (nginx)"),
             "415": _error(415, 'not multipart/related; type="application/dicom"'),
             "503": _error(503, "the DICOM node is not deployed or not up (nginx), or its licence keys are not loaded"),
         },

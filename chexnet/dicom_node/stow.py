@@ -65,6 +65,10 @@ class StowError(ServiceError):
         return self._headers
 
 
+class _TooManyParts(Exception):
+    """A part beyond MAX_PARTS began: the body is not read further."""
+
+
 @dataclass
 class Outcome:
     """One part of the request: stored, or failed with a reason code and a sentence."""
@@ -199,12 +203,7 @@ class StowService:
 
         def begin() -> None:
             if len(outcomes) >= MAX_PARTS:
-                raise StowError(
-                    413,
-                    "payload_too_large",
-                    f"A request may hold at most {MAX_PARTS} instances; the first {MAX_PARTS} were "
-                    "taken, send the rest in another request.",
-                )
+                raise _TooManyParts
             state["part"] = _Part(len(outcomes) + 1)
 
         def header_field(data: bytes, start: int, end: int) -> None:
@@ -280,6 +279,18 @@ class StowService:
                 raise StowError(
                     400, "bad_request", "The multipart body is malformed; check its boundary and part headers."
                 ) from None
+        except _TooManyParts:  # the parts read are answered; the rest are one failure entry
+            failed = Outcome(len(outcomes) + 1)
+            _fail(
+                failed,
+                OUT_OF_RESOURCES,
+                "too_many_parts",
+                f"A request may hold at most {MAX_PARTS} instances; this part and the rest were not read, "
+                "send them in another request.",
+            )
+            outcomes.append(failed)
+            self.on_part(failed)
+            state["ended"] = True
         except OSError as exc:  # a part's file cannot be made or written (no space, I/O error)
             log.error("cannot spool a STOW-RS instance", extra={"fields": {"error": exc.strerror}})
             failed = Outcome(len(outcomes) + 1)
