@@ -508,3 +508,38 @@ def test_parts_beyond_the_limit_are_one_failure_entry_after_those_stored(tmp_pat
     assert len(answer.json[REFERENCED]["Value"]) == 2 and len(list((spool.root / "incoming").iterdir())) == 2
     assert [item[REASON]["Value"][0] for item in answer.json[FAILED]["Value"]] == [0xA700]
     assert "part 3: A request may hold at most 2 instances" in answer.headers["Warning"]
+
+
+def test_an_unexpected_fault_is_the_json_error_and_one_log_line(tmp_path, caplog):
+    """A fault the node does not foresee (here its header reader raising RuntimeError) is a JSON 500 with the
+    request id and one log line naming the error's type, not waitress's text page and a traceback."""
+    import types
+
+    from werkzeug.test import Client
+
+    from chexnet.dicom_node.spool import Spool
+    from chexnet.dicom_node.stow import StowService
+
+    def header(read):
+        raise RuntimeError("a bug")
+
+    app = StowService(
+        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
+        spool=Spool(tmp_path / "spool"),
+        cap_bytes=2**20,
+        min_free_bytes=0,
+        free_bytes=lambda: 2**40,
+        header=header,
+        classes=(),
+        syntaxes=(),
+        on_part=lambda outcome: None,
+    )
+    spool = app.spool
+    body, content_type = stow_body([b"DICM"])
+    answer = Client(app).post(
+        "/dicomweb/studies", data=body, headers={"Authorization": "Bearer t", "Content-Type": content_type}
+    )
+    assert answer.status_code == 500 and answer.json["error"]["code"] == "internal_error"
+    assert answer.json["error"]["request_id"] == answer.headers["X-Request-ID"]
+    assert [r.getMessage() for r in caplog.records if r.name == "chexnet.dicom_node"] == ["STOW-RS request failed"]
+    assert list(spool.receiving.iterdir()) == []

@@ -121,6 +121,16 @@ class StowService:
         except (ServiceError, LicensingError) as exc:
             response = Response(status=exc.status, headers=exc.headers, mimetype="application/json")
             response.set_data(_json(error_body(exc, request_id)))
+        except Exception as exc:  # noqa: BLE001 - a bug is one log line and the JSON error, not waitress's page
+            log.error(
+                "STOW-RS request failed", extra={"fields": {"request_id": request_id, "error": type(exc).__name__}}
+            )
+            failure = ServiceError(
+                "The DICOM node failed on this request (logged under its request id); send it again, and tell "
+                "the administrator if it keeps failing."
+            )
+            response = Response(status=500, mimetype="application/json")
+            response.set_data(_json(error_body(failure, request_id)))
         response.headers["X-Request-ID"] = request_id
         return response(environ, start_response)
 
@@ -330,9 +340,8 @@ class StowService:
         except OSError as exc:
             log.error("cannot spool a STOW-RS instance", extra={"fields": {"error": exc.strerror}})
             _fail(outcome, OUT_OF_RESOURCES, "spool_error", "The node cannot write its spool; retry later.")
-        finally:
-            if outcome.failure is not None:
-                path.unlink(missing_ok=True)
+        finally:  # what is still here was not kept (refused, or a fault): a stored one is in incoming/ now
+            path.unlink(missing_ok=True)
         return outcome
 
     def _check(self, path: Path, refusal: str | None, outcome: Outcome, study: str | None) -> None:
