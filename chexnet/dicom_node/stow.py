@@ -15,8 +15,8 @@ Waitress buffers a request body beyond 512 KiB in an unlinked file in ``spool/re
 The answer is PS3.18's Store Instances Response (``application/dicom+json``): ReferencedSOPSequence for the
 stored instances, FailedSOPSequence with a FailureReason for the others, and one ``Warning: 299`` header
 per failure with the sentence a person acts on; 200 when all were stored, 202 when some failed, 409 when
-none was stored. A request that is not a STOW-RS request is answered with the product's JSON error (400,
-401, 404, 405, 413, 415, 503).
+none was stored; parts beyond MAX_PARTS are one failure entry. A request that is not a STOW-RS request is
+answered with the product's JSON error (400, 401, 404, 405, 415, 503; 500 for a fault the node did not foresee).
 """
 
 import json
