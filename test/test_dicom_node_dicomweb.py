@@ -441,7 +441,8 @@ def test_a_spool_that_cannot_be_written_is_a_failure_entry_not_a_500(tmp_path):
 
 
 def test_a_body_cut_in_its_first_part_says_so(tmp_path):
-    """A body that ends inside its first part (no closing boundary) is a 400 saying so, not 'no DICOM part'."""
+    """A body that ends inside its first part (no closing boundary) is a 400 saying so, not 'no DICOM part';
+    a boundary over RFC 2046's 70 characters is a 400 saying how long one may be, not that there is none."""
     import types
 
     from werkzeug.test import Client
@@ -469,6 +470,15 @@ def test_a_body_cut_in_its_first_part_says_so(tmp_path):
     )
     assert answer.status_code == 400, answer.text
     assert "ended before the first part's closing boundary" in answer.json["error"]["message"]
+    answer = Client(app).post(
+        "/dicomweb/studies",
+        data=body,
+        headers={
+            "Authorization": "Bearer t",
+            "Content-Type": f"{content_type.split('boundary=')[0]}boundary={'b' * 71}",
+        },
+    )
+    assert answer.status_code == 400 and "boundary of 1 to 70 characters" in answer.json["error"]["message"]
     assert list(spool.receiving.iterdir()) == [] and list((spool.root / "incoming").iterdir()) == []
 
 

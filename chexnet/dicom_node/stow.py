@@ -202,7 +202,9 @@ class StowService:
             )
         boundary = options.get(b"boundary", b"")
         if not 1 <= len(boundary) <= 70:
-            raise StowError(400, "bad_request", f"The Content-Type has no multipart boundary; {wanted}")
+            raise StowError(
+                400, "bad_request", f"The Content-Type has no multipart boundary of 1 to 70 characters; {wanted}"
+            )
         return boundary
 
     # --- the body, a part at a time ------------------------------------------------------------
