@@ -83,7 +83,8 @@ esac > "${GENERATED}/redirect.conf"
 : > "${GENERATED}/upstream.conf"
 case "${API_TASKS}" in
   '') printf 'upstream chexnet_api {\n    server api:8080;\n    keepalive 16;\n}\n' > "${GENERATED}/upstream.conf"
-      echo "proxy_pass http://chexnet_api;" > "${GENERATED}/proxy.conf" ;;
+      echo "proxy_pass http://chexnet_api;" > "${GENERATED}/proxy.conf"
+      echo "proxy_pass http://chexnet_api/api/v1/license;" > "${GENERATED}/auth.conf" ;;
   *) cat > "${GENERATED}/proxy.conf" <<CONF
 resolver 127.0.0.11 valid=2s ipv6=off;
 resolver_timeout 2s;
@@ -91,6 +92,12 @@ set \$chexnet_api_tasks ${API_TASKS};
 proxy_pass http://\$chexnet_api_tasks:8080;
 proxy_next_upstream error timeout http_503 non_idempotent;
 proxy_next_upstream_tries 3;
+CONF
+     cat > "${GENERATED}/auth.conf" <<CONF
+resolver 127.0.0.11 valid=2s ipv6=off;
+resolver_timeout 2s;
+set \$chexnet_api_tasks ${API_TASKS};
+proxy_pass http://\$chexnet_api_tasks:8080/api/v1/license;
 CONF
   ;;
 esac

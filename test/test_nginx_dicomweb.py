@@ -6,12 +6,15 @@ and a body over CHEXNET_DICOMWEB_MAX_REQUEST_MB is nginx's JSON 413 naming that 
 
 import os
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from api_helpers import LiveServer, make_env, ready_app
 from dicom_node_helpers import CHEST, Node, free_port
 from orthanc_helpers import stow_body
 from sample_data import ROOT
@@ -48,11 +51,12 @@ def proxy(tmp_path):
         check=True,
     )
     upstream = folder / "generated/upstream.conf"
-    upstream.write_text(upstream.read_text().replace("server api:8080;", "server 127.0.0.1:1;"))
+    compose_upstream = upstream.read_text()
     https_port = free_port()
     started = []
 
-    def start(node_port: int | None) -> str:
+    def start(node_port: int | None, api_port: int) -> str:
+        upstream.write_text(compose_upstream.replace("server api:8080;", f"server 127.0.0.1:{api_port};"))
         text = (ROOT / "nginx/nginx.conf").read_text()
         for old, new in (
             ("/run/chexnet-nginx/nginx.pid", str(folder / "nginx.pid")),
@@ -100,27 +104,73 @@ def proxy(tmp_path):
         )
 
 
-def test_without_the_node_dicomweb_is_a_json_503_that_says_so(proxy):
-    url, cert = proxy(None)
+@pytest.fixture()
+def api(env, app):
+    """The API on this host: nginx asks its GET /api/v1/license whether a STOW-RS caller's token is valid."""
+    live = LiveServer(app)
+    yield env, live.server.effective_port
+    live.close()
+
+
+def test_without_the_node_dicomweb_is_a_json_503_that_says_so(proxy, api):
+    env, api_port = api
+    url, cert = proxy(None, api_port)
     body, content_type = stow_body([b"x"])
     answer = requests.post(
-        f"{url}/dicomweb/studies", data=body, headers={"Content-Type": content_type}, verify=cert, timeout=30
+        f"{url}/dicomweb/studies",
+        data=body,
+        headers={"Content-Type": content_type, **env.auth()},
+        verify=cert,
+        timeout=30,
     )
     assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
     error = answer.json()["error"]
     assert error["code"] == "not_ready" and "DICOM node" in error["message"] and error["request_id"]
 
 
+def test_a_caller_without_a_valid_token_never_reaches_the_node(proxy, api):
+    """The token is checked before nginx reads the body: no connection to the node, nothing spooled."""
+    env, api_port = api
+    node = socket.create_server(("127.0.0.1", 0))  # stands in for the node: counts who connects
+    node.setblocking(False)
+    try:
+        url, cert = proxy(node.getsockname()[1], api_port)
+        body, content_type = stow_body([b"\0" * (4 << 20)])
+        for headers, code in (
+            ({}, "token_missing"),
+            ({"Authorization": "Bearer not-a-token"}, "token_invalid"),
+            (env.auth(exp=int(time.time()) - 3600), "token_invalid"),  # expired an hour ago
+        ):
+            answer = requests.post(
+                f"{url}/dicomweb/studies",
+                data=body,
+                headers={"Content-Type": content_type, **headers},
+                verify=cert,
+                timeout=60,
+            )
+            assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer"), answer.text
+            error = answer.json()["error"]
+            assert error["code"] == code and "Authorization: Bearer" in error["message"] and error["request_id"]
+        other_host = env.auth(product_uuid="0f0e0d0c-0b0a-0908-0706-050403020100")
+        answer = requests.post(
+            f"{url}/dicomweb/studies", data=body, headers={"Content-Type": content_type, **other_host}, verify=cert
+        )
+        assert answer.status_code == 403 and answer.json()["error"]["code"] == "wrong_host", answer.text
+        with pytest.raises(BlockingIOError):
+            node.accept()
+    finally:
+        node.close()
+
+
 def test_with_the_node_stow_rs_passes_through_and_an_oversized_body_is_nginxs_json_413(
     proxy, tmp_path, demo_bundle, dicom_dir
 ):
-    from api_helpers import make_env
-
     env = make_env(tmp_path / "site", demo_bundle.path)
+    live = LiveServer(ready_app(env))  # the API that checks the token for nginx
     node = Node(env, tmp_path, free_port())
     node.start()
     try:
-        url, cert = proxy(int(node.env["CHEXNET_DICOMWEB_PORT"]))
+        url, cert = proxy(int(node.env["CHEXNET_DICOMWEB_PORT"]), live.server.effective_port)
         token = {"Authorization": f"Bearer {env.token()}"}
         body, content_type = stow_body([(dicom_dir / CHEST[1]).read_bytes(), b"not a DICOM file"])
         answer = requests.post(
@@ -147,3 +197,4 @@ def test_with_the_node_stow_rs_passes_through_and_an_oversized_body_is_nginxs_js
         assert node.metric("chexnet_dicom_received_total") == 1
     finally:
         node.stop()
+        live.close()
