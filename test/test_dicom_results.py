@@ -8,6 +8,8 @@ import email.policy
 import io
 import json
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pydicom
@@ -47,6 +49,36 @@ def content_items(item):
     for child in item.get("ContentSequence", []):
         yield child
         yield from content_items(child)
+
+
+def test_one_dicom_result_is_built_at_a_time(app, env, dicom_dir, monkeypatch):
+    """Parametric Maps make a result's building memory-heavy: concurrent output=dicom requests take turns."""
+    from chexnet.service import service as service_module
+
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    def counted(settings, prediction):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            threading.Event().wait(0.2)  # long enough for the other requests to arrive meanwhile
+            return result_objects(settings, prediction)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(service_module, "result_objects", counted)
+    data = (dicom_dir / "RG1_J2KR.dcm").read_bytes()
+
+    def call(_):
+        return predict(app.test_client(), env, data, "?output=dicom")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(call, range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert most[0] == 1
 
 
 @pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "RSNA_pneumonia_16d7f894_CR_SC_jpegbaseline.dcm"])

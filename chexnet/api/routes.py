@@ -11,7 +11,6 @@ from chexnet.api.fhir import MEDIA_TYPE as FHIR_JSON
 from chexnet.api.fhir import diagnostic_report
 from chexnet.api.openapi import openapi_document
 from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
-from chexnet.dicom_results import encode
 from chexnet.errors import InvalidImage, InvalidOption, NotReady
 from chexnet.options import PredictOptions
 from chexnet.predictor import Prediction
@@ -120,7 +119,7 @@ def predict():
     )
     prediction = _predict(options)
     if options.output == "dicom":
-        body, content_type = multipart_related([encode(ds) for ds in service().dicom_results(prediction)])
+        body, content_type = multipart_related(service().dicom_results(prediction))
         return Response(body, content_type=content_type)
     if options.output == "fhir":  # errors stay the product's JSON errors (application/json)
         response = jsonify(diagnostic_report(prediction, g.request_id))

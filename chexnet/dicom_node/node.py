@@ -33,7 +33,6 @@ from chexnet.dicom_node.sender import Sender
 from chexnet.dicom_node.settings import NodeSettings
 from chexnet.dicom_node.spool import QUEUES, Spool
 from chexnet.dicom_node.stow import Outcome, StowService, http_server
-from chexnet.dicom_results import encode
 from chexnet.eligibility import WARNINGS, warnings_for
 from chexnet.errors import PayloadTooLarge, ServiceError
 from chexnet.imaging.dicom import DECODABLE_SYNTAXES, read_header
@@ -439,7 +438,7 @@ class DicomNode:
                 return True
             claims = self._claims()
             prediction = self.service.predict(lambda: data, self.options, claims, record["request_id"])
-            results = [encode(ds) for ds in self.service.dicom_results(prediction)]
+            results = self.service.dicom_results(prediction)
         except (LicenseError, ServiceError) as exc:
             if isinstance(exc, LicenseError) or exc.status == 503:
                 log.warning(

@@ -11,11 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-
 from chexnet.batching import MicroBatcher
 from chexnet.bundle import Bundle, load_bundle
-from chexnet.dicom_results import ResultSettings, result_objects
+from chexnet.dicom_results import ResultSettings, encode, result_objects
 from chexnet.engines import create_engine
 from chexnet.errors import ChexnetError, ModelNotFound, MonitorUnavailable, NotReady
 from chexnet.imaging import DecodeLimits
@@ -93,6 +91,7 @@ class Service:
         # DICOM audit messages to the hospital's audit repository (CHEXNET_AUDIT_SYSLOG), else a no-op
         self.atna = AtnaAudit.open(settings.audit_syslog, metrics.registry, application)
         self.result_settings = ResultSettings(uid_root=settings.dicom_uid_root, maps=settings.dicom_maps)
+        self._results_gate = threading.Lock()  # one DICOM result built at a time (dicom_results)
         self.layout = settings.layout
         self.gate = DecodeGate(self.layout.decode_concurrency, settings.decode_wait_s)
         self.limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
@@ -273,9 +272,13 @@ class Service:
         claims.require_feature(loaded.id)
         return loaded.predictor.predict(read, options, Caller(request_id, claims.sub, claims.customer))
 
-    def dicom_results(self, prediction: Prediction) -> list[pydicom.Dataset]:
-        """The SR and the heatmaps (secondary captures, Parametric Maps) of a prediction made with output=dicom."""
-        return result_objects(self.result_settings, prediction)
+    def dicom_results(self, prediction: Prediction) -> list[bytes]:
+        """The SR and the heatmaps (secondary captures, Parametric Maps) of a prediction made with output=dicom,
+        encoded (PS3.10). One result is made at a time in this process: its Parametric Maps may hold up to
+        chexnet.dicom_results.MAP_BUDGET_MIB of float pixels, and about three times that while they are built
+        and encoded, which several requests at once would multiply past the container's memory limit."""
+        with self._results_gate:
+            return [encode(ds) for ds in result_objects(self.result_settings, prediction)]
 
     # --- monitoring (chexnet.service.monitoring) ---------------------------------------------------
     def _open_monitor(self) -> None:
