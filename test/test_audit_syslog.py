@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -110,6 +111,30 @@ def test_a_clear_text_url_or_unusable_tls_file_stops_the_start_with_one_sentence
     message = str(refused.value)
     assert message.startswith(variable + " ") and fragment in message, message
     assert "\n" not in message and message.endswith(".")
+
+
+def test_a_queue_folder_others_could_write_is_closed_and_one_of_another_user_refused(tmp_path, demo_bundle, pki):
+    """Queued messages are sent in the product's name: no other local user may plant or remove one."""
+    queue = tmp_path / "shared-queue"
+    queue.mkdir(mode=0o777)
+    queue.chmod(0o777)
+    make_env(tmp_path, demo_bundle.path, **_syslog_env(TLS_URL, pki, tmp_path, CHEXNET_AUDIT_SYSLOG_QUEUE=str(queue)))
+    assert stat.S_IMODE(queue.stat().st_mode) == 0o700
+
+    link = tmp_path / "linked-queue"
+    link.symlink_to(queue)
+    theirs = tmp_path / "their-queue"
+    theirs.mkdir()
+    if os.geteuid() == 0:
+        os.chown(theirs, 12345, 12345)
+    for folder in (link, *([theirs] if os.geteuid() == 0 else [])):
+        with pytest.raises(SettingsError) as refused:
+            make_env(
+                tmp_path,
+                demo_bundle.path,
+                **_syslog_env(TLS_URL, pki, tmp_path, CHEXNET_AUDIT_SYSLOG_QUEUE=str(folder)),
+            )
+        assert str(refused.value).startswith("CHEXNET_AUDIT_SYSLOG_QUEUE ") and "another user" in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ import re
 import select
 import socket
 import ssl
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -119,12 +120,23 @@ class AuditSyslogSettings:
             Path(settings.queue).mkdir(parents=True, exist_ok=True, mode=0o700)
             if not os.access(settings.queue, os.W_OK | os.X_OK):
                 raise PermissionError
+            folder = os.lstat(settings.queue)
         except OSError:
             raise env.refuse(
                 "AUDIT_SYSLOG_QUEUE",
                 f"'{settings.queue}' cannot be made or written; give a folder this process can write "
                 "(audit messages wait there while the audit repository is away).",
             ) from None
+        # Whatever is queued there is sent to the hospital in this product's name: a folder another user owns,
+        # or may write, would let a local user plant audit messages (or remove them before they are sent).
+        if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != os.geteuid():
+            raise env.refuse(
+                "AUDIT_SYSLOG_QUEUE",
+                f"'{settings.queue}' is a link or belongs to another user (uid {folder.st_uid}); give a folder of "
+                "this process's own (audit messages queued there are sent in its name).",
+            )
+        if folder.st_mode & 0o077:
+            os.chmod(settings.queue, 0o700)  # this process's own folder: nobody else reads or writes its queue
         return settings
 
     def tls_context(self, env: Environment | None = None) -> ssl.SSLContext:
