@@ -358,33 +358,42 @@ def test_a_store_response_of_another_shape_is_retried_not_an_error(tmp_path, ans
     assert result.exists() and result.name in sender._retry
 
 
+def _stow_service(spool, cap_bytes: int = 2**20, header=None, accepts_nothing: bool = False):
+    """The node's STOW-RS application alone: any token passes, the disk is never short, and parts are checked
+    by the core's header reader against the node's classes and syntaxes (or by ``header``, accepting none)."""
+    import types
+
+    from chexnet.dicom_node.node import DECODABLE_SYNTAXES, STORAGE_CLASSES
+    from chexnet.dicom_node.stow import StowService
+    from chexnet.imaging.dicom import read_header
+    from chexnet.imaging.types import DecodeLimits
+
+    return StowService(
+        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
+        spool=spool,
+        cap_bytes=cap_bytes,
+        min_free_bytes=0,
+        free_bytes=lambda: 2**40,
+        header=header or (lambda read: read_header(read(), DecodeLimits())),
+        classes=() if accepts_nothing else STORAGE_CLASSES,
+        syntaxes=() if accepts_nothing else DECODABLE_SYNTAXES,
+        on_part=lambda outcome: None,
+    )
+
+
 def test_a_part_whose_uid_is_overlong_or_quoted_gets_a_warning_header_waitress_can_send(tmp_path):
     """The Warning sentence quotes the part's SOP class (bounded, escaped, cut with an ellipsis): the header
     must be Latin-1 for waitress and a valid quoted-string. An ellipsis made waitress answer a bare 500 and
     log a traceback, so the parts stored before it in the same request were never acknowledged."""
-    import types
 
     import numpy as np
 
-    from chexnet.dicom_node.node import DECODABLE_SYNTAXES, STORAGE_CLASSES
     from chexnet.dicom_node.spool import Spool
-    from chexnet.dicom_node.stow import StowService, http_server
-    from chexnet.imaging.dicom import read_header
-    from chexnet.imaging.types import DecodeLimits
+    from chexnet.dicom_node.stow import http_server
     from dicom_factory import make_dicom
 
     spool = Spool(tmp_path / "spool")
-    app = StowService(
-        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
-        spool=spool,
-        cap_bytes=2**20,
-        min_free_bytes=0,
-        free_bytes=lambda: 2**40,
-        header=lambda read: read_header(read(), DecodeLimits()),
-        classes=STORAGE_CLASSES,
-        syntaxes=DECODABLE_SYNTAXES,
-        on_part=lambda outcome: None,
-    )
+    app = _stow_service(spool)
     server = http_server(app, "127.0.0.1", 0, 2, 2**24, spool.receiving)
     threading.Thread(target=server.run, daemon=True).start()
     try:
@@ -408,28 +417,13 @@ def test_a_part_whose_uid_is_overlong_or_quoted_gets_a_warning_header_waitress_c
 def test_a_spool_that_cannot_be_written_is_a_failure_entry_not_a_500(tmp_path):
     """An I/O error while a part is written (no space before the floor's next check, receiving/ gone) is
     0xA700 for that part and the rest, in the Store Instances Response that still lists what was stored."""
-    import types
 
     from werkzeug.test import Client
 
-    from chexnet.dicom_node.node import DECODABLE_SYNTAXES, STORAGE_CLASSES
     from chexnet.dicom_node.spool import Spool
-    from chexnet.dicom_node.stow import StowService
-    from chexnet.imaging.dicom import read_header
-    from chexnet.imaging.types import DecodeLimits
 
     spool = Spool(tmp_path / "spool")
-    app = StowService(
-        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
-        spool=spool,
-        cap_bytes=2**20,
-        min_free_bytes=0,
-        free_bytes=lambda: 2**40,
-        header=lambda read: read_header(read(), DecodeLimits()),
-        classes=STORAGE_CLASSES,
-        syntaxes=DECODABLE_SYNTAXES,
-        on_part=lambda outcome: None,
-    )
+    app = _stow_service(spool)
     spool.receiving.rmdir()
     body, content_type = stow_body([b"DICM", b"DICM"])
     answer = Client(app).post(
@@ -443,25 +437,13 @@ def test_a_spool_that_cannot_be_written_is_a_failure_entry_not_a_500(tmp_path):
 def test_a_body_cut_in_its_first_part_says_so(tmp_path):
     """A body that ends inside its first part (no closing boundary) is a 400 saying so, not 'no DICOM part';
     a boundary over RFC 2046's 70 characters is a 400 saying how long one may be, not that there is none."""
-    import types
 
     from werkzeug.test import Client
 
     from chexnet.dicom_node.spool import Spool
-    from chexnet.dicom_node.stow import StowService
 
     spool = Spool(tmp_path / "spool")
-    app = StowService(
-        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
-        spool=spool,
-        cap_bytes=2**20,
-        min_free_bytes=0,
-        free_bytes=lambda: 2**40,
-        header=lambda read: pydicom.Dataset(),
-        classes=(),
-        syntaxes=(),
-        on_part=lambda outcome: None,
-    )
+    app = _stow_service(spool, header=lambda read: pydicom.Dataset(), accepts_nothing=True)
     body, content_type = stow_body([b"DICM" * 100])
     answer = Client(app).post(
         "/dicomweb/studies",
@@ -486,29 +468,15 @@ def test_parts_beyond_the_limit_are_one_failure_entry_after_those_stored(tmp_pat
     """A request with more parts than MAX_PARTS: the parts read are stored and listed, the rest are one 0xA700
     failure entry saying to send them in another request (it was a 413 error, so a client could not tell
     that the instances before were stored)."""
-    import types
 
     from werkzeug.test import Client
 
     from chexnet.dicom_node import stow as stow_module
-    from chexnet.dicom_node.node import DECODABLE_SYNTAXES, STORAGE_CLASSES
     from chexnet.dicom_node.spool import Spool
-    from chexnet.imaging.dicom import read_header
-    from chexnet.imaging.types import DecodeLimits
 
     monkeypatch.setattr(stow_module, "MAX_PARTS", 2)
     spool = Spool(tmp_path / "spool")
-    app = stow_module.StowService(
-        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
-        spool=spool,
-        cap_bytes=2**24,
-        min_free_bytes=0,
-        free_bytes=lambda: 2**40,
-        header=lambda read: read_header(read(), DecodeLimits()),
-        classes=STORAGE_CLASSES,
-        syntaxes=DECODABLE_SYNTAXES,
-        on_part=lambda outcome: None,
-    )
+    app = _stow_service(spool, cap_bytes=2**24)
     good = (dicom_dir / CHEST[0]).read_bytes()
     body, content_type = stow_body([good, good, good, good])
     answer = Client(app).post(
@@ -523,27 +491,15 @@ def test_parts_beyond_the_limit_are_one_failure_entry_after_those_stored(tmp_pat
 def test_an_unexpected_fault_is_the_json_error_and_one_log_line(tmp_path, caplog):
     """A fault the node does not foresee (here its header reader raising RuntimeError) is a JSON 500 with the
     request id and one log line naming the error's type, not waitress's text page and a traceback."""
-    import types
 
     from werkzeug.test import Client
 
     from chexnet.dicom_node.spool import Spool
-    from chexnet.dicom_node.stow import StowService
 
     def header(read):
         raise RuntimeError("a bug")
 
-    app = StowService(
-        verifier=lambda: types.SimpleNamespace(verify=lambda token: {}),  # type: ignore[arg-type,return-value]
-        spool=Spool(tmp_path / "spool"),
-        cap_bytes=2**20,
-        min_free_bytes=0,
-        free_bytes=lambda: 2**40,
-        header=header,
-        classes=(),
-        syntaxes=(),
-        on_part=lambda outcome: None,
-    )
+    app = _stow_service(Spool(tmp_path / "spool"), header=header, accepts_nothing=True)
     spool = app.spool
     body, content_type = stow_body([b"DICM"])
     answer = Client(app).post(

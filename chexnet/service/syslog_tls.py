@@ -304,16 +304,9 @@ class SyslogQueue:
         a message survives a power cut too. Best effort: a disk error here is the writer's to report."""
         fresh = [path for path in waiting if path.name not in self._synced]
         for path in fresh:
-            try:
-                descriptor = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(descriptor)
-                finally:
-                    os.close(descriptor)
-            except OSError:
-                continue
+            _fsync(path)
         if fresh:
-            _sync_folder(self.folder)
+            _fsync(self.folder)
         self._synced = {path.name for path in waiting}
 
     def _ending(self) -> bool:
@@ -369,7 +362,7 @@ class SyslogQueue:
             with self._lock:
                 self._depth = max(0, self._depth - 1)
             self.sent.inc()
-        _sync_folder(self.folder)  # the removals too: a sent message must not come back after a power cut
+        _fsync(self.folder)  # the removals too: a sent message must not come back after a power cut
         if self._down:
             self._down = False
             log.info("the audit repository is reachable again", extra={"fields": {"repository": self.settings.url}})
@@ -429,9 +422,10 @@ class SyslogQueue:
                 pass
 
 
-def _sync_folder(folder: Path) -> None:
+def _fsync(path: Path) -> None:
+    """A queued file, or the folder's entries, to disk; best effort (a disk error is the writer's to report)."""
     try:
-        descriptor = os.open(folder, os.O_RDONLY)
+        descriptor = os.open(path, os.O_RDONLY)
         try:
             os.fsync(descriptor)
         finally:
