@@ -1,6 +1,5 @@
 """The API on a real waitress server: concurrent clients, overload answers, the browser page."""
 
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import requests
 
 from api_helpers import LiveServer, make_env, ready_app
+from browser_helpers import chromium
 from chexnet.errors import Overloaded
 from chexnet.options import PredictOptions
 
@@ -76,33 +76,11 @@ def test_upload_over_limit_is_json_413_on_the_wire(tmp_path, demo_bundle):
         live.close()
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.fixture()
 def browser():
     """Debian's Chromium, headless, with nothing of its own reaching out."""
-    if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        launched = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 def test_browser_page_shows_findings_heatmaps_and_demo_banner(server, env, nih_sample, tmp_path, browser):

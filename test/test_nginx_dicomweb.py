@@ -115,14 +115,7 @@ def api(env, app):
 def test_without_the_node_dicomweb_is_a_json_503_that_says_so(proxy, api):
     env, api_port = api
     url, cert = proxy(None, api_port)
-    body, content_type = stow_body([b"x"])
-    answer = requests.post(
-        f"{url}/dicomweb/studies",
-        data=body,
-        headers={"Content-Type": content_type, **env.auth()},
-        verify=cert,
-        timeout=30,
-    )
+    answer = _stow(url, cert, [b"x"], env.auth())
     assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
     error = answer.json()["error"]
     assert error["code"] == "not_ready" and "DICOM node" in error["message"] and error["request_id"]
@@ -135,26 +128,18 @@ def test_a_caller_without_a_valid_token_never_reaches_the_node(proxy, api):
     node.setblocking(False)
     try:
         url, cert = proxy(node.getsockname()[1], api_port)
-        body, content_type = stow_body([b"\0" * (4 << 20)])
+        parts = [b"\0" * (4 << 20)]
         for headers, code in (
             ({}, "token_missing"),
             ({"Authorization": "Bearer not-a-token"}, "token_invalid"),
             (env.auth(exp=int(time.time()) - 3600), "token_invalid"),  # expired an hour ago
         ):
-            answer = requests.post(
-                f"{url}/dicomweb/studies",
-                data=body,
-                headers={"Content-Type": content_type, **headers},
-                verify=cert,
-                timeout=60,
-            )
+            answer = _stow(url, cert, parts, headers)
             assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer"), answer.text
             error = answer.json()["error"]
             assert error["code"] == code and "Authorization: Bearer" in error["message"] and error["request_id"]
         other_host = env.auth(product_uuid="0f0e0d0c-0b0a-0908-0706-050403020100")
-        answer = requests.post(
-            f"{url}/dicomweb/studies", data=body, headers={"Content-Type": content_type, **other_host}, verify=cert
-        )
+        answer = _stow(url, cert, parts, other_host)
         assert answer.status_code == 403 and answer.json()["error"]["code"] == "wrong_host", answer.text
         with pytest.raises(BlockingIOError):
             node.accept()
@@ -171,30 +156,23 @@ def test_with_the_node_stow_rs_passes_through_and_an_oversized_body_is_nginxs_js
     node.start()
     try:
         url, cert = proxy(int(node.env["CHEXNET_DICOMWEB_PORT"]), live.server.effective_port)
-        token = {"Authorization": f"Bearer {env.token()}"}
-        body, content_type = stow_body([(dicom_dir / CHEST[1]).read_bytes(), b"not a DICOM file"])
-        answer = requests.post(
-            f"{url}/dicomweb/studies",
-            data=body,
-            headers={"Content-Type": content_type, **token},
-            verify=cert,
-            timeout=60,
-        )
+        answer = _stow(url, cert, [(dicom_dir / CHEST[1]).read_bytes(), b"not a DICOM file"], env.auth())
         assert answer.status_code == 202, answer.text
         assert "part 2:" in answer.headers["Warning"] and answer.headers["X-Request-ID"]
         assert node.metric("chexnet_dicom_received_total") == 1
 
-        body, content_type = stow_body([b"\0" * (9 << 20)])  # over the 8 MiB rendered for /dicomweb/
-        answer = requests.post(
-            f"{url}/dicomweb/studies",
-            data=body,
-            headers={"Content-Type": content_type, **token},
-            verify=cert,
-            timeout=60,
-        )
+        answer = _stow(url, cert, [b"\0" * (9 << 20)], env.auth())  # over the 8 MiB rendered for /dicomweb/
         assert answer.status_code == 413, answer.text
         assert "(CHEXNET_DICOMWEB_MAX_REQUEST_MB)" in answer.json()["error"]["message"]
         assert node.metric("chexnet_dicom_received_total") == 1
     finally:
         node.stop()
         live.close()
+
+
+def _stow(url: str, cert: str, parts: list[bytes], headers: dict) -> requests.Response:
+    """A STOW-RS request of these parts through nginx."""
+    body, content_type = stow_body(parts)
+    return requests.post(
+        f"{url}/dicomweb/studies", data=body, headers={"Content-Type": content_type, **headers}, verify=cert, timeout=60
+    )
