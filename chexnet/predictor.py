@@ -34,6 +34,24 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 2)
 
 
+class Stopwatch:
+    """One stage's wall time and the CPU time of the thread that runs it, in milliseconds, from when it was
+    made. Under load a stage's wall time also counts the waits for a core or the GIL, which cost nothing; the
+    CPU time is what the stage itself costs (bench/request_cost.py adds these up per request)."""
+
+    __slots__ = ("_wall", "_cpu")
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._cpu = time.thread_time()
+
+    def wall_ms(self) -> float:
+        return _ms(self._wall)
+
+    def cpu_ms(self) -> float:
+        return round((time.thread_time() - self._cpu) * 1000.0, 3)
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who asked (for the audit log): the request id and the licence token's subject and customer."""
@@ -49,6 +67,7 @@ class PreparedImage:
     tensor: np.ndarray
     sha256: str
     timing_ms: dict = field(default_factory=dict)
+    cpu_ms: dict = field(default_factory=dict)  # the serving thread's CPU milliseconds per stage (Stopwatch)
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,7 @@ class Prediction:
     warnings: list[str]  # chexnet.eligibility codes
     source: pydicom.Dataset | None = None  # a DICOM input's identifying header: for DICOM results only
     priority: Priority = Priority()  # the study-level triage priority (chexnet.triage), computed in report()
+    cpu_ms: dict = field(default_factory=dict)  # the serving thread's CPU milliseconds per stage: metrics only
 
     def summary(self) -> dict:
         """Everything but the heatmap bytes and the source header, as JSON-ready data (each transport
@@ -213,15 +233,15 @@ class Predictor:
         return prediction
 
     def prepare(self, data: bytes) -> PreparedImage:
-        start = time.perf_counter()
+        clock = Stopwatch()
         image = decode_image(data, self.limits, self.decode_size)
-        decode_ms = _ms(start)
-        start = time.perf_counter()
+        timing, cpu = {"decode": clock.wall_ms()}, {"decode": clock.cpu_ms()}
+        clock = Stopwatch()
         m = self.bundle.manifest
         tensor = preprocess(image.pixels, m.input_size, m.mean, m.std)
-        return PreparedImage(
-            image, tensor, hashlib.sha256(data).hexdigest(), {"decode": decode_ms, "preprocess": _ms(start)}
-        )
+        sha256 = hashlib.sha256(data).hexdigest()
+        timing["preprocess"], cpu["preprocess"] = clock.wall_ms(), clock.cpu_ms()
+        return PreparedImage(image, tensor, sha256, timing, cpu)
 
     def report(
         self,
@@ -235,7 +255,7 @@ class Predictor:
             Finding(label, round(float(p), 6), bool(p >= label.threshold))
             for label, p in zip(labels, row.probabilities, strict=True)
         ]
-        start = time.perf_counter()
+        clock = Stopwatch()
         rendered = [
             Heatmap(
                 labels[i],
@@ -244,13 +264,23 @@ class Predictor:
             )
             for i in selected(row.probabilities)
         ]
-        timing = dict(prepared.timing_ms, inference=row.inference_ms, heatmap=_ms(start))
+        timing = dict(prepared.timing_ms, inference=row.inference_ms, heatmap=clock.wall_ms())
+        cpu = dict(prepared.cpu_ms, heatmap=clock.cpu_ms())
         timing["total"] = round(sum(timing.values()), 2)
         image = {"format": prepared.image.format, "width": prepared.image.width, "height": prepared.image.height}
         source = prepared.image.source
         priority = self.triage.evaluate({f.code: f.probability for f in findings}, self.model_info.demo)
         return Prediction(
-            self.model_info, image, findings, rendered, timing, prepared.sha256, warnings_for(source), source, priority
+            self.model_info,
+            image,
+            findings,
+            rendered,
+            timing,
+            prepared.sha256,
+            warnings_for(source),
+            source,
+            priority,
+            cpu_ms=cpu,
         )
 
     def heatmap_selector(self, spec: str | tuple[str, ...]) -> Callable[[np.ndarray], list[int]]:

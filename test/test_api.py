@@ -401,6 +401,11 @@ def test_metrics(client, env, nih_sample):
     assert 'chexnet_requests_total{code="token_missing",endpoint="/api/v1/license",status="401"}' in text
     assert 'chexnet_stage_seconds_count{model="cxr10",stage="inference"}' in text
     assert "chexnet_batch_size_bucket" in text and "chexnet_queue_depth" in text
+    # each stage's wall time, and the CPU time of the thread that ran it where one did (bench/request_cost.py)
+    for stage in ("parse", "decode", "preprocess", "heatmap", "response", "audit"):
+        for family in ("chexnet_stage_seconds", "chexnet_stage_cpu_seconds"):
+            assert f'{family}_count{{model="cxr10",stage="{stage}"}}' in text
+    assert 'chexnet_stage_cpu_seconds_count{model="cxr10",stage="inference"}' not in text  # the engine's threads
 
 
 def test_openapi_and_docs_pages(client):

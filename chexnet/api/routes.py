@@ -2,6 +2,8 @@
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import swagger_ui_bundle
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_from_directory
@@ -13,7 +15,7 @@ from chexnet.api.openapi import openapi_document
 from chexnet.api.responses import cxrnet_body, multipart_related, prediction_body
 from chexnet.errors import InvalidImage, InvalidOption, NotReady
 from chexnet.options import PredictOptions
-from chexnet.predictor import Prediction
+from chexnet.predictor import Prediction, Stopwatch
 from chexnet.service import Service
 from licensing.flask_auth import current_claims, token_required
 
@@ -80,14 +82,33 @@ def _option(name: str) -> str | None:
     return values[0] if values else None
 
 
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Time a stage of this request that the core does not see (parsing the upload, making the response body);
+    _observe_stages reports them once the request's model is known."""
+    clock = Stopwatch()
+    try:
+        yield
+    finally:
+        wall, cpu = g.setdefault("stages", {}).get(name, (0.0, 0.0))
+        g.stages[name] = (wall + clock.wall_ms(), cpu + clock.cpu_ms())
+
+
+def _observe_stages(prediction: Prediction) -> None:
+    metrics = current_app.extensions["chexnet.metrics"]
+    for name, (wall, cpu) in g.get("stages", {}).items():
+        metrics.observe_stage(prediction.model.id, name, wall, cpu)
+
+
 def _upload() -> bytes:
     """The radiograph's bytes; the core calls this inside a decode slot, so waiting uploads stay unread."""
-    if request.mimetype == "multipart/form-data":
-        for field in UPLOAD_FIELDS:
-            if field in request.files:
-                return request.files[field].read()
-        raise InvalidImage("Send the radiograph in the multipart field 'image'.")
-    return request.get_data(cache=False)
+    with _stage("parse"):
+        if request.mimetype == "multipart/form-data":
+            for field in UPLOAD_FIELDS:
+                if field in request.files:
+                    return request.files[field].read()
+            raise InvalidImage("Send the radiograph in the multipart field 'image'.")
+        return request.get_data(cache=False)
 
 
 _ZERO_Q = re.compile(r"(^|;)\s*q\s*=\s*0(\.0{0,3})?\s*(;|$)", re.IGNORECASE)
@@ -114,27 +135,36 @@ def _predict(options: PredictOptions) -> Prediction:
 @api.post("/predict")
 @token_required
 def predict():
-    options = PredictOptions.parse(
-        _option("model"), _option("heatmaps"), _option("heatmap_format"), _option("output") or _accepted_output()
-    )
+    with _stage("parse"):  # a multipart body is parsed at the first option read from it
+        options = PredictOptions.parse(
+            _option("model"), _option("heatmaps"), _option("heatmap_format"), _option("output") or _accepted_output()
+        )
     prediction = _predict(options)
-    if options.output == "dicom":
-        body, content_type = multipart_related(service().dicom_results(prediction))
-        return Response(body, content_type=content_type)
-    if options.output == "fhir":  # errors stay the product's JSON errors (application/json)
-        response = jsonify(diagnostic_report(prediction, g.request_id))
-        response.mimetype = FHIR_JSON
-        return response
-    return jsonify(prediction_body(prediction, g.request_id))
+    with _stage("response"):
+        if options.output == "dicom":
+            body, content_type = multipart_related(service().dicom_results(prediction))
+            response = Response(body, content_type=content_type)
+        elif options.output == "fhir":  # errors stay the product's JSON errors (application/json)
+            response = jsonify(diagnostic_report(prediction, g.request_id))
+            response.mimetype = FHIR_JSON
+        else:
+            response = jsonify(prediction_body(prediction, g.request_id))
+    _observe_stages(prediction)
+    return response
 
 
 @api.post("/CXRNet/predict")
 @token_required
 def cxrnet_predict():
     """The source project's front-end contract: probabilities, one Grad-CAM JPEG, category names."""
-    prediction = _predict(PredictOptions.parse(_option("model"), "top", "jpeg"))
-    categories = [f.label.name.zh or f.label.name.en for f in prediction.findings]
-    return jsonify(cxrnet_body(prediction, categories, g.request_id))
+    with _stage("parse"):
+        options = PredictOptions.parse(_option("model"), "top", "jpeg")
+    prediction = _predict(options)
+    with _stage("response"):
+        categories = [f.label.name.zh or f.label.name.en for f in prediction.findings]
+        response = jsonify(cxrnet_body(prediction, categories, g.request_id))
+    _observe_stages(prediction)
+    return response
 
 
 @api.get("/openapi.json")

@@ -72,6 +72,14 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
+        self.stage_cpu = Histogram(
+            "chexnet_stage_cpu_seconds",
+            "CPU time per stage of the thread that ran it (parse, decode, preprocess, heatmap, response, audit); "
+            "the forward pass runs on the engine's threads and is not counted here",
+            ["model", "stage"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
         self.batch_size = Histogram(
             "chexnet_batch_size",
             "Images per engine call",
@@ -88,6 +96,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "chexnet_queue_depth", "Images waiting for the engine", ["model"], registry=self.registry
         )
+
+    def observe_stage(self, model: str, stage: str, wall_ms: float, cpu_ms: float | None = None) -> None:
+        """One stage of one request: its wall time, and the CPU time of the thread that ran it where measured."""
+        self.stage.labels(model, stage).observe(wall_ms / 1000.0)
+        if cpu_ms is not None:
+            self.stage_cpu.labels(model, stage).observe(cpu_ms / 1000.0)
 
     def watch_revocations(self, watcher: Callable[[], RevocationWatcher | None]) -> None:
         """The revocation list's state, read at each scrape (the watcher exists once the keys load)."""

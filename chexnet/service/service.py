@@ -19,7 +19,7 @@ from chexnet.errors import ChexnetError, ModelNotFound, MonitorUnavailable, NotR
 from chexnet.imaging import DecodeLimits
 from chexnet.imaging.gate import DecodeGate
 from chexnet.options import PredictOptions
-from chexnet.predictor import Caller, Prediction, Predictor, batch_forward
+from chexnet.predictor import Caller, Prediction, Predictor, Stopwatch, batch_forward
 from chexnet.service.atna import AtnaAudit
 from chexnet.service.audit import AuditLog
 from chexnet.service.monitoring import (
@@ -332,12 +332,13 @@ class Service:
     def _observe_stages(self, prediction: Prediction, caller: Caller) -> None:
         for stage, ms in prediction.timing_ms.items():
             if stage != "total":
-                self.metrics.stage.labels(prediction.model.id, stage).observe(ms / 1000.0)
+                self.metrics.observe_stage(prediction.model.id, stage, ms, prediction.cpu_ms.get(stage))
 
     def _observe_priority(self, prediction: Prediction, caller: Caller) -> None:
         self.metrics.priority.labels(prediction.model.id, prediction.priority.level).inc()
 
     def _audit(self, prediction: Prediction, caller: Caller) -> None:
+        clock = Stopwatch()  # wall: until the flush that holds the record is on disk; CPU: this thread's share
         self.audit.write(
             {
                 "request_id": caller.request_id,
@@ -358,3 +359,4 @@ class Service:
                 "priority": prediction.priority.as_dict(),
             }
         )
+        self.metrics.observe_stage(prediction.model.id, "audit", clock.wall_ms(), clock.cpu_ms())
