@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the images with no container registry:
 #   1. base image from Debian packages (debootstrap → docker import), unless BASE_IMAGE is given
-#   2. wheelhouses downloaded on this host (containers install them with --no-index)
+#   2. wheelhouses downloaded on this host, served to the image builds on loopback (--no-index: nothing else)
 #   3. the three demo bundles with their validated OpenVINO variants (scripts/demo-bundles.sh)
 #   4. chexnet-api-cpu, chexnet-api-gpu and chexnet-nginx, tagged with the product version
 # Usage: scripts/build-images.sh [cpu|gpu|all]     (default all; nginx is always built)
@@ -56,9 +56,9 @@ build_bundles() {
   PYTHON="${PYTHON}" "${ROOT}/scripts/demo-bundles.sh" "${ROOT}/models" "${MODELS[@]}"
 }
 
-# A build context per image: wheels/ (third-party), app/ (our wheel) and models/ (the demo bundles).
-# The wheelhouse is made afresh each time (pip's cache makes that quick) so that no stale version
-# of a package can reach an image.
+# A build context per image: wheels.txt (the third-party wheels' file names), app/ (our wheel) and models/
+# (the demo bundles). The wheelhouse is made afresh each time (pip's cache makes that quick) so that no stale
+# version of a package can reach an image; it stays on this host (serve_wheels) rather than in the context.
 prepare_context() {
   local variant="$1" extras="$2" context="${BUILD}/context-$1" wheelhouse="${BUILD}/wheelhouse-$1"
   log "wheelhouse for ${variant} (${extras})"
@@ -67,28 +67,62 @@ prepare_context() {
     -c "${ROOT}/requirements/constraints.txt" -w "${wheelhouse}" "${ROOT}[${extras}]"
   mkdir -p "${context}/app"
   mv "${wheelhouse}"/chexnet_onprem-*.whl "${context}/app/"
-  cp -al "${wheelhouse}" "${context}/wheels"
+  (cd "${wheelhouse}" && ls -- *.whl) > "${context}/wheels.txt"
   cp -a "${ROOT}/models" "${context}/models"
   chmod -R a+rX "${context}/models"  # the image runs as an unprivileged user
 }
 
+# serve_wheels DIR: serve the wheelhouse to the image builds on 127.0.0.1 (they run with --network host) and set
+# WHEELS_URL. Served, the wheels never become a layer, nor the venv a builder stage copied over: the GPU image's
+# build took at most 19 GB more disk than before it (wheelhouse, and the venv twice while Docker commits it),
+# against 35 GB with the wheels COPYed into a builder stage, on which a CI machine ran out of disk. The first
+# free port from 18900 is taken: the same port each time keeps Docker's layer cache.
+serve_wheels() {
+  local tries=0
+  : > "${BUILD}/wheels.port"
+  "${PYTHON}" - "$1" > "${BUILD}/wheels.port" 2> "${BUILD}/wheels.log" <<'PY' &
+import functools, http.server, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+for port in range(18900, 19000):
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        continue
+    print(port, flush=True)
+    server.serve_forever()
+sys.exit("no free port on 127.0.0.1 between 18900 and 18999 to serve the wheelhouse to docker build")
+PY
+  WHEELS_SERVER=$!
+  while [[ ! -s "${BUILD}/wheels.port" ]] && kill -0 "${WHEELS_SERVER}" 2>/dev/null && (( tries++ < 100 )); do sleep 0.1; done
+  [[ -s "${BUILD}/wheels.port" ]] || die "the wheelhouse server did not start; see ${BUILD}/wheels.log"
+  WHEELS_URL="http://127.0.0.1:$(cat "${BUILD}/wheels.port")"
+}
+
+stop_wheels() {
+  [[ -z "${WHEELS_SERVER:-}" ]] || kill "${WHEELS_SERVER}" 2>/dev/null || true
+  WHEELS_SERVER=""
+}
+trap stop_wheels EXIT
+
 build_api() {
   local variant="$1" extras="$2"
   prepare_context "${variant}" "${extras}"
+  serve_wheels "${BUILD}/wheelhouse-${variant}"
   log "docker build chexnet-api-${variant}:${VERSION}"
-  docker build --quiet -f "${ROOT}/chexnet_api_${variant}/Dockerfile" \
-    --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "VERSION=${VERSION}" --build-arg "REVISION=${REVISION}" \
+  docker build --quiet --network host -f "${ROOT}/chexnet_api_${variant}/Dockerfile" \
+    --build-arg "BASE_IMAGE=${BASE_IMAGE}" --build-arg "WHEELS_URL=${WHEELS_URL}" \
+    --build-arg "VERSION=${VERSION}" --build-arg "REVISION=${REVISION}" \
     --build-arg "MODELS=${MODELS[*]}" --build-arg "MIN_NVIDIA_DRIVER=${MIN_NVIDIA_DRIVER}" \
     --build-arg "MIN_NVIDIA_DRIVER_WINDOWS=${MIN_NVIDIA_DRIVER_WINDOWS}" \
     -t "chexnet-api-${variant}:${VERSION}" "${BUILD}/context-${variant}" >/dev/null
+  stop_wheels
   rm -rf "${BUILD}/context-${variant}" "${BUILD}/wheelhouse-${variant}"
   prune_ours
 }
 
-# Builder stages and earlier builds of our images that a new tag replaced (dangling) take tens of GB
-# for the GPU image: remove them, and only them (they carry our labels).
+# Earlier builds of our images that a new tag replaced (dangling) take GBs for the GPU image: remove them, and
+# only them (they carry our label).
 prune_ours() {
-  docker image prune -f --filter label=com.chexnet.stage=build >/dev/null
   docker image prune -f --filter label=com.chexnet.product=chexnet >/dev/null
 }
 

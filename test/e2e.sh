@@ -2,13 +2,14 @@
 # End to end, as CI runs it. The install follows the field guide (deployment_template/README.md) word
 # for word: its ```bash blocks are run as written (test/guide.py says the only substitutions), in a
 # fresh folder holding only what an engineer carries, into /opt/chexnet (CHEXNET_E2E_DIR to change).
-#   1. images (CPU, GPU, nginx)            2. vendor keys; signed offline package
+#   1. images (CPU, nginx)                 2. vendor keys; signed offline package
 #   3. forged and damaged packages refused before docker load
 #   4. the guide's path on a fresh folder (no .env made first) → QA script → faults → the guide's
 #      "DICOM node" section with Orthanc (Debian, in a container) as the PACS and storescu as the modality
 #   5. the guide's "custom .env" path → upgrade to a second version → a broken third version rolled back;
 #      5b. the guide's "Regional centre": a single-node swarm stack, a crashed task and both upgrades under load
-#   6. the GPU image on the CPU, and what a GPU host needs of it (arch list, libraries, driver label);
+#   6. the GPU image, built only now (7 GB: the disk is emptiest once the installs are gone), on the CPU, and what
+#      a GPU host needs of it (arch list, libraries, driver label);
 #      always: tear everything down
 # Needs Docker running, root, dcmtk, dicom3tools and ../shared/data. Ports on 127.0.0.1: 18443 (HTTPS),
 # 18080 (HTTP), 11112 (the DICOM node), 14242 and 18042 (Orthanc's DICOM and REST).
@@ -114,8 +115,8 @@ guide() {
   (cd "${folder}" && PATH="${BIN}:${PATH}" bash -eEuo pipefail -c "${script}")
 }
 
-log "1/6 images (CPU, GPU, nginx)"
-"${ROOT}/scripts/build-images.sh" all
+log "1/6 images (CPU, nginx; the GPU image is built at step 6)"
+"${ROOT}/scripts/build-images.sh" cpu
 
 log "2/6 vendor keys (throw-away) and the signed offline package"
 "${PYTHON}" -m licensing keygen --out "${KEYS}" >/dev/null
@@ -276,6 +277,7 @@ rm -rf "${DIR}"
 rm -f "${ROOT}/dist/chexnet-offline-${V2}-cpu.tar.gz"* "${ROOT}/dist/chexnet-offline-${V3}-cpu.tar.gz"*
 
 log "6/6 GPU image on the CPU (no GPU here)"
+"${ROOT}/scripts/build-images.sh" gpu
 out="$(docker run --rm -v "${SAMPLES}:/data:ro" "chexnet-api-gpu:${VERSION}" \
   python -m chexnet predict --bundle /opt/chexnet/models/cxr10 --engine torch --device auto --json /data/nih/00000075_000.png)"
 echo "${out}" | cut -c1-240
