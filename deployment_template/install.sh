@@ -162,7 +162,8 @@ configure() {
 # (an install or upgrade whose bundle it does not fit is not healthy, and is rolled back).
 check_site_thresholds() {
   local said
-  said="$(docker run --rm --network none -v "$1:/check/site-thresholds.json:ro" "chexnet-api-${VARIANT}:${VERSION}" \
+  # -v takes a host path only when it is absolute (a relative --dir would name a volume).
+  said="$(docker run --rm --network none -v "$(realpath -- "$1"):/check/site-thresholds.json:ro" "chexnet-api-${VARIANT}:${VERSION}" \
     python -m chexnet.site_thresholds /check/site-thresholds.json "${SITE_THRESHOLDS}" 2>&1)" \
     || die "--site-thresholds cannot be used: ${said}"
   log "site thresholds ${said}"

@@ -57,6 +57,7 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
+DIR="$(realpath -m -- "${DIR}")"  # docker run -v and the stack's bind mounts take only absolute host paths
 [[ -n "${NODES}" ]] || die "give the cluster's node list with --nodes nodes.txt (the line scripts/swarm-node.sh printed on each node)."
 [[ -r "${NODES}" ]] || die "--nodes ${NODES} cannot be read."
 [[ -z "${TOKEN_FILE}" || -r "${TOKEN_FILE}" ]] || die "--token-file ${TOKEN_FILE} cannot be read."

@@ -6,7 +6,8 @@
 #   3. forged and damaged packages refused before docker load
 #   4. the guide's path on a fresh folder (no .env made first) → QA script → faults → the guide's
 #      "DICOM node" section with Orthanc (Debian, in a container) as the PACS and storescu as the modality
-#   5. the guide's "custom .env" path → upgrade to a second version → a broken third version rolled back;
+#   5. the guide's "custom .env" path → its site calibration (calibrate in the installed image, install with
+#      --site-thresholds) → upgrade to a second version → a broken third version rolled back;
 #      5b. the guide's "Regional centre": a single-node swarm stack, a crashed task and both upgrades under load
 #   6. the GPU image, built only now (7 GB: the disk is emptiest once the installs are gone), on the CPU, and what
 #      a GPU host needs of it (arch list, libraries, driver label);
@@ -44,6 +45,7 @@ remove_install() {
   docker ps -aq --filter "name=chexnet-corrupt-" | xargs -r docker rm -f >/dev/null 2>&1 || true
   rm -rf "${DIR}"
   if grep -qx swarm "${OWNER}" 2>/dev/null; then remove_swarm; fi
+  if grep -qx calibration "${OWNER}" 2>/dev/null; then rm -rf /srv/calibration; sed -i '/^calibration$/d' "${OWNER}"; fi
 }
 
 # The stack, its volumes and the single-node swarm the Regional centre step made.
@@ -106,7 +108,7 @@ guide() {
   for block in "$@"; do
     script+="$("${PYTHON}" "${ROOT}/test/guide.py" "${GUIDE}" --section "${SECTION:-Linux}" ${PACS:+--pacs "${PACS}"} \
                ${PACS_DICOMWEB:+--pacs-dicomweb "${PACS_DICOMWEB}"} \
-               --version "${version}" --block "${block}" --deploy-options "${DEPLOY_OPTIONS:-}" \
+               --version "${version}" --block "${block}" --deploy-options "${DEPLOY_OPTIONS:-}" --package-folder "${folder}" \
                --install-options "${SITE_OPTIONS}" ${UUID_FILE_ARG:+--uuid-file "${UUID_FILE_ARG}"} \
                | sed "s|/opt/chexnet|${DIR}|g")"$'\n'
   done
@@ -194,6 +196,26 @@ guide "${VERSION}" "${WORK}/carry-custom/chexnet-offline-${VERSION}-cpu" 3
 "${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${VERSION}" --max-upload-mb 8 \
   --engine openvino --precision "${PRECISION}"
 
+log "the guide's site calibration: calibrate in the installed API image, install with --site-thresholds"
+# What the guide has the engineer put in place first: the site's labelled images, labels.csv beside them (here the
+# NIH sample with its own labels, as cxr10 codes).
+[[ ! -e /srv/calibration ]] || die "/srv/calibration exists already (the guide's calibration folder); remove it first."
+echo calibration >> "${OWNER}"  # from here the teardown removes it
+mkdir -p /srv/calibration/images
+(cd "${ROOT}/test" && "${PYTHON}" - "${SAMPLES}/nih" <<'PY'
+import shutil, sys
+from pathlib import Path
+from calibration_helpers import cxr10_labels
+nih = Path(sys.argv[1])
+for name in cxr10_labels(nih, Path("/srv/calibration/labels.csv"))["image"]:
+    shutil.copy(nih / name, Path("/srv/calibration/images") / name)
+PY
+)
+guide "${VERSION}" "${WORK}/carry-custom/chexnet-offline-${VERSION}-cpu" 5
+[[ -s /srv/calibration/out/calibration-report.html ]] || die "calibrate wrote no report."
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${VERSION}" --max-upload-mb 8 \
+  --engine openvino --precision "${PRECISION}" --thresholds site
+
 log "second version ${V2}: same images under a new tag, packed and signed the same way"
 docker tag "chexnet-api-cpu:${VERSION}" "chexnet-api-cpu:${V2}"
 docker tag "chexnet-nginx:${VERSION}" "chexnet-nginx:${V2}"
@@ -201,7 +223,8 @@ pack --version "${V2}"
 "${PYTHON}" "${ROOT}/test/e2e_upgrade.py" snapshot --dir "${DIR}" --out "${WORK}/before-upgrade.json"
 carry "${V2}" "${WORK}/carry-v2"
 guide "${V2}" "${WORK}/carry-v2" 0 1 3
-"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${V2}" --max-upload-mb 8 --same-as "${WORK}/before-upgrade.json"
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${V2}" --max-upload-mb 8 --same-as "${WORK}/before-upgrade.json" \
+  --thresholds site
 
 log "third version ${V3}: an API that cannot start, which the installer must roll back"
 printf 'FROM chexnet-api-cpu:%s\nENV CHEXNET_MAX_BATCH=0\n' "${VERSION}" | docker build -q -t "chexnet-api-cpu:${V3}" - >/dev/null
@@ -213,7 +236,8 @@ if guide "${V3}" "${WORK}/carry-v3" 0 1 3 2> "${WORK}/broken.log"; then
   die "the broken version installed without complaint"
 fi
 grep -q "rolled back to ${V2}" "${WORK}/broken.log" || { cat "${WORK}/broken.log" >&2; die "the installer did not say it rolled back"; }
-"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${V2}" --max-upload-mb 8 --same-as "${WORK}/before-broken.json"
+"${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${V2}" --max-upload-mb 8 --same-as "${WORK}/before-broken.json" \
+  --thresholds site
 (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)
 rm -rf "${DIR}"
 

@@ -1,9 +1,10 @@
 """Checks of an installed site for the upgrade and rollback steps of test/e2e.sh.
 
 ``snapshot --dir D --out F`` records what an upgrade must keep (certificates, audit log, models, the
-customer's .env settings). ``installed --dir D --version V --token T --max-upload-mb N [--same-as F]``
-asserts that version V runs healthy from D, answers a prediction through nginx, keeps the customer's
-upload limit, and (with --same-as) kept everything the snapshot recorded. Exits 1 with the reason.
+customer's .env settings). ``installed --dir D --version V --token T --max-upload-mb N [--same-as F]
+[--thresholds bundle|site]`` asserts that version V runs healthy from D, answers a prediction through nginx
+(decided by the bundle's or the site's calibrated thresholds), keeps the customer's upload limit, and (with
+--same-as) kept everything the snapshot recorded. Exits 1 with the reason.
 """
 
 import argparse
@@ -88,6 +89,15 @@ def installed(args) -> None:
             (model["engine"], model["precision"]) == (args.engine, args.precision),
             f"the API answers with {model['engine']} {model['precision']}, not {args.engine} {args.precision} from .env",
         )
+    if args.thresholds == "site":
+        site_file = site / "license/site-thresholds.json"
+        digest = json.loads(site_file.read_text())["content_sha256"] if site_file.is_file() else "(no file)"
+        expect(
+            model["thresholds"].startswith("site@") and digest.startswith(model["thresholds"][5:]),
+            f"the answer's thresholds are '{model['thresholds']}', not the installed site file's ({digest})",
+        )
+    else:
+        expect(model["thresholds"] == "bundle", f"the answer's thresholds are '{model['thresholds']}', not 'bundle'")
     too_big = requests.post(
         f"{URL}/api/v1/predict",
         headers={**auth, "Content-Type": "image/png"},
@@ -114,7 +124,8 @@ def installed(args) -> None:
             "the audit log lost records or recorded nothing new",
         )
     print(
-        f"ok: version {args.version} healthy, predicting ({model['engine']} {model['precision']}), "
+        f"ok: version {args.version} healthy, predicting ({model['engine']} {model['precision']}, "
+        f"thresholds {model['thresholds']}), "
         f"upload limit {args.max_upload_mb} MiB"
         + (", certificates, models, .env and audit log kept" if args.same_as else "")
     )
@@ -139,6 +150,7 @@ def main() -> int:
     p.add_argument("--same-as")
     p.add_argument("--engine", help="the engine .env asks for (checked in a prediction's model block)")
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--thresholds", choices=["bundle", "site"], default="bundle", help="which thresholds must decide")
     args = parser.parse_args()
     if args.command == "snapshot":
         Path(args.out).write_text(json.dumps(snapshot(Path(args.dir))))

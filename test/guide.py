@@ -9,6 +9,7 @@ block N, counted from 0). The only changes are the ones an engineer makes when r
 - the install command gets the options the guide lists for this site (``--install-options``), and so
   does the swarm deploy command (``--deploy-options``);
 - ``<manager-address>`` becomes the swarm manager's address (``--manager-address``);
+- ``<the unpacked package folder>`` becomes the folder the package was unpacked in (``--package-folder``);
 - on a machine without SMBIOS, the guide's own alternative: ``scripts/product-uuid.sh`` checks the
   site UUID file, and the install and swarm-node commands get ``--uuid-file`` (``--uuid-file``).
 """
@@ -50,8 +51,11 @@ def as_run(
     deploy_options: str = "",
     manager_address: str = "",
     pacs_dicomweb: str | None = None,
+    package_folder: str | None = None,
 ) -> str:
     block = block.replace("<version>", version).replace("<manager-address>", manager_address)
+    if package_folder:
+        block = block.replace("<the unpacked package folder>", package_folder)
     if pacs_dicomweb:
         block = block.replace("<pacs-dicomweb-url>", pacs_dicomweb)
     if pacs:
@@ -85,6 +89,7 @@ def main() -> int:
     parser.add_argument("--pacs-dicomweb", help="the site's PACS DICOMweb root, for <pacs-dicomweb-url>")
     parser.add_argument("--deploy-options", default="", help="options for scripts/swarm-deploy.sh")
     parser.add_argument("--manager-address", default="127.0.0.1", help="for <manager-address>")
+    parser.add_argument("--package-folder", help="the unpacked package's folder, for <the unpacked package folder>")
     args = parser.parse_args()
     found = blocks(args.guide.read_text(encoding="utf-8"), args.section)
     chosen = found if args.block is None else [found[args.block]]
@@ -99,6 +104,7 @@ def main() -> int:
                 args.deploy_options,
                 args.manager_address,
                 args.pacs_dicomweb,
+                args.package_folder,
             )
             for b in chosen
         )

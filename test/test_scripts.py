@@ -232,12 +232,13 @@ def _run_bytes(*command):
 
 
 def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
-    """test/e2e.sh runs blocks 0-3 (verify, unpack, identity, install) and 4 (custom .env) by index."""
+    """test/e2e.sh runs blocks 0-3 (verify, unpack, identity, install), 4 (custom .env) and 5 (site calibration)
+    by index."""
     sys.path.insert(0, str(ROOT / "test"))
     from guide import blocks
 
     found = blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")
-    assert len(found) == 5
+    assert len(found) == 6
     assert "openssl dgst" in found[0] and "-verify" in found[0] and ".tar.gz.sig" in found[0]
     assert (
         found[1].startswith("tar --no-same-owner --no-same-permissions -xzf")
@@ -246,6 +247,8 @@ def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
     assert "scripts/product-uuid.sh" in found[2]
     assert "./install.sh" in found[3] and "--vendor-key" in found[3] and "--token-file" in found[3]
     assert ".env.example" in found[4] and "/opt/chexnet/.env" in found[4]
+    assert "python -m chexnet calibrate" in found[5] and "--site-thresholds /srv/calibration/out/" in found[5]
+    assert "cd <the unpacked package folder>" in found[5]  # test/guide.py --package-folder
 
 
 def test_field_guide_regional_centre_blocks_are_the_ones_the_e2e_suite_runs():
@@ -496,6 +499,7 @@ case "$*" in
   "inspect -f {{.Config.Image}} "*) echo "chexnet-api-cpu:${running} running healthy" ;;
   "inspect -f "*) echo running/0/healthy ;;
   "run --rm --network none -v "*)  # the image's own check of the file it mounts: this checkout's, on the host
+    [[ "$6" == /* ]] || { echo "docker: Error response from daemon: create ${6%%:*}: includes invalid characters for a local volume name" >&2; exit 125; }
     "${FAKE_DOCKER_PYTHON:-false}" -m chexnet.site_thresholds "${6%%:/check/*}" "${@: -1}"; exit $? ;;
 esac
 exit 0
@@ -1016,7 +1020,7 @@ def install_site(small_package, vendor_keys, tmp_path, fake_docker):
     site = tmp_path / "site"
     env, folder = fake_docker
 
-    def install(*args, package=small_package, extra_env=None):
+    def install(*args, package=small_package, extra_env=None, cwd=None):
         return _run(
             "bash",
             package / "install.sh",
@@ -1030,6 +1034,7 @@ def install_site(small_package, vendor_keys, tmp_path, fake_docker):
             "--timeout",
             "5",
             *args,
+            cwd=cwd,
             env={**env, **(extra_env or {})},
         )
 
@@ -1101,6 +1106,17 @@ def test_install_puts_site_thresholds_beside_the_licence_and_names_them_in_env(i
     assert "CHEXNET_SITE_THRESHOLDS=/etc/chexnet/license/site-thresholds.json\n" in (site / ".env").read_text()
     assert f"site thresholds {tag} for cxr10 0.0.0-demo (fp32)" in result.stderr
     assert "up -d --remove-orphans" in _calls(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="install.sh gives folders to the containers' uids (root)")
+def test_install_checks_site_thresholds_under_a_relative_dir(install_site, tmp_path):
+    """--dir site (relative): the file is handed to docker run -v by its absolute path (a relative one names a volume)."""
+    install, site, folder = install_site
+    tag = _site_thresholds(tmp_path / "site-thresholds.json")
+    result = install("--site-thresholds", tmp_path / "site-thresholds.json", "--dir", "site", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"site thresholds {tag} for cxr10" in result.stderr
+    assert f"-v {site}/license/site-thresholds.json:/check/" in _calls(folder)
 
 
 @pytest.mark.parametrize(
