@@ -5,7 +5,8 @@
 #   1. images (CPU, nginx)                 2. vendor keys; signed offline package
 #   3. forged and damaged packages refused before docker load
 #   4. the guide's path on a fresh folder (no .env made first) → QA script → faults → the guide's
-#      "DICOM node" section with Orthanc (Debian, in a container) as the PACS and storescu as the modality
+#      "DICOM node" section with Orthanc (Debian, in a container) as the PACS and storescu as the modality →
+#      the guide's audit repository step with rsyslog (Debian, in a container) receiving over TLS
 #   5. the guide's "custom .env" path → its site calibration (calibrate in the installed image, install with
 #      --site-thresholds) → upgrade to a second version → a broken third version rolled back;
 #      5b. the guide's "Regional centre": a single-node swarm stack, a crashed task and both upgrades under load
@@ -38,7 +39,7 @@ COMPOSE="$(compose_command)" || die "no Docker Compose installed."
 OWNER="/var/tmp/chexnet-e2e.owner"
 
 remove_install() {
-  docker rm -f chexnet-e2e-orthanc >/dev/null 2>&1 || true
+  docker rm -f chexnet-e2e-orthanc chexnet-e2e-audit-repo >/dev/null 2>&1 || true
   if [[ -f "${DIR}/docker-compose.yml" ]]; then
     (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null 2>&1) || true
   fi
@@ -109,6 +110,7 @@ guide() {
     script+="$("${PYTHON}" "${ROOT}/test/guide.py" "${GUIDE}" --section "${SECTION:-Linux}" ${PACS:+--pacs "${PACS}"} \
                ${PACS_DICOMWEB:+--pacs-dicomweb "${PACS_DICOMWEB}"} \
                --version "${version}" --block "${block}" --deploy-options "${DEPLOY_OPTIONS:-}" --package-folder "${folder}" \
+               ${AUDIT_REPOSITORY:+--audit-ca "${WORK}/atna-pki/ca.pem" --audit-repository "${AUDIT_REPOSITORY}" --server-name e2e-server} \
                --install-options "${SITE_OPTIONS}" ${UUID_FILE_ARG:+--uuid-file "${UUID_FILE_ARG}"} \
                | sed "s|/opt/chexnet|${DIR}|g")"$'\n'
   done
@@ -179,6 +181,21 @@ SECTION="DICOM node (optional)" PACS="ORTHANC@orthanc:4242" PACS_DICOMWEB="http:
   SITE_OPTIONS="${SITE_OPTIONS} --dicom-bind 127.0.0.1" guide "${VERSION}" "${WORK}/carry/chexnet-offline-${VERSION}-cpu" 1
 dicom_e2e dicomweb
 docker rm -f chexnet-e2e-orthanc >/dev/null
+
+log "4c/6 the guide's audit repository (IHE ATNA) step; Debian's rsyslog over TLS, in a container, is the hospital's"
+"${PYTHON}" "${ROOT}/test/e2e_atna.py" pki "${WORK}/atna-pki" audit-repo
+mkdir -p "${WORK}/atna-received"
+docker build -q -t chexnet-e2e-audit-repo "${ROOT}/test/audit_repo" >/dev/null
+docker run -d --name chexnet-e2e-audit-repo --network "${network}" --network-alias audit-repo \
+  -v "${WORK}/atna-pki:/etc/audit-repo/pki:ro" -v "${WORK}/atna-received:/var/log/audit-repo" chexnet-e2e-audit-repo >/dev/null
+AUDIT_REPOSITORY=audit-repo guide "${VERSION}" "${WORK}/carry/chexnet-offline-${VERSION}-cpu" 5
+if ! "${PYTHON}" "${ROOT}/test/e2e_atna.py" received "${WORK}/atna-received/received.log" --token "${WORK}/token" \
+     --ca "${DIR}/certs/server.crt" --source-id e2e-server; then
+  docker logs --tail 30 "$(cd "${DIR}" && ${COMPOSE} ps -q api)" >&2 || true
+  docker logs --tail 30 chexnet-e2e-audit-repo >&2 || true
+  die "the audit repository did not receive the API's messages; the API's and rsyslog's last log lines are above."
+fi
+docker rm -f chexnet-e2e-audit-repo >/dev/null
 log "peak memory of the running containers (sizes mem_limit): $(docker stats --no-stream --format '{{.Name}} {{.MemUsage}}' | tr '\n' ';')"
 (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)
 rm -rf "${DIR}"
@@ -211,7 +228,7 @@ for name in cxr10_labels(nih, Path("/srv/calibration/labels.csv"))["image"]:
     shutil.copy(nih / name, Path("/srv/calibration/images") / name)
 PY
 )
-guide "${VERSION}" "${WORK}/carry-custom/chexnet-offline-${VERSION}-cpu" 5
+guide "${VERSION}" "${WORK}/carry-custom/chexnet-offline-${VERSION}-cpu" 6
 [[ -s /srv/calibration/out/calibration-report.html ]] || die "calibrate wrote no report."
 "${PYTHON}" "${ROOT}/test/e2e_upgrade.py" installed --token "${WORK}/token" --dir "${DIR}" --version "${VERSION}" --max-upload-mb 8 \
   --engine openvino --precision "${PRECISION}" --thresholds site

@@ -10,6 +10,8 @@ block N, counted from 0). The only changes are the ones an engineer makes when r
   does the swarm deploy command (``--deploy-options``);
 - ``<manager-address>`` becomes the swarm manager's address (``--manager-address``);
 - ``<the unpacked package folder>`` becomes the folder the package was unpacked in (``--package-folder``);
+- ``<site-ca>.pem``, ``<audit-repository>`` and ``<server-name>`` become the audit repository's CA file, its
+  address and this server's name (``--audit-ca``, ``--audit-repository``, ``--server-name``);
 - on a machine without SMBIOS, the guide's own alternative: ``scripts/product-uuid.sh`` checks the
   site UUID file, and the install and swarm-node commands get ``--uuid-file`` (``--uuid-file``).
 """
@@ -52,10 +54,15 @@ def as_run(
     manager_address: str = "",
     pacs_dicomweb: str | None = None,
     package_folder: str | None = None,
+    audit: tuple[str, str, str] | None = None,
 ) -> str:
     block = block.replace("<version>", version).replace("<manager-address>", manager_address)
     if package_folder:
         block = block.replace("<the unpacked package folder>", package_folder)
+    if audit:
+        ca, repository, server_name = audit
+        block = block.replace("<site-ca>.pem", ca).replace("<audit-repository>", repository)
+        block = block.replace("<server-name>", server_name)
     if pacs_dicomweb:
         block = block.replace("<pacs-dicomweb-url>", pacs_dicomweb)
     if pacs:
@@ -90,6 +97,9 @@ def main() -> int:
     parser.add_argument("--deploy-options", default="", help="options for scripts/swarm-deploy.sh")
     parser.add_argument("--manager-address", default="127.0.0.1", help="for <manager-address>")
     parser.add_argument("--package-folder", help="the unpacked package's folder, for <the unpacked package folder>")
+    parser.add_argument("--audit-ca", help="the audit repository's CA file, for <site-ca>.pem")
+    parser.add_argument("--audit-repository", help="the audit repository's address, for <audit-repository>")
+    parser.add_argument("--server-name", help="this server's name at the site, for <server-name>")
     args = parser.parse_args()
     found = blocks(args.guide.read_text(encoding="utf-8"), args.section)
     chosen = found if args.block is None else [found[args.block]]
@@ -105,6 +115,7 @@ def main() -> int:
                 args.manager_address,
                 args.pacs_dicomweb,
                 args.package_folder,
+                (args.audit_ca, args.audit_repository, args.server_name) if args.audit_ca else None,
             )
             for b in chosen
         )

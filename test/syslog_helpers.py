@@ -91,7 +91,8 @@ def _leaf(ca_key, ca_cert, common: str, usage, names: list[x509.GeneralName]):
     return key, cert
 
 
-def make_pki(folder: Path) -> Pki:
+def make_pki(folder: Path, *server_names: str) -> Pki:
+    """The repository's certificate names localhost, 127.0.0.1 and SERVER_NAMES (its names on a Docker network)."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = _ca("Hospital test CA")
     server_key, server_cert = _leaf(
@@ -99,7 +100,8 @@ def make_pki(folder: Path) -> Pki:
         ca_cert,
         "audit.hospital.test",
         ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        + [x509.DNSName(name) for name in server_names],
     )
     client_key, client_cert = _leaf(
         ca_key, ca_cert, "chexnet", ExtendedKeyUsageOID.CLIENT_AUTH, [x509.DNSName("chexnet.hospital.test")]

@@ -232,13 +232,13 @@ def _run_bytes(*command):
 
 
 def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
-    """test/e2e.sh runs blocks 0-3 (verify, unpack, identity, install), 4 (custom .env) and 5 (site calibration)
-    by index."""
+    """test/e2e.sh runs blocks 0-3 (verify, unpack, identity, install), 4 (custom .env), 5 (audit repository)
+    and 6 (site calibration) by index."""
     sys.path.insert(0, str(ROOT / "test"))
     from guide import blocks
 
     found = blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")
-    assert len(found) == 6
+    assert len(found) == 7
     assert "openssl dgst" in found[0] and "-verify" in found[0] and ".tar.gz.sig" in found[0]
     assert (
         found[1].startswith("tar --no-same-owner --no-same-permissions -xzf")
@@ -247,8 +247,9 @@ def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
     assert "scripts/product-uuid.sh" in found[2]
     assert "./install.sh" in found[3] and "--vendor-key" in found[3] and "--token-file" in found[3]
     assert ".env.example" in found[4] and "/opt/chexnet/.env" in found[4]
-    assert "python -m chexnet calibrate" in found[5] and "--site-thresholds /srv/calibration/out/" in found[5]
-    assert "cd <the unpacked package folder>" in found[5]  # test/guide.py --package-folder
+    assert found[5].startswith("cd /opt/chexnet\n") and "CHEXNET_AUDIT_SYSLOG=tls://<audit-repository>:6514" in found[5]
+    assert "python -m chexnet calibrate" in found[6] and "--site-thresholds /srv/calibration/out/" in found[6]
+    assert "cd <the unpacked package folder>" in found[6]  # test/guide.py --package-folder
 
 
 def test_field_guide_regional_centre_blocks_are_the_ones_the_e2e_suite_runs():
