@@ -99,6 +99,12 @@ def test_browser_page_shows_findings_heatmaps_and_demo_banner(server, env, nih_s
     assert page.locator("#heatmap-list img").count() == 10
     assert "NOT FOR DIAGNOSIS" in page.locator("#demo-banner").inner_text()
     assert page.locator("#findings tbody tr").first.get_attribute("data-code") == "atelectasis"
+    triage = page.locator("#triage")  # no rules on this server: routine, decided by the bundle's thresholds
+    assert triage.get_attribute("data-level") == "routine"
+    assert (
+        triage.inner_text()
+        == "Priority: ROUTINE (no priority rules set) · from DEMO weights, not a triage · thresholds: bundle"
+    )
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
     page.fill("#token", "not-a-token")

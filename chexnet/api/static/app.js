@@ -44,6 +44,7 @@ function renderResult(body) {
   $("summary").textContent = "Model " + body.model.id + " " + body.model.version + " on " + body.model.engine + "/" +
     body.model.device + " · image " + body.image.format + " " + body.image.width + "×" + body.image.height +
     " · " + body.timing_ms.total.toFixed(0) + " ms" + (body.notice ? " · " + body.notice : "");
+  renderTriage(body);
   const rows = body.findings.map((f) => {
     const tr = document.createElement("tr");
     tr.className = f.positive ? "positive" : "";
@@ -71,6 +72,18 @@ function renderResult(body) {
   });
   $("heatmap-list").replaceChildren(...figures);
   $("result").hidden = false;
+}
+
+// The worklist priority and which thresholds decided: as the PACS and the audit see them. From demo weights a
+// priority is labelled as such: it orders nothing clinically.
+function renderTriage(body) {
+  const p = body.priority;
+  const raised = p.findings.map((f) => f.code + " " + f.probability.toFixed(3) + " ≥ " + f.threshold).join(", ");
+  $("triage").className = "priority-" + p.level;
+  $("triage").dataset.level = p.level;
+  $("triage").textContent = "Priority: " + p.level.toUpperCase() +
+    (raised ? " (" + raised + ")" : p.rules ? "" : " (no priority rules set)") +
+    (p.demo ? " · from DEMO weights, not a triage" : "") + " · thresholds: " + body.model.thresholds;
 }
 
 async function analyse(event) {
