@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := cpu,torch,dicom,quantize,report,test
+EXTRAS := cpu,torch,dicom,quantize,report,test,bench
 MODELS_DIR ?= models
 SAMPLES ?= ../shared/data
 BUNDLES := $(MODELS_DIR)/cxr10/manifest.json $(MODELS_DIR)/cxr25/manifest.json $(MODELS_DIR)/chestxray14/manifest.json
@@ -53,6 +53,7 @@ bench: bundles
 	$(PY) bench/http_load.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/nih --write BENCHMARKS.md
 	$(PY) bench/dicom_syntaxes.py --models-dir $(MODELS_DIR) --samples $(SAMPLES)/dicom --write BENCHMARKS.md
 	$(PY) bench/decode_memory.py --models-dir $(MODELS_DIR) --samples $(SAMPLES) --write BENCHMARKS.md
+	$(PY) bench/request_cost.py --models-dir $(MODELS_DIR) --samples $(SAMPLES) --write BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(MODELS_DIR) out build dist .pytest_cache

@@ -98,7 +98,16 @@ def serving(models_dir: Path, port: int, extra_env: dict, features: str):
             server.wait(30)
 
 
-def run_clients(url: str, token: str, model: str, images: list[bytes], clients: int, seconds: float) -> dict:
+def run_clients(
+    url: str,
+    token: str,
+    query: str,
+    uploads: list[tuple[str, bytes]],
+    clients: int,
+    seconds: float,
+) -> dict:
+    """A closed loop: each client posts the next of uploads ((file name, bytes)) as the multipart field 'image'
+    to /api/v1/predict?QUERY as soon as its last answer came, until seconds have passed."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
     lock = threading.Lock()
@@ -111,9 +120,7 @@ def run_clients(url: str, token: str, model: str, images: list[bytes], clients: 
         while time.monotonic() < stop:
             start = time.perf_counter()
             response = session.post(
-                f"{url}/api/v1/predict?heatmaps=top&heatmap_format=jpeg&model={model}",
-                files={"image": ("x.png", images[i % len(images)])},
-                timeout=120,
+                f"{url}/api/v1/predict?{query}", files={"image": uploads[i % len(uploads)]}, timeout=120
             )
             elapsed = (time.perf_counter() - start) * 1000
             with lock:
@@ -128,6 +135,7 @@ def run_clients(url: str, token: str, model: str, images: list[bytes], clients: 
         "clients": clients,
         "ok": len(latencies),
         "errors": errors,
+        "wall": wall,
         "rps": len(latencies) / wall,
         "p50": percentile(latencies, 50),
         "p95": percentile(latencies, 95),
@@ -155,7 +163,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    images = [p.read_bytes() for p in sorted(args.samples.glob("*.png"))[:16]]
+    images = [("x.png", p.read_bytes()) for p in sorted(args.samples.glob("*.png"))[:16]]
     rows = []
     for engine, precision in (pair.split(":") for pair in args.engines.split(",")):
         for config in args.configs.split(","):
@@ -167,10 +175,11 @@ def main() -> int:
                 "CHEXNET_ENGINE_WORKERS": workers,
                 "CHEXNET_MODELS": args.model,
             }
+            query = f"heatmaps=top&heatmap_format=jpeg&model={args.model}"
             with serving(args.models_dir, args.port, extra, args.model) as (url, token, _):
-                run_clients(url, token, args.model, images, 2, 3)  # warm-up
+                run_clients(url, token, query, images, 2, 3)  # warm-up
                 for clients in map(int, args.clients.split(",")):
-                    r = run_clients(url, token, args.model, images, clients, args.seconds)
+                    r = run_clients(url, token, query, images, clients, args.seconds)
                     errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
                     row = (
                         f"| {engine} {precision} | {max_batch} | {workers if workers != '0' else 'default'} | "
