@@ -7,7 +7,7 @@ import sys
 
 from chexnet.api.app import create_app
 from chexnet.service import Settings, SettingsError, configure_logging
-from chexnet.service.memory import WAITRESS_CONNECTIONS
+from chexnet.service.memory import WAITRESS_CONNECTIONS, WAITRESS_RECV_BYTES
 
 
 def serve(host: str | None = None, port: int | None = None) -> int:
@@ -38,6 +38,7 @@ def serve(host: str | None = None, port: int | None = None) -> int:
         max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
         channel_timeout=120,
         connection_limit=WAITRESS_CONNECTIONS,
+        recv_bytes=WAITRESS_RECV_BYTES,
         clear_untrusted_proxy_headers=True,
     )
     app.extensions["chexnet"].stop()

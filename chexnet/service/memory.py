@@ -45,7 +45,11 @@ REQUEST_MIB = 32
 # waitress keeps, per open connection, up to this much of a request body, its headers and the pending
 # response in memory before it spools them to a temporary file (waitress.adjustments defaults).
 WAITRESS_CONNECTIONS = 200  # connection_limit of `python -m chexnet serve`
-WAITRESS_BUFFER_BYTES = 512 * 1024 + 256 * 1024 + MIB  # inbuf_overflow + max_request_header_size + outbuf_overflow
+# recv_bytes of `python -m chexnet serve`: waitress's default 8 KiB made a 7 MiB DICOM upload ~900 reads, each
+# appended to the body's buffer file by its own seek and write (bench/request_cost.py, BENCHMARKS.md)
+WAITRESS_RECV_BYTES = 64 * 1024
+# inbuf_overflow (passed once the last read) + max_request_header_size + outbuf_overflow
+WAITRESS_BUFFER_BYTES = 512 * 1024 + WAITRESS_RECV_BYTES + 256 * 1024 + MIB
 
 
 @dataclass(frozen=True)
