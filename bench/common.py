@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: machine description, timing, BENCHMARKS.md sections."""
 
+import json
 import os
 import platform
 import re
@@ -10,7 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def machine() -> str:
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name and flags."""
     model = "unknown CPU"
     flags: set[str] = set()
     try:
@@ -21,6 +23,26 @@ def machine() -> str:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return model, flags
+
+
+def engine_unavailable(engine: str, precision: str, models_dir: Path, model: str) -> str | None:
+    """Why the service cannot serve this engine and precision here (None: it can), so that a benchmark skips it
+    with that sentence instead of waiting for a server that never becomes ready."""
+    if precision == "fp32":
+        return None
+    variants = json.loads((models_dir / model / "manifest.json").read_text()).get("variants", {})
+    if precision == "bf16" and not _cpuinfo()[1] & {"amx_bf16", "avx512_bf16"}:
+        return (
+            "this CPU has neither AMX nor AVX512-BF16, so OpenVINO refuses bf16 and the bundle carries no bf16 variant"
+        )
+    if precision not in variants:
+        return f"bundle {model} carries no validated {precision} variant"
+    return None
+
+
+def machine() -> str:
+    model, flags = _cpuinfo()
     isa = (
         ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags) or "baseline"
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import concurrently, machine, percentile, write_section  # noqa: E402
+from common import concurrently, engine_unavailable, machine, percentile, write_section  # noqa: E402
 
 HOST_UUID = "4c4c4544-0047-3510-8051-b4c04f4e4e32"
 
@@ -166,6 +166,10 @@ def main() -> int:
     images = [("x.png", p.read_bytes()) for p in sorted(args.samples.glob("*.png"))[:16]]
     rows = []
     for engine, precision in (pair.split(":") for pair in args.engines.split(",")):
+        why = engine_unavailable(engine, precision, args.models_dir, args.model)
+        if why:
+            print(f"# {engine} {precision}: not measured, {why}", flush=True)
+            continue
         for config in args.configs.split(","):
             max_batch, workers = config.split(":")
             extra = {

@@ -29,7 +29,6 @@ py-spy needs ptrace on the server (root, or kernel.yama.ptrace_scope 0).
 import argparse
 import datetime as dt
 import io
-import json
 import re
 import resource
 import signal
@@ -48,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chexnet.cpu import available_cores  # noqa: E402
 from chexnet.service import Settings  # noqa: E402
-from common import machine, write_section  # noqa: E402
+from common import engine_unavailable, machine, write_section  # noqa: E402
 from http_load import run_clients, serving, wait_ready  # noqa: E402
 
 STAGES = (
@@ -316,27 +315,6 @@ def inputs(samples: Path, dicom: list[str]) -> dict[str, list[tuple[str, bytes]]
     return {"PNG": png, "JPEG": jpeg, "DICOM": [(name, (samples / "dicom" / name).read_bytes()) for name in dicom]}
 
 
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def unavailable(engine: str, precision: str, models_dir: Path, model: str) -> str | None:
-    """Why this engine and precision cannot run here (None: it can)."""
-    if precision == "fp32":
-        return None
-    variants = json.loads((models_dir / model / "manifest.json").read_text()).get("variants", {})
-    if precision == "bf16" and not cpu_flags() & {"amx_bf16", "avx512_bf16"}:
-        return (
-            "this CPU has neither AMX nor AVX512-BF16, so OpenVINO refuses bf16 and the bundle carries no bf16 variant"
-        )
-    if precision not in variants:
-        return f"bundle {model} carries no validated {precision} variant"
-    return None
-
-
 # --- the run ---------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -365,7 +343,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for engine, precision in (pair.split(":") for pair in args.engines.split(",")):
             name = f"{engine} {precision}"
-            why = unavailable(engine, precision, args.models_dir, args.model)
+            why = engine_unavailable(engine, precision, args.models_dir, args.model)
             if why:
                 skipped[name] = why
                 print(f"# {name}: not measured, {why}", flush=True)
@@ -526,7 +504,7 @@ def report(args, cores, cells, loads, peer, skipped, minutes) -> str:
             "",
             f"| engine | input | heatmaps | {stage_heads} | server core-ms | client core-ms | limit, server "
             "alone /s | limit /s | requests/s | share | p50 ms | p99 ms | errors |",
-            "| --- " * (3 + len(STAGES) + 10) + "|",
+            "| --- " * (3 + len(STAGES) + 9) + "|",
             *(cost_row(c, cores) for c in cells),
             "",
             "The service's own timers in the same measured windows (CPU ms per request: chexnet_stage_cpu_seconds, "
