@@ -36,6 +36,38 @@ def test_8bit_png_is_used_as_is():
     np.testing.assert_array_equal(decoded.pixels, GRADIENT)
 
 
+def test_gray_pngs_decode_to_pillows_pixels(nih_dir):
+    """8-bit grayscale PNGs go through OpenCV's decoder (chexnet.imaging.raster): the same pixels as the
+    Pillow decode they replace, so the same probabilities, on every sample radiograph."""
+    gray = [p for p in sorted(nih_dir.glob("*.png")) if p.name not in RGBA_PNGS]
+    for path in gray:
+        expected = np.asarray(Image.open(path))
+        assert expected.dtype == np.uint8 and expected.ndim == 2
+        decoded = decode_image(path.read_bytes())
+        assert (decoded.width, decoded.height, decoded.bits, decoded.source_size) == (1024, 1024, 8, None)
+        np.testing.assert_array_equal(decoded.pixels, expected)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_low_depth_and_transparent_gray_pngs_as_pillow_reads_them(bits):
+    """Depths below 8 are widened as Pillow widens them; a grey with a transparent value stays grey."""
+    image = Image.fromarray(GRADIENT).convert("L").quantize(2**bits).convert("L")
+    for transparency in (None, 0):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", bits=bits, **({} if transparency is None else {"transparency": transparency}))
+        reference = Image.open(io.BytesIO(buf.getvalue()))
+        expected = np.asarray(reference.convert("L") if reference.mode != "L" else reference)
+        np.testing.assert_array_equal(decode_image(buf.getvalue()).pixels, expected)
+
+
+def test_gray_png_with_exif_orientation_is_turned():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    buf = io.BytesIO()
+    Image.fromarray(GRADIENT).save(buf, format="PNG", exif=exif)
+    np.testing.assert_array_equal(decode_image(buf.getvalue()).pixels, np.rot90(GRADIENT, -1))
+
+
 def test_16bit_png_is_scaled_min_max():
     wide = GRADIENT.astype(np.uint16) * 200 + 1000
     buf = io.BytesIO()
