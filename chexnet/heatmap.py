@@ -13,11 +13,16 @@ JPEG_QUALITY = 90
 
 @dataclass(frozen=True)
 class RenderedHeatmap:
-    rgb: np.ndarray  # uint8 H×W×3, the overlay itself (DICOM results store it as it is)
+    bgr: np.ndarray  # uint8 H×W×3, the overlay itself in OpenCV's channel order
     data: bytes  # the overlay encoded as ``mime``; empty when no format was asked for
     mime: str
     width: int
     height: int
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The overlay as RGB (DICOM results store it as it is); only they need it, so it is made on demand."""
+        return cv2.cvtColor(self.bgr, cv2.COLOR_BGR2RGB)
 
 
 def normalise(cam: np.ndarray) -> np.ndarray:
@@ -33,22 +38,29 @@ def overlay_size(width: int, height: int, long_side: int = DEFAULT_LONG_SIDE) ->
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def render(
-    pixels: np.ndarray, cam: np.ndarray, fmt: str | None = "jpeg", long_side: int = DEFAULT_LONG_SIDE
-) -> RenderedHeatmap:
-    """pixels: uint8 H×W radiograph; cam: h×w map over the whole (squashed) model input; fmt: a key of
-    FORMATS (checked where the options are parsed, chexnet.options), or None for the pixels only."""
+def background(pixels: np.ndarray, long_side: int = DEFAULT_LONG_SIDE) -> np.ndarray:
+    """The radiograph (uint8 H×W) shrunk to the overlay's size, as BGR: made once per request and shared by
+    every heatmap of it, since shrinking a full-size radiograph is most of a render's cost."""
     width, height = overlay_size(pixels.shape[1], pixels.shape[0], long_side)
-    base = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
+
+
+def render(base: np.ndarray, cam: np.ndarray, fmt: str | None = "jpeg") -> RenderedHeatmap:
+    """base: the radiograph from background(); cam: h×w map over the whole (squashed) model input; fmt: a
+    key of FORMATS (checked where the options are parsed, chexnet.options), or None for the pixels only.
+
+    Encoding: JPEG at quality 90 costs under 1 ms for a 512-pixel overlay (quality 75 saves a few percent of
+    that and blurs the colour edges); PNG keeps OpenCV's default (zlib level 1), the fastest of the levels
+    and filters measured (BENCHMARKS.md "Request path per stage")."""
+    height, width = base.shape[:2]
     heat = cv2.resize(normalise(cam), (width, height), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(np.rint(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    blended = cv2.addWeighted(cv2.cvtColor(base, cv2.COLOR_GRAY2BGR), 1 - OVERLAY_ALPHA, colour, OVERLAY_ALPHA, 0)
-    rgb = cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
+    blended = cv2.addWeighted(base, 1 - OVERLAY_ALPHA, colour, OVERLAY_ALPHA, 0)
     if fmt is None:
-        return RenderedHeatmap(rgb, b"", "", width, height)
+        return RenderedHeatmap(blended, b"", "", width, height)
     ext, mime = FORMATS[fmt]
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if fmt == "jpeg" else []
     ok, encoded = cv2.imencode(ext, blended, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {fmt} overlay")
-    return RenderedHeatmap(rgb, encoded.tobytes(), mime, width, height)
+    return RenderedHeatmap(blended, encoded.tobytes(), mime, width, height)

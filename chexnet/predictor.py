@@ -256,14 +256,13 @@ class Predictor:
             for label, p in zip(labels, row.probabilities, strict=True)
         ]
         clock = Stopwatch()
-        rendered = [
-            Heatmap(
-                labels[i],
-                heatmap.render(prepared.image.pixels, row.cams[i], heatmap_format),
-                heatmap.normalise(row.cams[i]),
-            )
-            for i in selected(row.probabilities)
-        ]
+        rendered: list[Heatmap] = []
+        if chosen := selected(row.probabilities):
+            base = heatmap.background(prepared.image.pixels)  # shrunk once, shared by every heatmap
+            rendered = [
+                Heatmap(labels[i], heatmap.render(base, row.cams[i], heatmap_format), heatmap.normalise(row.cams[i]))
+                for i in chosen
+            ]
         timing = dict(prepared.timing_ms, inference=row.inference_ms, heatmap=clock.wall_ms())
         cpu = dict(prepared.cpu_ms, heatmap=clock.cpu_ms())
         timing["total"] = round(sum(timing.values()), 2)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from chexnet.api.responses import prediction_body
 from chexnet.errors import InvalidOption
-from chexnet.heatmap import normalise, overlay_size, render
+from chexnet.heatmap import background, normalise, overlay_size, render
 from chexnet.options import PredictOptions
 
 
@@ -71,7 +71,7 @@ def test_unknown_label_code_is_refused_before_reading_the_image(onnx_predictor, 
 
 def test_overlay_keeps_aspect_and_bounds_long_side():
     pixels = np.zeros((1955, 1841), np.uint8)
-    heat = render(pixels, np.random.default_rng(0).random((7, 7)), "jpeg")
+    heat = render(background(pixels), np.random.default_rng(0).random((7, 7)), "jpeg")
     assert (heat.width, heat.height) == overlay_size(1841, 1955) and heat.height == 512
     assert Image.open(io.BytesIO(heat.data)).format == "JPEG"
     assert overlay_size(300, 200) == (300, 200)  # never upscaled
@@ -80,11 +80,24 @@ def test_overlay_keeps_aspect_and_bounds_long_side():
 def test_overlay_hot_where_cam_is_high():
     cam = np.zeros((7, 7), np.float32)
     cam[0, 6] = 1.0  # top right
-    heat = render(np.full((512, 512), 128, np.uint8), cam, "png")
+    heat = render(background(np.full((512, 512), 128, np.uint8)), cam, "png")
     rgb = np.asarray(Image.open(io.BytesIO(heat.data)).convert("RGB")).astype(int)
     top_right, bottom_left = rgb[20:60, 460:500].mean((0, 1)), rgb[460:500, 20:60].mean((0, 1))
     assert top_right[0] > bottom_left[0] + 40  # red where the evidence is
     assert bottom_left[2] > bottom_left[0]  # blue (cold) elsewhere
+
+
+def test_every_heatmap_of_a_request_is_drawn_on_one_background(onnx_predictor, nih_sample):
+    """The radiograph is shrunk once per request; each overlay is still that background blended with its
+    own map, and the RGB that DICOM results store is the overlay's channels swapped."""
+    prediction = onnx_predictor.predict(nih_sample[0].read_bytes, PredictOptions.parse(heatmaps="all"))
+    assert len(prediction.heatmaps) == len(onnx_predictor.bundle.manifest.labels)
+    base = background(np.asarray(Image.open(nih_sample[0]).convert("L")))
+    for h in prediction.heatmaps:
+        assert (h.rendered.width, h.rendered.height) == (512, 512)
+        np.testing.assert_array_equal(h.rendered.rgb, h.rendered.bgr[:, :, ::-1])
+        blended = render(base, h.cam, None).bgr.astype(int)
+        assert np.abs(blended - h.rendered.bgr.astype(int)).max() <= 1  # cam normalised twice: rounding only
 
 
 def test_normalise_flat_map_is_zero():
