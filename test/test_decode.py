@@ -15,6 +15,7 @@ from chexnet.errors import (
     UnsupportedTransferSyntax,
 )
 from chexnet.imaging import DecodeLimits, decode_image
+from chexnet.imaging.display import to_display_u8
 from dicom_factory import make_dicom
 from hostile_files import png_bomb
 from image_helpers import png_bytes
@@ -202,3 +203,17 @@ def test_truncated_dicom_is_an_error(dicom_dir):
     data = (dicom_dir / "RG1_UNCR.dcm").read_bytes()
     with pytest.raises((CorruptImage, UnsupportedTransferSyntax)):
         decode_image(data[: len(data) // 3])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_integer_samples_through_a_table_give_the_block_path_bytes(dtype):
+    """8- and 16-bit samples are mapped through a per-value table (chexnet.imaging.display): the same
+    display image as the float path, with and without a LUT-like transform that is not monotonic."""
+    info = np.iinfo(dtype)
+    samples = np.random.default_rng(0).integers(info.min, info.max, (300, 200), endpoint=True).astype(dtype)
+    for transform in (None, lambda x: np.cos(x / 5.0), lambda x: (x > 3).astype(np.float64)):
+        for invert in (False, True):
+            np.testing.assert_array_equal(
+                to_display_u8(samples, transform, invert), to_display_u8(samples.astype(np.float32), transform, invert)
+            )
+    assert not to_display_u8(np.full((4, 4), 7, dtype)).any()  # a constant image is all zeros
