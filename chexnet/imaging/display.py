@@ -6,8 +6,8 @@ once to find the range, once to write bytes. No whole-image floating-point array
 
 Samples of 8 or 16 bits, what radiographs hold, take a shorter way to the same bytes: the transform and
 the scaling are computed once per sample value present (at most 65,536 values) into a table, and each
-pixel is then looked up. Four to five times less CPU for a 3.6-megapixel CR (BENCHMARKS.md "Request path
-per stage"), with the same float64 arithmetic per value, so the same display image.
+pixel is then looked up: about 2.5x less CPU for a 3.6-megapixel CR (75 -> 30 ms here; BENCHMARKS.md "Request
+path per stage"), with the same float64 arithmetic per value, so the same display image.
 """
 
 from collections.abc import Callable
