@@ -70,7 +70,8 @@ def as_run(
         host, _, port = address.rpartition(":")
         block = block.replace("<pacs-ae>", ae).replace("<pacs-host>", host).replace("<pacs-port>", port)
     lines = []
-    for line in block.splitlines():
+    # A command continued over lines (a trailing backslash) is one line here, so options go at its end.
+    for line in re.sub(r"\\\n\s*", " ", block).splitlines():
         uuid_option = f"--uuid-file {uuid_file}" if uuid_file else ""
         if "./install.sh" in line:
             line = _with_options(line, " ".join(filter(None, [uuid_option, install_options])))

@@ -236,7 +236,7 @@ def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
     """test/e2e.sh runs blocks 0-3 (verify, unpack, identity, install), 4 (custom .env), 5 (audit repository)
     and 6 (site calibration) by index."""
     sys.path.insert(0, str(ROOT / "test"))
-    from guide import blocks
+    from guide import as_run, blocks
 
     found = blocks((ROOT / "deployment_template/README.md").read_text(), "Linux")
     assert len(found) == 7
@@ -251,6 +251,11 @@ def test_field_guide_linux_blocks_are_the_ones_the_e2e_suite_runs():
     assert found[5].startswith("cd /opt/chexnet\n") and "CHEXNET_AUDIT_SYSLOG=tls://<audit-repository>:6514" in found[5]
     assert "python -m chexnet calibrate" in found[6] and "--site-thresholds /srv/calibration/out/" in found[6]
     assert "cd <the unpacked package folder>" in found[6]  # test/guide.py --package-folder
+    # the install command is continued over two lines: the site's options go at its end, not after the backslash
+    install = [
+        line for line in as_run(found[6], "1.0", "--bind 127.0.0.1", None).splitlines() if "./install.sh" in line
+    ]
+    assert install[0].endswith("--site-thresholds /srv/calibration/out/site-thresholds.json --bind 127.0.0.1")
 
 
 def test_field_guide_regional_centre_blocks_are_the_ones_the_e2e_suite_runs():
