@@ -160,7 +160,7 @@ def main() -> int:
         help="comma list of ENGINE:PRECISION, each run with every config",
     )
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--port", type=int, default=18380)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     images = [("x.png", p.read_bytes()) for p in sorted(args.samples.glob("*.png"))[:16]]

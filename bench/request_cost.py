@@ -329,7 +329,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10, help="each measured window")
     parser.add_argument("--profile-seconds", type=float, default=5, help="each profiled window")
     parser.add_argument("--quick", action="store_true", help="PNG with heatmaps=top only, 3 s windows")
-    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--port", type=int, default=18380)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     if args.quick:
