@@ -121,6 +121,16 @@ def test_without_the_node_dicomweb_is_a_json_503_that_says_so(proxy, api):
     assert error["code"] == "not_ready" and "DICOM node" in error["message"] and error["request_id"]
 
 
+def test_an_api_that_does_not_answer_is_a_json_503_with_retry_after(proxy):
+    """Restarting, or a Swarm task replaced before nginx re-resolved the tasks: a 503 the contract says to send
+    again after Retry-After, as the API's own not_ready; it was a 502 no client was told to retry."""
+    url, cert = proxy(None, free_port())  # nothing listens there
+    answer = requests.post(f"{url}/api/v1/predict", data=b"x", verify=cert, timeout=30)
+    assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Retry-After"] == "2" and answer.json()["error"]["code"] == "not_ready"
+    assert "not answering" in answer.json()["error"]["message"]
+
+
 def test_a_caller_without_a_valid_token_never_reaches_the_node(proxy, api):
     """The token is checked before nginx reads the body: no connection to the node, nothing spooled."""
     env, api_port = api

@@ -51,7 +51,6 @@ NGINX_ERRORS = {
     414: ["uri_too_long"],
     429: ["rate_limited"],
     500: ["internal_error"],
-    502: ["not_ready"],
     503: ["overloaded", "not_ready"],
     504: ["overloaded"],
 }
