@@ -10,9 +10,10 @@ Retry-After (capped at 1 s), as the API contract asks of clients; anything else 
 findings (another status, a connection cut or timed out after the request was sent) is a failure.
 
 With --phase-file, each request is counted in the phase that file names when the request starts (the end
-to end writes the event it is causing there), with the times of its first and last failure. Writes
-progress to OUT every second and the summary at the end: requests, ok, retried_503, retried_connect,
-failures (the first 20, with their phase and time), seconds, requests/s, answers per address, phases.
+to end writes the event it is causing there), with the times of its first and last failure and its slowest
+answer (seconds from the first try, retries included). Writes progress to OUT every second and the summary
+at the end: requests, ok, retried_503, retried_connect, failures (the first 20, with their phase and time),
+seconds, requests/s, answers per address, phases.
 """
 
 import argparse
@@ -69,6 +70,7 @@ class Tally:
         retried_connect: int = 0,
         failure: str | None = None,
         url: str = "",
+        seconds: float = 0.0,
     ) -> None:
         now = round(time.time(), 1)
         with self.lock:
@@ -86,8 +88,10 @@ class Tally:
                     "failed": 0,
                     "first_failure": None,
                     "last_failure": None,
+                    "slowest_s": 0.0,
                 },
             )
+            row["slowest_s"] = max(row["slowest_s"], round(seconds, 1))
             row["ok"] += ok
             row["retried_503"] += retried
             row["retried_connect"] += retried_connect
@@ -124,6 +128,7 @@ def _not_connected(exc: requests.RequestException) -> bool:
 
 
 def one_prediction(balancer: Balancer, token: str, image: bytes, tally: Tally, phase: str) -> None:
+    started = time.monotonic()
     for _ in range(MAX_RETRIES):
         url = balancer.next()
         try:
@@ -150,7 +155,7 @@ def one_prediction(balancer: Balancer, token: str, image: bytes, tally: Tally, p
             time.sleep(min(1.0, float(response.headers.get("Retry-After", "1") or 1)))
             continue
         if response.status_code == 200 and response.json().get("findings"):
-            tally.add(phase, ok=1, url=url)
+            tally.add(phase, ok=1, url=url, seconds=time.monotonic() - started)
         else:
             tally.add(phase, failure=f"{response.status_code}: {response.text[:160]}", url=url)
         return

@@ -9,12 +9,14 @@
 #      the guide's audit repository step with rsyslog (Debian, in a container) receiving over TLS
 #   5. the guide's "custom .env" path → its site calibration (calibrate in the installed image, install with
 #      --site-thresholds) → upgrade to a second version → a broken third version rolled back;
-#      5b. the guide's "Regional centre": a single-node swarm stack, a crashed task and both upgrades under load
+#      5b. the guide's "Regional centre" on three Swarm nodes (three Docker daemons here) under load: a crashed
+#          task, a node lost and back, both upgrades, a fourth node not in the token (test/e2e_three_nodes.sh)
 #   6. the GPU image, built only now (7 GB: the disk is emptiest once the installs are gone), on the CPU, and what
 #      a GPU host needs of it (arch list, libraries, driver label);
 #      always: tear everything down
 # Needs Docker running, root, dcmtk, dicom3tools and ../shared/data. Ports on 127.0.0.1: 18443 (HTTPS),
-# 18080 (HTTP), 11112 (the DICOM node), 14242 and 18042 (Orthanc's DICOM and REST).
+# 18080 (HTTP), 11112 (the DICOM node), 14242 and 18042 (Orthanc's DICOM and REST); step 5b's nodes publish 18443 and
+# 18080 on their own addresses, 10.231.0.11-14, inside their network namespaces.
 set -eEuo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=../scripts/lib.sh
@@ -31,8 +33,6 @@ WORK="$(mktemp -d /tmp/chexnet-e2e.XXXXXX)"
 KEYS="${WORK}/vendor"
 GUIDE="${ROOT}/deployment_template/README.md"
 SITE_OPTIONS="--bind 127.0.0.1 --https-port 18443 --http-port 18080 --hostname localhost"
-# Swarm cannot publish a port on 127.0.0.1 only: the stack publishes none, and the load runs on its network.
-SWARM_OPTIONS="--no-publish --hostname localhost"
 COMPOSE="$(compose_command)" || die "no Docker Compose installed."
 # While a run owns DIR, this file names it: a run cut off before its teardown (a killed job, a machine
 # restored from a snapshot) leaves both, and the next run clears that install instead of refusing.
@@ -45,21 +45,15 @@ remove_install() {
   fi
   docker ps -aq --filter "name=chexnet-corrupt-" | xargs -r docker rm -f >/dev/null 2>&1 || true
   rm -rf "${DIR}"
-  if grep -qx swarm "${OWNER}" 2>/dev/null; then remove_swarm; fi
+  if grep -qx nodes "${OWNER}" 2>/dev/null; then remove_nodes; fi
   if grep -qx calibration "${OWNER}" 2>/dev/null; then rm -rf /srv/calibration; sed -i '/^calibration$/d' "${OWNER}"; fi
 }
 
-# The stack, its volumes and the single-node swarm the Regional centre step made.
-remove_swarm() {
-  local tries=0
-  docker rm -f chexnet-e2e-load >/dev/null 2>&1 || true
-  docker stack rm chexnet >/dev/null 2>&1 || true
-  # Swarm removes the tasks' containers (and their anonymous volumes) on its own; then the named volumes.
-  while [[ -n "$(docker ps -aq --filter label=com.docker.stack.namespace=chexnet)" ]] && (( tries++ < 60 )); do sleep 1; done
-  docker volume ls -q --filter label=com.docker.stack.namespace=chexnet | xargs -r docker volume rm >/dev/null 2>&1 || true
-  docker swarm leave --force >/dev/null 2>&1 || true
-  docker network rm docker_gwbridge >/dev/null 2>&1 || true
-  sed -i '/^swarm$/d' "${OWNER}"
+# The three Swarm nodes of step 5b (test/e2e_three_nodes.sh) and the load sent to them.
+remove_nodes() {
+  [[ ! -s "${WORK}/load/pid" ]] || kill "$(cat "${WORK}/load/pid")" 2>/dev/null || true
+  "${ROOT}/test/swarm_nodes.sh" down
+  sed -i '/^nodes$/d' "${OWNER}"
 }
 
 if [[ -e "${DIR}" && -f "${OWNER}" && "$(head -n 1 "${OWNER}")" == "${DIR}" ]]; then
@@ -86,12 +80,11 @@ else
   UUID_FILE_ARG=../site-uuid.txt
   log "no SMBIOS UUID here: the guide's site-UUID route with ${HOST_UUID}"
 fi
-# Root runs the guide's 'sudo' commands; a machine without sudo gets a pass-through one.
+# Root runs the guide's 'sudo' commands as they are: a pass-through sudo, also where sudo is installed (its
+# env_reset would drop the DOCKER_HOST that points a command at one of step 5b's nodes).
 BIN="${WORK}/bin"
 mkdir -p "${BIN}"
-if ! command -v sudo >/dev/null; then
-  printf '#!/bin/sh\nexec "$@"\n' > "${BIN}/sudo" && chmod 755 "${BIN}/sudo"
-fi
+printf '#!/bin/sh\nexec "$@"\n' > "${BIN}/sudo" && chmod 755 "${BIN}/sudo"
 
 # carry VERSION FOLDER: what the engineer carries, and nothing else: tarball, signature, vendor certificate, token.
 carry() {
@@ -102,7 +95,8 @@ carry() {
 }
 
 # guide VERSION FOLDER BLOCK...: run the guide's Linux blocks (SECTION=… for another section; PACS=AE@HOST:PORT
-# and PACS_DICOMWEB=URL for its <pacs-…> placeholders), word for word, in FOLDER (one shell: 'cd' carries on).
+# and PACS_DICOMWEB=URL for its <pacs-…> placeholders, MANAGER_ADDRESS for <manager-address>), word for word, in
+# FOLDER (one shell: 'cd' carries on), with the Docker DOCKER_HOST names (a swarm node's in step 5b).
 guide() {
   local version="$1" folder="$2" script="" block
   shift 2
@@ -112,6 +106,7 @@ guide() {
                --version "${version}" --block "${block}" --deploy-options "${DEPLOY_OPTIONS:-}" --package-folder "${folder}" \
                ${AUDIT_REPOSITORY:+--audit-ca "${WORK}/atna-pki/ca.pem" --audit-repository "${AUDIT_REPOSITORY}" --server-name e2e-server} \
                --install-options "${SITE_OPTIONS}" ${UUID_FILE_ARG:+--uuid-file "${UUID_FILE_ARG}"} \
+               ${MANAGER_ADDRESS:+--manager-address "${MANAGER_ADDRESS}"} \
                | sed "s|/opt/chexnet|${DIR}|g")"$'\n'
   done
   log "guide, blocks $*, in ${folder}:"
@@ -258,62 +253,9 @@ grep -q "rolled back to ${V2}" "${WORK}/broken.log" || { cat "${WORK}/broken.log
 (cd "${DIR}" && ${COMPOSE} down --volumes --remove-orphans >/dev/null)
 rm -rf "${DIR}"
 
-log "5b/6 the guide's Regional centre section: a single-node swarm, 2 API tasks, a crash and two upgrades under load"
-[[ "$(docker info --format '{{.Swarm.LocalNodeState}}')" == inactive ]] \
-  || die "this Docker is part of a swarm already; the end to end makes its own (docker swarm leave --force)."
-# One cluster token for this node and a second (absent) node: the multi-server licence.
-issue --product-uuid "${HOST_UUID}" --product-uuid "$("${PYTHON}" -c 'import uuid; print(uuid.uuid4())')" --subject region > "${WORK}/cluster-token"
-swarm_carry() {
-  carry "$1" "$2"
-  cp "${WORK}/cluster-token" "$2/token.txt"
-  guide "$1" "$2" 0 1
-}
-SWARM="Regional centre (Docker Swarm)"
-swarm_carry "${VERSION}" "${WORK}/swarm-v1"
-echo swarm >> "${OWNER}"  # from here the teardown leaves the swarm
-SECTION="${SWARM}" SITE_OPTIONS="" DEPLOY_OPTIONS="${SWARM_OPTIONS}" guide "${VERSION}" "${WORK}/swarm-v1/chexnet-offline-${VERSION}-cpu" 0 1 2
-[[ "$(docker service ls --filter name=chexnet_api --format '{{.Replicas}}')" == 2/2 ]] || die "the stack does not run 2 API tasks."
-
-mkdir -p "${WORK}/load" && cp "${WORK}/cluster-token" "${WORK}/load/token"
-docker run -d --name chexnet-e2e-load --network chexnet_front --user 0 -v "${ROOT}/test:/src:ro" -v "${SAMPLES}:/data:ro" \
-  -v "${WORK}/load:/out" "chexnet-api-cpu:${VERSION}" python /src/closed_loop.py --url https://nginx:8443 --token-file /out/token \
-  --image /data/nih/00000075_000.png --clients 3 --stop-file /out/stop --out /out/progress.json >/dev/null
-# load_ok N: wait until the load has N more answered predictions than when called.
-load_ok() {
-  local start
-  start="$("${PYTHON}" "${ROOT}/test/waiting.py" load-ok "${WORK}/load/progress.json" 0)"
-  "${PYTHON}" "${ROOT}/test/waiting.py" load-ok "${WORK}/load/progress.json" "$((start + $1))" >/dev/null
-}
-load_ok 20
-victim="$(docker ps -q --filter name=chexnet_api. | head -n 1)"
-log "SIGKILL of the process of API task ${victim}, under load"
-kill -9 "$(docker inspect -f '{{.State.Pid}}' "${victim}")"
-"${PYTHON}" "${ROOT}/test/waiting.py" replaced chexnet_api "${victim}"
-load_ok 20
-
-log "rolling upgrade to ${V2} under load"
-swarm_carry "${V2}" "${WORK}/swarm-v2"
-SECTION="${SWARM}" SITE_OPTIONS="" DEPLOY_OPTIONS="${SWARM_OPTIONS}" guide "${V2}" "${WORK}/swarm-v2/chexnet-offline-${V2}-cpu" 0 2
-for service in chexnet_api chexnet_nginx; do
-  [[ "$(docker service inspect -f '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "${service}")" == *":${V2}" ]] || die "${service} does not run ${V2}."
-done
-load_ok 20
-
-log "the broken ${V3} under load: Swarm must roll it back"
-swarm_carry "${V3}" "${WORK}/swarm-v3"
-if SECTION="${SWARM}" SITE_OPTIONS="" DEPLOY_OPTIONS="${SWARM_OPTIONS}" guide "${V3}" "${WORK}/swarm-v3/chexnet-offline-${V3}-cpu" 0 2 2> "${WORK}/swarm-broken.log"; then
-  die "the broken version deployed without complaint"
-fi
-grep -q "rolled the stack back to ${V2}" "${WORK}/swarm-broken.log" || { cat "${WORK}/swarm-broken.log" >&2; die "swarm-deploy did not say it rolled back"; }
-"${PYTHON}" "${ROOT}/test/waiting.py" image chexnet_api "${V2}"
-"${PYTHON}" "${ROOT}/test/waiting.py" image chexnet_nginx "${V2}"
-load_ok 20
-touch "${WORK}/load/stop"
-docker wait chexnet-e2e-load >/dev/null
-log "load through the crash and both upgrades: $(cat "${WORK}/load/progress.json")"
-"${PYTHON}" -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["failed"] == 0 and r["ok"] >= 80, r' "${WORK}/load/progress.json"
-docker rm -f chexnet-e2e-load >/dev/null
-remove_swarm
+# shellcheck source=e2e_three_nodes.sh
+source "${ROOT}/test/e2e_three_nodes.sh"
+remove_nodes
 rm -rf "${DIR}"
 rm -f "${ROOT}/dist/chexnet-offline-${V2}-cpu.tar.gz"* "${ROOT}/dist/chexnet-offline-${V3}-cpu.tar.gz"*
 

@@ -10,6 +10,7 @@
 #        test/swarm_nodes.sh start N        start node N's daemon (its namespace kept; a stopped node rejoins)
 #        test/swarm_nodes.sh join N ROLE    node N joins node 1's swarm as manager or worker (join-token's command)
 #        test/swarm_nodes.sh kill N         SIGKILL node N: its daemon, containerd, shims and containers
+#        test/swarm_nodes.sh crash N CONTAINER   SIGKILL of one container's process on node N, from the host
 #        test/swarm_nodes.sh down           remove everything, also what a cut-off run left (see STATE)
 # Needs root, iproute2, iptables, unshare (util-linux) and dockerd/docker-init (Docker 20.10).
 set -eEuo pipefail
@@ -105,6 +106,18 @@ kill_node() {
   rm -f "${RUNDIR}/n$n/node.pid"
 }
 
+# crash N CONTAINER: a crash, not an operator's stop: SIGKILL from the host of the container's process. Docker
+# names the process by its PID in node N's PID namespace, so the kill is sent from inside that namespace.
+crash() {
+  local n="$1" container="$2" pid holder init
+  holder="$(node_pid "$n")" || die "node $n is not running."
+  pid="$(on_node "$n" inspect -f '{{.State.Pid}}' "${container}")" || die "node $n has no container ${container}."
+  [[ "${pid}" =~ ^[1-9][0-9]*$ ]] || die "container ${container} on node $n runs no process."
+  init="$(pgrep -P "${holder}" | head -n 1)"
+  nsenter -t "${init}" --pid --mount -- kill -9 "${pid}"
+  log "node $n: SIGKILL of ${container}'s process (PID ${pid} on the node)"
+}
+
 join() {
   local n="$1" role="$2" token
   [[ "${role}" == manager || "${role}" == worker ]] || die "a node joins as manager or worker, not '${role}'."
@@ -148,6 +161,7 @@ case "${1:-}" in
   start) start "${2:?node number}" ;;
   join) check_node "${2:?node number}"; join "$2" "${3:?manager or worker}" ;;
   kill) kill_node "${2:?node number}" ;;
+  crash) check_node "${2:?node number}"; crash "$2" "${3:?container}" ;;
   down) down ;;
-  *) sed -n '8,13p' "$0"; exit 2 ;;
+  *) sed -n '8,14p' "$0"; exit 2 ;;
 esac

@@ -21,6 +21,7 @@ SCRIPTS = sorted(
         ROOT / "deployment_template/install.sh",
         ROOT / "nginx/entrypoint.sh",
         ROOT / "test/e2e.sh",
+        ROOT / "test/e2e_three_nodes.sh",
         ROOT / "test/swarm_nodes.sh",
         ROOT / ".ci/run",
     ]

@@ -14,17 +14,19 @@ def wait_until(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
-def _load_ok(progress: str, at_least: str) -> int:
-    """The closed-loop load's answered predictions, once there are AT_LEAST (test/closed_loop.py's progress file)."""
+def _load_ok(progress: str, at_least: str, url: str = "") -> int:
+    """The closed-loop load's answered predictions (those URL answered, with URL), once there are AT_LEAST
+    (test/closed_loop.py's progress file)."""
     import json
     from pathlib import Path
 
     def ok():
         path = Path(progress)
-        count = json.loads(path.read_text() or "{}").get("ok", -1) if path.exists() else -1
+        summary = json.loads(path.read_text() or "{}") if path.exists() else {}
+        count = summary.get("ok_by_url", {}).get(url, 0) if url else summary.get("ok", -1)
         return [count] if count >= int(at_least) else None  # a list: 0 answered is still an answer
 
-    return wait_until(ok, 300, f"{at_least} answered predictions")[0]
+    return wait_until(ok, 300, f"{at_least} answered predictions{f' from {url}' if url else ''}")[0]
 
 
 def _docker(*args: str) -> str:
@@ -33,15 +35,19 @@ def _docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=False).stdout.strip()
 
 
-def _replaced(service: str, victim: str) -> str:
-    """Swarm has replaced the killed task: as many running tasks as wanted again, the victim not among them."""
+def _replaced(service: str, task: str) -> str:
+    """Swarm has replaced the crashed TASK (its ID): as many running tasks as wanted again, TASK not among them
+    (DOCKER_HOST: a manager; the tasks may run on any node)."""
 
     def done():
-        running = _docker("ps", "-q", "--filter", f"name={service}.").split()
+        lines = _docker(
+            "service", "ps", service, "--filter", "desired-state=running", "--format", "{{.ID}} {{.CurrentState}}"
+        )
+        running = [line.split(" ", 1)[0] for line in lines.splitlines() if " Running " in f"{line} "]
         wanted = _docker("service", "inspect", "-f", "{{.Spec.Mode.Replicated.Replicas}}", service)
-        return str(len(running)) == wanted and not any(victim.startswith(c) or c.startswith(victim) for c in running)
+        return str(len(running)) == wanted and not any(task.startswith(r) or r.startswith(task) for r in running)
 
-    return wait_until(done, 300, f"Swarm to replace the killed task {victim} of {service}") and "replaced"
+    return wait_until(done, 300, f"Swarm to replace the crashed task {task} of {service}") and "replaced"
 
 
 def _image(service: str, version: str) -> str:
@@ -61,8 +67,58 @@ def _image(service: str, version: str) -> str:
     return wait_until(done, 300, f"{service} to run {version}") and version
 
 
+def _since(started: str) -> str:
+    return f"{time.time() - float(started):.1f}"
+
+
+def _node_status(hostname: str, status: str, started: str) -> str:
+    """Seconds since STARTED (epoch) until the swarm (DOCKER_HOST: a manager) says node HOSTNAME is STATUS."""
+
+    def done():
+        nodes = dict(
+            line.split(" ", 1) for line in _docker("node", "ls", "--format", "{{.Hostname}} {{.Status}}").splitlines()
+        )
+        return nodes.get(hostname) == status
+
+    wait_until(done, 120, f"node {hostname} to be {status}")
+    return _since(started)
+
+
+def _running_tasks(service: str) -> list[str]:
+    """The nodes of SERVICE's tasks that are wanted and running (healthy, where the image has a health check)."""
+    lines = _docker(
+        "service", "ps", service, "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}"
+    )
+    return [line.split(" ", 1)[0] for line in lines.splitlines() if " Running " in f"{line} "]
+
+
+def _moved(service: str, hostname: str, started: str) -> str:
+    """Seconds since STARTED until SERVICE runs all its replicas again, none of them on node HOSTNAME."""
+
+    def done():
+        nodes = _running_tasks(service)
+        wanted = _docker("service", "inspect", "-f", "{{.Spec.Mode.Replicated.Replicas}}", service)
+        return str(len(nodes)) == wanted and hostname not in nodes
+
+    wait_until(done, 90, f"{service}'s tasks to run on the nodes other than {hostname}")
+    return _since(started)
+
+
+def _task_on(service: str, hostname: str, started: str) -> str:
+    """Seconds since STARTED until SERVICE has a running task on node HOSTNAME."""
+    wait_until(lambda: hostname in _running_tasks(service), 240, f"a task of {service} running on {hostname}")
+    return _since(started)
+
+
 if __name__ == "__main__":
     import sys
 
-    commands = {"load-ok": _load_ok, "replaced": _replaced, "image": _image}
+    commands = {
+        "load-ok": _load_ok,
+        "replaced": _replaced,
+        "image": _image,
+        "node-status": _node_status,
+        "moved": _moved,
+        "task-on": _task_on,
+    }
     print(commands[sys.argv[1]](*sys.argv[2:]))
