@@ -79,11 +79,15 @@ esac > "${GENERATED}/redirect.conf"
 
 # The API behind: compose's one container (a keep-alive pool), or a Swarm stack's tasks
 # (NGINX_API_TASKS=tasks.api): Swarm's DNS names the healthy tasks, re-read every 2 s, and a request
-# that fails on one task (killed, or stopping in a rolling update) is sent to another.
+# that fails on one task (killed, or stopping in a rolling update) is sent to another. A task that is gone
+# (crashed, or on a node lost) may still be named for a few seconds, and a connection to it is not refused
+# but unanswered: 2 s, not compose's 5 s, before the next task (on the overlay a connection takes under a
+# millisecond; 2 s still waits out one lost SYN). On three test nodes the slowest answer during a crash or a
+# node's loss was 5.1 s with 5 s (BENCHMARKS.md).
 : > "${GENERATED}/upstream.conf"
 case "${API_TASKS}" in
   '') printf 'upstream chexnet_api {\n    server api:8080;\n    keepalive 16;\n}\n' > "${GENERATED}/upstream.conf"
-      echo "proxy_pass http://chexnet_api;" > "${GENERATED}/proxy.conf"
+      printf 'proxy_pass http://chexnet_api;\nproxy_connect_timeout 5s;\n' > "${GENERATED}/proxy.conf"
       echo "proxy_pass http://chexnet_api/api/v1/license;" > "${GENERATED}/auth.conf" ;;
   *) cat > "${GENERATED}/proxy.conf" <<CONF
 resolver 127.0.0.11 valid=2s ipv6=off;
@@ -92,6 +96,7 @@ set \$chexnet_api_tasks ${API_TASKS};
 proxy_pass http://\$chexnet_api_tasks:8080;
 proxy_next_upstream error timeout http_503 non_idempotent;
 proxy_next_upstream_tries 3;
+proxy_connect_timeout 2s;
 CONF
      cat > "${GENERATED}/auth.conf" <<CONF
 resolver 127.0.0.11 valid=2s ipv6=off;

@@ -737,7 +737,9 @@ def test_nginx_entrypoint_renders_valid_settings(entrypoint):
     assert "256 MiB (CHEXNET_DICOMWEB_MAX_REQUEST_MB)" in stow_body["error"]["message"]
     assert (generated / "redirect.conf").read_text() == "return 301 https://chexnet.hospital.local:8443$request_uri;\n"
     assert "rate=600r/m;" in (generated / "http.conf").read_text()
+    # Swarm's tasks: a gone task is given 2 s to answer a connection before the next one is tried.
     assert "set $chexnet_api_tasks tasks.api;" in (generated / "proxy.conf").read_text()
+    assert "proxy_connect_timeout 2s;" in (generated / "proxy.conf").read_text()
     assert (folder / "log").read_text() == "-e stderr -t -q\n-g daemon off;\n"
 
 
