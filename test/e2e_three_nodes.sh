@@ -95,7 +95,7 @@ wait_for replaced chexnet_api "${task}" >/dev/null
 load_ok 20
 
 phase node-lost
-lost="$(api_nodes | grep -vx chexnet-n1 | head -n 1)"
+lost="$(api_nodes | grep -vx chexnet-n1 | head -n 1)" || die "no API task runs on node 2 or 3: $(api_nodes | tr '\n' ' ')"
 lost="${lost#chexnet-n}"
 started="$(date +%s.%N)"
 "${NODES_SH}" kill "${lost}"
