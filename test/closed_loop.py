@@ -9,11 +9,12 @@ retried_connect; a request is never sent twice once its body went out). A 503 is
 Retry-After (capped at 1 s), as the API contract asks of clients; anything else that is not a 200 with
 findings (another status, a connection cut or timed out after the request was sent) is a failure.
 
-With --phase-file, each request is counted in the phase that file names when the request starts (the end
-to end writes the event it is causing there), with the times of its first and last failure and its slowest
-answer (seconds from the first try, retries included). Writes progress to OUT every second and the summary
-at the end: requests, ok, retried_503, retried_connect, failures (the first 20, with their phase and time),
-seconds, requests/s, answers per address, phases.
+With --phase-file, each request is counted in the phase that file names when it ends, answered or failed
+(the end to end writes the event it is about to cause there; a request sent before and cut by it is that
+event's), with the times of the phase's first and last failure and its slowest answer (seconds from the first
+try, retries included). Writes progress to OUT every second and the summary at the end: requests, ok,
+retried_503, retried_connect, failures (the first 20, with their phase and time), seconds, requests/s,
+answers per address, phases.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -127,7 +129,7 @@ def _not_connected(exc: requests.RequestException) -> bool:
     return isinstance(exc, requests.ConnectionError) and isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def one_prediction(balancer: Balancer, token: str, image: bytes, tally: Tally, phase: str) -> None:
+def one_prediction(balancer: Balancer, token: str, image: bytes, tally: Tally, phase: Callable[[], str]) -> None:
     started = time.monotonic()
     for _ in range(MAX_RETRIES):
         url = balancer.next()
@@ -146,20 +148,20 @@ def one_prediction(balancer: Balancer, token: str, image: bytes, tally: Tally, p
         except requests.RequestException as exc:
             if _not_connected(exc):
                 balancer.skip(url)
-                tally.add(phase, retried_connect=1)
+                tally.add(phase(), retried_connect=1)
                 continue
-            tally.add(phase, failure=f"{type(exc).__name__}: {str(exc)[:160]}", url=url)
+            tally.add(phase(), failure=f"{type(exc).__name__}: {str(exc)[:160]}", url=url)
             return
         if response.status_code == 503:
-            tally.add(phase, retried=1)
+            tally.add(phase(), retried=1)
             time.sleep(min(1.0, float(response.headers.get("Retry-After", "1") or 1)))
             continue
         if response.status_code == 200 and response.json().get("findings"):
-            tally.add(phase, ok=1, url=url, seconds=time.monotonic() - started)
+            tally.add(phase(), ok=1, url=url, seconds=time.monotonic() - started)
         else:
-            tally.add(phase, failure=f"{response.status_code}: {response.text[:160]}", url=url)
+            tally.add(phase(), failure=f"{response.status_code}: {response.text[:160]}", url=url)
         return
-    tally.add(phase, failure=f"no answer after {MAX_RETRIES} tries")
+    tally.add(phase(), failure=f"no answer after {MAX_RETRIES} tries")
 
 
 def main() -> int:
@@ -189,7 +191,7 @@ def main() -> int:
 
     def client() -> None:
         while not args.stop_file.exists():
-            one_prediction(balancer, token, image, tally, phase())
+            one_prediction(balancer, token, image, tally, phase)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
     for thread in threads:

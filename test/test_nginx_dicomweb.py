@@ -55,7 +55,7 @@ def proxy(tmp_path):
     https_port = free_port()
     started = []
 
-    def start(node_port: int | None, api_port: int) -> str:
+    def start(node_port: int | None, api_port: int, read_timeout_s: int | None = None) -> str:
         upstream.write_text(compose_upstream.replace("server api:8080;", f"server 127.0.0.1:{api_port};"))
         text = (ROOT / "nginx/nginx.conf").read_text()
         for old, new in (
@@ -73,6 +73,8 @@ def proxy(tmp_path):
         if node_port is not None:  # the node on this host instead of Docker's DNS name
             text = text.replace("set $chexnet_dicom_node dicom-node;", "set $chexnet_dicom_node 127.0.0.1;")
             text = text.replace("$chexnet_dicom_node:8042", f"$chexnet_dicom_node:{node_port}")
+        if read_timeout_s is not None:  # the API's 300 s, shortened: what happens after it is the same
+            text = text.replace("proxy_read_timeout 300s;", f"proxy_read_timeout {read_timeout_s}s;")
         if os.geteuid() == 0:
             text = "user root;\n" + text  # the test's folders are root's alone
         (folder / "nginx.conf").write_text(text)
@@ -129,6 +131,35 @@ def test_an_api_that_does_not_answer_is_a_json_503_with_retry_after(proxy):
     assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
     assert answer.headers["Retry-After"] == "2" and answer.json()["error"]["code"] == "not_ready"
     assert "not answering" in answer.json()["error"]["message"]
+
+
+def test_an_api_that_accepts_no_connection_is_a_json_503_with_retry_after(proxy):
+    """A Swarm task gone (crashed, or its node lost) that DNS still names: the connection is not refused but
+    unanswered, and nginx's connect timeout was a 504 'overloaded'; the request never reached an API, so it is
+    the 503 to retry that a refused connection is (seen on three test nodes: two 504s when a node was lost)."""
+    silent = socket.create_server(("127.0.0.1", 0), backlog=0)
+    held = socket.create_connection(silent.getsockname())  # the one connection its queue holds; later SYNs drop
+    try:
+        url, cert = proxy(None, silent.getsockname()[1])
+        answer = requests.post(f"{url}/api/v1/predict", data=b"x", verify=cert, timeout=60)
+    finally:
+        held.close()
+        silent.close()
+    assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Retry-After"] == "2" and answer.json()["error"]["code"] == "not_ready"
+
+
+def test_an_api_that_took_the_request_and_did_not_answer_is_a_json_504(proxy):
+    """An API that accepted the connection and the request but did not answer in time: overloaded, Retry-After 5
+    (the prediction may still be running there)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nothing answers
+    try:
+        url, cert = proxy(None, silent.getsockname()[1], read_timeout_s=1)
+        answer = requests.post(f"{url}/api/v1/predict", data=b"x", verify=cert, timeout=60)
+    finally:
+        silent.close()
+    assert answer.status_code == 504 and answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Retry-After"] == "5" and answer.json()["error"]["code"] == "overloaded"
 
 
 def test_a_caller_without_a_valid_token_never_reaches_the_node(proxy, api):
