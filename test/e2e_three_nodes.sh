@@ -139,21 +139,7 @@ grep -q "node chexnet-n4 is in the swarm but not in" "${WORK}/fourth-node.log" \
 # Swarm itself does not ask the node list: an API task it places on node 4 (4 replicas spread over 4 nodes)
 # must stay not ready and say why, and nginx must send it nothing.
 manager docker service scale --detach chexnet_api=4 >/dev/null
-said="$("${PYTHON}" - "$(node_socket 4)" "${ROOT}/test" <<'PY'
-import subprocess, sys
-sys.path.insert(0, sys.argv[2])
-from waiting import wait_until
-env = {"DOCKER_HOST": sys.argv[1], "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-def docker(*args):
-    return subprocess.run(["docker", *args], capture_output=True, text=True, env=env, check=False).stdout.strip()
-def health():
-    for container in docker("ps", "-q", "--filter", "name=chexnet_api.").split():
-        said = docker("inspect", "-f", "{{if .State.Health}}{{range .State.Health.Log}}{{.Output}}{{end}}{{end}}", container)
-        if "has no line for node 'chexnet-n4'" in said:
-            return said.strip().splitlines()[-1]
-print(wait_until(health, 240, "the API task on node 4 to say that the node list has no line for it"))
-PY
-)"
+said="$(on_node 4 "${PYTHON}" "${ROOT}/test/waiting.py" health-says chexnet_api "has no line for node 'chexnet-n4'")"
 log "the API task on node 4 (not in the token's node list): ${said}"
 [[ "$(api_nodes | grep -cx chexnet-n4 || true)" -eq 0 ]] || die "an API task on node 4 turned healthy without a line in the node list."
 load_ok 20

@@ -35,15 +35,20 @@ def _docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=False).stdout.strip()
 
 
+def _running(service: str, field: str) -> list[str]:
+    """FIELD ('{{.ID}}', '{{.Node}}') of SERVICE's tasks that are wanted and running (healthy, where the image has
+    a health check: Swarm holds a task in Starting until it passes), over every node (DOCKER_HOST: a manager)."""
+    lines = _docker(
+        "service", "ps", service, "--filter", "desired-state=running", "--format", f"{field} {{{{.CurrentState}}}}"
+    )
+    return [line.split(" ", 1)[0] for line in lines.splitlines() if " Running " in f"{line} "]
+
+
 def _replaced(service: str, task: str) -> str:
-    """Swarm has replaced the crashed TASK (its ID): as many running tasks as wanted again, TASK not among them
-    (DOCKER_HOST: a manager; the tasks may run on any node)."""
+    """Swarm has replaced the crashed TASK (its ID): as many running tasks as wanted again, TASK not among them."""
 
     def done():
-        lines = _docker(
-            "service", "ps", service, "--filter", "desired-state=running", "--format", "{{.ID}} {{.CurrentState}}"
-        )
-        running = [line.split(" ", 1)[0] for line in lines.splitlines() if " Running " in f"{line} "]
+        running = _running(service, "{{.ID}}")
         wanted = _docker("service", "inspect", "-f", "{{.Spec.Mode.Replicated.Replicas}}", service)
         return str(len(running)) == wanted and not any(task.startswith(r) or r.startswith(task) for r in running)
 
@@ -84,19 +89,11 @@ def _node_status(hostname: str, status: str, started: str) -> str:
     return _since(started)
 
 
-def _running_tasks(service: str) -> list[str]:
-    """The nodes of SERVICE's tasks that are wanted and running (healthy, where the image has a health check)."""
-    lines = _docker(
-        "service", "ps", service, "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}"
-    )
-    return [line.split(" ", 1)[0] for line in lines.splitlines() if " Running " in f"{line} "]
-
-
 def _moved(service: str, hostname: str, started: str) -> str:
     """Seconds since STARTED until SERVICE runs all its replicas again, none of them on node HOSTNAME."""
 
     def done():
-        nodes = _running_tasks(service)
+        nodes = _running(service, "{{.Node}}")
         wanted = _docker("service", "inspect", "-f", "{{.Spec.Mode.Replicated.Replicas}}", service)
         return str(len(nodes)) == wanted and hostname not in nodes
 
@@ -106,8 +103,23 @@ def _moved(service: str, hostname: str, started: str) -> str:
 
 def _task_on(service: str, hostname: str, started: str) -> str:
     """Seconds since STARTED until SERVICE has a running task on node HOSTNAME."""
-    wait_until(lambda: hostname in _running_tasks(service), 240, f"a task of {service} running on {hostname}")
+    wait_until(lambda: hostname in _running(service, "{{.Node}}"), 240, f"a task of {service} running on {hostname}")
     return _since(started)
+
+
+def _health_says(service: str, text: str) -> str:
+    """The last health check output of a SERVICE task on this node (DOCKER_HOST: that node) that holds TEXT."""
+
+    def said():
+        for container in _docker("ps", "-q", "--filter", f"name={service}.").split():
+            log = _docker(
+                "inspect", "-f", "{{if .State.Health}}{{range .State.Health.Log}}{{.Output}}{{end}}{{end}}", container
+            )
+            if text in log:
+                return log.strip().splitlines()[-1]
+        return None
+
+    return wait_until(said, 240, f"a task of {service} here to say '{text}' in its health check")
 
 
 if __name__ == "__main__":
@@ -120,5 +132,6 @@ if __name__ == "__main__":
         "node-status": _node_status,
         "moved": _moved,
         "task-on": _task_on,
+        "health-says": _health_says,
     }
     print(commands[sys.argv[1]](*sys.argv[2:]))
