@@ -5,6 +5,10 @@ Measured on 2 cores (BENCHMARKS.md): two single-threaded engine workers serve 27
 one worker with two threads serves 19.3, since a DenseNet forward pass at 224 px scales poorly across
 threads. On larger machines each worker gets up to 4 threads (latency for a lone request) and there
 are as many workers as that leaves room for (throughput); that part is reasoned, not measured here.
+
+A request that is alone in the service leaves the other workers' cores idle, so its engine call may take
+them (lone_threads): on 2 cores ONNX Runtime's forward pass takes 34 ms on two threads against 55 on one
+(BENCHMARKS.md "Request cost model"), while two calls at once still run one thread each.
 """
 
 import math
@@ -58,3 +62,10 @@ def engine_layout(cores: int) -> tuple[int, int]:
     """(engine workers, threads per worker) for this many cores."""
     threads = 1 if cores <= 2 else min(MAX_THREADS_PER_WORKER, cores // 2)
     return max(1, cores // threads), threads
+
+
+def lone_threads(workers: int, threads: int) -> int:
+    """Threads for an engine call made while no other prediction is in the service: every worker's cores, up
+    to MAX_THREADS_PER_WORKER; 0 where that is no more than a worker has (nothing to gain)."""
+    lone = min(workers * threads, MAX_THREADS_PER_WORKER)
+    return lone if lone > threads else 0

@@ -162,12 +162,13 @@ Observer = Callable[[Prediction, Caller], None]
 ForwardOne = Callable[[np.ndarray], Forwarded]
 
 
-def batch_forward(engine: Engine) -> Callable[[Sequence[np.ndarray]], tuple[EngineOutput, float]]:
-    """One engine call for a whole batch of preprocessed images: returns (EngineOutput, milliseconds)."""
+def batch_forward(engine: Engine) -> Callable[[Sequence[np.ndarray], bool], tuple[EngineOutput, float]]:
+    """One engine call for a whole batch of preprocessed images: returns (EngineOutput, milliseconds). lone:
+    no other prediction is in the service (Engine.infer)."""
 
-    def forward(tensors: Sequence[np.ndarray]):
+    def forward(tensors: Sequence[np.ndarray], lone: bool = False):
         start = time.perf_counter()
-        output = engine.infer(np.stack(tensors).astype(np.float32, copy=False))
+        output = engine.infer(np.stack(tensors).astype(np.float32, copy=False), lone)
         return output, _ms(start)
 
     return forward

@@ -66,6 +66,34 @@ def test_license(client, env):
     assert body["features"] == ["cxr10", "cxr25"] and body["days_left"] == 0  # the test token lives an hour
 
 
+def test_a_prediction_alone_in_the_service_runs_on_every_engine_core(tmp_path, demo_bundle, nih_sample):
+    """Two single-threaded engine workers (the 2-core layout): the one request in the service gets a call over both
+    cores; one made while another request is in the service keeps its worker's single thread."""
+    env = make_env(tmp_path, demo_bundle.path, CHEXNET_ENGINE_WORKERS="2", CHEXNET_ENGINE_THREADS="1")
+    app = ready_app(env)
+    service = app.extensions["chexnet"]
+    engine = service.models["cxr10"].predictor.engine
+    assert service.layout.lone_threads == 2 and engine.lone_session is not engine.session
+    calls = []
+
+    class Recorded:
+        def __init__(self, session, name):
+            self.session, self.name = session, name
+
+        def run(self, *args):
+            calls.append(self.name)
+            return self.session.run(*args)
+
+    engine.session, engine.lone_session = Recorded(engine.session, "worker"), Recorded(engine.lone_session, "lone")
+    client, image = app.test_client(), nih_sample[0].read_bytes()
+    alone = predict(client, env, image)
+    with service.in_flight.held():  # another request is in the service (decoding, say)
+        shared = predict(client, env, image)
+    assert (alone.status_code, shared.status_code, calls) == (200, 200, ["lone", "worker"])
+    for one, other in zip(alone.get_json()["findings"], shared.get_json()["findings"], strict=True):
+        assert one["probability"] == pytest.approx(other["probability"], abs=1e-5)
+
+
 def test_a_cluster_node_reads_its_line_of_the_node_list_and_takes_the_cluster_token(tmp_path, demo_bundle):
     """As in the Swarm stack: CHEXNET_PRODUCT_UUID_FILE is the node list, CHEXNET_NODE_NAME this node's hostname."""
     nodes = tmp_path / "product_uuids"

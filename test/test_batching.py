@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from chexnet.batching import MicroBatcher
+from chexnet.batching import InFlight, MicroBatcher
 from chexnet.engines.base import EngineOutput
 from chexnet.errors import Overloaded
 
@@ -16,10 +16,12 @@ class GatedPredictor:
     def __init__(self):
         self.gate = threading.Event()
         self.batches: list[int] = []
+        self.lone: list[bool] = []
         self.entered = threading.Event()
 
-    def forward(self, tensors):
+    def forward(self, tensors, lone=False):
         self.batches.append(len(tensors))
+        self.lone.append(lone)
         self.entered.set()
         self.gate.wait(10)
         values = np.array([[float(t.flat[0])] for t in tensors], dtype=np.float32)
@@ -58,10 +60,10 @@ def test_full_queue_is_refused_not_grown():
 
 def test_engine_failure_reaches_every_waiting_request_and_the_worker_survives():
     class Failing(GatedPredictor):
-        def forward(self, tensors):
+        def forward(self, tensors, lone=False):
             if float(tensors[0].flat[0]) < 0:
                 raise RuntimeError("engine exploded")
-            return super().forward(tensors)
+            return super().forward(tensors, lone)
 
     predictor = Failing()
     predictor.gate.set()
@@ -82,3 +84,29 @@ def test_a_request_that_waits_past_its_timeout_is_overloaded_and_dropped():
     assert float(running.result(10).probabilities[0]) == 0
     assert float(batcher.run(tensor(2), timeout_s=10).probabilities[0]) == 2
     assert predictor.batches == [1, 1]  # the timed-out request never reached the engine
+
+
+def test_a_call_is_lone_only_for_the_one_prediction_in_the_service():
+    predictor = GatedPredictor()
+    predictor.gate.set()
+    in_flight = InFlight()
+    batcher = MicroBatcher(predictor.forward, "fake", max_batch=1, max_wait_ms=0, queue_size=4, in_flight=in_flight)
+    with in_flight.held():
+        batcher.run(tensor(1), timeout_s=10)  # the only prediction: lone
+        with in_flight.held():  # another request is decoding, or waiting for a decode slot
+            batcher.run(tensor(2), timeout_s=10)
+        batcher.run(tensor(3), timeout_s=10)  # it has been answered
+    assert predictor.lone == [True, False, True]
+    MicroBatcher(predictor.forward, "uncounted", 1, 0, 4).run(tensor(4), timeout_s=10)  # no InFlight: never lone
+    assert predictor.lone[-1] is False
+
+
+def test_in_flight_counts_a_prediction_that_failed_as_gone():
+    in_flight = InFlight()
+    with pytest.raises(ValueError), in_flight.held():
+        assert in_flight.alone()
+        with in_flight.held():
+            assert not in_flight.alone()
+            raise ValueError("bad upload")
+    with in_flight.held():
+        assert in_flight.alone()

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from chexnet.cpu import available_cores, engine_layout
+from chexnet.cpu import available_cores, engine_layout, lone_threads
 from chexnet.service import Settings
 
 
@@ -15,6 +15,11 @@ def test_engine_layout_uses_every_core(cores, layout):
     assert engine_layout(cores) == layout
     workers, threads = layout
     assert workers * threads == cores
+
+
+@pytest.mark.parametrize("cores,lone", [(1, 0), (2, 2), (3, 3), (4, 4), (8, 0), (16, 0)])
+def test_a_lone_request_gets_the_idle_workers_cores_up_to_a_workers_most(cores, lone):
+    assert lone_threads(*engine_layout(cores)) == lone
 
 
 def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path):

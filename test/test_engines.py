@@ -88,6 +88,19 @@ def test_batched_equals_single(nih_sample, demo_bundle, onnx_engine):
     np.testing.assert_allclose(whole, single, atol=1e-5)
 
 
+def test_a_lone_call_runs_on_its_own_threads_with_the_same_answers(nih_sample, demo_bundle):
+    engine = create_engine(demo_bundle, "onnxruntime", "cpu", threads=1, concurrency=2, lone_threads=2)
+    assert engine.lone_session is not engine.session
+    assert engine.lone_session.get_session_options().intra_op_num_threads == 2
+    assert engine.session.get_session_options().intra_op_num_threads == 1
+    for image in batch(nih_sample, demo_bundle.manifest):
+        alone, shared = engine.infer(image[None], lone=True), engine.infer(image[None])
+        np.testing.assert_allclose(alone.probabilities, shared.probabilities, atol=1e-6)
+        np.testing.assert_allclose(alone.cams, shared.cams, atol=1e-6)
+    plain = create_engine(demo_bundle, "onnxruntime", "cpu", threads=2)
+    assert plain.lone_session is plain.session  # no lone_threads: one session, no second copy of the model
+
+
 def test_dicom_of_png_pixels_predicts_like_the_png(nih_sample, demo_bundle, onnx_engine):
     pixels = decode_image(nih_sample[0].read_bytes()).pixels
     assert pixels.min() == 0 and pixels.max() == 255, "the oracle needs a PNG spanning 0..255"

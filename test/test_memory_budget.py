@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import imagecodecs
 import numpy as np
@@ -145,6 +146,23 @@ def test_the_defaults_fit_the_compose_limits_on_any_machine(site, monkeypatch, c
     assert 1 <= layout.decode_concurrency <= default_concurrency(cores)
     assert layout.http_threads > layout.decode_concurrency
     assert (settings.max_pixels, settings.max_upload_mb) == (40_000_000, 64)
+
+
+def test_where_memory_is_short_a_lone_request_loses_its_second_session_first(site, monkeypatch):
+    """2 cores, the three demo bundles on ONNX Runtime (compose's defaults): under 3 GiB a request alone in the
+    service keeps both cores (a second session per bundle), paid for by the waitress threads that no engine worker
+    or decode slot needed (8 → 7); with less it is given up next, before any decode slot."""
+    tmp_path, env = site
+    monkeypatch.setattr(settings_module, "available_cores", lambda: 2)
+    roomy = Settings.from_env(env, memory_limit_files=cgroup(tmp_path, str(3 * GIB)))
+    assert roomy.layout.lone_threads == 2 and roomy.memory_estimate().total <= 3 * GIB
+    assert 2 * 2 + default_concurrency(2) <= roomy.layout.http_threads < 8
+    busy = replace(roomy, threads=2 * 2 + default_concurrency(2)).memory_estimate().total  # with the second sessions
+    limit = busy - 96 * MIB  # less than those three sessions' 192 MiB
+    tight = Settings.from_env(env, memory_limit_files=cgroup(tmp_path, str(limit)))
+    assert tight.layout.lone_threads == 0 and tight.memory_estimate().total <= limit
+    assert tight.layout.decode_concurrency == default_concurrency(2)
+    assert roomy.memory_estimate().base - replace(roomy, lone_engine=False).memory_estimate().base == 3 * 64 * MIB
 
 
 def test_the_defaults_are_unchanged_where_memory_is_plenty(site):

@@ -41,9 +41,12 @@ def create_engine(
     precision: str = "fp32",
     threads: int | None = None,
     concurrency: int = 1,
+    lone_threads: int = 0,
 ) -> Engine:
     """threads: CPU threads per engine call (default: the cores); concurrency: how many calls the service
-    makes at once (its engine workers; OpenVINO gives each a stream of its own)."""
+    makes at once (its engine workers; OpenVINO gives each a stream of its own); lone_threads: the threads of a
+    call made while no other prediction is in the service (infer(lone=True); 0: threads), where the engine
+    can run one (ONNX Runtime)."""
     kind = ENGINES.get(engine)
     if kind is None:
         raise EngineUnavailable(f"Unknown engine '{engine}'; use one of: {', '.join(ENGINES)}.")
@@ -54,7 +57,9 @@ def create_engine(
     if importlib.util.find_spec(kind.requires) is None:
         raise EngineUnavailable(f"The {engine} engine is not installed in this image.")
     engine_class = getattr(importlib.import_module(kind.module), kind.cls)
-    return engine_class(bundle, device=device, precision=precision, threads=threads, concurrency=concurrency)
+    return engine_class(
+        bundle, device=device, precision=precision, threads=threads, concurrency=concurrency, lone_threads=lone_threads
+    )
 
 
 __all__ = ["Engine", "EngineOutput", "create_engine", "DEFAULT_ENGINE", "ENGINES", "DEVICES", "PRECISIONS"]

@@ -29,8 +29,9 @@ class Engine(ABC):
     measurement: "Measurement | None" = None
 
     @abstractmethod
-    def infer(self, batch: np.ndarray) -> EngineOutput:
-        """batch: float32 [B, 3, S, S] preprocessed images."""
+    def infer(self, batch: np.ndarray, lone: bool = False) -> EngineOutput:
+        """batch: float32 [B, 3, S, S] preprocessed images. lone: no other prediction is in the service, so
+        an engine made with lone_threads may spread this call over them (the same answers)."""
 
     def warmup(self, input_size: int) -> None:
         self.infer(np.zeros((1, 3, input_size, input_size), dtype=np.float32))

@@ -74,8 +74,10 @@ class OpenVinoEngine(Engine):
         precision: str = "fp32",
         threads: int | None = None,
         concurrency: int = 1,
+        lone_threads: int = 0,
     ):
-        """threads: per call; concurrency: how many calls may run at once (one OpenVINO stream each)."""
+        """threads: per call; concurrency: how many calls may run at once (one OpenVINO stream each);
+        lone_threads: unused (a lone call runs on its stream's threads)."""
         if device not in ("cpu", "auto"):
             raise EngineUnavailable("The openvino engine runs on the CPU only; use the torch engine for CUDA.")
         self.device = "cpu"
@@ -86,7 +88,7 @@ class OpenVinoEngine(Engine):
         self.compiled = compile_graph(ov.Core(), bundle.file(graph), precision, threads, concurrency)
         self._requests = threading.local()  # an infer request serves one call at a time: one per thread
 
-    def infer(self, batch: np.ndarray) -> EngineOutput:
+    def infer(self, batch: np.ndarray, lone: bool = False) -> EngineOutput:
         request = getattr(self._requests, "request", None)
         if request is None:
             request = self._requests.request = self.compiled.create_infer_request()

@@ -62,8 +62,10 @@ class TorchEngine(Engine):
         precision: str = "fp32",
         threads: int | None = None,
         concurrency: int = 1,
+        lone_threads: int = 0,
     ):
-        """threads, concurrency: unused; PyTorch sizes its own pool, and one module serves concurrent calls."""
+        """threads, concurrency, lone_threads: unused; PyTorch sizes its own pool, and one module serves
+        concurrent calls."""
         self.torch_device = resolve_device(device)
         self.device = self.torch_device.type
         if precision == "fp16" and device == "auto" and self.device != "cuda":
@@ -99,7 +101,7 @@ class TorchEngine(Engine):
         return twin
 
     @torch.inference_mode()
-    def infer(self, batch: np.ndarray) -> EngineOutput:
+    def infer(self, batch: np.ndarray, lone: bool = False) -> EngineOutput:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.torch_device)
         if self.device == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)

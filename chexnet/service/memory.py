@@ -21,6 +21,10 @@ GIB = 2**30
 # the GPU compose file gives 12g.
 RUNTIME_MIB = {"onnxruntime": 350, "openvino": 350, "torch": 1100}
 BUNDLE_MIB = {"onnxruntime": 160, "openvino": 220, "torch": 90}
+# ONNX Runtime's second session per bundle for a request alone in the service (chexnet.cpu.lone_threads),
+# resident after warm-up calls on both sessions: 280 against 221 MiB for cxr10 alone, 594 against 410 for all
+# three demo bundles (AMD EPYC family 25, 2 cores, onnxruntime 1.31; ~61 per bundle).
+LONE_SESSION_MIB = {"onnxruntime": 64}
 # Activations of each engine call running at once, per bundle, at batch 1 (the CPU default; the GPU
 # image's batches live in GPU memory): one bundle with 8 engine workers held 91 MiB more than with 1.
 ENGINE_CALL_MIB = 13
@@ -98,11 +102,14 @@ def estimate(
     past_decode: int,
     engine_calls: int,
     http: bool,
+    lone: bool = False,
 ) -> MemoryEstimate:
     """decodes: decode slots in use at once; past_decode: requests holding a decoded image outside a slot;
-    engine_calls: forward passes at once; http: whether waitress's connection buffers count."""
-    base = RUNTIME_MIB.get(engine, max(RUNTIME_MIB.values())) * MIB
-    base += bundles * (BUNDLE_MIB.get(engine, max(BUNDLE_MIB.values())) + max(1, engine_calls) * ENGINE_CALL_MIB) * MIB
+    engine_calls: forward passes at once; http: whether waitress's connection buffers count; lone: the engine
+    keeps a configuration for a request alone in the service (Layout.lone_threads)."""
+    per_bundle = BUNDLE_MIB.get(engine, max(BUNDLE_MIB.values())) + max(1, engine_calls) * ENGINE_CALL_MIB
+    per_bundle += LONE_SESSION_MIB.get(engine, 0) if lone else 0
+    base = (RUNTIME_MIB.get(engine, max(RUNTIME_MIB.values())) + bundles * per_bundle) * MIB
     return MemoryEstimate(
         base=base,
         bundles=bundles,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chexnet.batching import MicroBatcher
+from chexnet.batching import InFlight, MicroBatcher
 from chexnet.bundle import Bundle, load_bundle
 from chexnet.dicom_results import ResultSettings, encode, result_objects
 from chexnet.engines import create_engine
@@ -94,6 +94,7 @@ class Service:
         self._results_gate = threading.Lock()  # one DICOM result built at a time (dicom_results)
         self.layout = settings.layout
         self.gate = DecodeGate(self.layout.decode_concurrency, settings.decode_wait_s)
+        self.in_flight = InFlight()  # a prediction alone in the service may take every engine core
         self.limits = DecodeLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
         self.models: dict[str, LoadedModel] = {}
         self.default_model: str | None = None
@@ -195,7 +196,9 @@ class Service:
         not load and /ready gives the engine's sentence (chexnet.engines.startup_check)."""
         s, layout = self.settings, self.layout
         bundle, thresholds = self._site_thresholds(bundle)
-        engine = create_engine(bundle, s.engine, s.device, s.precision, layout.engine_threads, layout.engine_workers)
+        engine = create_engine(
+            bundle, s.engine, s.device, s.precision, layout.engine_threads, layout.engine_workers, layout.lone_threads
+        )
         engine.warmup(bundle.manifest.input_size)
         batcher = MicroBatcher(
             batch_forward(engine),
@@ -205,6 +208,7 @@ class Service:
             s.queue_size,
             self.metrics,
             layout.engine_workers,
+            self.in_flight,
         )
         predictor = Predictor(
             bundle,
@@ -270,7 +274,8 @@ class Service:
         """The one entry for every transport: the model the options name, licensed by the claims."""
         loaded = self.model(options.model)
         claims.require_feature(loaded.id)
-        return loaded.predictor.predict(read, options, Caller(request_id, claims.sub, claims.customer))
+        with self.in_flight.held():
+            return loaded.predictor.predict(read, options, Caller(request_id, claims.sub, claims.customer))
 
     def dicom_results(self, prediction: Prediction) -> list[bytes]:
         """The SR and the heatmaps (secondary captures, Parametric Maps) of a prediction made with output=dicom,

@@ -11,7 +11,14 @@ from typing import Any
 
 from pydicom.uid import PYDICOM_ROOT_UID
 
-from chexnet.cpu import CGROUP_MEMORY_LIMITS, MemoryLimit, available_cores, available_memory, engine_layout
+from chexnet.cpu import (
+    CGROUP_MEMORY_LIMITS,
+    MemoryLimit,
+    available_cores,
+    available_memory,
+    engine_layout,
+    lone_threads,
+)
 from chexnet.dicom_results import MAPS
 from chexnet.engines import DEFAULT_ENGINE, DEVICES, ENGINES, PRECISIONS
 from chexnet.imaging.gate import default_concurrency
@@ -33,6 +40,7 @@ class Layout:
     cores: int
     engine_workers: int
     engine_threads: int  # per worker
+    lone_threads: int  # an engine call's threads while it is the only prediction in the service (0: no more)
     decode_concurrency: int
     http_threads: int  # waitress
 
@@ -83,6 +91,7 @@ class Settings:
     max_batch: int = 1  # CPU: batching measured slower (BENCHMARKS.md); the GPU image sets 32
     engine_workers: int = 0  # 0: from the cores the container is given (chexnet.cpu.engine_layout)
     engine_threads: int = 0  # 0: the same
+    lone_engine: bool = True  # a request alone in the service may take every worker's cores; off where memory is short
     batch_wait_ms: float = 3.0
     queue_size: int = 32
     request_timeout_s: float = 60.0
@@ -194,21 +203,32 @@ class Settings:
 
     # --- memory (DESIGN.md "Resource bounds") ---------------------------------------------------
     def fitted(self, memory: MemoryLimit, workload: Workload = HTTP_API) -> "Settings":
-        """These settings with the decode concurrency and waitress threads that were left to be derived
-        (0) lowered until the worst case fits the memory; a combination that still does not fit stops
-        start-up with one sentence naming the settings, the estimate, the limit and what to lower."""
-        fitted = self
+        """These settings with what was left to be derived lowered until the worst case fits the memory, least
+        missed first: waitress threads beyond those that keep every engine worker and decode slot busy, the
+        engine's second configuration for a request alone in the service (Layout.lone_threads), the decode
+        concurrency, then waitress threads down to one past the decode slots. A combination that still does
+        not fit stops start-up with one sentence naming the settings, the estimate, the limit and what to lower."""
+
+        def over(settings: "Settings") -> bool:
+            return settings.memory_estimate(workload).total > memory.bytes
+
+        def fewer_threads(settings: "Settings", floor: int) -> "Settings":
+            if self.threads or workload.predictions is not None:
+                return settings
+            while over(settings) and settings.layout.http_threads > floor:
+                settings = replace(settings, threads=settings.layout.http_threads - 1)
+            return settings
+
+        layout = self.layout
+        fitted = fewer_threads(self, 2 * layout.engine_workers + layout.decode_concurrency)
+        if over(fitted) and fitted.layout.lone_threads:
+            fitted = replace(fitted, lone_engine=False)
         if not self.decode_concurrency:
-            while fitted.memory_estimate(workload).total > memory.bytes and fitted.layout.decode_concurrency > 1:
+            while over(fitted) and fitted.layout.decode_concurrency > 1:
                 fitted = replace(fitted, decode_concurrency=fitted.layout.decode_concurrency - 1)
-        if not self.threads and workload.predictions is None:
-            # never fewer threads than decode slots and one request past its decode, so that the decode
-            # concurrency asked for (or derived) is what the estimate counts
-            while (
-                fitted.memory_estimate(workload).total > memory.bytes
-                and fitted.layout.http_threads > fitted.layout.decode_concurrency + 1
-            ):
-                fitted = replace(fitted, threads=fitted.layout.http_threads - 1)
+        # never fewer threads than decode slots and one request past its decode, so that the decode
+        # concurrency asked for (or derived) is what the estimate counts
+        fitted = fewer_threads(fitted, fitted.layout.decode_concurrency + 1)
         need = fitted.memory_estimate(workload)
         if need.total > memory.bytes:
             raise SettingsError(fitted._too_much(need, memory, workload))
@@ -229,6 +249,7 @@ class Settings:
             past_decode=predictions if workload.shared_decode_slots else predictions - decodes,
             engine_calls=min(layout.engine_workers, predictions),
             http=workload.http,
+            lone=layout.lone_threads > 0,
         )
 
     @property
@@ -314,7 +335,9 @@ class Settings:
         workers = self.engine_workers or workers
         threads = self.engine_threads or (threads if not self.engine_workers else max(1, cores // workers))
         decodes = self.decode_concurrency or default_concurrency(cores)
-        return Layout(cores, workers, threads, decodes, self.threads or max(8, 2 * workers + decodes))
+        http = self.threads or max(8, 2 * workers + decodes)
+        lone = lone_threads(workers, threads) if self.lone_engine else 0
+        return Layout(cores, workers, threads, lone, decodes, http)
 
     @property
     def monitor_db_file(self) -> str | None:
