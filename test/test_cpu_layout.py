@@ -46,3 +46,10 @@ def test_settings_derive_the_layout_unless_told(tmp_path):
         5,
         2,
     )
+
+
+@pytest.mark.parametrize("engine,lone", [("onnxruntime", 2), ("openvino", 0), ("torch", 0)])
+def test_only_an_engine_that_runs_lone_calls_is_given_lone_threads(tmp_path, engine, lone):
+    env = {"CHEXNET_LICENSE_KEYS": "k.pem", "CHEXNET_MODELS_DIR": str(tmp_path), "CHEXNET_ENGINE": engine}
+    layout = Settings.from_env({**env, "CHEXNET_ENGINE_WORKERS": "2", "CHEXNET_ENGINE_THREADS": "1"}).layout
+    assert layout.lone_threads == lone  # the start-up line does not promise what the engine will not do

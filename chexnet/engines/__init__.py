@@ -22,10 +22,11 @@ class EngineKind:
     cls: str
     requires: str  # the third-party package it runs on
     precisions: tuple[str, ...]
+    lone: bool = False  # runs a call made while no other prediction is in the service on lone_threads
 
 
 ENGINES = {
-    "onnxruntime": EngineKind("chexnet.engines.onnx_runtime", "OnnxRuntimeEngine", "onnxruntime", ("fp32",)),
+    "onnxruntime": EngineKind("chexnet.engines.onnx_runtime", "OnnxRuntimeEngine", "onnxruntime", ("fp32",), lone=True),
     "openvino": EngineKind("chexnet.engines.openvino", "OpenVinoEngine", "openvino", ("fp32", "bf16", "int8")),
     "torch": EngineKind("chexnet.engines.pytorch", "TorchEngine", "torch", ("fp32", "fp16")),
 }

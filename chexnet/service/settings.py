@@ -336,7 +336,7 @@ class Settings:
         threads = self.engine_threads or (threads if not self.engine_workers else max(1, cores // workers))
         decodes = self.decode_concurrency or default_concurrency(cores)
         http = self.threads or max(8, 2 * workers + decodes)
-        lone = lone_threads(workers, threads) if self.lone_engine else 0
+        lone = lone_threads(workers, threads) if self.lone_engine and ENGINES[self.engine].lone else 0
         return Layout(cores, workers, threads, lone, decodes, http)
 
     @property
