@@ -8,7 +8,7 @@ are as many workers as that leaves room for (throughput); that part is reasoned,
 
 A request that is alone in the service leaves the other workers' cores idle, so its engine call may take
 them (lone_threads): on 2 cores ONNX Runtime's forward pass takes 34 ms on two threads against 55 on one
-(BENCHMARKS.md "Request cost model"), while two calls at once still run one thread each.
+(BENCHMARKS.md, issue 26's targets), while two calls at once still run one thread each.
 """
 
 import math

@@ -25,7 +25,7 @@ class OnnxRuntimeEngine(Engine):
     ):
         """concurrency: unused, one session serves concurrent calls. lone_threads: a second session over that many
         threads serves the calls made while no other prediction is in the service. Its pool does not spin between
-        operators, so a request arriving meanwhile finds a core: on 2 cores (BENCHMARKS.md "Request cost model")
+        operators, so a request arriving meanwhile finds a core: on 2 cores (BENCHMARKS.md, issue 26)
         spinning made a lone forward pass 6 % faster (31.7 against 33.7 ms), but two calls sharing a spinning
         two-thread session ran 26.6 forward passes/s against 32.4 without spinning and 35.7 on one thread each."""
         if device not in ("cpu", "auto"):
