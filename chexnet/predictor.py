@@ -179,7 +179,7 @@ def direct_forward(engine: Engine) -> ForwardOne:
     forward = batch_forward(engine)
 
     def forward_one(tensor: np.ndarray) -> Forwarded:
-        output, ms = forward([tensor])
+        output, ms = forward([tensor], False)  # the CLI's engine already has every core
         return Forwarded(output.probabilities[0], output.cams[0], ms)
 
     return forward_one
