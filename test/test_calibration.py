@@ -5,12 +5,15 @@ nothing written."""
 
 import base64
 import json
+import os
 import re
+import threading
 
 import numpy as np
 import pytest
 
 from calibration_helpers import ANY_FINDING, CONSTANT, cxr10_labels, run_calibrate, write_csv
+from chexnet.calibration import labels_file
 from chexnet.calibration.statistics import Target, auroc, choose_threshold, class_statistics, histogram, roc_curve
 from chexnet.cli import main
 from chexnet.predictor import Predictor
@@ -235,6 +238,28 @@ def test_a_bad_labels_file_is_one_sentence_exit_2_and_nothing_written(case, demo
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and expected in err[-1], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_labels_file_that_is_a_fifo_or_too_large_is_refused_not_waited_on(
+    demo_bundle, nih_dir, tmp_path, capsys, monkeypatch
+):
+    """A named pipe nobody writes to would block a plain open() forever; a huge file would be read whole."""
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    argv = ["calibrate", "--bundle", str(demo_bundle.path), "--images", str(nih_dir)]
+    argv += ["--labels", str(fifo), "--target", "youden", "--out", str(tmp_path / "out")]
+    codes: list[int] = []
+    run = threading.Thread(target=lambda: codes.append(main(argv)), daemon=True)
+    run.start()
+    run.join(60)  # a guard against hanging the suite, not a timing: the refusal comes before any image
+    assert codes == [2], "calibrate waited on the FIFO"
+    assert "is not a regular file; give the CSV file itself" in capsys.readouterr().err
+    fifo.unlink()
+    fifo.write_bytes(b"image,mass\n" + b"a.png,0\n" * 2**17)  # 1 MiB of rows
+    monkeypatch.setattr(labels_file, "MAX_LABELS_BYTES", 2**20)
+    assert main(argv) == 2
+    assert "is larger than 1 MiB; it needs only one row per image" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -2,7 +2,10 @@
 folder) and one 0/1 column per label code. Every problem is one sentence that says what to fix."""
 
 import csv
+import hashlib
+import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from chexnet.errors import InvalidOption
 
 IMAGE_COLUMN = "image"
 MAX_LISTED = 5
+MAX_LABELS_BYTES = 64 * 2**20  # a row per image: a million rows of cxr25 fit in ~60 MiB
 
 
 class CalibrationInputError(InvalidOption):
@@ -22,6 +26,7 @@ class CalibrationInputError(InvalidOption):
 class LabelledImages:
     files: list[Path]  # in the order of the rows
     truth: dict[str, np.ndarray]  # label code -> 0/1 per row (bool)
+    sha256: str  # of the bytes read, the ones these rows come from
 
 
 def _some(items: list[str]) -> str:
@@ -34,10 +39,25 @@ def _escapes(name: str) -> bool:
     return os.path.isabs(normal) or normal.split(os.sep)[0] == ".."
 
 
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_LABELS_BYTES. Opened without blocking and checked on the open
+    descriptor, so a FIFO or a device (even one swapped in after a check) is refused rather than waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CalibrationInputError(f"Labels file {path} is not a regular file; give the CSV file itself.")
+        data = f.read(MAX_LABELS_BYTES + 1)
+    if len(data) > MAX_LABELS_BYTES:
+        raise CalibrationInputError(
+            f"Labels file {path} is larger than {MAX_LABELS_BYTES // 2**20} MiB; it needs only one row per image."
+        )
+    return data
+
+
 def read_labels(path: Path, images: Path, codes: list[str], bundle_id: str) -> LabelledImages:
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.reader(f))
+        data = _read_regular_file(path)
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
     except FileNotFoundError:
         raise CalibrationInputError(f"Labels file {path} does not exist.") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -99,4 +119,5 @@ def read_labels(path: Path, images: Path, codes: list[str], bundle_id: str) -> L
         raise CalibrationInputError(
             f"{len(missing)} image(s) the labels file names are not in {images}: {_some(missing)}."
         )
-    return LabelledImages(files, {c: np.array(v, dtype=bool) for c, v in values.items()})
+    truth = {c: np.array(v, dtype=bool) for c, v in values.items()}
+    return LabelledImages(files, truth, hashlib.sha256(data).hexdigest())

@@ -3,7 +3,6 @@ steps (the service's decode, preprocessing and engine, in the engine and precisi
 the threshold that meets its target, with bootstrap intervals, and site-thresholds.json and the report are
 written, each through a temporary file renamed into place once everything has been computed."""
 
-import hashlib
 import json
 import logging
 import sys
@@ -192,7 +191,7 @@ def calibrate(
             "device": info.device,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "images": len(labelled.files),
-            "labels_sha256": hashlib.sha256(labels_path.read_bytes()).hexdigest(),
+            "labels_sha256": labelled.sha256,
             "targets": {
                 "all": str(goal.default) if goal.default else None,
                 "per_class": {code: str(t) for code, t in goal.per_class.items()},
