@@ -128,10 +128,12 @@ def audit_rows(tmp_path: Path) -> list[dict]:
 
 
 def started_with_limit(node) -> int:
-    """Start the node under the shipped memory limit; returns its resident memory (kB) once it answers."""
+    """Start the node under the shipped memory limit; returns its resident memory (kB) once it answers and its
+    model has loaded (the node answers C-ECHO while its models load, and what they take is not the attack's)."""
     node.start(wait=False)
     memory_limit(node.process.pid, SHIPPED_MEMORY_LIMIT)
     wait_until(lambda: node.echo() == 0, 120, "the node to answer C-ECHO")
+    wait_until(lambda: "model ready" in node.log.read_text(), 120, "the node's model to load")
     return node.status("VmRSS")
 
 
