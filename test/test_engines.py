@@ -100,6 +100,8 @@ def test_a_lone_call_runs_on_its_own_threads_with_the_same_answers(nih_sample, d
         np.testing.assert_allclose(alone.cams, shared.cams, atol=1e-6)
     plain = create_engine(demo_bundle, "onnxruntime", "cpu", threads=2)
     assert plain.lone_session is plain.session  # no lone_threads: one session, no second copy of the model
+    same = create_engine(demo_bundle, "onnxruntime", "cpu", threads=2, lone_threads=2)
+    assert same.lone_session is same.session  # no more threads than every call has: no second copy either
 
 
 def test_dicom_of_png_pixels_predicts_like_the_png(nih_sample, demo_bundle, onnx_engine):

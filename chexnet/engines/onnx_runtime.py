@@ -34,8 +34,10 @@ class OnnxRuntimeEngine(Engine):
         self.precision = precision
         model, self.weight = read_onnx(bundle)
         graph = model.SerializeToString()
-        self.session = _session(graph, threads or len(os.sched_getaffinity(0)))
-        self.lone_session = _session(graph, lone_threads, spinning=False) if lone_threads else self.session
+        threads = threads or len(os.sched_getaffinity(0))
+        self.session = _session(graph, threads)
+        # a second copy of the model only where it brings more threads than every call already has
+        self.lone_session = _session(graph, lone_threads, spinning=False) if lone_threads > threads else self.session
 
     def infer(self, batch: np.ndarray, lone: bool = False) -> EngineOutput:
         session = self.lone_session if lone else self.session
